@@ -1,0 +1,12 @@
+//! The wire contract of ferroserve's gRPC API: `inference.GRPCInferenceService` (KServe v2 plus the Triton
+//! superset that `tritonclient` and perf_analyzer call), generated from `proto/inference.proto`.
+//!
+//! Nothing here is hand-written but this re-export; the conversion to engine types lives in the API crate.
+#![allow(missing_docs, unreachable_pub, clippy::all)]
+
+/// Generated messages and the tonic server/client for package `inference`.
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
+pub use inference::*;

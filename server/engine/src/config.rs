@@ -1,0 +1,286 @@
+//! Per-model configuration: Triton's `config.pbtxt` fields that ferroserve understands, typed.
+//!
+//! A model directory may hold a `config.pbtxt`; everything in it is optional, and what is missing is
+//! completed from the model file's own signature (as Triton's auto-complete does). Unknown top-level fields
+//! are logged and ignored so that an existing Triton repository loads unchanged.
+
+use std::collections::BTreeMap;
+
+use ferroserve_runtime::DataType;
+
+use crate::pbtxt::{self, Node};
+
+/// Which versions of a model to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionPolicy {
+    /// The newest `n` versions (Triton's default is 1).
+    Latest(u32),
+    /// Every version found.
+    All,
+    /// Exactly these versions.
+    Specific(Vec<u64>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest(1)
+    }
+}
+
+/// Where a group of instances runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InstanceKind {
+    /// GPU if one is usable, else CPU (Triton's KIND_AUTO).
+    #[default]
+    Auto,
+    /// Host CPU.
+    Cpu,
+    /// The listed GPUs (or all).
+    Gpu,
+}
+
+/// One `instance_group` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceGroup {
+    /// Instances per device.
+    pub count: u32,
+    /// Device kind.
+    pub kind: InstanceKind,
+    /// GPU ordinals for `Gpu`.
+    pub gpus: Vec<u32>,
+}
+
+/// A declared input or output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorConfig {
+    /// Name.
+    pub name: String,
+    /// Element type, if declared.
+    pub datatype: Option<DataType>,
+    /// Dims without the batch dim when `max_batch_size > 0`.
+    pub dims: Vec<i64>,
+}
+
+/// `dynamic_batching { ... }`; the scheduler that uses it comes with the batcher.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DynamicBatching {
+    /// Batch sizes the batcher should aim for.
+    pub preferred_batch_size: Vec<u32>,
+    /// How long a request may wait for others to join its batch.
+    pub max_queue_delay_microseconds: u64,
+    /// Queue limit (0 = the server default).
+    pub max_queue_size: u32,
+    /// Queue timeout (0 = none).
+    pub default_timeout_microseconds: u64,
+}
+
+/// The typed subset of a Triton model configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelConfig {
+    /// `name`, if the file states one (it must then match the directory).
+    pub name: Option<String>,
+    /// `platform` (`onnxruntime_onnx`).
+    pub platform: Option<String>,
+    /// `backend` (`onnxruntime`).
+    pub backend: Option<String>,
+    /// `max_batch_size`: 0 = the model does not batch; `None` = decide from the model.
+    pub max_batch_size: Option<u32>,
+    /// Declared inputs.
+    pub inputs: Vec<TensorConfig>,
+    /// Declared outputs.
+    pub outputs: Vec<TensorConfig>,
+    /// Version policy.
+    pub version_policy: VersionPolicy,
+    /// Instance groups (empty = one CPU instance).
+    pub instance_groups: Vec<InstanceGroup>,
+    /// Dynamic batching, when enabled.
+    pub dynamic_batching: Option<DynamicBatching>,
+    /// `default_model_filename`.
+    pub default_model_filename: Option<String>,
+    /// Free-form `parameters { key: "k" value: { string_value: "v" } }`.
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// A config file that could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config.pbtxt: {0}")]
+pub struct ConfigError(pub String);
+
+const KNOWN_FIELDS: &[&str] = &[
+    "name",
+    "platform",
+    "backend",
+    "runtime",
+    "max_batch_size",
+    "input",
+    "output",
+    "version_policy",
+    "instance_group",
+    "dynamic_batching",
+    "default_model_filename",
+    "parameters",
+    "optimization",
+    "model_warmup",
+    "response_cache",
+];
+
+impl ModelConfig {
+    /// Parses the text of a `config.pbtxt`.
+    pub fn from_pbtxt(text: &str) -> Result<Self, ConfigError> {
+        let doc = pbtxt::parse(text).map_err(|e| ConfigError(e.to_string()))?;
+        for field in doc.field_names() {
+            if !KNOWN_FIELDS.contains(&field) {
+                tracing::warn!(field, "config.pbtxt field not supported by ferroserve, ignored");
+            }
+        }
+        Ok(ModelConfig {
+            name: string(&doc, "name"),
+            platform: string(&doc, "platform"),
+            backend: string(&doc, "backend"),
+            max_batch_size: number(&doc, "max_batch_size")?,
+            inputs: doc.all("input").map(tensor_config).collect::<Result<_, _>>()?,
+            outputs: doc.all("output").map(tensor_config).collect::<Result<_, _>>()?,
+            version_policy: match doc.get("version_policy") {
+                Some(node) => version_policy(node)?,
+                None => VersionPolicy::default(),
+            },
+            instance_groups: doc.all("instance_group").map(instance_group).collect::<Result<_, _>>()?,
+            dynamic_batching: doc.get("dynamic_batching").map(dynamic_batching).transpose()?,
+            default_model_filename: string(&doc, "default_model_filename"),
+            parameters: doc
+                .all("parameters")
+                .filter_map(|p| {
+                    let key = string(p, "key")?;
+                    let value = p.get("value").and_then(|v| string(v, "string_value")).unwrap_or_default();
+                    Some((key, value))
+                })
+                .collect(),
+        })
+    }
+}
+
+fn string(node: &Node, field: &str) -> Option<String> {
+    node.get(field).and_then(Node::scalar).map(str::to_owned)
+}
+
+fn number<T: std::str::FromStr>(node: &Node, field: &str) -> Result<Option<T>, ConfigError> {
+    match node.get(field) {
+        None => Ok(None),
+        Some(Node::Scalar(s)) => {
+            s.parse().map(Some).map_err(|_| ConfigError(format!("`{field}` must be a non-negative integer, got `{s}`")))
+        }
+        Some(_) => Err(ConfigError(format!("`{field}` must be a number"))),
+    }
+}
+
+fn numbers<T: std::str::FromStr>(node: &Node, field: &str) -> Result<Vec<T>, ConfigError> {
+    node.all(field)
+        .map(|n| {
+            let s = n.scalar().ok_or_else(|| ConfigError(format!("`{field}` must hold numbers")))?;
+            s.parse().map_err(|_| ConfigError(format!("`{field}`: `{s}` is not a valid number")))
+        })
+        .collect()
+}
+
+fn tensor_config(node: &Node) -> Result<TensorConfig, ConfigError> {
+    let name = string(node, "name").ok_or_else(|| ConfigError("every input/output needs a `name`".into()))?;
+    let datatype = match string(node, "data_type") {
+        None => None,
+        Some(t) => Some(
+            DataType::parse_config_name(&t)
+                .ok_or_else(|| ConfigError(format!("`{name}`: unknown data_type `{t}`")))?,
+        ),
+    };
+    Ok(TensorConfig { name, datatype, dims: numbers(node, "dims")? })
+}
+
+fn version_policy(node: &Node) -> Result<VersionPolicy, ConfigError> {
+    if node.get("all").is_some() {
+        Ok(VersionPolicy::All)
+    } else if let Some(latest) = node.get("latest") {
+        let n: u32 = number(latest, "num_versions")?.unwrap_or(1);
+        if n == 0 {
+            return Err(ConfigError("version_policy.latest.num_versions must be at least 1".into()));
+        }
+        Ok(VersionPolicy::Latest(n))
+    } else if let Some(specific) = node.get("specific") {
+        Ok(VersionPolicy::Specific(numbers(specific, "versions")?))
+    } else {
+        Err(ConfigError("version_policy needs `latest`, `all` or `specific`".into()))
+    }
+}
+
+fn instance_group(node: &Node) -> Result<InstanceGroup, ConfigError> {
+    let kind = match string(node, "kind").as_deref() {
+        None | Some("KIND_AUTO") => InstanceKind::Auto,
+        Some("KIND_CPU") => InstanceKind::Cpu,
+        Some("KIND_GPU") => InstanceKind::Gpu,
+        Some(other) => return Err(ConfigError(format!("instance_group kind `{other}` is not supported"))),
+    };
+    let count: u32 = number(node, "count")?.unwrap_or(1);
+    if count == 0 {
+        return Err(ConfigError("instance_group count must be at least 1".into()));
+    }
+    Ok(InstanceGroup { count, kind, gpus: numbers(node, "gpus")? })
+}
+
+fn dynamic_batching(node: &Node) -> Result<DynamicBatching, ConfigError> {
+    let policy = node.get("default_queue_policy");
+    Ok(DynamicBatching {
+        preferred_batch_size: numbers(node, "preferred_batch_size")?,
+        max_queue_delay_microseconds: number(node, "max_queue_delay_microseconds")?.unwrap_or(0),
+        max_queue_size: match policy {
+            Some(p) => number(p, "max_queue_size")?.unwrap_or(0),
+            None => 0,
+        },
+        default_timeout_microseconds: match policy {
+            Some(p) => number(p, "default_timeout_microseconds")?.unwrap_or(0),
+            None => 0,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_triton_fields() {
+        let config = ModelConfig::from_pbtxt(
+            r#"
+            name: "mlp"
+            platform: "onnxruntime_onnx"
+            max_batch_size: 64
+            input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [16] }]
+            output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] }]
+            version_policy: { specific { versions: [1, 3] } }
+            instance_group [{ count: 2 kind: KIND_CPU }]
+            dynamic_batching {
+              preferred_batch_size: [8, 16]
+              max_queue_delay_microseconds: 200
+              default_queue_policy { max_queue_size: 128 default_timeout_microseconds: 5000 }
+            }
+            parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.max_batch_size, Some(64));
+        assert_eq!(config.inputs[0].datatype, Some(DataType::Fp32));
+        assert_eq!(config.inputs[0].dims, vec![16]);
+        assert_eq!(config.version_policy, VersionPolicy::Specific(vec![1, 3]));
+        assert_eq!(config.instance_groups[0], InstanceGroup { count: 2, kind: InstanceKind::Cpu, gpus: vec![] });
+        let batching = config.dynamic_batching.unwrap();
+        assert_eq!(batching.preferred_batch_size, vec![8, 16]);
+        assert_eq!(batching.max_queue_size, 128);
+        assert_eq!(config.parameters["intra_op_thread_count"], "1");
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(ModelConfig::from_pbtxt("max_batch_size: -1").is_err());
+        assert!(ModelConfig::from_pbtxt("input [{ name: \"x\" data_type: TYPE_NOPE }]").is_err());
+        assert!(ModelConfig::from_pbtxt("instance_group [{ count: 0 }]").is_err());
+        assert!(ModelConfig::from_pbtxt("version_policy { latest { num_versions: 0 } }").is_err());
+        assert!(ModelConfig::from_pbtxt("").unwrap().max_batch_size.is_none());
+    }
+}

@@ -1,0 +1,51 @@
+//! [`InferError`]: the one error taxonomy of the engine, mapped once per transport in the API crate.
+
+/// Why a request (or a management call) failed, in terms a client can act on.
+///
+/// Messages are written for the client: they name the field and the limit. Internal details go to the log
+/// where the error is created, and reach clients only as a short `Internal` message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InferError {
+    /// Unknown model or version (404 / NOT_FOUND).
+    #[error("{0}")]
+    NotFound(String),
+    /// The model exists but is not ready, or the server is shutting down (503 / UNAVAILABLE).
+    #[error("{0}")]
+    NotReady(String),
+    /// The request is malformed or does not fit the model (400 / INVALID_ARGUMENT).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// A queue is full; the client should back off (429 / RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    Overloaded(String),
+    /// The request's deadline passed before it ran (504 / DEADLINE_EXCEEDED).
+    #[error("{0}")]
+    Timeout(String),
+    /// The request asks for something this server does not do (501 / UNIMPLEMENTED).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A fault on our side (500 / INTERNAL).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl InferError {
+    /// A stable, low-cardinality label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InferError::NotFound(_) => "not_found",
+            InferError::NotReady(_) => "not_ready",
+            InferError::InvalidInput(_) => "invalid_input",
+            InferError::Overloaded(_) => "overloaded",
+            InferError::Timeout(_) => "timeout",
+            InferError::Unsupported(_) => "unsupported",
+            InferError::Internal(_) => "internal",
+        }
+    }
+
+    /// Shorthand for [`InferError::InvalidInput`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        InferError::InvalidInput(message.into())
+    }
+}

@@ -1,0 +1,25 @@
+//! `ferroserve-engine`: everything between a decoded request and a runtime, with no HTTP or gRPC in it.
+//!
+//! - [`repository`] finds models and versions (Triton layout, or one KServe model directory);
+//! - [`config`] types the `config.pbtxt` fields we honour, parsed by [`pbtxt`];
+//! - [`manager`] loads models, tracks readiness and routes a request to a version;
+//! - [`instance`] runs each version on N runtime instances, each on its own thread, behind a bounded queue;
+//! - [`validate`] checks requests against the model signature;
+//! - [`InferError`] is the single error taxonomy the API maps to HTTP and gRPC status codes.
+
+pub mod config;
+mod error;
+pub mod instance;
+pub mod manager;
+pub mod model;
+pub mod pbtxt;
+pub mod repository;
+pub mod request;
+pub mod stats;
+pub mod validate;
+
+pub use error::InferError;
+pub use manager::{EngineOptions, ModelEntry, ModelManager, VersionState};
+pub use model::ModelVersion;
+pub use repository::Repository;
+pub use request::{InferInput, InferOutput, InferRequest, InferResponse, Parameter, Parameters, RequestedOutput};

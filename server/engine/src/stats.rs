@@ -1,0 +1,142 @@
+//! Per-version inference statistics in the shape of Triton's statistics extension.
+//!
+//! Counters are lock-free atomics on the request path; only per-batch-size stats take a short lock.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+/// A count and a total duration.
+#[derive(Debug, Default)]
+pub struct DurationStat {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl DurationStat {
+    /// Records one occurrence.
+    pub fn record(&self, d: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.ns.fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// (count, total nanoseconds).
+    pub fn read(&self) -> (u64, u64) {
+        (self.count.load(Ordering::Relaxed), self.ns.load(Ordering::Relaxed))
+    }
+}
+
+/// Stats of executions at one batch size.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStat {
+    /// Executions at this size.
+    pub count: u64,
+    /// Input preparation time.
+    pub compute_input_ns: u64,
+    /// Model execution time.
+    pub compute_infer_ns: u64,
+    /// Output extraction time.
+    pub compute_output_ns: u64,
+}
+
+/// Statistics of one model version.
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    /// Requests that succeeded, end to end inside the engine.
+    pub success: DurationStat,
+    /// Requests that failed after reaching the model.
+    pub fail: DurationStat,
+    /// Time spent queued before an instance took the request.
+    pub queue: DurationStat,
+    /// Input preparation.
+    pub compute_input: DurationStat,
+    /// Model execution.
+    pub compute_infer: DurationStat,
+    /// Output extraction.
+    pub compute_output: DurationStat,
+    inference_count: AtomicU64,
+    execution_count: AtomicU64,
+    last_inference_ms: AtomicU64,
+    batches: Mutex<BTreeMap<u64, BatchStat>>,
+}
+
+/// A consistent-enough copy of [`ModelStats`] for reporting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Milliseconds since the epoch of the last inference (0 = never).
+    pub last_inference_ms: u64,
+    /// Inferences (batch items) performed.
+    pub inference_count: u64,
+    /// Model executions.
+    pub execution_count: u64,
+    /// (count, ns) for success, fail, queue, compute_input, compute_infer, compute_output.
+    pub success: (u64, u64),
+    /// Failures.
+    pub fail: (u64, u64),
+    /// Queueing.
+    pub queue: (u64, u64),
+    /// Input preparation.
+    pub compute_input: (u64, u64),
+    /// Execution.
+    pub compute_infer: (u64, u64),
+    /// Output extraction.
+    pub compute_output: (u64, u64),
+    /// Per batch size.
+    pub batches: Vec<(u64, BatchStat)>,
+}
+
+impl ModelStats {
+    /// Records one execution of `batch_size` items.
+    pub fn record_execution(&self, batch_size: u64, input: Duration, infer: Duration, output: Duration) {
+        self.compute_input.record(input);
+        self.compute_infer.record(infer);
+        self.compute_output.record(output);
+        self.inference_count.fetch_add(batch_size, Ordering::Relaxed);
+        self.execution_count.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        self.last_inference_ms.store(now, Ordering::Relaxed);
+        let mut batches = self.batches.lock();
+        let entry = batches.entry(batch_size).or_default();
+        entry.count += 1;
+        entry.compute_input_ns += input.as_nanos() as u64;
+        entry.compute_infer_ns += infer.as_nanos() as u64;
+        entry.compute_output_ns += output.as_nanos() as u64;
+    }
+
+    /// Copies the current values.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            last_inference_ms: self.last_inference_ms.load(Ordering::Relaxed),
+            inference_count: self.inference_count.load(Ordering::Relaxed),
+            execution_count: self.execution_count.load(Ordering::Relaxed),
+            success: self.success.read(),
+            fail: self.fail.read(),
+            queue: self.queue.read(),
+            compute_input: self.compute_input.read(),
+            compute_infer: self.compute_infer.read(),
+            compute_output: self.compute_output.read(),
+            batches: self.batches.lock().iter().map(|(k, v)| (*k, *v)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_executions() {
+        let stats = ModelStats::default();
+        stats.record_execution(4, Duration::from_nanos(10), Duration::from_nanos(100), Duration::from_nanos(5));
+        stats.record_execution(4, Duration::from_nanos(10), Duration::from_nanos(100), Duration::from_nanos(5));
+        stats.success.record(Duration::from_nanos(300));
+        let snap = stats.snapshot();
+        assert_eq!(snap.inference_count, 8);
+        assert_eq!(snap.execution_count, 2);
+        assert_eq!(snap.compute_infer, (2, 200));
+        assert_eq!(snap.batches, vec![(4, BatchStat { count: 2, compute_input_ns: 20, compute_infer_ns: 200, compute_output_ns: 10 })]);
+        assert!(snap.last_inference_ms > 0);
+    }
+}
