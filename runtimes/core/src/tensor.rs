@@ -71,9 +71,8 @@ impl Tensor {
         let count = checked_element_count(&shape).ok_or_else(|| TensorError::ShapeOverflow { shape: shape.clone() })?;
         match (&data, datatype.size_of()) {
             (TensorData::Fixed(bytes), Some(size)) => {
-                let expected = count
-                    .checked_mul(size)
-                    .ok_or_else(|| TensorError::ShapeOverflow { shape: shape.clone() })?;
+                let expected =
+                    count.checked_mul(size).ok_or_else(|| TensorError::ShapeOverflow { shape: shape.clone() })?;
                 if bytes.len() != expected {
                     return Err(TensorError::ByteLength { datatype, shape, expected, actual: bytes.len() });
                 }
@@ -186,8 +185,9 @@ mod tests {
     fn zero_sized_and_strings() {
         let t = Tensor::from_le_bytes(DataType::Fp32, vec![0, 4], Vec::new()).unwrap();
         assert_eq!(t.element_count(), 0);
-        let s = Tensor::new(DataType::Bytes, vec![2], TensorData::Strings(vec![Bytes::from_static(b"ab"), Bytes::new()]))
-            .unwrap();
+        let s =
+            Tensor::new(DataType::Bytes, vec![2], TensorData::Strings(vec![Bytes::from_static(b"ab"), Bytes::new()]))
+                .unwrap();
         assert_eq!(s.wire_size(), 10);
     }
 

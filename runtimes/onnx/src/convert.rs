@@ -91,8 +91,7 @@ pub(crate) fn from_value(value: &DynValue) -> Result<Tensor, RuntimeError> {
         ort::value::ValueType::Tensor { ty, .. } => *ty,
         other => return Err(RuntimeError::Unsupported(format!("output of type {other:?}"))),
     };
-    let datatype =
-        datatype_of(ty).ok_or_else(|| RuntimeError::Unsupported(format!("output element type {ty:?}")))?;
+    let datatype = datatype_of(ty).ok_or_else(|| RuntimeError::Unsupported(format!("output element type {ty:?}")))?;
     macro_rules! primitive {
         ($ty:ty) => {{
             let (shape, data) = value.try_extract_tensor::<$ty>().map_err(exec)?;

@@ -1,1 +1,157 @@
-//! placeholder
+//! `ferroserve`: the server binary's library half. [`run`] wires one engine to an HTTP (axum) and a gRPC
+//! (tonic) front end and drains both on shutdown.
+//!
+//! - [`config`]: flags and environment;
+//! - [`http`], [`grpc`]: the two transports, each mapping [`ferroserve_engine::InferError`] exactly once;
+//! - [`json_data`], [`raw`]: tensor codecs shared by the transports;
+//! - [`shutdown`]: signal handling and the drain sequence.
+
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod json_data;
+pub mod raw;
+pub mod shutdown;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferroserve_engine::ModelManager;
+use ferroserve_runtime::RuntimeLoader;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+use state::AppState;
+
+/// The runtimes this build can load, initialised from the config.
+fn loaders(config: &Config) -> anyhow::Result<Vec<Arc<dyn RuntimeLoader>>> {
+    #[allow(unused_mut)]
+    let mut loaders: Vec<Arc<dyn RuntimeLoader>> = Vec::new();
+    #[cfg(feature = "onnx")]
+    {
+        let lib = config.onnxruntime_lib.clone().context(
+            "ONNX Runtime library not configured: pass --onnxruntime-lib or set ORT_DYLIB_PATH to \
+             libonnxruntime.so (from the PyPI `onnxruntime` wheel: onnxruntime/capi/libonnxruntime.so.*)",
+        )?;
+        let loader = ferroserve_runtime_onnx::OnnxLoader::new(&lib)?;
+        loaders.push(Arc::new(loader));
+    }
+    #[cfg(not(feature = "onnx"))]
+    let _ = config;
+    Ok(loaders)
+}
+
+/// Addresses the server actually bound (useful with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// gRPC address.
+    pub grpc: SocketAddr,
+}
+
+/// Runs the server until `shutdown` resolves, then drains and returns. `on_bound` sees the bound addresses
+/// before any model loads.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(BoundAddrs),
+) -> anyhow::Result<()> {
+    let repository = config.repository().map_err(anyhow::Error::msg)?;
+    let loaders = loaders(&config)?;
+    let manager = Arc::new(ModelManager::new(repository, loaders, config.engine_options()));
+    let state = AppState { manager: manager.clone() };
+
+    let http_listener = TcpListener::bind((config.host, config.http_port))
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}:{}", config.host, config.http_port))?;
+    let grpc_listener = TcpListener::bind((config.host, config.grpc_port))
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}:{}", config.host, config.grpc_port))?;
+    let addrs = BoundAddrs { http: http_listener.local_addr()?, grpc: grpc_listener.local_addr()? };
+    tracing::info!(http = %addrs.http, grpc = %addrs.grpc, "listening");
+    on_bound(addrs);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+
+    // Load models off the async runtime; readiness turns true when done.
+    let loading = {
+        let manager = manager.clone();
+        let reporter = health_reporter.clone();
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || {
+                let r = manager.load_all();
+                (r, manager.is_ready())
+            })
+            .await;
+            match result {
+                Ok((Err(e), _)) => tracing::error!(error = %e, "model repository could not be read"),
+                Ok((Ok(()), true)) => {
+                    tracing::info!("all models ready");
+                    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                    reporter
+                        .set_service_status("inference.GRPCInferenceService", tonic_health::ServingStatus::Serving)
+                        .await;
+                }
+                Ok((Ok(()), false)) => tracing::warn!("some models failed to load; the server is live but not ready"),
+                Err(e) => tracing::error!(error = %e, "model loading task failed"),
+            }
+        })
+    };
+
+    // `stop` flips once: readiness off, then (after the grace period) the listeners stop accepting.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let drain = shutdown::DrainSequence {
+        manager: manager.clone(),
+        health: health_reporter.clone(),
+        grace: Duration::from_secs(config.shutdown_grace_secs),
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        drain.begin().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let http_app = http::router(state.clone(), config.max_message_bytes);
+    let http_stop = shutdown::wait_for(stop_rx.clone());
+    let http_server = async move {
+        use axum::serve::ListenerExt;
+        let listener = http_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, http_app).with_graceful_shutdown(http_stop).await
+    };
+
+    let grpc_stop = shutdown::wait_for(stop_rx.clone());
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(grpc::inference_server(state, config.max_message_bytes))
+        .serve_with_incoming_shutdown(incoming, grpc_stop);
+
+    let servers = async {
+        tokio::try_join!(async { http_server.await.context("HTTP server failed") }, async {
+            grpc_server.await.context("gRPC server failed")
+        })
+    };
+    let drain_timeout = Duration::from_secs(config.drain_timeout_secs);
+    let mut stop_watch = stop_rx;
+    tokio::select! {
+        result = servers => { result?; }
+        _ = async {
+            let _ = stop_watch.wait_for(|s| *s).await;
+            tokio::time::sleep(drain_timeout).await;
+        } => {
+            tracing::warn!(seconds = config.drain_timeout_secs, "drain timeout reached; exiting with requests in flight");
+        }
+    }
+    loading.abort();
+    tracing::info!("stopped");
+    Ok(())
+}

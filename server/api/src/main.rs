@@ -1,1 +1,21 @@
-fn main() {}
+//! The `ferroserve` binary: parse flags, set up logging, run until SIGTERM.
+
+use clap::Parser;
+use ferroserve::Config;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ferroserve-io").build()?;
+    runtime.block_on(ferroserve::run(config, ferroserve::shutdown::signal(), |addrs| {
+        // A machine-readable line for scripts and tests that start the server on port 0.
+        println!("ferroserve listening http={} grpc={}", addrs.http, addrs.grpc);
+    }))
+}

@@ -187,8 +187,7 @@ fn tensor_config(node: &Node) -> Result<TensorConfig, ConfigError> {
     let datatype = match string(node, "data_type") {
         None => None,
         Some(t) => Some(
-            DataType::parse_config_name(&t)
-                .ok_or_else(|| ConfigError(format!("`{name}`: unknown data_type `{t}`")))?,
+            DataType::parse_config_name(&t).ok_or_else(|| ConfigError(format!("`{name}`: unknown data_type `{t}`")))?,
         ),
     };
     Ok(TensorConfig { name, datatype, dims: numbers(node, "dims")? })

@@ -294,7 +294,15 @@ impl ModelManager {
         })
         .map_err(|e| e.to_string())?;
         let (signature, config) = complete_config(source, loader.platform(), signature, groups, &self.options)?;
-        Ok(ModelVersion::new(source.name.clone(), version, loader.platform().to_string(), signature, config, stats, pool))
+        Ok(ModelVersion::new(
+            source.name.clone(),
+            version,
+            loader.platform().to_string(),
+            signature,
+            config,
+            stats,
+            pool,
+        ))
     }
 
     /// True once the initial load finished, every model is ready and no shutdown has begun.
@@ -321,11 +329,7 @@ impl ModelManager {
 
     /// The entry for `name`, or `NotFound`.
     pub fn entry(&self, name: &str) -> Result<Arc<ModelEntry>, InferError> {
-        self.models
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| InferError::NotFound(format!("unknown model: `{name}`")))
+        self.models.read().get(name).cloned().ok_or_else(|| InferError::NotFound(format!("unknown model: `{name}`")))
     }
 
     /// Whether a model (or one version) is ready; `NotFound` for unknown names or versions.

@@ -136,7 +136,10 @@ mod tests {
         assert_eq!(snap.inference_count, 8);
         assert_eq!(snap.execution_count, 2);
         assert_eq!(snap.compute_infer, (2, 200));
-        assert_eq!(snap.batches, vec![(4, BatchStat { count: 2, compute_input_ns: 20, compute_infer_ns: 200, compute_output_ns: 10 })]);
+        assert_eq!(
+            snap.batches,
+            vec![(4, BatchStat { count: 2, compute_input_ns: 20, compute_infer_ns: 200, compute_output_ns: 10 })]
+        );
         assert!(snap.last_inference_ms > 0);
     }
 }

@@ -137,7 +137,11 @@ mod tests {
 
     fn input(name: &str, shape: Vec<usize>) -> InferInput {
         let n: usize = shape.iter().product();
-        InferInput { name: name.into(), tensor: Tensor::from_f32(shape, &vec![0.0; n]).unwrap(), parameters: Parameters::new() }
+        InferInput {
+            name: name.into(),
+            tensor: Tensor::from_f32(shape, &vec![0.0; n]).unwrap(),
+            parameters: Parameters::new(),
+        }
     }
 
     fn request(inputs: Vec<InferInput>, outputs: &[&str]) -> InferRequest {
@@ -147,7 +151,10 @@ mod tests {
             id: None,
             parameters: Parameters::new(),
             inputs,
-            outputs: outputs.iter().map(|n| RequestedOutput { name: (*n).into(), parameters: Parameters::new() }).collect(),
+            outputs: outputs
+                .iter()
+                .map(|n| RequestedOutput { name: (*n).into(), parameters: Parameters::new() })
+                .collect(),
         }
     }
 
@@ -157,8 +164,9 @@ mod tests {
 
     #[test]
     fn orders_inputs_and_outputs() {
-        let v = validate("m", &signature(), 8, request(vec![input("b", vec![3, 2]), input("a", vec![3, 2])], &["y", "x"]))
-            .unwrap();
+        let v =
+            validate("m", &signature(), 8, request(vec![input("b", vec![3, 2]), input("a", vec![3, 2])], &["y", "x"]))
+                .unwrap();
         assert_eq!(v.batch_size, 3);
         assert_eq!(v.outputs, vec![1, 0]);
         assert_eq!(v.inputs.len(), 2);

@@ -1,0 +1,266 @@
+//! Conversion between gRPC `ModelInferRequest`/`ModelInferResponse` and engine types.
+//!
+//! Inputs arrive either as typed `contents` or as `raw_input_contents` (one entry per input, in order); a
+//! request that mixes the two is refused. Responses always use `raw_output_contents`, as Triton does.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use ferroserve_engine::{InferError, InferInput, InferRequest, InferResponse, Parameter, Parameters, RequestedOutput};
+use ferroserve_proto::infer_parameter::ParameterChoice;
+use ferroserve_proto::model_infer_request::InferInputTensor;
+use ferroserve_proto::model_infer_response::InferOutputTensor;
+use ferroserve_proto::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse};
+use ferroserve_runtime::{DataType, Tensor, TensorData};
+
+use crate::json_data::concrete_shape;
+use crate::raw::{tensor_from_raw, tensor_to_raw};
+
+/// Converts protobuf parameters to engine parameters.
+pub fn parameters_from_proto(map: HashMap<String, InferParameter>) -> Parameters {
+    map.into_iter()
+        .filter_map(|(k, v)| {
+            let p = match v.parameter_choice? {
+                ParameterChoice::BoolParam(b) => Parameter::Bool(b),
+                ParameterChoice::Int64Param(i) => Parameter::Int(i),
+                ParameterChoice::Uint64Param(u) => Parameter::Uint(u),
+                ParameterChoice::DoubleParam(d) => Parameter::Double(d),
+                ParameterChoice::StringParam(s) => Parameter::String(s),
+            };
+            Some((k, p))
+        })
+        .collect()
+}
+
+fn has_contents(contents: &Option<InferTensorContents>) -> bool {
+    contents.as_ref().is_some_and(|c| {
+        !(c.bool_contents.is_empty()
+            && c.int_contents.is_empty()
+            && c.int64_contents.is_empty()
+            && c.uint_contents.is_empty()
+            && c.uint64_contents.is_empty()
+            && c.fp32_contents.is_empty()
+            && c.fp64_contents.is_empty()
+            && c.bytes_contents.is_empty())
+    })
+}
+
+/// Decodes a gRPC inference request.
+pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, InferError> {
+    let raw = request.raw_input_contents;
+    let use_raw = !raw.is_empty();
+    if use_raw {
+        if let Some(mixed) = request.inputs.iter().find(|i| has_contents(&i.contents)) {
+            return Err(InferError::invalid(format!(
+                "input `{}` has `contents` while the request also has raw_input_contents; use one or the other",
+                mixed.name
+            )));
+        }
+        if raw.len() != request.inputs.len() {
+            return Err(InferError::invalid(format!(
+                "the request has {} inputs but {} raw_input_contents entries; they must match one to one",
+                request.inputs.len(),
+                raw.len()
+            )));
+        }
+    }
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for (index, input) in request.inputs.into_iter().enumerate() {
+        let InferInputTensor { name, datatype, shape, parameters, contents } = input;
+        let dt = DataType::parse(&datatype)
+            .ok_or_else(|| InferError::invalid(format!("input `{name}` has unknown datatype `{datatype}`")))?;
+        let dims = concrete_shape(&name, &shape)?;
+        let tensor = if use_raw {
+            tensor_from_raw(&name, dt, dims, raw[index].clone())?
+        } else {
+            tensor_from_contents(&name, dt, dims, contents.unwrap_or_default())?
+        };
+        inputs.push(InferInput { name, tensor, parameters: parameters_from_proto(parameters) });
+    }
+    let outputs = request
+        .outputs
+        .into_iter()
+        .map(|o| {
+            let parameters = parameters_from_proto(o.parameters);
+            if parameters.contains_key("classification") {
+                return Err(InferError::Unsupported(format!(
+                    "output `{}`: the classification extension is not supported",
+                    o.name
+                )));
+            }
+            Ok(RequestedOutput { name: o.name, parameters })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(InferRequest {
+        model_name: request.model_name,
+        model_version: (!request.model_version.is_empty()).then_some(request.model_version),
+        id: (!request.id.is_empty()).then_some(request.id),
+        parameters: parameters_from_proto(request.parameters),
+        inputs,
+        outputs,
+    })
+}
+
+fn tensor_from_contents(
+    name: &str,
+    datatype: DataType,
+    shape: Vec<usize>,
+    contents: InferTensorContents,
+) -> Result<Tensor, InferError> {
+    let expected: usize = shape.iter().product();
+    let count_error = |got: usize, field: &str| {
+        InferError::invalid(format!("input `{name}` shape {shape:?} needs {expected} elements, `{field}` has {got}"))
+    };
+    macro_rules! pack {
+        ($field:ident, $ty:ty) => {{
+            let values = &contents.$field;
+            if values.len() != expected {
+                return Err(count_error(values.len(), stringify!($field)));
+            }
+            let mut out = Vec::with_capacity(expected * std::mem::size_of::<$ty>());
+            for (i, &v) in values.iter().enumerate() {
+                let x = <$ty>::try_from(v).map_err(|_| {
+                    InferError::invalid(format!("input `{name}` element {i}: {v} is out of range for {datatype}"))
+                })?;
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+            TensorData::Fixed(Bytes::from(out))
+        }};
+    }
+    let data = match datatype {
+        DataType::Bool => {
+            if contents.bool_contents.len() != expected {
+                return Err(count_error(contents.bool_contents.len(), "bool_contents"));
+            }
+            TensorData::Fixed(contents.bool_contents.iter().map(|&b| u8::from(b)).collect::<Vec<u8>>().into())
+        }
+        DataType::Int8 => pack!(int_contents, i8),
+        DataType::Int16 => pack!(int_contents, i16),
+        DataType::Int32 => pack!(int_contents, i32),
+        DataType::Int64 => pack!(int64_contents, i64),
+        DataType::Uint8 => pack!(uint_contents, u8),
+        DataType::Uint16 => pack!(uint_contents, u16),
+        DataType::Uint32 => pack!(uint_contents, u32),
+        DataType::Uint64 => pack!(uint64_contents, u64),
+        DataType::Fp32 => {
+            if contents.fp32_contents.len() != expected {
+                return Err(count_error(contents.fp32_contents.len(), "fp32_contents"));
+            }
+            TensorData::Fixed(contents.fp32_contents.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into())
+        }
+        DataType::Fp64 => {
+            if contents.fp64_contents.len() != expected {
+                return Err(count_error(contents.fp64_contents.len(), "fp64_contents"));
+            }
+            TensorData::Fixed(contents.fp64_contents.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into())
+        }
+        DataType::Fp16 | DataType::Bf16 => {
+            return Err(InferError::invalid(format!(
+                "input `{name}`: {datatype} has no typed `contents` field; send it in raw_input_contents"
+            )));
+        }
+        DataType::Bytes => {
+            if contents.bytes_contents.len() != expected {
+                return Err(count_error(contents.bytes_contents.len(), "bytes_contents"));
+            }
+            TensorData::Strings(contents.bytes_contents.into_iter().map(Bytes::from).collect())
+        }
+    };
+    Tensor::new(datatype, shape, data).map_err(|e| InferError::invalid(format!("input `{name}`: {e}")))
+}
+
+/// Encodes an engine response with raw output contents.
+pub fn encode_response(response: InferResponse) -> ModelInferResponse {
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    let mut raw = Vec::with_capacity(response.outputs.len());
+    for output in response.outputs {
+        raw.push(tensor_to_raw(&output.tensor));
+        outputs.push(InferOutputTensor {
+            name: output.name,
+            datatype: output.tensor.datatype().as_str().to_string(),
+            shape: output.tensor.shape().iter().map(|&d| d as i64).collect(),
+            parameters: HashMap::new(),
+            contents: None,
+        });
+    }
+    ModelInferResponse {
+        model_name: response.model_name,
+        model_version: response.model_version,
+        id: response.id.unwrap_or_default(),
+        parameters: HashMap::new(),
+        outputs,
+        raw_output_contents: raw,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(name: &str, datatype: &str, shape: Vec<i64>, contents: Option<InferTensorContents>) -> InferInputTensor {
+        InferInputTensor { name: name.into(), datatype: datatype.into(), shape, parameters: HashMap::new(), contents }
+    }
+
+    #[test]
+    fn decodes_typed_and_raw() {
+        let typed = ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![input(
+                "a",
+                "INT16",
+                vec![2],
+                Some(InferTensorContents { int_contents: vec![-2, 300], ..Default::default() }),
+            )],
+            ..Default::default()
+        };
+        let req = decode_request(typed).unwrap();
+        assert_eq!(req.inputs[0].tensor.as_fixed().unwrap().as_ref(), &[0xfe, 0xff, 0x2c, 0x01]);
+        assert_eq!(req.model_version, None);
+
+        let raw = ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![input("a", "FP32", vec![1], None)],
+            raw_input_contents: vec![Bytes::from_static(&[0, 0, 128, 63])],
+            ..Default::default()
+        };
+        assert_eq!(decode_request(raw).unwrap().inputs[0].tensor.to_f32_vec().unwrap(), vec![1.0]);
+    }
+
+    #[test]
+    fn rejects_mixed_and_out_of_range() {
+        let mixed = ModelInferRequest {
+            inputs: vec![
+                input(
+                    "a",
+                    "FP32",
+                    vec![1],
+                    Some(InferTensorContents { fp32_contents: vec![1.0], ..Default::default() }),
+                ),
+                input("b", "FP32", vec![1], None),
+            ],
+            raw_input_contents: vec![Bytes::from_static(&[0, 0, 0, 0])],
+            ..Default::default()
+        };
+        assert!(decode_request(mixed).unwrap_err().to_string().contains("one or the other"));
+        let range = ModelInferRequest {
+            inputs: vec![input(
+                "a",
+                "INT8",
+                vec![1],
+                Some(InferTensorContents { int_contents: vec![200], ..Default::default() }),
+            )],
+            ..Default::default()
+        };
+        assert!(decode_request(range).unwrap_err().to_string().contains("out of range for INT8"));
+        let count = ModelInferRequest {
+            inputs: vec![input(
+                "a",
+                "FP32",
+                vec![2],
+                Some(InferTensorContents { fp32_contents: vec![1.0], ..Default::default() }),
+            )],
+            ..Default::default()
+        };
+        assert!(decode_request(count).unwrap_err().to_string().contains("needs 2 elements"));
+    }
+}

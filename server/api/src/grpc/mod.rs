@@ -1,0 +1,18 @@
+//! The gRPC front end (tonic): `inference.GRPCInferenceService` and `grpc.health.v1.Health`.
+
+pub mod codec;
+mod service;
+pub mod status;
+
+pub use service::InferenceService;
+
+use ferroserve_proto::grpc_inference_service_server::GrpcInferenceServiceServer;
+
+use crate::state::AppState;
+
+/// The inference service with message limits of `max_message_bytes` in both directions.
+pub fn inference_server(state: AppState, max_message_bytes: usize) -> GrpcInferenceServiceServer<InferenceService> {
+    GrpcInferenceServiceServer::new(InferenceService::new(state))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes)
+}

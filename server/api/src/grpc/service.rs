@@ -1,0 +1,379 @@
+//! `inference.GRPCInferenceService` over the engine.
+
+use std::pin::Pin;
+
+use ferroserve_engine::config::{InstanceKind, ModelConfig as EngineConfig, TensorConfig, VersionPolicy};
+use ferroserve_engine::stats::StatsSnapshot;
+use ferroserve_engine::{InferError, VersionState};
+use ferroserve_proto as pb;
+use ferroserve_proto::grpc_inference_service_server::GrpcInferenceService;
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::codec;
+use super::status::to_status;
+use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
+
+/// The gRPC service; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct InferenceService {
+    state: AppState,
+}
+
+impl InferenceService {
+    /// A service over `state`.
+    pub fn new(state: AppState) -> Self {
+        InferenceService { state }
+    }
+}
+
+fn version_arg(v: &str) -> Option<&str> {
+    (!v.is_empty()).then_some(v)
+}
+
+type StreamResult = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse { ready: self.state.manager.is_ready() }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        let ready = match self.state.manager.model_ready(&r.name, version_arg(&r.version)) {
+            Ok(ready) => ready,
+            Err(InferError::NotFound(_)) => false,
+            Err(e) => return Err(to_status(e)),
+        };
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: SERVER_NAME.into(),
+            version: SERVER_VERSION.into(),
+            extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let manager = &self.state.manager;
+        let entry = manager.entry(&r.name).map_err(to_status)?;
+        let v = manager.version(&r.name, version_arg(&r.version)).map_err(to_status)?;
+        let versions = if r.version.is_empty() {
+            entry
+                .versions
+                .iter()
+                .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
+                .map(|(n, _)| n.to_string())
+                .collect()
+        } else {
+            vec![v.version.to_string()]
+        };
+        let tensors = |specs: &[ferroserve_runtime::TensorSpec]| {
+            specs
+                .iter()
+                .map(|s| pb::model_metadata_response::TensorMetadata {
+                    name: s.name.clone(),
+                    datatype: s.datatype.as_str().into(),
+                    shape: s.dims.clone(),
+                })
+                .collect()
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: v.name.clone(),
+            versions,
+            platform: v.platform.clone(),
+            inputs: tensors(&v.signature.inputs),
+            outputs: tensors(&v.signature.outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let request = codec::decode_request(request.into_inner()).map_err(to_status)?;
+        let response = self.state.manager.infer(request).await.map_err(to_status)?;
+        Ok(Response::new(codec::encode_response(response)))
+    }
+
+    type ModelStreamInferStream = StreamResult;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let mut incoming = request.into_inner();
+        let manager = self.state.manager.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ModelStreamInferResponse, Status>>(64);
+        tokio::spawn(async move {
+            // Requests on one stream run concurrently; responses carry the request id to match them up.
+            let mut running = tokio::task::JoinSet::new();
+            while let Some(message) = incoming.next().await {
+                let request = match message {
+                    Ok(r) => r,
+                    Err(status) => {
+                        tracing::debug!(%status, "stream closed by client");
+                        break;
+                    }
+                };
+                let manager = manager.clone();
+                let tx = tx.clone();
+                running.spawn(async move {
+                    let id = request.id.clone();
+                    let reply = match codec::decode_request(request) {
+                        Ok(r) => manager.infer(r).await,
+                        Err(e) => Err(e),
+                    };
+                    let message = match reply {
+                        Ok(r) => pb::ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(codec::encode_response(r)),
+                        },
+                        Err(e) => pb::ModelStreamInferResponse {
+                            error_message: e.to_string(),
+                            infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
+                        },
+                    };
+                    let _ = tx.send(Ok(message)).await;
+                });
+            }
+            while running.join_next().await.is_some() {}
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let v = self.state.manager.version(&r.name, version_arg(&r.version)).map_err(to_status)?;
+        Ok(Response::new(pb::ModelConfigResponse { config: Some(config_to_proto(&v.config, &r.name)) }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let manager = &self.state.manager;
+        let entries =
+            if r.name.is_empty() { manager.entries() } else { vec![manager.entry(&r.name).map_err(to_status)?] };
+        if !r.version.is_empty() {
+            manager.version(&r.name, Some(&r.version)).map_err(to_status)?;
+        }
+        let mut model_stats = Vec::new();
+        for entry in entries {
+            for (n, v) in &entry.versions {
+                if !r.version.is_empty() && r.version != n.to_string() {
+                    continue;
+                }
+                if let VersionState::Ready(m) = v {
+                    model_stats.push(stats_to_proto(&entry.name, *n, &m.stats.snapshot()));
+                }
+            }
+        }
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let ready_only = request.into_inner().ready;
+        let mut models = Vec::new();
+        for entry in self.state.manager.entries() {
+            let (state, reason) = entry.state();
+            if ready_only && state != "READY" {
+                continue;
+            }
+            if entry.versions.is_empty() {
+                models.push(pb::repository_index_response::ModelIndex {
+                    name: entry.name.clone(),
+                    version: String::new(),
+                    state: state.into(),
+                    reason,
+                });
+            }
+            for (n, v) in &entry.versions {
+                let (state, reason) = match v {
+                    VersionState::Ready(_) => ("READY", String::new()),
+                    VersionState::Loading => ("LOADING", String::new()),
+                    VersionState::Unavailable(r) => ("UNAVAILABLE", r.clone()),
+                };
+                models.push(pb::repository_index_response::ModelIndex {
+                    name: entry.name.clone(),
+                    version: n.to_string(),
+                    state: state.into(),
+                    reason,
+                });
+            }
+        }
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let name = request.into_inner().model_name;
+        let manager = self.state.manager.clone();
+        tokio::task::spawn_blocking(move || manager.load_model(&name))
+            .await
+            .map_err(|e| Status::internal(format!("load task failed: {e}")))?
+            .map_err(to_status)?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        self.state.manager.unload_model(&request.into_inner().model_name).map_err(to_status)?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+fn data_type(t: Option<ferroserve_runtime::DataType>) -> i32 {
+    use ferroserve_runtime::DataType as D;
+    let v = match t {
+        None => pb::DataType::TypeInvalid,
+        Some(D::Bool) => pb::DataType::TypeBool,
+        Some(D::Uint8) => pb::DataType::TypeUint8,
+        Some(D::Uint16) => pb::DataType::TypeUint16,
+        Some(D::Uint32) => pb::DataType::TypeUint32,
+        Some(D::Uint64) => pb::DataType::TypeUint64,
+        Some(D::Int8) => pb::DataType::TypeInt8,
+        Some(D::Int16) => pb::DataType::TypeInt16,
+        Some(D::Int32) => pb::DataType::TypeInt32,
+        Some(D::Int64) => pb::DataType::TypeInt64,
+        Some(D::Fp16) => pb::DataType::TypeFp16,
+        Some(D::Bf16) => pb::DataType::TypeBf16,
+        Some(D::Fp32) => pb::DataType::TypeFp32,
+        Some(D::Fp64) => pb::DataType::TypeFp64,
+        Some(D::Bytes) => pb::DataType::TypeString,
+    };
+    v as i32
+}
+
+fn config_to_proto(config: &EngineConfig, name: &str) -> pb::ModelConfig {
+    use pb::model_version_policy::{All, Latest, PolicyChoice, Specific};
+    let inputs = |t: &[TensorConfig]| -> Vec<pb::ModelInput> {
+        t.iter()
+            .map(|t| pb::ModelInput { name: t.name.clone(), data_type: data_type(t.datatype), dims: t.dims.clone() })
+            .collect()
+    };
+    let outputs = |t: &[TensorConfig]| -> Vec<pb::ModelOutput> {
+        t.iter()
+            .map(|t| pb::ModelOutput { name: t.name.clone(), data_type: data_type(t.datatype), dims: t.dims.clone() })
+            .collect()
+    };
+    pb::ModelConfig {
+        name: name.to_string(),
+        platform: config.platform.clone().unwrap_or_default(),
+        backend: config.backend.clone().unwrap_or_default(),
+        version_policy: Some(pb::ModelVersionPolicy {
+            policy_choice: Some(match &config.version_policy {
+                VersionPolicy::Latest(n) => PolicyChoice::Latest(Latest { num_versions: *n }),
+                VersionPolicy::All => PolicyChoice::All(All {}),
+                VersionPolicy::Specific(v) => {
+                    PolicyChoice::Specific(Specific { versions: v.iter().map(|&x| x as i64).collect() })
+                }
+            }),
+        }),
+        max_batch_size: config.max_batch_size.unwrap_or(0) as i32,
+        input: inputs(&config.inputs),
+        output: outputs(&config.outputs),
+        instance_group: config
+            .instance_groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| pb::ModelInstanceGroup {
+                name: format!("{name}_{i}"),
+                count: g.count as i32,
+                gpus: g.gpus.iter().map(|&x| x as i32).collect(),
+                kind: match g.kind {
+                    InstanceKind::Gpu => pb::model_instance_group::Kind::Gpu as i32,
+                    _ => pb::model_instance_group::Kind::Cpu as i32,
+                },
+            })
+            .collect(),
+        default_model_filename: config.default_model_filename.clone().unwrap_or_else(|| "model.onnx".into()),
+        scheduling_choice: config.dynamic_batching.as_ref().map(|b| {
+            pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {
+                preferred_batch_size: b.preferred_batch_size.iter().map(|&x| x as i32).collect(),
+                max_queue_delay_microseconds: b.max_queue_delay_microseconds,
+                preserve_ordering: false,
+                priority_levels: 0,
+                default_priority_level: 0,
+                default_queue_policy: Some(pb::ModelQueuePolicy {
+                    timeout_action: 0,
+                    default_timeout_microseconds: b.default_timeout_microseconds,
+                    allow_timeout_override: false,
+                    max_queue_size: b.max_queue_size,
+                }),
+            })
+        }),
+        parameters: config
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), pb::ModelParameter { string_value: v.clone() }))
+            .collect(),
+    }
+}
+
+fn duration((count, ns): (u64, u64)) -> Option<pb::StatisticDuration> {
+    Some(pb::StatisticDuration { count, ns })
+}
+
+fn stats_to_proto(name: &str, version: u64, s: &StatsSnapshot) -> pb::ModelStatistics {
+    pb::ModelStatistics {
+        name: name.to_string(),
+        version: version.to_string(),
+        last_inference: s.last_inference_ms,
+        inference_count: s.inference_count,
+        execution_count: s.execution_count,
+        inference_stats: Some(pb::InferStatistics {
+            success: duration(s.success),
+            fail: duration(s.fail),
+            queue: duration(s.queue),
+            compute_input: duration(s.compute_input),
+            compute_infer: duration(s.compute_infer),
+            compute_output: duration(s.compute_output),
+            cache_hit: duration((0, 0)),
+            cache_miss: duration((0, 0)),
+        }),
+        batch_stats: s
+            .batches
+            .iter()
+            .map(|(size, b)| pb::InferBatchStatistics {
+                batch_size: *size,
+                compute_input: duration((b.count, b.compute_input_ns)),
+                compute_infer: duration((b.count, b.compute_infer_ns)),
+                compute_output: duration((b.count, b.compute_output_ns)),
+            })
+            .collect(),
+    }
+}

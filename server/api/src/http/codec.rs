@@ -1,0 +1,343 @@
+//! KServe v2 REST inference bodies: JSON, and the binary tensor data extension in both directions.
+//!
+//! A request body is a JSON header, optionally followed by raw tensors when `Inference-Header-Content-Length`
+//! says where the JSON ends. Inputs with a `binary_data_size` parameter take their bytes from the tail in
+//! input order. The response uses binary for an output when the request asked (`binary_data` on the output,
+//! or `binary_data_output` on the request) and always for FP16/BF16, which have no JSON form.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ferroserve_engine::{InferError, InferInput, InferRequest, InferResponse, Parameter, Parameters, RequestedOutput};
+use ferroserve_runtime::DataType;
+use serde::{Deserialize, Serialize};
+
+use crate::json_data::{DataView, FlatData, concrete_shape, tensor_from_json};
+use crate::raw::{tensor_from_raw, tensor_to_raw};
+
+/// The header that splits the JSON part from the binary part of a body.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+#[derive(Deserialize)]
+struct JsonRequest {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    inputs: Vec<JsonInput>,
+    #[serde(default)]
+    outputs: Option<Vec<JsonRequestedOutput>>,
+}
+
+#[derive(Deserialize)]
+struct JsonInput {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    data: Option<FlatData>,
+}
+
+#[derive(Deserialize)]
+struct JsonRequestedOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// How the response should encode each output, decided from the request.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseFormat {
+    /// `binary_data_output: true` on the request.
+    all_binary: bool,
+    /// Per requested output: `binary_data` if stated.
+    per_output: HashMap<String, bool>,
+}
+
+impl ResponseFormat {
+    fn binary(&self, name: &str, datatype: DataType) -> bool {
+        !datatype.has_json_form() || self.per_output.get(name).copied().unwrap_or(self.all_binary)
+    }
+}
+
+/// Converts JSON parameters to engine parameters.
+pub fn parameters_from_json(map: Option<serde_json::Map<String, serde_json::Value>>) -> Result<Parameters, InferError> {
+    let mut out = BTreeMap::new();
+    for (key, value) in map.unwrap_or_default() {
+        let p = match value {
+            serde_json::Value::Bool(b) => Parameter::Bool(b),
+            serde_json::Value::String(s) => Parameter::String(s),
+            serde_json::Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    Parameter::Int(i)
+                } else if let Some(u) = n.as_u64() {
+                    Parameter::Uint(u)
+                } else {
+                    Parameter::Double(n.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            other => {
+                return Err(InferError::invalid(format!(
+                    "parameter `{key}` must be a bool, number or string, got {other}"
+                )));
+            }
+        };
+        out.insert(key, p);
+    }
+    Ok(out)
+}
+
+/// Splits a body into its JSON header and binary tail using the header-length value, if any.
+pub fn split_body(header_length: Option<&str>, body: Bytes) -> Result<(Bytes, Bytes), InferError> {
+    match header_length {
+        None => Ok((body, Bytes::new())),
+        Some(value) => {
+            let n: usize = value.trim().parse().map_err(|_| {
+                InferError::invalid(format!("Inference-Header-Content-Length `{value}` is not a byte count"))
+            })?;
+            if n > body.len() {
+                return Err(InferError::invalid(format!(
+                    "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                    body.len()
+                )));
+            }
+            let tail = body.slice(n..);
+            Ok((body.slice(..n), tail))
+        }
+    }
+}
+
+/// Decodes a v2 inference request body.
+pub fn decode_request(
+    model_name: &str,
+    model_version: Option<&str>,
+    json: &[u8],
+    mut binary: Bytes,
+) -> Result<(InferRequest, ResponseFormat), InferError> {
+    let request: JsonRequest = serde_json::from_slice(json)
+        .map_err(|e| InferError::invalid(format!("malformed inference request JSON: {e}")))?;
+    let parameters = parameters_from_json(request.parameters)?;
+    let mut format = ResponseFormat {
+        all_binary: parameters.get("binary_data_output").and_then(Parameter::as_bool).unwrap_or(false),
+        per_output: HashMap::new(),
+    };
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
+            InferError::invalid(format!("input `{}` has unknown datatype `{}`", input.name, input.datatype))
+        })?;
+        let shape = concrete_shape(&input.name, &input.shape)?;
+        let params = parameters_from_json(input.parameters)?;
+        let binary_size = match params.get("binary_data_size") {
+            None => None,
+            Some(p) => Some(p.as_u64().ok_or_else(|| {
+                InferError::invalid(format!("input `{}`: binary_data_size must be a non-negative integer", input.name))
+            })?),
+        };
+        let tensor = match (binary_size, input.data) {
+            (Some(_), Some(_)) => {
+                return Err(InferError::invalid(format!(
+                    "input `{}` has both `data` and binary_data_size; give one",
+                    input.name
+                )));
+            }
+            (Some(size), None) => {
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                if size > binary.len() {
+                    return Err(InferError::invalid(format!(
+                        "input `{}` has binary_data_size {size} but only {} bytes of binary data remain",
+                        input.name,
+                        binary.len()
+                    )));
+                }
+                let raw = binary.split_to(size);
+                tensor_from_raw(&input.name, datatype, shape, raw)?
+            }
+            (None, Some(data)) => tensor_from_json(&input.name, datatype, shape, data.0)?,
+            (None, None) => {
+                return Err(InferError::invalid(format!(
+                    "input `{}` has neither `data` nor binary_data_size",
+                    input.name
+                )));
+            }
+        };
+        inputs.push(InferInput { name: input.name, tensor, parameters: params });
+    }
+    if !binary.is_empty() {
+        return Err(InferError::invalid(format!(
+            "{} bytes of binary data are not claimed by any input's binary_data_size",
+            binary.len()
+        )));
+    }
+    let mut outputs = Vec::new();
+    for output in request.outputs.unwrap_or_default() {
+        let params = parameters_from_json(output.parameters)?;
+        if params.contains_key("classification") {
+            return Err(InferError::Unsupported(format!(
+                "output `{}`: the classification extension is not supported",
+                output.name
+            )));
+        }
+        if let Some(b) = params.get("binary_data") {
+            let b = b.as_bool().ok_or_else(|| {
+                InferError::invalid(format!("output `{}`: binary_data must be true or false", output.name))
+            })?;
+            format.per_output.insert(output.name.clone(), b);
+        }
+        outputs.push(RequestedOutput { name: output.name, parameters: params });
+    }
+    let request = InferRequest {
+        model_name: model_name.to_string(),
+        model_version: model_version.map(str::to_owned),
+        id: request.id,
+        parameters,
+        inputs,
+        outputs,
+    };
+    Ok((request, format))
+}
+
+#[derive(Serialize)]
+struct JsonResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<JsonOutput<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonOutput<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<DataView<'a>>,
+}
+
+/// An encoded response body: JSON alone, or JSON plus binary with the JSON length.
+#[derive(Debug)]
+pub struct EncodedResponse {
+    /// The full body.
+    pub body: Bytes,
+    /// `Some(json length)` when binary data follows the JSON.
+    pub json_length: Option<usize>,
+}
+
+/// Encodes a v2 inference response.
+pub fn encode_response(response: &InferResponse, format: &ResponseFormat) -> Result<EncodedResponse, InferError> {
+    let mut binary_parts = Vec::new();
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    for output in &response.outputs {
+        let tensor = &output.tensor;
+        let binary = format.binary(&output.name, tensor.datatype());
+        let (parameters, data) = if binary {
+            let raw = tensor_to_raw(tensor);
+            let mut p = serde_json::Map::new();
+            p.insert("binary_data_size".into(), raw.len().into());
+            binary_parts.push(raw);
+            (Some(p), None)
+        } else {
+            (None, Some(DataView(tensor)))
+        };
+        outputs.push(JsonOutput {
+            name: &output.name,
+            datatype: tensor.datatype().as_str(),
+            shape: tensor.shape(),
+            parameters,
+            data,
+        });
+    }
+    let json = JsonResponse {
+        model_name: &response.model_name,
+        model_version: &response.model_version,
+        id: response.id.as_deref(),
+        outputs,
+    };
+    let binary_len: usize = binary_parts.iter().map(Bytes::len).sum();
+    let mut body = BytesMut::with_capacity(256 + binary_len);
+    serde_json::to_writer((&mut body).writer(), &json)
+        .map_err(|e| InferError::Internal(format!("cannot encode the response: {e}")))?;
+    if binary_parts.is_empty() {
+        return Ok(EncodedResponse { body: body.freeze(), json_length: None });
+    }
+    let json_length = body.len();
+    for part in binary_parts {
+        body.put_slice(&part);
+    }
+    Ok(EncodedResponse { body: body.freeze(), json_length: Some(json_length) })
+}
+
+#[cfg(test)]
+mod tests {
+    use ferroserve_engine::InferOutput;
+    use ferroserve_runtime::Tensor;
+
+    use super::*;
+
+    #[test]
+    fn decodes_json_and_binary_inputs() {
+        let json = br#"{"id":"7","inputs":[
+            {"name":"a","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}},
+            {"name":"b","shape":[1,2],"datatype":"INT32","data":[[1,2]]}],
+            "outputs":[{"name":"y","parameters":{"binary_data":true}}]}"#;
+        let mut body = BytesMut::from(&json[..]);
+        body.put_f32_le(1.0);
+        body.put_f32_le(2.0);
+        let len = json.len().to_string();
+        let (head, tail) = split_body(Some(&len), body.freeze()).unwrap();
+        let (req, format) = decode_request("m", Some("1"), &head, tail).unwrap();
+        assert_eq!(req.id.as_deref(), Some("7"));
+        assert_eq!(req.inputs[0].tensor.to_f32_vec().unwrap(), vec![1.0, 2.0]);
+        assert_eq!(req.inputs[1].tensor.shape(), &[1, 2]);
+        assert!(format.binary("y", DataType::Fp32));
+        assert!(!format.binary("z", DataType::Fp32));
+        assert!(format.binary("z", DataType::Fp16));
+    }
+
+    #[test]
+    fn rejects_malformed_bodies() {
+        let err = |json: &str, tail: &'static [u8]| {
+            decode_request("m", None, json.as_bytes(), Bytes::from_static(tail)).unwrap_err().to_string()
+        };
+        assert!(err("{", b"").contains("malformed"));
+        assert!(
+            err(r#"{"inputs":[{"name":"a","shape":[1],"datatype":"F32","data":[1]}]}"#, b"")
+                .contains("unknown datatype")
+        );
+        assert!(
+            err(r#"{"inputs":[{"name":"a","shape":[-1],"datatype":"FP32","data":[1]}]}"#, b"").contains("negative")
+        );
+        assert!(err(r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32"}]}"#, b"").contains("neither"));
+        let short = r#"{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        assert!(err(short, b"1234").contains("only 4 bytes"));
+        let extra = r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","data":[1]}]}"#;
+        assert!(err(extra, b"xx").contains("not claimed"));
+        assert!(split_body(Some("99"), Bytes::from_static(b"{}")).is_err());
+        assert!(split_body(Some("x"), Bytes::from_static(b"{}")).is_err());
+    }
+
+    #[test]
+    fn encodes_mixed_json_and_binary() {
+        let response = InferResponse {
+            model_name: "m".into(),
+            model_version: "1".into(),
+            id: None,
+            outputs: vec![
+                InferOutput { name: "j".into(), tensor: Tensor::from_f32(vec![2], &[1.0, 2.5]).unwrap() },
+                InferOutput { name: "b".into(), tensor: Tensor::from_f32(vec![1], &[3.0]).unwrap() },
+            ],
+        };
+        let format = ResponseFormat { all_binary: false, per_output: HashMap::from([("b".to_string(), true)]) };
+        let encoded = encode_response(&response, &format).unwrap();
+        let n = encoded.json_length.unwrap();
+        let head: serde_json::Value = serde_json::from_slice(&encoded.body[..n]).unwrap();
+        assert_eq!(head["outputs"][0]["data"], serde_json::json!([1.0, 2.5]));
+        assert_eq!(head["outputs"][1]["parameters"]["binary_data_size"], 4);
+        assert_eq!(&encoded.body[n..], &3.0f32.to_le_bytes());
+    }
+}

@@ -1,0 +1,42 @@
+//! The HTTP/REST front end (axum): KServe v2 and v1 routes over one engine.
+
+pub mod codec;
+pub mod error;
+mod routes;
+mod v1;
+mod views;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tower_http::decompression::RequestDecompressionLayer;
+
+use crate::state::AppState;
+
+/// Builds the router; `max_body_bytes` bounds a request body (after decompression).
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(routes::live))
+        .route("/v2/health/ready", get(routes::ready))
+        .route("/v2", get(routes::server_metadata))
+        .route("/v2/models/stats", get(routes::all_stats))
+        .route("/v2/models/{model}", get(routes::model_metadata))
+        .route("/v2/models/{model}/ready", get(routes::model_ready))
+        .route("/v2/models/{model}/config", get(routes::model_config))
+        .route("/v2/models/{model}/stats", get(routes::model_stats))
+        .route("/v2/models/{model}/infer", post(routes::infer))
+        .route("/v2/models/{model}/versions/{version}", get(routes::version_metadata))
+        .route("/v2/models/{model}/versions/{version}/ready", get(routes::version_ready))
+        .route("/v2/models/{model}/versions/{version}/config", get(routes::version_config))
+        .route("/v2/models/{model}/versions/{version}/stats", get(routes::version_stats))
+        .route("/v2/models/{model}/versions/{version}/infer", post(routes::version_infer))
+        .route("/v2/repository/index", post(routes::repository_index))
+        .route("/v2/repository/models/{model}/load", post(routes::repository_load))
+        .route("/v2/repository/models/{model}/unload", post(routes::repository_unload))
+        .route("/v1/models", get(v1::list))
+        .route("/v1/models/{model}", get(v1::status).post(v1::post))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(RequestDecompressionLayer::new())
+        .with_state(state)
+}

@@ -1,0 +1,231 @@
+//! REST handlers for the KServe v2 protocol (health, metadata, infer, config, stats, repository).
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ferroserve_engine::{InferError, VersionState};
+use serde_json::{Value, json};
+
+use super::codec::{self, HEADER_LENGTH};
+use super::error::ApiError;
+use super::views;
+use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// `GET /v2/health/live`.
+pub(crate) async fn live() -> Json<Value> {
+    Json(json!({"live": true}))
+}
+
+/// `GET /v2/health/ready`: 200 only when every model is ready and no shutdown has begun.
+pub(crate) async fn ready(State(state): State<AppState>) -> Response {
+    let ready = state.manager.is_ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"ready": ready}))).into_response()
+}
+
+/// `GET /v2`.
+pub(crate) async fn server_metadata() -> Json<Value> {
+    Json(json!({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}))
+}
+
+/// `GET /v2/models/{m}`.
+pub(crate) async fn model_metadata(State(state): State<AppState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+    metadata(&state, &model, None)
+}
+
+/// `GET /v2/models/{m}/versions/{v}`.
+pub(crate) async fn version_metadata(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    metadata(&state, &model, Some(&version))
+}
+
+fn metadata(state: &AppState, model: &str, version: Option<&str>) -> ApiResult<Json<Value>> {
+    let entry = state.manager.entry(model)?;
+    let v = state.manager.version(model, version)?;
+    Ok(Json(views::model_metadata(&entry, &v, version.is_some())))
+}
+
+/// `GET /v2/models/{m}/ready`.
+pub(crate) async fn model_ready(State(state): State<AppState>, Path(model): Path<String>) -> ApiResult<Response> {
+    readiness(&state, &model, None)
+}
+
+/// `GET /v2/models/{m}/versions/{v}/ready`.
+pub(crate) async fn version_ready(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    readiness(&state, &model, Some(&version))
+}
+
+fn readiness(state: &AppState, model: &str, version: Option<&str>) -> ApiResult<Response> {
+    let ready = state.manager.model_ready(model, version)?;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok((status, Json(json!({"name": model, "ready": ready}))).into_response())
+}
+
+/// `GET /v2/models/{m}/config`.
+pub(crate) async fn model_config(State(state): State<AppState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+    let v = state.manager.version(&model, None)?;
+    Ok(Json(views::model_config(&v.config, &model)))
+}
+
+/// `GET /v2/models/{m}/versions/{v}/config`.
+pub(crate) async fn version_config(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let v = state.manager.version(&model, Some(&version))?;
+    Ok(Json(views::model_config(&v.config, &model)))
+}
+
+/// `POST /v2/models/{m}/infer`.
+pub(crate) async fn infer(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    run_infer(&state, &model, None, &headers, body).await
+}
+
+/// `POST /v2/models/{m}/versions/{v}/infer`.
+pub(crate) async fn version_infer(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    run_infer(&state, &model, Some(&version), &headers, body).await
+}
+
+async fn run_infer(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let header_length = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| InferError::invalid("Inference-Header-Content-Length is not valid text".to_string()))?,
+        ),
+    };
+    let (json, binary) = codec::split_body(header_length, body)?;
+    let (request, format) = codec::decode_request(model, version, &json, binary)?;
+    let response = state.manager.infer(request).await?;
+    let encoded = codec::encode_response(&response, &format)?;
+    let mut http = Response::new(Body::from(encoded.body));
+    let headers = http.headers_mut();
+    match encoded.json_length {
+        Some(n) => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            headers.insert(HEADER_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    Ok(http)
+}
+
+/// `GET /v2/models/stats`.
+pub(crate) async fn all_stats(State(state): State<AppState>) -> Json<Value> {
+    let mut stats = Vec::new();
+    for entry in state.manager.entries() {
+        for (number, v) in &entry.versions {
+            if let VersionState::Ready(m) = v {
+                stats.push(views::model_stats(&entry.name, *number, &m.stats.snapshot()));
+            }
+        }
+    }
+    Json(json!({"model_stats": stats}))
+}
+
+/// `GET /v2/models/{m}/stats`.
+pub(crate) async fn model_stats(State(state): State<AppState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+    let entry = state.manager.entry(&model)?;
+    let stats: Vec<Value> = entry
+        .versions
+        .iter()
+        .filter_map(|(n, v)| match v {
+            VersionState::Ready(m) => Some(views::model_stats(&model, *n, &m.stats.snapshot())),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(json!({"model_stats": stats})))
+}
+
+/// `GET /v2/models/{m}/versions/{v}/stats`.
+pub(crate) async fn version_stats(
+    State(state): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let v = state.manager.version(&model, Some(&version))?;
+    Ok(Json(json!({"model_stats": [views::model_stats(&model, v.version, &v.stats.snapshot())]})))
+}
+
+/// `POST /v2/repository/index`.
+pub(crate) async fn repository_index(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    let ready_only = if body.is_empty() {
+        false
+    } else {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| InferError::invalid(format!("malformed repository index JSON: {e}")))?;
+        v.get("ready").and_then(Value::as_bool).unwrap_or(false)
+    };
+    let mut models = Vec::new();
+    for entry in state.manager.entries() {
+        let (model_state, reason) = entry.state();
+        if ready_only && model_state != "READY" {
+            continue;
+        }
+        if entry.versions.is_empty() {
+            models.push(json!({"name": entry.name, "state": model_state, "reason": reason}));
+        }
+        for (n, v) in &entry.versions {
+            let (s, r) = match v {
+                VersionState::Ready(_) => ("READY", String::new()),
+                VersionState::Loading => ("LOADING", String::new()),
+                VersionState::Unavailable(r) => ("UNAVAILABLE", r.clone()),
+            };
+            models.push(json!({"name": entry.name, "version": n.to_string(), "state": s, "reason": r}));
+        }
+    }
+    Ok(Json(Value::Array(models)))
+}
+
+/// `POST /v2/repository/models/{m}/load`: (re)loads a model from the repository.
+pub(crate) async fn repository_load(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let manager = state.manager.clone();
+    let name = model.clone();
+    tokio::task::spawn_blocking(move || manager.load_model(&name))
+        .await
+        .map_err(|e| InferError::Internal(format!("load task failed: {e}")))??;
+    Ok(Json(json!({})))
+}
+
+/// `POST /v2/repository/models/{m}/unload`.
+pub(crate) async fn repository_unload(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> ApiResult<Json<Value>> {
+    state.manager.unload_model(&model)?;
+    Ok(Json(json!({})))
+}
+
+/// Any other path.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError(InferError::NotFound("no such endpoint".into()))
+}

@@ -1,0 +1,187 @@
+//! The KServe v1 protocol: `GET /v1/models`, `GET /v1/models/{m}`, `POST /v1/models/{m}:predict`.
+//!
+//! `instances` (row form) and `inputs` (columnar form) both map onto the model's inputs; the data type comes
+//! from the model, the shape from the nesting of the JSON arrays. `predictions` are rows of the single output,
+//! or one object per row when the model has several outputs.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ferroserve_engine::{InferError, InferInput, InferRequest, Parameters};
+use ferroserve_runtime::{ModelSignature, Tensor};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use crate::json_data::{DataView, JsonScalar, tensor_from_json};
+use crate::state::AppState;
+
+/// `GET /v1/models`.
+pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
+    let names: Vec<String> = state.manager.entries().iter().map(|e| e.name.clone()).collect();
+    Json(json!({"models": names}))
+}
+
+/// `GET /v1/models/{m}`.
+pub(crate) async fn status(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response, ApiError> {
+    let ready = state.manager.model_ready(&model, None)?;
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok((code, Json(json!({"name": model, "ready": ready}))).into_response())
+}
+
+/// `POST /v1/models/{m}:predict` (routed as `/v1/models/{rest}`).
+pub(crate) async fn post(
+    State(state): State<AppState>,
+    Path(rest): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let Some(model) = rest.strip_suffix(":predict") else {
+        return Err(InferError::NotFound(format!("no such endpoint: POST /v1/models/{rest}")).into());
+    };
+    let version = state.manager.version(model, None)?;
+    let body: Value =
+        serde_json::from_slice(&body).map_err(|e| InferError::invalid(format!("malformed predict JSON: {e}")))?;
+    let inputs = inputs_from_body(&version.signature, body)?;
+    let request = InferRequest {
+        model_name: model.to_string(),
+        model_version: None,
+        id: None,
+        parameters: Parameters::new(),
+        inputs,
+        outputs: Vec::new(),
+    };
+    let response = version.infer(request).await?;
+    let outputs: Vec<(String, Value)> = response.outputs.iter().map(|o| (o.name.clone(), nested(&o.tensor))).collect();
+    let predictions = match outputs.as_slice() {
+        [(_, single)] => single.clone(),
+        many => {
+            let rows = many.iter().map(|(_, v)| v.as_array().map_or(0, Vec::len)).min().unwrap_or(0);
+            Value::Array(
+                (0..rows)
+                    .map(|i| Value::Object(many.iter().map(|(n, v)| (n.clone(), v[i].clone())).collect()))
+                    .collect(),
+            )
+        }
+    };
+    Ok(Json(json!({"predictions": predictions})))
+}
+
+fn inputs_from_body(signature: &ModelSignature, body: Value) -> Result<Vec<InferInput>, InferError> {
+    let mut object = match body {
+        Value::Object(o) => o,
+        _ => return Err(InferError::invalid("predict body must be a JSON object with `instances` or `inputs`")),
+    };
+    let columns: Vec<(String, Value)> = if let Some(instances) = object.remove("instances") {
+        let Value::Array(rows) = instances else {
+            return Err(InferError::invalid("`instances` must be a list"));
+        };
+        match signature.inputs.as_slice() {
+            [only] if !rows.iter().all(|r| r.as_object().is_some_and(|o| o.contains_key(&only.name))) => {
+                vec![(only.name.clone(), Value::Array(rows))]
+            }
+            specs => specs
+                .iter()
+                .map(|s| {
+                    let column = rows
+                        .iter()
+                        .map(|r| {
+                            r.get(&s.name).cloned().ok_or_else(|| {
+                                InferError::invalid(format!("every instance needs a value for input `{}`", s.name))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((s.name.clone(), Value::Array(column)))
+                })
+                .collect::<Result<_, InferError>>()?,
+        }
+    } else if let Some(inputs) = object.remove("inputs") {
+        match (inputs, signature.inputs.as_slice()) {
+            (Value::Object(map), _) => map.into_iter().collect(),
+            (list @ Value::Array(_), [only]) => vec![(only.name.clone(), list)],
+            _ => return Err(InferError::invalid("`inputs` must be an object keyed by input name")),
+        }
+    } else {
+        return Err(InferError::invalid("predict body needs `instances` or `inputs`"));
+    };
+    columns
+        .into_iter()
+        .map(|(name, value)| {
+            let spec = signature
+                .inputs
+                .iter()
+                .find(|s| s.name == name)
+                .ok_or_else(|| InferError::invalid(format!("unexpected input `{name}`")))?;
+            let shape = shape_of(&name, &value)?;
+            let mut flat = Vec::new();
+            flatten(&name, &value, &mut flat)?;
+            let tensor = tensor_from_json(&name, spec.datatype, shape, flat)?;
+            Ok(InferInput { name, tensor, parameters: Parameters::new() })
+        })
+        .collect()
+}
+
+fn shape_of(name: &str, value: &Value) -> Result<Vec<usize>, InferError> {
+    let mut shape = Vec::new();
+    let mut cursor = value;
+    while let Value::Array(items) = cursor {
+        shape.push(items.len());
+        if shape.len() > 32 {
+            return Err(InferError::invalid(format!("input `{name}` is nested too deeply")));
+        }
+        match items.first() {
+            Some(first) => cursor = first,
+            None => break,
+        }
+    }
+    Ok(shape)
+}
+
+fn flatten(name: &str, value: &Value, out: &mut Vec<JsonScalar>) -> Result<(), InferError> {
+    fn walk(name: &str, value: &Value, shape: &[usize], out: &mut Vec<JsonScalar>) -> Result<(), InferError> {
+        match (value, shape.split_first()) {
+            (Value::Array(items), Some((&len, rest))) if items.len() == len => {
+                items.iter().try_for_each(|item| walk(name, item, rest, out))
+            }
+            (Value::Array(_), _) | (_, Some(_)) => {
+                Err(InferError::invalid(format!("input `{name}` is not a rectangular array")))
+            }
+            (Value::Bool(b), None) => {
+                out.push(JsonScalar::Bool(*b));
+                Ok(())
+            }
+            (Value::Number(n), None) => {
+                out.push(if let Some(u) = n.as_u64() {
+                    JsonScalar::Uint(u)
+                } else if let Some(i) = n.as_i64() {
+                    JsonScalar::Int(i)
+                } else {
+                    JsonScalar::Float(n.as_f64().unwrap_or(f64::NAN))
+                });
+                Ok(())
+            }
+            (Value::String(s), None) => {
+                out.push(JsonScalar::Str(s.clone()));
+                Ok(())
+            }
+            _ => Err(InferError::invalid(format!("input `{name}` holds a value that is not a number, bool or string"))),
+        }
+    }
+    let shape = shape_of(name, value)?;
+    walk(name, value, &shape, out)
+}
+
+/// A tensor as nested JSON arrays following its shape.
+fn nested(tensor: &Tensor) -> Value {
+    let flat = match serde_json::to_value(DataView(tensor)) {
+        Ok(Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
+    fn build(items: &mut std::vec::IntoIter<Value>, shape: &[usize]) -> Value {
+        match shape.split_first() {
+            None => items.next().unwrap_or(Value::Null),
+            Some((&n, rest)) => Value::Array((0..n).map(|_| build(items, rest)).collect()),
+        }
+    }
+    build(&mut flat.into_iter(), tensor.shape())
+}

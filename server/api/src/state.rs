@@ -1,0 +1,22 @@
+//! State shared by the HTTP and gRPC front ends: one engine, one identity.
+
+use std::sync::Arc;
+
+use ferroserve_engine::ModelManager;
+
+/// The server's name in metadata responses.
+pub const SERVER_NAME: &str = "ferroserve";
+
+/// The server's version in metadata responses.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Protocol extensions this server really implements (listed in server metadata).
+pub const EXTENSIONS: &[&str] =
+    &["binary_tensor_data", "model_repository", "model_configuration", "statistics", "parameters"];
+
+/// Cheap to clone; every handler gets one.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The engine.
+    pub manager: Arc<ModelManager>,
+}
