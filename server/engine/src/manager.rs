@@ -450,15 +450,15 @@ fn complete_config(
                 .iter_mut()
                 .find(|s| s.name == d.name)
                 .ok_or_else(|| format!("config declares {kind} `{}`, which the model does not have", d.name))?;
-            if let Some(t) = d.datatype {
-                if t != spec.datatype {
-                    return Err(format!(
-                        "config gives {kind} `{}` type {}, the model has {}",
-                        d.name,
-                        t.config_name(),
-                        spec.datatype.config_name()
-                    ));
-                }
+            if let Some(t) = d.datatype
+                && t != spec.datatype
+            {
+                return Err(format!(
+                    "config gives {kind} `{}` type {}, the model has {}",
+                    d.name,
+                    t.config_name(),
+                    spec.datatype.config_name()
+                ));
             }
             if !d.dims.is_empty() {
                 let model_dims = &mut spec.dims[skip..];

@@ -109,13 +109,11 @@ impl Repository {
             let text = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;
             let config = ModelConfig::from_pbtxt(&text)
                 .map_err(|source| RepositoryError::Config { model: name.to_string(), source })?;
-            if let Some(config_name) = &config.name {
-                if config_name != name && !flat_allowed {
-                    return Err(RepositoryError::NameMismatch {
-                        model: name.to_string(),
-                        config_name: config_name.clone(),
-                    });
-                }
+            if let Some(config_name) = &config.name
+                && config_name != name
+                && !flat_allowed
+            {
+                return Err(RepositoryError::NameMismatch { model: name.to_string(), config_name: config_name.clone() });
             }
             config
         } else {
