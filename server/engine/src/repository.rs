@@ -113,7 +113,10 @@ impl Repository {
                 && config_name != name
                 && !flat_allowed
             {
-                return Err(RepositoryError::NameMismatch { model: name.to_string(), config_name: config_name.clone() });
+                return Err(RepositoryError::NameMismatch {
+                    model: name.to_string(),
+                    config_name: config_name.clone(),
+                });
             }
             config
         } else {

@@ -57,6 +57,11 @@ pub struct ResponseFormat {
 }
 
 impl ResponseFormat {
+    /// Every output in binary (what `binary_data_output: true` asks for).
+    pub fn all_binary() -> Self {
+        ResponseFormat { all_binary: true, per_output: HashMap::new() }
+    }
+
     fn binary(&self, name: &str, datatype: DataType) -> bool {
         !datatype.has_json_form() || self.per_output.get(name).copied().unwrap_or(self.all_binary)
     }
