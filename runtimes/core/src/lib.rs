@@ -15,4 +15,4 @@ mod tensor;
 
 pub use datatype::DataType;
 pub use runtime::{Device, LoadSpec, ModelSignature, Runtime, RuntimeError, RuntimeLoader, TensorSpec};
-pub use tensor::{Tensor, TensorData, TensorError};
+pub use tensor::{BatchError, Tensor, TensorData, TensorError};

@@ -159,6 +159,98 @@ impl Tensor {
     }
 }
 
+/// Why tensors could not be joined into a batch or split back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// Nothing to concatenate.
+    #[error("no tensors to concatenate")]
+    Empty,
+    /// The tensors differ in type or in a non-batch dim.
+    #[error("tensors differ in type or in a dim after the first: {0}")]
+    Mismatch(String),
+    /// The first dim does not split into the requested row counts.
+    #[error("cannot split {rows} rows into {requested} rows")]
+    Split {
+        /// Rows available.
+        rows: usize,
+        /// Rows requested in total.
+        requested: usize,
+    },
+    /// A scalar (rank-0) tensor has no batch dim.
+    #[error("a rank-0 tensor has no batch dim")]
+    Rank0,
+}
+
+impl Tensor {
+    /// Concatenates tensors along dim 0 (they must agree on type and every other dim).
+    pub fn concat(parts: &[Tensor]) -> Result<Tensor, BatchError> {
+        let first = parts.first().ok_or(BatchError::Empty)?;
+        if first.shape.is_empty() {
+            return Err(BatchError::Rank0);
+        }
+        if parts.len() == 1 {
+            return Ok(first.clone());
+        }
+        let mut rows = 0usize;
+        for p in parts {
+            if p.datatype != first.datatype || p.shape.len() != first.shape.len() || p.shape[1..] != first.shape[1..] {
+                return Err(BatchError::Mismatch(format!(
+                    "{} {:?} vs {} {:?}",
+                    first.datatype, first.shape, p.datatype, p.shape
+                )));
+            }
+            rows += p.shape[0];
+        }
+        let mut shape = first.shape.clone();
+        shape[0] = rows;
+        let data = match &first.data {
+            TensorData::Fixed(_) => {
+                let total: usize = parts.iter().map(|p| p.as_fixed().map_or(0, Bytes::len)).sum();
+                let mut out = Vec::with_capacity(total);
+                for p in parts {
+                    out.extend_from_slice(p.as_fixed().ok_or_else(|| BatchError::Mismatch("layout".into()))?);
+                }
+                TensorData::Fixed(Bytes::from(out))
+            }
+            TensorData::Strings(_) => {
+                let mut out = Vec::with_capacity(parts.iter().map(Tensor::element_count).sum());
+                for p in parts {
+                    out.extend_from_slice(p.as_strings().ok_or_else(|| BatchError::Mismatch("layout".into()))?);
+                }
+                TensorData::Strings(out)
+            }
+        };
+        Ok(Tensor { datatype: first.datatype, shape, data })
+    }
+
+    /// Splits along dim 0 into consecutive pieces of `rows[i]` rows each (zero-copy for fixed-size types).
+    pub fn split_rows(&self, rows: &[usize]) -> Result<Vec<Tensor>, BatchError> {
+        let total = *self.shape.first().ok_or(BatchError::Rank0)?;
+        let requested: usize = rows.iter().sum();
+        if requested != total {
+            return Err(BatchError::Split { rows: total, requested });
+        }
+        let row_elements: usize = self.shape[1..].iter().product();
+        let mut pieces = Vec::with_capacity(rows.len());
+        let mut start = 0usize;
+        for &n in rows {
+            let mut shape = self.shape.clone();
+            shape[0] = n;
+            let (from, to) = (start * row_elements, (start + n) * row_elements);
+            let data = match &self.data {
+                TensorData::Fixed(b) => {
+                    let size = self.datatype.size_of().unwrap_or(1);
+                    TensorData::Fixed(b.slice(from * size..to * size))
+                }
+                TensorData::Strings(items) => TensorData::Strings(items[from..to].to_vec()),
+            };
+            pieces.push(Tensor { datatype: self.datatype, shape, data });
+            start += n;
+        }
+        Ok(pieces)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +281,38 @@ mod tests {
             Tensor::new(DataType::Bytes, vec![2], TensorData::Strings(vec![Bytes::from_static(b"ab"), Bytes::new()]))
                 .unwrap();
         assert_eq!(s.wire_size(), 10);
+    }
+
+    #[test]
+    fn concat_and_split_round_trip() {
+        let a = Tensor::from_f32(vec![1, 2], &[1.0, 2.0]).unwrap();
+        let b = Tensor::from_f32(vec![2, 2], &[3.0, 4.0, 5.0, 6.0]).unwrap();
+        let joined = Tensor::concat(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(joined.shape(), &[3, 2]);
+        assert_eq!(joined.to_f32_vec().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(joined.split_rows(&[1, 2]).unwrap(), vec![a, b]);
+        assert!(joined.split_rows(&[1, 1]).is_err());
+        let c = Tensor::from_f32(vec![1, 3], &[0.0; 3]).unwrap();
+        assert!(matches!(Tensor::concat(&[joined, c]), Err(BatchError::Mismatch(_))));
+        let s1 = Tensor::new(DataType::Bytes, vec![1], TensorData::Strings(vec![Bytes::from_static(b"a")])).unwrap();
+        let s2 =
+            Tensor::new(DataType::Bytes, vec![2], TensorData::Strings(vec![Bytes::new(), Bytes::from_static(b"c")]))
+                .unwrap();
+        let s = Tensor::concat(&[s1.clone(), s2.clone()]).unwrap();
+        assert_eq!(s.split_rows(&[1, 2]).unwrap(), vec![s1, s2]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn split_inverts_concat(rows in proptest::collection::vec(0usize..5, 1..6), width in 1usize..4) {
+            let parts: Vec<Tensor> = rows.iter().enumerate().map(|(i, &r)| {
+                let values: Vec<f32> = (0..r * width).map(|j| (i * 100 + j) as f32).collect();
+                Tensor::from_f32(vec![r, width], &values).unwrap()
+            }).collect();
+            let joined = Tensor::concat(&parts).unwrap();
+            proptest::prop_assert_eq!(joined.shape()[0], rows.iter().sum::<usize>());
+            proptest::prop_assert_eq!(joined.split_rows(&rows).unwrap(), parts);
+        }
     }
 
     proptest::proptest! {

@@ -72,6 +72,10 @@ pub struct DynamicBatching {
     pub max_queue_size: u32,
     /// Queue timeout (0 = none).
     pub default_timeout_microseconds: u64,
+    /// Priority levels (0 = one level).
+    pub priority_levels: u32,
+    /// Level of requests that name none (0 = the lowest level).
+    pub default_priority_level: u32,
 }
 
 /// The typed subset of a Triton model configuration.
@@ -236,6 +240,8 @@ fn dynamic_batching(node: &Node) -> Result<DynamicBatching, ConfigError> {
             Some(p) => number(p, "default_timeout_microseconds")?.unwrap_or(0),
             None => 0,
         },
+        priority_levels: number(node, "priority_levels")?.unwrap_or(0),
+        default_priority_level: number(node, "default_priority_level")?.unwrap_or(0),
     })
 }
 

@@ -1,38 +1,23 @@
-//! The instance pool of one model version: N runtime instances, each on its own OS thread, sharing one
-//! bounded job queue.
+//! The instance pool of one model version: N runtime instances, each on its own OS thread, fed by the
+//! version's dynamic batcher.
 //!
 //! Each thread loads its own [`Runtime`] (its own ONNX Runtime session, later its own CUDA stream) and then
-//! takes jobs one at a time. Models never run on tokio workers; the async side only waits on a oneshot.
-//! A full queue is reported at once as [`InferError::Overloaded`] instead of queueing without bound, and a
-//! job whose caller has gone away is dropped before it runs.
+//! executes one batch at a time: it drops requests whose caller has gone away, concatenates the rest along
+//! the batch dim, runs the model once and splits the outputs back per request, in request order. Models
+//! never run on tokio workers; the async side only waits on a oneshot.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use ferroserve_runtime::{LoadSpec, ModelSignature, Runtime, RuntimeError, RuntimeLoader, Tensor};
-use tokio::sync::oneshot;
 
 use crate::InferError;
+use crate::batcher::state::{BatchPolicy, Entry};
+use crate::batcher::{self, Batch, Batcher, Pending};
 use crate::stats::ModelStats;
-
-/// What the caller gets back from one job.
-pub type JobResult = Result<Vec<Tensor>, InferError>;
-
-/// One unit of work for an instance: inputs in signature order, already validated.
-#[derive(Debug)]
-pub struct Job {
-    /// Inputs in signature order.
-    pub inputs: Vec<Tensor>,
-    /// Items in the batch (1 for a model that does not batch).
-    pub batch_size: u64,
-    /// When the job was queued, for queue-time statistics.
-    pub enqueued: Instant,
-    /// Where the outputs go.
-    pub reply: oneshot::Sender<JobResult>,
-}
 
 /// How to start a pool.
 pub struct PoolSpec {
@@ -42,30 +27,41 @@ pub struct PoolSpec {
     pub loader: Arc<dyn RuntimeLoader>,
     /// One entry per instance.
     pub instances: Vec<LoadSpec>,
-    /// Jobs that may wait for a free instance before new ones are refused.
-    pub queue_capacity: usize,
     /// Where to record statistics.
     pub stats: Arc<ModelStats>,
 }
 
-/// A running pool. Dropping it closes the queue: instances finish queued jobs, then exit.
+/// Instances that have loaded and wait for their batcher; dropping this stops them.
+#[derive(Debug)]
+pub struct LoadedInstances {
+    label: String,
+    count: usize,
+    batches: Sender<Batch>,
+    done: Receiver<()>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// A running pool. Dropping it drains the queue, then the instances exit.
 #[derive(Debug)]
 pub struct InstancePool {
-    sender: Sender<Job>,
-    label: String,
+    batcher: Batcher,
     _threads: Vec<JoinHandle<()>>,
 }
 
 impl InstancePool {
     /// Starts every instance and waits until all have loaded (blocking: call off the async runtime).
-    /// Returns the model signature read by the first instance.
-    pub fn start(spec: PoolSpec) -> Result<(InstancePool, ModelSignature), RuntimeError> {
-        let (sender, receiver) = crossbeam_channel::bounded::<Job>(spec.queue_capacity.max(1));
+    /// Returns them with the model signature read by the first instance; the batching policy, which
+    /// depends on that signature, is given to [`LoadedInstances::serve`].
+    pub fn start(spec: PoolSpec) -> Result<(LoadedInstances, ModelSignature), RuntimeError> {
+        let count = spec.instances.len();
+        let (batch_tx, batch_rx) = crossbeam_channel::unbounded::<Batch>();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<()>();
         let (loaded_tx, loaded_rx) = std::sync::mpsc::channel::<Result<ModelSignature, RuntimeError>>();
-        let mut threads = Vec::with_capacity(spec.instances.len());
+        let mut threads = Vec::with_capacity(count);
         for (index, load) in spec.instances.into_iter().enumerate() {
             let loader = Arc::clone(&spec.loader);
-            let receiver = receiver.clone();
+            let batches = batch_rx.clone();
+            let done = done_tx.clone();
             let loaded_tx = loaded_tx.clone();
             let stats = Arc::clone(&spec.stats);
             let thread = std::thread::Builder::new()
@@ -74,7 +70,7 @@ impl InstancePool {
                     Ok(runtime) => {
                         let _ = loaded_tx.send(Ok(runtime.signature().clone()));
                         drop(loaded_tx);
-                        serve(runtime, receiver, &stats);
+                        serve(runtime, &batches, &done, &stats);
                     }
                     Err(e) => {
                         let _ = loaded_tx.send(Err(e));
@@ -84,63 +80,347 @@ impl InstancePool {
             threads.push(thread);
         }
         drop(loaded_tx);
-        drop(receiver);
+        drop(batch_rx);
+        drop(done_tx);
         let mut signature = None;
         for result in loaded_rx.iter() {
-            let loaded = result?; // dropping `sender` on return stops the instances that did load
+            let loaded = result?; // dropping `batch_tx` on return stops the instances that did load
             signature.get_or_insert(loaded);
         }
         let signature = signature.ok_or_else(|| RuntimeError::Execution("the pool has no instances".into()))?;
-        Ok((InstancePool { sender, label: spec.label, _threads: threads }, signature))
+        Ok((LoadedInstances { label: spec.label, count, batches: batch_tx, done: done_rx, threads }, signature))
     }
 
-    /// Queues a job, refusing at once when the queue is full.
-    pub fn try_submit(&self, job: Job) -> Result<(), InferError> {
-        match self.sender.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(InferError::Overloaded(format!(
-                "model `{}` has {} requests queued, the limit; retry later",
-                self.label,
-                self.sender.len()
-            ))),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(InferError::NotReady(format!("model `{}` is unloading", self.label)))
-            }
-        }
-    }
-
-    /// Jobs waiting for an instance.
-    pub fn queue_len(&self) -> usize {
-        self.sender.len()
+    /// Queues a request with the batcher.
+    pub fn submit(&self, entry: Entry<Pending>) -> Result<(), InferError> {
+        self.batcher.submit(entry)
     }
 }
 
-fn serve(mut runtime: Box<dyn Runtime>, jobs: Receiver<Job>, stats: &ModelStats) {
-    for job in jobs.iter() {
-        if job.reply.is_closed() {
-            tracing::debug!("caller went away; job dropped before running");
+impl LoadedInstances {
+    /// Starts the batcher that feeds these instances.
+    pub fn serve(self, policy: BatchPolicy) -> Result<InstancePool, RuntimeError> {
+        let batcher = batcher::start(self.label, policy, self.count, self.batches, self.done)
+            .map_err(|e| RuntimeError::Execution(format!("cannot spawn the batcher thread: {e}")))?;
+        Ok(InstancePool { batcher, _threads: self.threads })
+    }
+}
+
+fn serve(mut runtime: Box<dyn Runtime>, batches: &Receiver<Batch>, done: &Sender<()>, stats: &ModelStats) {
+    for batch in batches.iter() {
+        execute(runtime.as_mut(), batch, stats);
+        let _ = done.send(());
+    }
+}
+
+fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
+    let picked = Instant::now();
+    let mut live: Vec<Entry<Pending>> = Vec::with_capacity(batch.len());
+    for e in batch {
+        if e.payload.reply.is_closed() {
+            continue; // the caller went away
+        }
+        if e.deadline.is_some_and(|d| d <= picked) {
+            let _ = e
+                .payload
+                .reply
+                .send(Err(InferError::Timeout("the request timed out in the queue before it could run".into())));
             continue;
         }
-        let picked = Instant::now();
-        stats.queue.record(picked.duration_since(job.enqueued));
-        let batch_size = job.batch_size;
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.infer(job.inputs)));
-        let infer_time = picked.elapsed();
-        let result = match outcome {
-            Ok(Ok(outputs)) => {
-                stats.record_execution(batch_size, Duration::ZERO, infer_time, Duration::ZERO);
-                Ok(outputs)
+        live.push(e);
+    }
+    if live.is_empty() {
+        return;
+    }
+    for e in &live {
+        stats.queue.record(picked.saturating_duration_since(e.enqueued));
+    }
+    let rows: Vec<usize> = live.iter().map(|e| e.items).collect();
+    let total: usize = rows.iter().sum();
+    let (inputs, replies) = if live.len() == 1 {
+        let mut live = live;
+        let Some(entry) = live.pop() else { return };
+        (entry.payload.inputs, vec![entry.payload.reply])
+    } else {
+        let arity = live[0].payload.inputs.len();
+        let mut columns: Vec<Vec<Tensor>> = (0..arity).map(|_| Vec::with_capacity(live.len())).collect();
+        let mut replies = Vec::with_capacity(live.len());
+        for e in live {
+            for (i, t) in e.payload.inputs.into_iter().enumerate() {
+                columns[i].push(t);
             }
-            Ok(Err(RuntimeError::InvalidInput(message))) => Err(InferError::InvalidInput(message)),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "model execution failed");
-                Err(InferError::Internal(format!("model execution failed: {e}")))
+            replies.push(e.payload.reply);
+        }
+        match columns.iter().map(|c| Tensor::concat(c)).collect::<Result<Vec<_>, _>>() {
+            Ok(inputs) => (inputs, replies),
+            Err(e) => {
+                tracing::error!(error = %e, "batch inputs could not be joined");
+                for r in replies {
+                    let _ = r.send(Err(InferError::Internal("the batch could not be formed".into())));
+                }
+                return;
             }
-            Err(_) => {
-                tracing::error!("model execution panicked; the instance keeps serving");
-                Err(InferError::Internal("model execution failed".into()))
+        }
+    };
+    let input_time = picked.elapsed();
+    let started = Instant::now();
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.infer(inputs)));
+    let infer_time = started.elapsed();
+    let output_started = Instant::now();
+    let result = match outcome {
+        Ok(Ok(outputs)) => split_outputs(outputs, &rows, replies.len() > 1),
+        Ok(Err(RuntimeError::InvalidInput(message))) => Err(InferError::InvalidInput(message)),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "model execution failed");
+            Err(InferError::Internal(format!("model execution failed: {e}")))
+        }
+        Err(_) => {
+            tracing::error!("model execution panicked; the instance keeps serving");
+            Err(InferError::Internal("model execution failed".into()))
+        }
+    };
+    match result {
+        Ok(per_request) => {
+            for (reply, outputs) in replies.into_iter().zip(per_request) {
+                let _ = reply.send(Ok(outputs));
             }
-        };
-        let _ = job.reply.send(result);
+            stats.record_execution(total as u64, input_time, infer_time, output_started.elapsed());
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Splits each output along dim 0 by `rows`, giving each request its own outputs.
+fn split_outputs(outputs: Vec<Tensor>, rows: &[usize], split: bool) -> Result<Vec<Vec<Tensor>>, InferError> {
+    if !split {
+        return Ok(vec![outputs]);
+    }
+    let mut per_request: Vec<Vec<Tensor>> = (0..rows.len()).map(|_| Vec::with_capacity(outputs.len())).collect();
+    for output in outputs {
+        let pieces = output.split_rows(rows).map_err(|e| {
+            tracing::error!(error = %e, "a batched output does not split by request");
+            InferError::Internal("the model's output does not follow the batch dim".into())
+        })?;
+        for (slot, piece) in per_request.iter_mut().zip(pieces) {
+            slot.push(piece);
+        }
+    }
+    Ok(per_request)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Pool and batcher behaviour with a scripted runtime: it signals when it starts and waits for a gate,
+    //! so the tests control what is running, queued or refused, without sleeps.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use ferroserve_runtime::{DataType, Device, TensorSpec};
+    use parking_lot::Mutex;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::batcher::BatchResult;
+
+    struct Gated {
+        signature: ModelSignature,
+        started: mpsc::Sender<()>,
+        gate: Arc<Mutex<mpsc::Receiver<()>>>,
+        runs: Arc<AtomicUsize>,
+    }
+
+    impl Runtime for Gated {
+        fn signature(&self) -> &ModelSignature {
+            &self.signature
+        }
+        fn infer(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+            let _ = self.started.send(());
+            let _ = self.gate.lock().recv();
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            let values = inputs[0].to_f32_vec().unwrap_or_default();
+            if values.first() == Some(&-1.0) {
+                panic!("scripted panic");
+            }
+            let doubled: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
+            Ok(vec![
+                Tensor::from_f32(inputs[0].shape().to_vec(), &doubled)
+                    .map_err(|e| RuntimeError::Execution(e.to_string()))?,
+            ])
+        }
+    }
+
+    struct GatedLoader {
+        started: Mutex<mpsc::Sender<()>>,
+        gate: Arc<Mutex<mpsc::Receiver<()>>>,
+        runs: Arc<AtomicUsize>,
+    }
+
+    impl RuntimeLoader for GatedLoader {
+        fn platform(&self) -> &'static str {
+            "test"
+        }
+        fn default_model_filename(&self) -> &'static str {
+            "model.test"
+        }
+        fn load(&self, _: &LoadSpec) -> Result<Box<dyn Runtime>, RuntimeError> {
+            let spec = TensorSpec { name: "x".into(), datatype: DataType::Fp32, dims: vec![-1] };
+            Ok(Box::new(Gated {
+                signature: ModelSignature { inputs: vec![spec.clone()], outputs: vec![spec] },
+                started: self.started.lock().clone(),
+                gate: Arc::clone(&self.gate),
+                runs: Arc::clone(&self.runs),
+            }))
+        }
+    }
+
+    struct Harness {
+        pool: InstancePool,
+        started: mpsc::Receiver<()>,
+        open: mpsc::Sender<()>,
+        runs: Arc<AtomicUsize>,
+    }
+
+    fn harness(max_batch_size: usize, max_queue_size: usize, delay: Duration) -> Harness {
+        let (started_tx, started) = mpsc::channel();
+        let (open, gate) = mpsc::channel();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let loader =
+            GatedLoader { started: Mutex::new(started_tx), gate: Arc::new(Mutex::new(gate)), runs: Arc::clone(&runs) };
+        let (loaded, signature) = InstancePool::start(PoolSpec {
+            label: "test:1".into(),
+            loader: Arc::new(loader),
+            instances: vec![LoadSpec { model_path: "m".into(), device: Device::Cpu, intra_op_threads: 1 }],
+            stats: Arc::new(ModelStats::default()),
+        })
+        .unwrap();
+        let pool = loaded
+            .serve(BatchPolicy {
+                max_batch_size,
+                preferred_batch_sizes: vec![],
+                max_delay: delay,
+                max_queue_size,
+                priority_levels: 1,
+            })
+            .unwrap();
+        assert_eq!(signature.inputs[0].name, "x");
+        Harness { pool, started, open, runs }
+    }
+
+    fn job(value: f32) -> (Entry<Pending>, oneshot::Receiver<BatchResult>) {
+        let (reply, rx) = oneshot::channel();
+        let inputs = vec![Tensor::from_f32(vec![1], &[value]).unwrap()];
+        (
+            Entry {
+                items: 1,
+                key: vec![],
+                enqueued: Instant::now(),
+                deadline: None,
+                priority: 0,
+                payload: Pending { inputs, reply },
+            },
+            rx,
+        )
+    }
+
+    fn value(rx: oneshot::Receiver<BatchResult>) -> Result<Vec<f32>, InferError> {
+        rx.blocking_recv().unwrap().map(|o| o[0].to_f32_vec().unwrap())
+    }
+
+    #[test]
+    fn full_queue_is_refused_at_once() {
+        let h = harness(0, 1, Duration::ZERO);
+        let (running, running_rx) = job(1.0);
+        h.pool.submit(running).unwrap();
+        h.started.recv().unwrap();
+        let receivers: Vec<_> = (2..7)
+            .map(|i| {
+                let (j, rx) = job(i as f32);
+                h.pool.submit(j).unwrap();
+                rx
+            })
+            .collect();
+        for _ in 0..8 {
+            h.open.send(()).unwrap();
+        }
+        assert_eq!(value(running_rx).unwrap(), vec![2.0]);
+        let mut refused = 0;
+        for (i, rx) in receivers.into_iter().enumerate() {
+            match value(rx) {
+                Ok(v) => assert_eq!(v, vec![(i as f32 + 2.0) * 2.0]),
+                Err(InferError::Overloaded(_)) => refused += 1,
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        // One running, at most one prefetched and one queued: the other three or more are refused.
+        assert!(refused >= 3, "{refused} refused");
+    }
+
+    #[test]
+    fn abandoned_requests_are_dropped_before_running() {
+        let h = harness(8, 16, Duration::ZERO);
+        let (first, first_rx) = job(1.0);
+        h.pool.submit(first).unwrap();
+        h.started.recv().unwrap();
+        let (abandoned, abandoned_rx) = job(5.0);
+        h.pool.submit(abandoned).unwrap();
+        drop(abandoned_rx);
+        let (last, last_rx) = job(3.0);
+        h.pool.submit(last).unwrap();
+        h.open.send(()).unwrap();
+        h.open.send(()).unwrap();
+        value(first_rx).unwrap();
+        assert_eq!(value(last_rx).unwrap(), vec![6.0]);
+        assert_eq!(h.runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn requests_are_batched_and_split_back_in_order() {
+        let h = harness(3, 16, Duration::from_secs(10));
+        let receivers: Vec<_> = [1.0, 2.0, 3.0]
+            .iter()
+            .map(|&v| {
+                let (j, rx) = job(v);
+                h.pool.submit(j).unwrap();
+                rx
+            })
+            .collect();
+        h.open.send(()).unwrap();
+        let got: Vec<Vec<f32>> = receivers.into_iter().map(|rx| value(rx).unwrap()).collect();
+        assert_eq!(got, vec![vec![2.0], vec![4.0], vec![6.0]]);
+        assert_eq!(h.runs.load(Ordering::SeqCst), 1, "one execution for a full batch");
+    }
+
+    #[test]
+    fn a_panicking_execution_does_not_kill_the_instance() {
+        let h = harness(0, 4, Duration::ZERO);
+        let (boom, boom_rx) = job(-1.0);
+        h.pool.submit(boom).unwrap();
+        h.open.send(()).unwrap();
+        assert!(matches!(value(boom_rx), Err(InferError::Internal(_))));
+        let (fine, fine_rx) = job(2.0);
+        h.pool.submit(fine).unwrap();
+        h.open.send(()).unwrap();
+        assert_eq!(value(fine_rx).unwrap(), vec![4.0]);
+    }
+
+    #[test]
+    fn queued_requests_time_out() {
+        let h = harness(0, 4, Duration::ZERO);
+        let (running, running_rx) = job(1.0);
+        h.pool.submit(running).unwrap();
+        h.started.recv().unwrap();
+        let (mut late, late_rx) = job(2.0);
+        late.deadline = Some(Instant::now());
+        h.pool.submit(late).unwrap();
+        h.open.send(()).unwrap();
+        value(running_rx).unwrap();
+        assert!(matches!(value(late_rx), Err(InferError::Timeout(_))));
+        assert_eq!(h.runs.load(Ordering::SeqCst), 1, "the expired request never ran");
     }
 }

@@ -12,9 +12,10 @@ use ferroserve_runtime::{Device, LoadSpec, ModelSignature, RuntimeLoader};
 use parking_lot::RwLock;
 
 use crate::InferError;
+use crate::batcher::state::BatchPolicy;
 use crate::config::{InstanceGroup, InstanceKind, ModelConfig, TensorConfig, VersionPolicy};
 use crate::instance::{InstancePool, PoolSpec};
-use crate::model::ModelVersion;
+use crate::model::{ModelVersion, Scheduling, VersionParts};
 use crate::repository::{ModelSource, Repository};
 use crate::request::{InferRequest, InferResponse};
 use crate::stats::ModelStats;
@@ -277,32 +278,27 @@ impl ModelManager {
             .into_iter()
             .map(|device| LoadSpec { model_path: model_path.clone(), device, intra_op_threads })
             .collect();
-        let queue_capacity = source
-            .config
-            .dynamic_batching
-            .as_ref()
-            .map(|b| b.max_queue_size as usize)
-            .filter(|&n| n > 0)
-            .unwrap_or(self.options.default_queue_capacity);
         let stats = Arc::new(ModelStats::default());
-        let (pool, signature) = InstancePool::start(PoolSpec {
+        let (loaded, signature) = InstancePool::start(PoolSpec {
             label: format!("{}:{version}", source.name),
             loader: Arc::clone(loader),
             instances,
-            queue_capacity,
             stats: Arc::clone(&stats),
         })
         .map_err(|e| e.to_string())?;
         let (signature, config) = complete_config(source, loader.platform(), signature, groups, &self.options)?;
-        Ok(ModelVersion::new(
-            source.name.clone(),
+        let (policy, scheduling) = batch_policy(&config, &self.options);
+        let pool = loaded.serve(policy).map_err(|e| e.to_string())?;
+        Ok(ModelVersion::new(VersionParts {
+            name: source.name.clone(),
             version,
-            loader.platform().to_string(),
+            platform: loader.platform().to_string(),
             signature,
             config,
+            scheduling,
             stats,
             pool,
-        ))
+        }))
     }
 
     /// True once the initial load finished, every model is ready and no shutdown has begun.
@@ -374,6 +370,32 @@ impl ModelManager {
         let version = self.version(&request.model_name, request.model_version.as_deref())?;
         version.infer(request).await
     }
+}
+
+/// The batcher policy and request scheduling of a version: dynamic batching only when the config asks for
+/// it (as in Triton), otherwise one request per execution; the queue is bounded either way.
+fn batch_policy(config: &ModelConfig, options: &EngineOptions) -> (BatchPolicy, Scheduling) {
+    let batching = config.dynamic_batching.as_ref();
+    let max_queue_size =
+        batching.map(|b| b.max_queue_size as usize).filter(|&n| n > 0).unwrap_or(options.default_queue_capacity);
+    let policy = BatchPolicy {
+        max_batch_size: batching.map_or(0, |_| config.max_batch_size.unwrap_or(0) as usize),
+        preferred_batch_sizes: batching
+            .map(|b| b.preferred_batch_size.iter().map(|&p| p as usize).collect())
+            .unwrap_or_default(),
+        max_delay: std::time::Duration::from_micros(batching.map_or(0, |b| b.max_queue_delay_microseconds)),
+        max_queue_size,
+        priority_levels: batching.map_or(1, |b| b.priority_levels.max(1) as usize),
+    };
+    let scheduling = Scheduling {
+        priority_levels: batching.map_or(0, |b| b.priority_levels),
+        default_priority_level: batching.map_or(0, |b| b.default_priority_level),
+        default_timeout: batching
+            .map(|b| b.default_timeout_microseconds)
+            .filter(|&us| us > 0)
+            .map(std::time::Duration::from_micros),
+    };
+    (policy, scheduling)
 }
 
 fn loading_entry(name: &str) -> ModelEntry {

@@ -1,17 +1,30 @@
 //! A loaded model version: its signature, effective configuration, instance pool and statistics.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use ferroserve_runtime::ModelSignature;
+use ferroserve_runtime::{ModelSignature, Tensor};
 use tokio::sync::oneshot;
 
 use crate::InferError;
+use crate::batcher::Pending;
+use crate::batcher::state::Entry;
 use crate::config::ModelConfig;
-use crate::instance::{InstancePool, Job};
-use crate::request::{InferOutput, InferRequest, InferResponse};
+use crate::instance::InstancePool;
+use crate::request::{InferOutput, InferRequest, InferResponse, Parameters};
 use crate::stats::ModelStats;
 use crate::validate::validate;
+
+/// Per-request scheduling rules of a version (Triton's `schedule_policy` parameters).
+#[derive(Debug, Clone, Default)]
+pub struct Scheduling {
+    /// Priority levels (0 = one level; the `priority` parameter is then ignored).
+    pub priority_levels: u32,
+    /// Level used when a request names none (1 = highest; 0 = the lowest level).
+    pub default_priority_level: u32,
+    /// Queue timeout of requests without a `timeout` parameter.
+    pub default_timeout: Option<Duration>,
+}
 
 /// One servable version of a model.
 #[derive(Debug)]
@@ -30,57 +43,72 @@ pub struct ModelVersion {
     pub max_batch_size: u32,
     /// Statistics.
     pub stats: Arc<ModelStats>,
+    scheduling: Scheduling,
     pool: InstancePool,
 }
 
+/// Everything [`ModelVersion::new`] needs.
+pub(crate) struct VersionParts {
+    pub(crate) name: String,
+    pub(crate) version: u64,
+    pub(crate) platform: String,
+    pub(crate) signature: ModelSignature,
+    pub(crate) config: ModelConfig,
+    pub(crate) scheduling: Scheduling,
+    pub(crate) stats: Arc<ModelStats>,
+    pub(crate) pool: InstancePool,
+}
+
 impl ModelVersion {
-    pub(crate) fn new(
-        name: String,
-        version: u64,
-        platform: String,
-        signature: ModelSignature,
-        config: ModelConfig,
-        stats: Arc<ModelStats>,
-        pool: InstancePool,
-    ) -> Self {
-        let max_batch_size = config.max_batch_size.unwrap_or(0);
-        ModelVersion { name, version, platform, signature, config, max_batch_size, stats, pool }
+    pub(crate) fn new(parts: VersionParts) -> Self {
+        let max_batch_size = parts.config.max_batch_size.unwrap_or(0);
+        ModelVersion {
+            name: parts.name,
+            version: parts.version,
+            platform: parts.platform,
+            signature: parts.signature,
+            config: parts.config,
+            max_batch_size,
+            stats: parts.stats,
+            scheduling: parts.scheduling,
+            pool: parts.pool,
+        }
     }
 
-    /// Requests waiting for an instance.
-    pub fn queue_len(&self) -> usize {
-        self.pool.queue_len()
-    }
-
-    /// Validates and runs one request on a free instance.
+    /// Validates and runs one request through the batcher.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, InferError> {
         let start = Instant::now();
         let id = request.id.clone();
+        let deadline = self.deadline(&request.parameters, start)?;
+        let priority = self.priority_index(&request.parameters)?;
         let validated = validate(&self.name, &self.signature, self.max_batch_size, request)?;
+        let key = batch_key(&validated.inputs, self.max_batch_size > 0);
         let (reply, outputs) = oneshot::channel();
-        self.pool.try_submit(Job {
-            inputs: validated.inputs,
-            batch_size: validated.batch_size,
+        self.pool.submit(Entry {
+            items: validated.batch_size as usize,
+            key,
             enqueued: start,
-            reply,
+            deadline,
+            priority,
+            payload: Pending { inputs: validated.inputs, reply },
         })?;
         let result = outputs
             .await
             .map_err(|_| InferError::Internal(format!("model `{}` stopped before answering", self.name)))
             .and_then(|r| r);
-        let mut all = match result {
-            Ok(all) => all,
+        let all = match result {
+            Ok(all) if all.len() == self.signature.outputs.len() => all,
+            Ok(all) => {
+                self.stats.fail.record(start.elapsed());
+                tracing::error!(model = %self.name, got = all.len(), "runtime returned the wrong number of outputs");
+                return Err(InferError::Internal("the model returned an unexpected number of outputs".into()));
+            }
             Err(e) => {
                 self.stats.fail.record(start.elapsed());
                 return Err(e);
             }
         };
-        if all.len() != self.signature.outputs.len() {
-            self.stats.fail.record(start.elapsed());
-            tracing::error!(model = %self.name, got = all.len(), "runtime returned the wrong number of outputs");
-            return Err(InferError::Internal("the model returned an unexpected number of outputs".into()));
-        }
-        let mut taken: Vec<Option<ferroserve_runtime::Tensor>> = all.drain(..).map(Some).collect();
+        let mut taken: Vec<Option<Tensor>> = all.into_iter().map(Some).collect();
         let outputs = validated
             .outputs
             .iter()
@@ -91,4 +119,63 @@ impl ModelVersion {
         self.stats.success.record(start.elapsed());
         Ok(InferResponse { model_name: self.name.clone(), model_version: self.version.to_string(), id, outputs })
     }
+
+    /// The queue deadline from the `timeout` parameter (microseconds) or the model's default.
+    fn deadline(&self, parameters: &Parameters, now: Instant) -> Result<Option<Instant>, InferError> {
+        let timeout = match parameters.get("timeout") {
+            None => self.scheduling.default_timeout,
+            Some(p) => match p.as_u64() {
+                Some(0) => None,
+                Some(us) => Some(Duration::from_micros(us)),
+                None => {
+                    return Err(InferError::invalid(
+                        "parameter `timeout` must be a non-negative integer (microseconds)",
+                    ));
+                }
+            },
+        };
+        Ok(timeout.map(|t| now + t))
+    }
+
+    /// The batcher queue index (0 = most urgent) from the `priority` parameter (1 = highest, 0 = default).
+    fn priority_index(&self, parameters: &Parameters) -> Result<usize, InferError> {
+        let levels = self.scheduling.priority_levels;
+        let requested = match parameters.get("priority") {
+            None => 0,
+            Some(p) => {
+                p.as_u64().ok_or_else(|| InferError::invalid("parameter `priority` must be a non-negative integer"))?
+            }
+        };
+        if levels == 0 {
+            return Ok(0);
+        }
+        if requested > u64::from(levels) {
+            return Err(InferError::invalid(format!(
+                "parameter `priority` is {requested}; model `{}` has priority levels 1 to {levels}",
+                self.name
+            )));
+        }
+        let level = if requested == 0 {
+            match self.scheduling.default_priority_level {
+                0 => levels,
+                d => d.min(levels),
+            }
+        } else {
+            requested as u32
+        };
+        Ok(level as usize - 1)
+    }
+}
+
+/// The non-batch dims of every input: requests batch together only when these match.
+fn batch_key(inputs: &[Tensor], batching: bool) -> Vec<usize> {
+    if !batching {
+        return Vec::new();
+    }
+    let mut key = Vec::with_capacity(inputs.len() * 3);
+    for t in inputs {
+        key.extend_from_slice(t.shape().get(1..).unwrap_or(&[]));
+        key.push(usize::MAX); // separator: [2],[3] differs from [2,3]
+    }
+    key
 }

@@ -1,0 +1,121 @@
+//! Runtime conformance checks on the ONNX backend with the committed example models: signature, dtype
+//! round trips, outputs against the numpy references, and batch-vs-single invariance.
+//!
+//! Needs `ORT_DYLIB_PATH` (scripts/test sets it from the `onnxruntime` wheel); without it these tests fail
+//! with that message rather than pass vacuously.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use ferroserve_runtime::{DataType, Device, LoadSpec, Runtime, RuntimeLoader, Tensor, TensorData};
+use ferroserve_runtime_onnx::OnnxLoader;
+
+fn loader() -> &'static OnnxLoader {
+    static LOADER: OnceLock<OnnxLoader> = OnceLock::new();
+    LOADER.get_or_init(|| {
+        let path = std::env::var_os("ORT_DYLIB_PATH")
+            .expect("ORT_DYLIB_PATH must point at libonnxruntime.so (run scripts/test, or export $(scripts/ort-lib))");
+        OnnxLoader::new(&PathBuf::from(path)).expect("ONNX Runtime loads")
+    })
+}
+
+fn model(name: &str, version: u32) -> Box<dyn Runtime> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../models/repository/{name}/{version}/model.onnx"));
+    loader().load(&LoadSpec { model_path: path, device: Device::Cpu, intra_op_threads: 1 }).expect("model loads")
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.to_f32_vec().expect("an FP32 tensor")
+}
+
+#[test]
+fn reads_the_signature_with_variable_dims() {
+    let mlp = model("mlp", 1);
+    let sig = mlp.signature();
+    assert_eq!(sig.inputs[0].name, "INPUT0");
+    assert_eq!(sig.inputs[0].datatype, DataType::Fp32);
+    assert_eq!(sig.inputs[0].dims, vec![-1, 16]);
+    assert_eq!(sig.outputs[0].dims, vec![-1, 4]);
+    let mixed = model("mixed", 1);
+    let types: Vec<DataType> = mixed.signature().outputs.iter().map(|s| s.datatype).collect();
+    assert_eq!(types, vec![DataType::Fp32, DataType::Int64, DataType::Bool, DataType::Fp16, DataType::Int32]);
+    assert_eq!(model("strings", 1).signature().inputs[0].datatype, DataType::Bytes);
+}
+
+#[test]
+fn batch_and_single_give_identical_rows() {
+    let mut mlp = model("mlp", 1);
+    let rows: Vec<Vec<f32>> = (0..5).map(|r| (0..16).map(|c| ((r * 16 + c) as f32).sin()).collect()).collect();
+    let batch: Vec<f32> = rows.concat();
+    let batched = mlp.infer(vec![Tensor::from_f32(vec![5, 16], &batch).unwrap()]).unwrap();
+    assert_eq!(batched[0].shape(), &[5, 4]);
+    let all = f32s(&batched[0]);
+    for (r, row) in rows.iter().enumerate() {
+        let single = mlp.infer(vec![Tensor::from_f32(vec![1, 16], row).unwrap()]).unwrap();
+        let got = f32s(&single[0]);
+        for (a, b) in got.iter().zip(&all[r * 4..r * 4 + 4]) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "row {r}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn dtypes_round_trip_through_the_mixed_model() {
+    let mut mixed = model("mixed", 1);
+    let a = Tensor::from_f32(vec![1, 4], &[1.5, -2.0, 0.0, 3.0]).unwrap();
+    let b_values: [i64; 4] = [1, -2, 3, i64::from(i32::MAX)];
+    let b = Tensor::from_le_bytes(
+        DataType::Int64,
+        vec![1, 4],
+        b_values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let c_values = [half::f16::from_f32(2.0), half::f16::from_f32(-1.0)];
+    let c = Tensor::from_le_bytes(
+        DataType::Fp16,
+        vec![1, 2],
+        c_values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let out = mixed.infer(vec![a, b, c]).unwrap();
+    assert_eq!(f32s(&out[0]), vec![2.5, -4.0, 3.0, 3.0 + i32::MAX as f32]);
+    let doubled: Vec<i64> =
+        out[1].as_fixed().unwrap().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(doubled, b_values.iter().map(|v| v * 2).collect::<Vec<_>>());
+    assert_eq!(out[2].as_fixed().unwrap().as_ref(), &[1, 0, 0, 1]);
+    let halves: Vec<f32> =
+        out[3].as_fixed().unwrap().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+    assert_eq!(halves, vec![1.0, -0.5]);
+    assert_eq!(out[4].datatype(), DataType::Int32);
+}
+
+#[test]
+fn strings_in_and_out() {
+    let mut strings = model("strings", 1);
+    let text =
+        Tensor::new(DataType::Bytes, vec![2], TensorData::Strings(vec![Bytes::from_static(b"ab c"), Bytes::new()]))
+            .unwrap();
+    let out = strings.infer(vec![text]).unwrap();
+    assert_eq!(out[0].as_strings().unwrap(), &[Bytes::from_static(b"AB C"), Bytes::new()]);
+    let bad = Tensor::new(DataType::Bytes, vec![1], TensorData::Strings(vec![Bytes::from_static(b"\xff")])).unwrap();
+    assert!(matches!(strings.infer(vec![bad]), Err(ferroserve_runtime::RuntimeError::InvalidInput(_))));
+}
+
+#[test]
+fn missing_file_and_library_fail_clearly() {
+    let spec = LoadSpec { model_path: "/nonexistent/model.onnx".into(), device: Device::Cpu, intra_op_threads: 1 };
+    let err = loader().load(&spec).err().expect("a load error").to_string();
+    assert!(err.contains("/nonexistent/model.onnx"), "{err}");
+    let err = OnnxLoader::new(std::path::Path::new("/nonexistent/libonnxruntime.so")).unwrap_err().to_string();
+    assert!(err.contains("ONNX Runtime library not found"), "{err}");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_without_the_feature_is_refused() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/repository/mlp/1/model.onnx");
+    let spec = LoadSpec { model_path: path, device: Device::Cuda(0), intra_op_threads: 1 };
+    assert!(matches!(loader().load(&spec), Err(ferroserve_runtime::RuntimeError::DeviceUnavailable(..))));
+}

@@ -1,0 +1,150 @@
+"""Dynamic batching end to end: outputs are identical alone and inside a batch, for every batching example
+model; queue limits answer 429 / RESOURCE_EXHAUSTED; queue timeouts answer 504 / DEADLINE_EXCEEDED."""
+import concurrent.futures
+import os
+import shutil
+import tempfile
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from server import REPOSITORY, Server
+
+# A long batching window so that concurrent requests surely meet in one batch.
+CONFIGS = {
+    "mlp": 'max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n',
+    "mixed": 'max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n',
+    "strings": 'max_batch_size: 32\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n',
+    "tiny_queue": 'max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 300000 '
+                  'default_queue_policy { max_queue_size: 2 } }\n',
+    "timeouts": 'max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 300000 '
+                'default_queue_policy { default_timeout_microseconds: 20000 } }\n',
+}
+
+
+@pytest.fixture(scope="module")
+def batching_server():
+    root = tempfile.mkdtemp()
+    for name, config in CONFIGS.items():
+        source = name if name in ("mlp", "mixed", "strings") else "mlp"
+        os.makedirs(os.path.join(root, name, "1"))
+        shutil.copy(os.path.join(REPOSITORY, source, "1", "model.onnx"), os.path.join(root, name, "1", "model.onnx"))
+        with open(os.path.join(root, name, "config.pbtxt"), "w") as f:
+            f.write(config)
+    s = Server(repository=root)
+    yield s
+    assert s.stop() == 0
+    shutil.rmtree(root)
+
+
+def requests_for(model, rng):
+    """Eight requests of varying batch sizes and values for `model`: (inputs, output names)."""
+    out = []
+    for i in range(8):
+        n = 1 + i % 3
+        if model == "mlp":
+            inputs = {"INPUT0": rng.standard_normal((n, 16)).astype(np.float32)}
+        elif model == "mixed":
+            inputs = {
+                "A": rng.standard_normal((n, 4)).astype(np.float32),
+                "B": rng.integers(-50, 50, (n, 4)).astype(np.int64),
+                "C": rng.standard_normal((n, 2)).astype(np.float16),
+            }
+        else:
+            inputs = {"TEXT": np.array([f"req{i}-item{j}".encode() for j in range(n)], dtype=np.object_)}
+        out.append(inputs)
+    return out
+
+
+def infer(client, model, inputs):
+    triton_inputs = []
+    for name, value in inputs.items():
+        dtype = {np.float32: "FP32", np.int64: "INT64", np.float16: "FP16", np.object_: "BYTES"}[value.dtype.type]
+        i = httpclient.InferInput(name, list(value.shape), dtype)
+        i.set_data_from_numpy(value, binary_data=True)
+        triton_inputs.append(i)
+    result = client.infer(model, triton_inputs)
+    return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
+
+
+@pytest.mark.parametrize("model", ["mlp", "mixed", "strings"])
+def test_output_is_identical_alone_and_in_a_batch(batching_server, model):
+    rng = np.random.default_rng(42)
+    requests = requests_for(model, rng)
+    client = httpclient.InferenceServerClient(batching_server.http_addr, concurrency=len(requests))
+    alone = [infer(client, model, r) for r in requests]
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(lambda r: infer(httpclient.InferenceServerClient(batching_server.http_addr), model, r), requests))
+    for a, b in zip(alone, together):
+        assert a.keys() == b.keys()
+        for name in a:
+            assert np.array_equal(a[name], b[name]), (model, name, a[name], b[name])
+    stats = client.get_inference_statistics(model)["model_stats"][0]
+    sizes = [int(b["batch_size"]) for b in stats["batch_stats"]]
+    assert max(sizes) > 3, f"requests were not batched: batch sizes {sizes}"
+    client.close()
+
+
+def test_full_queue_is_refused_over_http_and_grpc(batching_server):
+    x = np.zeros((1, 16), dtype=np.float32)
+
+    def http_call(_):
+        c = httpclient.InferenceServerClient(batching_server.http_addr)
+        i = httpclient.InferInput("INPUT0", [1, 16], "FP32")
+        i.set_data_from_numpy(x)
+        try:
+            c.infer("tiny_queue", [i])
+            return 200
+        except InferenceServerException as e:
+            return int(e.status()) if e.status() and e.status().isdigit() else e.status()
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        codes = list(pool.map(http_call, range(10)))
+    assert codes.count(200) >= 2 and 429 in codes, codes
+    assert set(codes) <= {200, 429}, codes
+
+    def grpc_call(_):
+        c = grpcclient.InferenceServerClient(batching_server.grpc_addr)
+        i = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+        i.set_data_from_numpy(x)
+        try:
+            c.infer("tiny_queue", [i])
+            return "OK"
+        except InferenceServerException as e:
+            return e.status()
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(grpc_call, range(10)))
+    assert "StatusCode.RESOURCE_EXHAUSTED" in statuses, statuses
+
+
+def test_queue_timeout(batching_server):
+    client = httpclient.InferenceServerClient(batching_server.http_addr)
+    i = httpclient.InferInput("INPUT0", [1, 16], "FP32")
+    i.set_data_from_numpy(np.zeros((1, 16), dtype=np.float32))
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("timeouts", [i])
+    assert err.value.status() == "504"
+    # A request's own `timeout` parameter (microseconds) overrides the default.
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("mlp", [i], timeout=1000)
+    assert err.value.status() == "504"
+    assert client.infer("mlp", [i], timeout=5_000_000).as_numpy("OUTPUT0").shape == (1, 4)
+    g = grpcclient.InferenceServerClient(batching_server.grpc_addr)
+    gi = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+    gi.set_data_from_numpy(np.zeros((1, 16), dtype=np.float32))
+    with pytest.raises(InferenceServerException) as err:
+        g.infer("timeouts", [gi])
+    assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+
+
+def test_bad_priority_is_rejected(batching_server):
+    client = httpclient.InferenceServerClient(batching_server.http_addr)
+    i = httpclient.InferInput("INPUT0", [1, 16], "FP32")
+    i.set_data_from_numpy(np.zeros((1, 16), dtype=np.float32))
+    # Models without priority levels ignore the parameter, as Triton does.
+    assert client.infer("mlp", [i], priority=3).as_numpy("OUTPUT0").shape == (1, 4)
