@@ -1,4 +1,7 @@
-//! Shared helpers for ferroserve's benches: request bodies of a given size and the example model paths.
+//! ferroserve's benchmarking: shared helpers for the criterion benches (request bodies, example model
+//! paths) and [`harness`], the load generator behind the `ferroserve-bench` binary.
+
+pub mod harness;
 
 use std::path::PathBuf;
 

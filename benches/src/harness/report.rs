@@ -1,0 +1,148 @@
+//! Results as a table on stdout, CSV, JSON and an SVG latency-throughput chart.
+
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::cli::Args;
+use super::measure::{Load, Measurement};
+use super::model::ModelInfo;
+
+fn load_label(load: &Load) -> String {
+    match load {
+        Load::Concurrency(c) => format!("c={c}"),
+        Load::Rate(r) => format!("{r}/s"),
+    }
+}
+
+/// Prints one table row (and the header before the first).
+pub fn print_row(m: &Measurement, header: bool) {
+    if header {
+        println!(
+            "{:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7}",
+            "load", "infer/s", "mean ms", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "errors", "stable"
+        );
+    }
+    println!(
+        "{:>10} {:>11.1} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8} {:>7}",
+        load_label(&m.load),
+        m.throughput,
+        m.mean_ms,
+        m.p50_ms,
+        m.p90_ms,
+        m.p95_ms,
+        m.p99_ms,
+        m.errors,
+        if m.stable { "yes" } else { "no" }
+    );
+}
+
+/// CSV with one row per point.
+pub fn csv(results: &[Measurement]) -> String {
+    let mut out =
+        String::from("load_kind,load,infer_per_sec,mean_ms,p50_ms,p90_ms,p95_ms,p99_ms,requests,errors,stable\n");
+    for m in results {
+        let (kind, value) = match m.load {
+            Load::Concurrency(c) => ("concurrency", c as f64),
+            Load::Rate(r) => ("rate", r),
+        };
+        let _ = writeln!(
+            out,
+            "{kind},{value},{:.2},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{}",
+            m.throughput, m.mean_ms, m.p50_ms, m.p90_ms, m.p95_ms, m.p99_ms, m.requests, m.errors, m.stable
+        );
+    }
+    out
+}
+
+/// An SVG chart: p50 and p99 latency against throughput, one labelled point per load.
+pub fn svg(title: &str, results: &[Measurement]) -> String {
+    let (w, h, left, right, top, bottom) = (760.0, 440.0, 70.0, 30.0, 50.0, 60.0);
+    let max_x = results.iter().map(|m| m.throughput).fold(1.0, f64::max) * 1.1;
+    let max_y = results.iter().map(|m| m.p99_ms).fold(0.001, f64::max) * 1.1;
+    let x = |v: f64| left + v / max_x * (w - left - right);
+    let y = |v: f64| h - bottom - v / max_y * (h - top - bottom);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(s, r#"<text x="{}" y="24" font-size="15" text-anchor="middle">{}</text>"#, w / 2.0, escape(title));
+    for i in 0..=5 {
+        let (vx, vy) = (max_x * i as f64 / 5.0, max_y * i as f64 / 5.0);
+        let _ = writeln!(s, r##"<line x1="{0}" y1="{1}" x2="{0}" y2="{2}" stroke="#ddd"/>"##, x(vx), top, h - bottom);
+        let _ = writeln!(s, r##"<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="#ddd"/>"##, left, y(vy), w - right);
+        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{:.0}</text>"#, x(vx), h - bottom + 16.0, vx);
+        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{:.2}</text>"#, left - 6.0, y(vy) + 4.0, vy);
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">throughput (infer/s)</text>"#,
+        (left + w - right) / 2.0,
+        h - 18.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text transform="translate(18 {}) rotate(-90)" text-anchor="middle">latency (ms)</text>"#,
+        (top + h - bottom) / 2.0
+    );
+    for (name, color, pick) in [("p50", "#1f77b4", 0usize), ("p99", "#d62728", 1usize)] {
+        let value = |m: &Measurement| if pick == 0 { m.p50_ms } else { m.p99_ms };
+        let points: Vec<String> =
+            results.iter().map(|m| format!("{:.1},{:.1}", x(m.throughput), y(value(m)))).collect();
+        let _ =
+            writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, points.join(" "));
+        for m in results {
+            let _ =
+                writeln!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{color}"/>"#, x(m.throughput), y(value(m)));
+            if pick == 1 {
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
+                    x(m.throughput) + 5.0,
+                    y(value(m)) - 6.0,
+                    escape(&load_label(&m.load))
+                );
+            }
+        }
+        let ly = top + 10.0 + 18.0 * pick as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/>"#,
+            left + 10.0,
+            left + 34.0
+        );
+        let _ = writeln!(s, r#"<text x="{}" y="{}">{name} latency</text>"#, left + 40.0, ly + 4.0);
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Writes the CSV, JSON and SVG files the flags ask for.
+pub fn write_outputs(args: &Args, model: &ModelInfo, results: &[Measurement]) -> anyhow::Result<()> {
+    if let Some(path) = &args.csv {
+        std::fs::write(path, csv(results)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.json {
+        let doc = json!({
+            "model": model.name,
+            "url": args.url,
+            "protocol": format!("{:?}", args.protocol),
+            "batch_size": args.batch_size,
+            "results": results,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        let title = format!("{} over {:?}, batch {} ({})", model.name, args.protocol, args.batch_size, args.url);
+        std::fs::write(path, svg(&title, results)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

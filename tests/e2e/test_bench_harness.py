@@ -1,0 +1,62 @@
+"""The load-test harness (ferroserve-bench) against the real server: every protocol, closed and open loop,
+and its CSV / JSON / SVG outputs."""
+import csv
+import json
+import os
+import subprocess
+import tempfile
+
+import pytest
+
+from server import ROOT
+
+BENCH = os.environ.get("FERROSERVE_BENCH_BIN", os.path.join(ROOT, "target", "debug", "ferroserve-bench"))
+QUICK = ["--warmup-secs", "0.2", "--window-secs", "0.4", "--max-windows", "3", "--stable-windows", "2",
+         "--stability-percent", "50", "--no-progress"]
+
+
+def bench(*args):
+    out = subprocess.run([BENCH, *args, *QUICK], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("protocol,port", [("http-json", "http"), ("http-binary", "http"), ("grpc", "grpc")])
+def test_closed_loop_sweep(server, protocol, port):
+    addr = server.http_addr if port == "http" else server.grpc_addr
+    d = tempfile.mkdtemp()
+    stdout = bench("-m", "mlp", "-u", addr, "-i", protocol, "--concurrency", "1:4:x2",
+                   "--csv", f"{d}/r.csv", "--json", f"{d}/r.json", "--svg", f"{d}/r.svg")
+    assert "infer/s" in stdout and "c=4" in stdout
+    rows = list(csv.DictReader(open(f"{d}/r.csv")))
+    assert [float(r["load"]) for r in rows] == [1, 2, 4]
+    assert all(float(r["infer_per_sec"]) > 0 and r["errors"] == "0" for r in rows), rows
+    doc = json.load(open(f"{d}/r.json"))
+    assert doc["model"] == "mlp" and len(doc["results"]) == 3
+    assert all(r["p99_ms"] >= r["p50_ms"] > 0 for r in doc["results"])
+    svg = open(f"{d}/r.svg").read()
+    assert svg.startswith("<svg") and "p99 latency" in svg and svg.count("<circle") == 6
+
+
+def test_open_loop_poisson_with_input_file(server):
+    d = tempfile.mkdtemp()
+    with open(f"{d}/in.json", "w") as f:
+        json.dump({"TEXT": ["alpha", "beta"]}, f)
+    bench("-m", "strings", "-u", server.http_addr, "--request-rate", "100,200", "--distribution", "poisson",
+          "-b", "2", "--input-data", f"{d}/in.json", "--json", f"{d}/r.json")
+    doc = json.load(open(f"{d}/r.json"))
+    rates = [r["throughput"] for r in doc["results"]]
+    assert 50 < rates[0] < 150 and 120 < rates[1] < 300, rates
+    assert all(r["errors"] == 0 for r in doc["results"])
+
+
+def test_errors_are_counted_and_reported(server):
+    out = subprocess.run([BENCH, "-m", "mlp", "-u", server.http_addr, "-b", "999", "--concurrency", "1", *QUICK],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "requests failed" in out.stderr and "batch size 999" in out.stderr
+
+
+def test_unknown_model_fails_fast(server):
+    out = subprocess.run([BENCH, "-m", "nope", "-u", server.http_addr, *QUICK], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "404" in out.stderr
