@@ -56,6 +56,36 @@ def mlp(rng):
     np.savez(os.path.join(REF, "mlp.npz"), INPUT0=x, OUTPUT0=y, w1=w1, b1=b1, w2=w2, b2=b2)
 
 
+def mlp_large(rng):
+    """FP32 MLP 128 -> 512 -> 512 -> 16: enough arithmetic per item that batching pays off on a CPU."""
+    dims = [128, 512, 512, 16]
+    weights = [(rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32) for a, b in zip(dims, dims[1:])]
+    biases = [(rng.standard_normal(b) * 0.1).astype(np.float32) for b in dims[1:]]
+    nodes, inits, prev = [], [], "INPUT0"
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        last = i == len(weights) - 1
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], ["OUTPUT0" if last else f"a{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [f"r{i}"]))
+            prev = f"r{i}"
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+    graph = helper.make_graph(
+        nodes, "mlp_large",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 128])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 16])],
+        inits,
+    )
+    save(helper.make_model(graph, opset_imports=OPSET, ir_version=9), "mlp_large")
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    y = x
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        y = y @ w + b
+        if i < len(weights) - 1:
+            y = np.maximum(y, 0)
+    np.savez(os.path.join(REF, "mlp_large.npz"), INPUT0=x, OUTPUT0=y)
+
+
 def mixed(rng):
     """Several inputs and outputs of mixed types: FP32, INT64, FP16 in; FP32, INT64, BOOL, FP16, INT32 out."""
     graph = helper.make_graph(
@@ -138,6 +168,8 @@ def write_checksums():
     for root in (REPO, REF):
         for dirpath, _, files in sorted(os.walk(root)):
             for f in sorted(files):
+                if not f.endswith((".onnx", ".npz")):
+                    continue  # config.pbtxt files are hand-written, not generated
                 p = os.path.join(dirpath, f)
                 with open(p, "rb") as fh:
                     digest = hashlib.sha256(fh.read()).hexdigest()
@@ -153,6 +185,7 @@ def main():
     mixed(rng)
     strings(rng)
     identity_versions()
+    mlp_large(np.random.default_rng(7))
     write_checksums()
     print("models written under", REPO, file=sys.stderr)
 

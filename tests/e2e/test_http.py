@@ -267,3 +267,13 @@ def test_v1_protocol(server, reference):
     assert status == 400
     status, _, data = raw(server, "POST", "/v1/models/mlp:explain", "{}")
     assert status == 404
+
+
+def test_mlp_large_matches_numpy(client):
+    import os
+    from server import REFERENCE
+
+    ref = np.load(os.path.join(REFERENCE, "mlp_large.npz"))
+    inp = httpclient.InferInput("INPUT0", list(ref["INPUT0"].shape), "FP32")
+    inp.set_data_from_numpy(ref["INPUT0"])
+    np.testing.assert_allclose(client.infer("mlp_large", [inp]).as_numpy("OUTPUT0"), ref["OUTPUT0"], rtol=1e-4, atol=1e-4)
