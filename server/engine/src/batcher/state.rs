@@ -197,6 +197,14 @@ impl<T> BatchState<T> {
         for &(qi, pos) in picked {
             by_queue[qi].push(pos);
         }
+        // The common case: the batch is the front of one queue, taken in one drain.
+        if let [(qi, 0), ..] = picked
+            && by_queue[*qi].len() == picked.len()
+            && by_queue[*qi].iter().enumerate().all(|(i, &p)| i == p)
+        {
+            self.len -= picked.len();
+            return self.queues[*qi].drain(..picked.len()).collect();
+        }
         let mut taken: Vec<(usize, usize, Entry<T>)> = Vec::with_capacity(picked.len());
         for (qi, mut positions) in by_queue.into_iter().enumerate() {
             positions.sort_unstable_by(|a, b| b.cmp(a));
