@@ -12,7 +12,7 @@ pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Protocol extensions this server really implements (listed in server metadata).
 pub const EXTENSIONS: &[&str] =
-    &["binary_tensor_data", "model_repository", "model_configuration", "statistics", "parameters"];
+    &["binary_tensor_data", "model_repository", "model_configuration", "statistics", "parameters", "schedule_policy"];
 
 /// Cheap to clone; every handler gets one.
 #[derive(Clone, Debug)]
