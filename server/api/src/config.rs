@@ -51,6 +51,10 @@ pub struct Config {
     #[arg(long = "max-message-bytes", env = "FERROSERVE_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Largest JSON part of an HTTP request, in bytes (JSON tensor data takes far more memory than binary).
+    #[arg(long = "max-json-bytes", env = "FERROSERVE_MAX_JSON_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_json_bytes: usize,
+
     /// max_batch_size for models whose config does not set it and whose inputs and outputs all have a
     /// variable first dim.
     #[arg(long = "default-max-batch-size", env = "FERROSERVE_DEFAULT_MAX_BATCH_SIZE", default_value_t = 64)]

@@ -1,7 +1,8 @@
 //! The JSON form of tensor data, shared by the v2 and v1 REST codecs.
 //!
-//! Decoding flattens nested or flat `data` arrays in one pass into [`JsonScalar`]s and then packs them into
-//! the tensor's raw little-endian layout, checking each value's range for the declared type. Encoding
+//! Decoding flattens nested or flat `data` arrays in one pass into a compact [`FlatData`] (one typed vector:
+//! 16 bytes per number, never a `serde_json::Value` tree) and then packs it into the tensor's raw
+//! little-endian layout, checking each value's range for the declared type. Encoding
 //! serializes straight from the raw bytes through [`DataView`], without an intermediate `serde_json::Value`.
 
 use std::fmt;
@@ -12,7 +13,7 @@ use ferroserve_runtime::{DataType, Tensor, TensorData};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 
-/// One leaf of a JSON `data` array.
+/// One leaf of a JSON `data` array, as the parser meets it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JsonScalar {
     /// `true` / `false`.
@@ -27,15 +28,86 @@ pub enum JsonScalar {
     Str(String),
 }
 
-/// A `data` field flattened in row-major order.
+/// A JSON number, kept exactly as written (integers are not rounded through `f64`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum JsonNumber {
+    /// A negative integer.
+    Int(i64),
+    /// A non-negative integer.
+    Uint(u64),
+    /// A number with a fraction or exponent.
+    Float(f64),
+}
+
+/// A `data` field flattened in row-major order into one typed vector. A tensor's elements are all of one
+/// JSON kind, so mixing numbers, bools and strings is refused while parsing.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FlatData(pub Vec<JsonScalar>);
+pub enum FlatData {
+    /// No elements.
+    #[default]
+    Empty,
+    /// BOOL elements.
+    Bools(Vec<bool>),
+    /// Numeric elements.
+    Numbers(Vec<JsonNumber>),
+    /// BYTES elements.
+    Strings(Vec<String>),
+}
+
+impl FlatData {
+    /// Appends one element; fails when its kind differs from the elements before it.
+    pub fn push(&mut self, value: JsonScalar) -> Result<(), &'static str> {
+        const MIXED: &str = "`data` mixes numbers, bools and strings";
+        match (self, value) {
+            (this @ FlatData::Empty, v) => {
+                *this = match v {
+                    JsonScalar::Bool(b) => FlatData::Bools(vec![b]),
+                    JsonScalar::Int(i) => FlatData::Numbers(vec![JsonNumber::Int(i)]),
+                    JsonScalar::Uint(u) => FlatData::Numbers(vec![JsonNumber::Uint(u)]),
+                    JsonScalar::Float(f) => FlatData::Numbers(vec![JsonNumber::Float(f)]),
+                    JsonScalar::Str(s) => FlatData::Strings(vec![s]),
+                };
+            }
+            (FlatData::Bools(v), JsonScalar::Bool(b)) => v.push(b),
+            (FlatData::Numbers(v), JsonScalar::Int(i)) => v.push(JsonNumber::Int(i)),
+            (FlatData::Numbers(v), JsonScalar::Uint(u)) => v.push(JsonNumber::Uint(u)),
+            (FlatData::Numbers(v), JsonScalar::Float(f)) => v.push(JsonNumber::Float(f)),
+            (FlatData::Strings(v), JsonScalar::Str(s)) => v.push(s),
+            _ => return Err(MIXED),
+        }
+        Ok(())
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            FlatData::Empty => 0,
+            FlatData::Bools(v) => v.len(),
+            FlatData::Numbers(v) => v.len(),
+            FlatData::Strings(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn reserve(&mut self, n: usize) {
+        match self {
+            FlatData::Bools(v) => v.reserve(n),
+            FlatData::Numbers(v) => v.reserve(n),
+            FlatData::Strings(v) => v.reserve(n),
+            FlatData::Empty => {}
+        }
+    }
+}
 
 impl<'de> de::Deserialize<'de> for FlatData {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut out = Vec::new();
+        let mut out = FlatData::Empty;
         deserializer.deserialize_any(Flatten { out: &mut out, depth: 0 })?;
-        Ok(FlatData(out))
+        Ok(out)
     }
 }
 
@@ -43,8 +115,14 @@ impl<'de> de::Deserialize<'de> for FlatData {
 const MAX_DEPTH: usize = 64;
 
 struct Flatten<'a> {
-    out: &'a mut Vec<JsonScalar>,
+    out: &'a mut FlatData,
     depth: usize,
+}
+
+impl Flatten<'_> {
+    fn push<E: de::Error>(self, v: JsonScalar) -> Result<(), E> {
+        self.out.push(v).map_err(E::custom)
+    }
 }
 
 impl<'de> de::DeserializeSeed<'de> for Flatten<'_> {
@@ -62,28 +140,22 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.out.push(JsonScalar::Bool(v));
-        Ok(())
+        self.push(JsonScalar::Bool(v))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.out.push(if v >= 0 { JsonScalar::Uint(v as u64) } else { JsonScalar::Int(v) });
-        Ok(())
+        self.push(if v >= 0 { JsonScalar::Uint(v as u64) } else { JsonScalar::Int(v) })
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.out.push(JsonScalar::Uint(v));
-        Ok(())
+        self.push(JsonScalar::Uint(v))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.out.push(JsonScalar::Float(v));
-        Ok(())
+        self.push(JsonScalar::Float(v))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.out.push(JsonScalar::Str(v.to_owned()));
-        Ok(())
+        self.push(JsonScalar::Str(v.to_owned()))
     }
     fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
-        self.out.push(JsonScalar::Str(v));
-        Ok(())
+        self.push(JsonScalar::Str(v))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         if self.depth >= MAX_DEPTH {
@@ -110,12 +182,12 @@ pub fn concrete_shape(name: &str, shape: &[i64]) -> Result<Vec<usize>, InferErro
     Ok(dims)
 }
 
-/// Packs JSON scalars into a tensor of `datatype` and `shape`.
+/// Packs flattened JSON data into a tensor of `datatype` and `shape`.
 pub fn tensor_from_json(
     name: &str,
     datatype: DataType,
     shape: Vec<usize>,
-    data: Vec<JsonScalar>,
+    data: FlatData,
 ) -> Result<Tensor, InferError> {
     let expected: usize = shape.iter().product();
     if data.len() != expected {
@@ -124,17 +196,36 @@ pub fn tensor_from_json(
             data.len()
         )));
     }
-    let bad = |i: usize, v: &JsonScalar| {
-        InferError::invalid(format!("input `{name}` element {i}: {} is not a valid {datatype} value", describe(v)))
+    let bad = |i: usize, v: &dyn fmt::Display| {
+        InferError::invalid(format!("input `{name}` element {i}: {v} is not a valid {datatype} value"))
     };
+    let kind_error = |data: &FlatData| {
+        let first: String = match data {
+            FlatData::Bools(v) => v[0].to_string(),
+            FlatData::Numbers(v) => describe(&v[0]),
+            FlatData::Strings(v) => format!("{:?}", v[0].chars().take(32).collect::<String>()),
+            FlatData::Empty => String::new(),
+        };
+        bad(0, &first)
+    };
+    macro_rules! numbers {
+        () => {
+            match &data {
+                FlatData::Numbers(v) => v.as_slice(),
+                FlatData::Empty => &[],
+                other => return Err(kind_error(other)),
+            }
+        };
+    }
     macro_rules! pack_int {
         ($ty:ty) => {{
+            let values = numbers!();
             let mut out = Vec::with_capacity(expected * std::mem::size_of::<$ty>());
-            for (i, v) in data.iter().enumerate() {
-                let x: $ty = match v {
-                    JsonScalar::Uint(u) => <$ty>::try_from(*u).map_err(|_| bad(i, v))?,
-                    JsonScalar::Int(s) => <$ty>::try_from(*s).map_err(|_| bad(i, v))?,
-                    _ => return Err(bad(i, v)),
+            for (i, v) in values.iter().enumerate() {
+                let x: $ty = match *v {
+                    JsonNumber::Uint(u) => <$ty>::try_from(u).map_err(|_| bad(i, &describe(v)))?,
+                    JsonNumber::Int(s) => <$ty>::try_from(s).map_err(|_| bad(i, &describe(v)))?,
+                    JsonNumber::Float(_) => return Err(bad(i, &describe(v))),
                 };
                 out.extend_from_slice(&x.to_le_bytes());
             }
@@ -143,13 +234,13 @@ pub fn tensor_from_json(
     }
     macro_rules! pack_float {
         ($ty:ty) => {{
+            let values = numbers!();
             let mut out = Vec::with_capacity(expected * std::mem::size_of::<$ty>());
-            for (i, v) in data.iter().enumerate() {
-                let x: $ty = match v {
-                    JsonScalar::Float(f) => *f as $ty,
-                    JsonScalar::Uint(u) => *u as $ty,
-                    JsonScalar::Int(s) => *s as $ty,
-                    _ => return Err(bad(i, v)),
+            for v in values {
+                let x: $ty = match *v {
+                    JsonNumber::Float(f) => f as $ty,
+                    JsonNumber::Uint(u) => u as $ty,
+                    JsonNumber::Int(s) => s as $ty,
                 };
                 out.extend_from_slice(&x.to_le_bytes());
             }
@@ -157,16 +248,11 @@ pub fn tensor_from_json(
         }};
     }
     let packed = match datatype {
-        DataType::Bool => {
-            let mut out = Vec::with_capacity(expected);
-            for (i, v) in data.iter().enumerate() {
-                match v {
-                    JsonScalar::Bool(b) => out.push(u8::from(*b)),
-                    _ => return Err(bad(i, v)),
-                }
-            }
-            TensorData::Fixed(Bytes::from(out))
-        }
+        DataType::Bool => match data {
+            FlatData::Bools(v) => TensorData::Fixed(Bytes::from(v.into_iter().map(u8::from).collect::<Vec<u8>>())),
+            FlatData::Empty => TensorData::Fixed(Bytes::new()),
+            other => return Err(kind_error(&other)),
+        },
         DataType::Uint8 => pack_int!(u8),
         DataType::Uint16 => pack_int!(u16),
         DataType::Uint32 => pack_int!(u32),
@@ -182,27 +268,20 @@ pub fn tensor_from_json(
                 "input `{name}`: {datatype} data must use the binary tensor extension, not JSON"
             )));
         }
-        DataType::Bytes => {
-            let mut out = Vec::with_capacity(expected);
-            for (i, v) in data.into_iter().enumerate() {
-                match v {
-                    JsonScalar::Str(s) => out.push(Bytes::from(s)),
-                    other => return Err(bad(i, &other)),
-                }
-            }
-            TensorData::Strings(out)
-        }
+        DataType::Bytes => match data {
+            FlatData::Strings(v) => TensorData::Strings(v.into_iter().map(Bytes::from).collect()),
+            FlatData::Empty => TensorData::Strings(Vec::new()),
+            other => return Err(kind_error(&other)),
+        },
     };
     Tensor::new(datatype, shape, packed).map_err(|e| InferError::invalid(format!("input `{name}`: {e}")))
 }
 
-fn describe(v: &JsonScalar) -> String {
+fn describe(v: &JsonNumber) -> String {
     match v {
-        JsonScalar::Bool(b) => b.to_string(),
-        JsonScalar::Int(i) => i.to_string(),
-        JsonScalar::Uint(u) => u.to_string(),
-        JsonScalar::Float(f) => f.to_string(),
-        JsonScalar::Str(s) => format!("{:?}", s.chars().take(32).collect::<String>()),
+        JsonNumber::Int(i) => i.to_string(),
+        JsonNumber::Uint(u) => u.to_string(),
+        JsonNumber::Float(f) => f.to_string(),
     }
 }
 
@@ -260,17 +339,24 @@ impl serde::Serialize for DataView<'_> {
 mod tests {
     use super::*;
 
-    fn flat(json: &str) -> Vec<JsonScalar> {
-        serde_json::from_str::<FlatData>(json).unwrap().0
+    fn flat(json: &str) -> FlatData {
+        serde_json::from_str::<FlatData>(json).unwrap()
     }
 
     #[test]
     fn flattens_nested_arrays() {
         assert_eq!(
-            flat("[[1, 2], [3, -4]]"),
-            vec![JsonScalar::Uint(1), JsonScalar::Uint(2), JsonScalar::Uint(3), JsonScalar::Int(-4)]
+            flat("[[1, 2], [3, -4.5]]"),
+            FlatData::Numbers(vec![
+                JsonNumber::Uint(1),
+                JsonNumber::Uint(2),
+                JsonNumber::Uint(3),
+                JsonNumber::Float(-4.5)
+            ])
         );
-        assert_eq!(flat("[true, [\"a\"], 1.5]").len(), 3);
+        assert_eq!(flat(r#"[["a"], ["b"]]"#).len(), 2);
+        assert!(serde_json::from_str::<FlatData>(r#"[true, ["a"], 1.5]"#).is_err());
+        assert_eq!(flat("[]"), FlatData::Empty);
         let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
         assert!(serde_json::from_str::<FlatData>(&deep).is_err());
     }

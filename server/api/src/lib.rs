@@ -65,7 +65,7 @@ pub async fn run(
     let repository = config.repository().map_err(anyhow::Error::msg)?;
     let loaders = loaders(&config)?;
     let manager = Arc::new(ModelManager::new(repository, loaders, config.engine_options()));
-    let state = AppState { manager: manager.clone() };
+    let state = AppState { manager: manager.clone(), max_json_bytes: config.max_json_bytes };
 
     let http_listener = TcpListener::bind((config.host, config.http_port))
         .await

@@ -19,4 +19,6 @@ pub const EXTENSIONS: &[&str] =
 pub struct AppState {
     /// The engine.
     pub manager: Arc<ModelManager>,
+    /// Largest JSON part of an HTTP request: JSON tensor data expands in memory, binary data does not.
+    pub max_json_bytes: usize,
 }

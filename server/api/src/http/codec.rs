@@ -160,7 +160,7 @@ pub fn decode_request(
                 let raw = binary.split_to(size);
                 tensor_from_raw(&input.name, datatype, shape, raw)?
             }
-            (None, Some(data)) => tensor_from_json(&input.name, datatype, shape, data.0)?,
+            (None, Some(data)) => tensor_from_json(&input.name, datatype, shape, data)?,
             (None, None) => {
                 return Err(InferError::invalid(format!(
                     "input `{}` has neither `data` nor binary_data_size",

@@ -120,6 +120,15 @@ async fn run_infer(
         ),
     };
     let (json, binary) = codec::split_body(header_length, body)?;
+    if json.len() > state.max_json_bytes {
+        return Err(InferError::invalid(format!(
+            "the JSON part of the request has {} bytes, more than the limit of {} (--max-json-bytes); send tensors \
+             with the binary tensor data extension",
+            json.len(),
+            state.max_json_bytes
+        ))
+        .into());
+    }
     let (request, format) = codec::decode_request(model, version, &json, binary)?;
     let response = state.manager.infer(request).await?;
     let encoded = codec::encode_response(&response, &format)?;

@@ -14,7 +14,7 @@ use ferroserve_runtime::{ModelSignature, Tensor};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use crate::json_data::{DataView, JsonScalar, tensor_from_json};
+use crate::json_data::{DataView, FlatData, JsonScalar, tensor_from_json};
 use crate::state::AppState;
 
 /// `GET /v1/models`.
@@ -40,6 +40,14 @@ pub(crate) async fn post(
         return Err(InferError::NotFound(format!("no such endpoint: POST /v1/models/{rest}")).into());
     };
     let version = state.manager.version(model, None)?;
+    if body.len() > state.max_json_bytes {
+        return Err(InferError::invalid(format!(
+            "the request has {} bytes of JSON, more than the limit of {} (--max-json-bytes)",
+            body.len(),
+            state.max_json_bytes
+        ))
+        .into());
+    }
     let body: Value =
         serde_json::from_slice(&body).map_err(|e| InferError::invalid(format!("malformed predict JSON: {e}")))?;
     let inputs = inputs_from_body(&version.signature, body)?;
@@ -113,7 +121,7 @@ fn inputs_from_body(signature: &ModelSignature, body: Value) -> Result<Vec<Infer
                 .find(|s| s.name == name)
                 .ok_or_else(|| InferError::invalid(format!("unexpected input `{name}`")))?;
             let shape = shape_of(&name, &value)?;
-            let mut flat = Vec::new();
+            let mut flat = FlatData::Empty;
             flatten(&name, &value, &mut flat)?;
             let tensor = tensor_from_json(&name, spec.datatype, shape, flat)?;
             Ok(InferInput { name, tensor, parameters: Parameters::new() })
@@ -137,8 +145,11 @@ fn shape_of(name: &str, value: &Value) -> Result<Vec<usize>, InferError> {
     Ok(shape)
 }
 
-fn flatten(name: &str, value: &Value, out: &mut Vec<JsonScalar>) -> Result<(), InferError> {
-    fn walk(name: &str, value: &Value, shape: &[usize], out: &mut Vec<JsonScalar>) -> Result<(), InferError> {
+fn flatten(name: &str, value: &Value, out: &mut FlatData) -> Result<(), InferError> {
+    fn walk(name: &str, value: &Value, shape: &[usize], out: &mut FlatData) -> Result<(), InferError> {
+        let push = |out: &mut FlatData, v: JsonScalar| {
+            out.push(v).map_err(|e| InferError::invalid(format!("input `{name}`: {e}")))
+        };
         match (value, shape.split_first()) {
             (Value::Array(items), Some((&len, rest))) if items.len() == len => {
                 items.iter().try_for_each(|item| walk(name, item, rest, out))
@@ -146,24 +157,18 @@ fn flatten(name: &str, value: &Value, out: &mut Vec<JsonScalar>) -> Result<(), I
             (Value::Array(_), _) | (_, Some(_)) => {
                 Err(InferError::invalid(format!("input `{name}` is not a rectangular array")))
             }
-            (Value::Bool(b), None) => {
-                out.push(JsonScalar::Bool(*b));
-                Ok(())
-            }
-            (Value::Number(n), None) => {
-                out.push(if let Some(u) = n.as_u64() {
+            (Value::Bool(b), None) => push(out, JsonScalar::Bool(*b)),
+            (Value::Number(n), None) => push(
+                out,
+                if let Some(u) = n.as_u64() {
                     JsonScalar::Uint(u)
                 } else if let Some(i) = n.as_i64() {
                     JsonScalar::Int(i)
                 } else {
                     JsonScalar::Float(n.as_f64().unwrap_or(f64::NAN))
-                });
-                Ok(())
-            }
-            (Value::String(s), None) => {
-                out.push(JsonScalar::Str(s.clone()));
-                Ok(())
-            }
+                },
+            ),
+            (Value::String(s), None) => push(out, JsonScalar::Str(s.clone())),
             _ => Err(InferError::invalid(format!("input `{name}` holds a value that is not a number, bool or string"))),
         }
     }

@@ -1,0 +1,138 @@
+"""Hostile and malformed requests: each gets a 4xx (or a gRPC client-error code) and the server lives on."""
+import gzip
+import http.client
+import json
+import struct
+
+import grpc
+import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+
+def post(server, path, body, headers=None):
+    host, port = server.http_addr.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, data
+
+
+def alive(server):
+    host, port = server.http_addr.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/v2/health/live")
+    ok = conn.getresponse().status == 200
+    conn.close()
+    return ok
+
+
+def infer_json(inputs, **extra):
+    return json.dumps({"inputs": inputs, **extra})
+
+
+def binary(header, tail):
+    head = json.dumps(header).encode()
+    return head + tail, {"Inference-Header-Content-Length": str(len(head))}
+
+
+BIG = 9223372036854775807
+CASES = [
+    ("shape overflow", "/v2/models/mlp/infer", infer_json([{"name": "INPUT0", "shape": [BIG, BIG], "datatype": "FP32", "data": [1]}]), None),
+    ("batch 0", "/v2/models/mlp/infer", infer_json([{"name": "INPUT0", "shape": [0, 16], "datatype": "FP32", "data": []}]), None),
+    ("scalar for a matrix", "/v2/models/mlp/infer", infer_json([{"name": "INPUT0", "shape": [], "datatype": "FP32", "data": [1]}]), None),
+    ("inputs null", "/v2/models/mlp/infer", '{"inputs": null}', None),
+    ("inputs string", "/v2/models/mlp/infer", '{"inputs": "x"}', None),
+    ("input null", "/v2/models/mlp/infer", '{"inputs": [null]}', None),
+    ("empty datatype", "/v2/models/mlp/infer", infer_json([{"name": "INPUT0", "shape": [1, 16], "datatype": "", "data": [0] * 16}]), None),
+    ("mixed kinds", "/v2/models/mlp/infer", infer_json([{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data": [1, "a"]}]), None),
+    ("deep data", "/v2/models/mlp/infer", '{"inputs": [{"name": "INPUT0", "shape": [1], "datatype": "FP32", "data": ' + "[" * 20000 + "]" * 20000 + "}]}", None),
+    ("deep parameters", "/v2/models/mlp/infer", '{"parameters": {"a": ' + "[" * 20000 + "]" * 20000 + '}, "inputs": []}', None),
+    ("not utf-8", "/v2/models/mlp/infer", b"\xff\xfe{\x00", None),
+    ("many duplicate inputs", "/v2/models/mlp/infer", infer_json([{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}] * 5000), None),
+    ("huge binary size", "/v2/models/mlp/infer", *binary({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 18446744073709551615}}]}, b"")),
+    ("negative binary size", "/v2/models/mlp/infer", *binary({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": -1}}]}, b"")),
+    ("bytes prefix lies", "/v2/models/strings/infer", *binary({"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}]}, struct.pack("<I", 0xFFFFFFFF) + b"abcd")),
+    ("bytes count lies", "/v2/models/strings/infer", *binary({"inputs": [{"name": "TEXT", "shape": [1 << 40], "datatype": "BYTES", "parameters": {"binary_data_size": 4}}]}, b"\0\0\0\0")),
+    ("header length not a number", "/v2/models/mlp/infer", "{}", {"Inference-Header-Content-Length": "abc"}),
+    ("header length negative", "/v2/models/mlp/infer", "{}", {"Inference-Header-Content-Length": "-5"}),
+    ("header length past the body", "/v2/models/mlp/infer", "{}", {"Inference-Header-Content-Length": "1000000000"}),
+    ("invalid gzip", "/v2/models/mlp/infer", b"not gzip at all", {"Content-Encoding": "gzip"}),
+    ("invalid utf-8 in bytes tensor", "/v2/models/strings/infer", *binary({"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}]}, struct.pack("<I", 2) + b"\xff\xfe")),
+    ("NUL inside a string", "/v2/models/strings/infer", infer_json([{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["a\u0000b"]}]), None),
+    ("v1 ragged instances", "/v1/models/mlp:predict", '{"instances": [[1, 2], [[3]]]}', None),
+    ("v1 deep instances", "/v1/models/mlp:predict", '{"instances": ' + "[" * 100 + "]" * 100 + "}", None),
+]
+
+
+@pytest.mark.parametrize("name,path,body,headers", CASES, ids=[c[0] for c in CASES])
+def test_hostile_http(server, name, path, body, headers):
+    status, data = post(server, path, body, headers)
+    assert 400 <= status < 500, (status, data[:300])
+    assert alive(server)
+
+
+def test_gzip_bomb_is_bounded(server):
+    bomb = gzip.compress(b"\0" * (300 * 1024 * 1024))
+    status, _ = post(server, "/v2/models/mlp/infer", bomb, {"Content-Encoding": "gzip"})
+    assert status in (400, 413)
+    assert alive(server)
+
+
+def test_gzip_request_is_accepted(server):
+    body = gzip.compress(infer_json([{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]).encode())
+    status, data = post(server, "/v2/models/mlp/infer", body, {"Content-Encoding": "gzip"})
+    assert status == 200, data
+
+
+def grpc_request(**kw):
+    r = service_pb2.ModelInferRequest(model_name=kw.get("model", "mlp"))
+    i = r.inputs.add(name=kw.get("name", "INPUT0"), datatype=kw.get("datatype", "FP32"), shape=kw.get("shape", [1, 16]))
+    for raw in kw.get("raw", []):
+        r.raw_input_contents.append(raw)
+    if "fp32" in kw:
+        i.contents.fp32_contents.extend(kw["fp32"])
+    if "bytes" in kw:
+        i.contents.bytes_contents.extend(kw["bytes"])
+    return r
+
+
+GRPC_CASES = [
+    ("shape overflow", grpc_request(shape=[BIG, BIG], raw=[b"\0" * 4])),
+    ("negative dim", grpc_request(shape=[-1, 16], raw=[b"\0" * 64])),
+    ("fp16 typed contents", grpc_request(model="mixed", name="C", datatype="FP16", shape=[1, 2], fp32=[1.0, 2.0])),
+    ("extra raw contents", grpc_request(raw=[b"\0" * 64, b"\0" * 64])),
+    ("bytes count lies", grpc_request(model="strings", name="TEXT", datatype="BYTES", shape=[1 << 40], raw=[b"\0\0\0\0"])),
+    ("bytes contents count", grpc_request(model="strings", name="TEXT", datatype="BYTES", shape=[3], bytes=[b"a"])),
+    ("unknown datatype", grpc_request(datatype="FLOAT", raw=[b"\0" * 64])),
+]
+
+
+@pytest.mark.parametrize("name,request_message", GRPC_CASES, ids=[c[0] for c in GRPC_CASES])
+def test_hostile_grpc(server, name, request_message):
+    channel = grpc.insecure_channel(server.grpc_addr)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(request_message, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    channel.close()
+    assert alive(server)
+
+
+def test_grpc_message_over_the_limit_is_refused():
+    from server import Server
+
+    s = Server("--max-message-bytes", "1048576")
+    try:
+        channel = grpc.insecure_channel(s.grpc_addr, options=[("grpc.max_send_message_length", -1)])
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        big = grpc_request(model="strings", name="TEXT", datatype="BYTES", shape=[1], raw=[struct.pack("<I", 2 << 20) + b"x" * (2 << 20)])
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(big, timeout=30)
+        # tonic answers OUT_OF_RANGE for an oversized message (grpc-core says RESOURCE_EXHAUSTED).
+        assert err.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE)
+        channel.close()
+        assert alive(s)
+    finally:
+        assert s.stop() == 0
