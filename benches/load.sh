@@ -38,6 +38,14 @@ for c in 1 8 32; do
     | awk '/^finished in/ {rps=$4} /^requests:/ {ok=$8; err=$10} /time for request:/ {mean=$6} END {printf "%s infer/s  mean %s  succeeded %s errored %s\n", rps, mean, ok, err}'
 done
 
+echo "== no-op over the same transports at c=32 (server overhead ceiling)"
+printf 'HTTP GET /v2/health/live      '
+wrk -t2 -c32 -d"${DUR}s" "http://$http/v2/health/live" | awk '/Requests\/sec/ {printf "%s req/s\n", $2}'
+printf '\0\0\0\0\0' > "$out/empty.bin"
+printf 'gRPC ServerLive               '
+h2load -c32 -m1 -D"$DUR" -d "$out/empty.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
+  "http://$grpc/inference.GRPCInferenceService/ServerLive" 2>/dev/null | awk '/^finished in/ {print $4, "req/s"}'
+
 kill $server; wait $server 2>/dev/null || true
 echo "== raw in-process ONNX Runtime, MLP batch 1"
 target/release/ort_throughput --threads 1 --seconds "$DUR"

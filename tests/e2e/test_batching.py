@@ -19,6 +19,7 @@ CONFIGS = {
     "mlp": 'max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n',
     "mixed": 'max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n',
     "strings": 'max_batch_size: 32\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n',
+    "mlp_large": 'max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n',
     "tiny_queue": 'max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 300000 '
                   'default_queue_policy { max_queue_size: 2 } }\n',
     "timeouts": 'max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 300000 '
@@ -30,7 +31,7 @@ CONFIGS = {
 def batching_server():
     root = tempfile.mkdtemp()
     for name, config in CONFIGS.items():
-        source = name if name in ("mlp", "mixed", "strings") else "mlp"
+        source = name if name in ("mlp", "mixed", "strings", "mlp_large") else "mlp"
         os.makedirs(os.path.join(root, name, "1"))
         shutil.copy(os.path.join(REPOSITORY, source, "1", "model.onnx"), os.path.join(root, name, "1", "model.onnx"))
         with open(os.path.join(root, name, "config.pbtxt"), "w") as f:
@@ -48,6 +49,8 @@ def requests_for(model, rng):
         n = 1 + i % 3
         if model == "mlp":
             inputs = {"INPUT0": rng.standard_normal((n, 16)).astype(np.float32)}
+        elif model == "mlp_large":
+            inputs = {"INPUT0": rng.standard_normal((n, 128)).astype(np.float32)}
         elif model == "mixed":
             inputs = {
                 "A": rng.standard_normal((n, 4)).astype(np.float32),
@@ -71,7 +74,7 @@ def infer(client, model, inputs):
     return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
 
 
-@pytest.mark.parametrize("model", ["mlp", "mixed", "strings"])
+@pytest.mark.parametrize("model", ["mlp", "mlp_large", "mixed", "strings"])
 def test_output_is_identical_alone_and_in_a_batch(batching_server, model):
     rng = np.random.default_rng(42)
     requests = requests_for(model, rng)

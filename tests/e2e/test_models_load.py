@@ -77,3 +77,50 @@ def test_missing_onnxruntime_library_fails_clearly():
                          capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
     assert "ONNX Runtime library not found" in out.stderr
+
+
+def test_port_environment_variable_sets_the_http_port():
+    import re
+    import socket
+    import subprocess
+    from server import binary, onnxruntime_lib
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PORT=str(port), ORT_DYLIB_PATH=onnxruntime_lib())
+    proc = subprocess.Popen([binary(), "--host", "127.0.0.1", "--grpc_port", "0", "--model-repository", REPOSITORY],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert re.search(rf"http=127\.0\.0\.1:{port} ", line), line
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
+def test_repository_unload_and_load():
+    s = Server()
+    try:
+        client = httpclient.InferenceServerClient(s.http_addr)
+        client.unload_model("mlp")
+        assert not client.is_model_ready("mlp")
+        assert client.is_model_ready("strings")  # the other models stay up
+        inp = httpclient.InferInput("INPUT0", [1, 16], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, 16), dtype=np.float32))
+        try:
+            client.infer("mlp", [inp])
+            raise AssertionError("an unloaded model must not answer")
+        except Exception as e:  # tritonclient raises InferenceServerException
+            assert "unknown model" in str(e)
+        client.load_model("mlp")
+        assert client.is_model_ready("mlp")
+        assert client.infer("mlp", [inp]).as_numpy("OUTPUT0").shape == (1, 4)
+        try:
+            client.load_model("not_a_model")
+            raise AssertionError("loading a model outside the repository must fail")
+        except Exception as e:
+            assert "not in the model repository" in str(e)
+        client.close()
+    finally:
+        assert s.stop() == 0

@@ -18,8 +18,16 @@ fn main() -> anyhow::Result<()> {
         builder.init();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ferroserve-io").build()?;
-    runtime.block_on(ferroserve::run(config, ferroserve::shutdown::signal(), |addrs| {
-        // A machine-readable line for scripts and tests that start the server on port 0.
-        println!("ferroserve listening http={} grpc={}", addrs.http, addrs.grpc);
-    }))
+    runtime.block_on(async {
+        let shutdown = ferroserve::shutdown::install()?;
+        ferroserve::run(config, shutdown, |addrs| {
+            // A machine-readable line for scripts and tests that start the server on port 0.
+            // `writeln!` rather than `println!`: a closed stdout must not panic the server.
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "ferroserve listening http={} grpc={}", addrs.http, addrs.grpc);
+            let _ = out.flush();
+        })
+        .await
+    })
 }
