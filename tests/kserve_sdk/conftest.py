@@ -1,26 +1,5 @@
 import os
 import sys
 
-import numpy as np
-import pytest
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from server import REFERENCE, Server  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def server():
-    s = Server()
-    yield s
-    code = s.stop()
-    assert code == 0, s.logs()
-
-
-@pytest.fixture(scope="session")
-def reference():
-    return {name: np.load(os.path.join(REFERENCE, f"{name}.npz")) for name in ("mlp", "mixed", "strings")}
-
-
-def mlp_numpy(ref, x):
-    """The MLP computed with numpy from its committed weights: the independent reference."""
-    return np.maximum(x @ ref["w1"] + ref["b1"], 0) @ ref["w2"] + ref["b2"]
+from fixtures import mlp_numpy, reference, server  # noqa: E402,F401  (fixtures used by the tests)

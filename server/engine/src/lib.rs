@@ -21,7 +21,7 @@ pub mod stats;
 pub mod validate;
 
 pub use error::InferError;
-pub use manager::{EngineOptions, ModelEntry, ModelManager, VersionState};
+pub use manager::{EngineOptions, IndexEntry, ModelEntry, ModelManager, VersionState};
 pub use model::ModelVersion;
 pub use repository::Repository;
 pub use request::{InferInput, InferOutput, InferRequest, InferResponse, Parameter, Parameters, RequestedOutput};

@@ -108,6 +108,19 @@ impl ModelEntry {
     }
 }
 
+/// One row of the repository index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Model name.
+    pub name: String,
+    /// Version, or empty for a model-level row (a model that failed before any version).
+    pub version: String,
+    /// `READY`, `LOADING` or `UNAVAILABLE`.
+    pub state: &'static str,
+    /// Why it is not ready.
+    pub reason: String,
+}
+
 /// Owns every model and routes requests to versions.
 pub struct ModelManager {
     repository: Repository,
@@ -321,6 +334,29 @@ impl ModelManager {
     /// A copy of every model entry (for the index and stats).
     pub fn entries(&self) -> Vec<Arc<ModelEntry>> {
         self.models.read().values().cloned().collect()
+    }
+
+    /// The repository index: one row per version (or per model that has none), optionally ready ones only.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let mut rows = Vec::new();
+        for entry in self.entries() {
+            let (state, reason) = entry.state();
+            if ready_only && state != "READY" {
+                continue;
+            }
+            if entry.versions.is_empty() {
+                rows.push(IndexEntry { name: entry.name.clone(), version: String::new(), state, reason });
+            }
+            for (n, v) in &entry.versions {
+                let (state, reason) = match v {
+                    VersionState::Ready(_) => ("READY", String::new()),
+                    VersionState::Loading => ("LOADING", String::new()),
+                    VersionState::Unavailable(r) => ("UNAVAILABLE", r.clone()),
+                };
+                rows.push(IndexEntry { name: entry.name.clone(), version: n.to_string(), state, reason });
+            }
+        }
+        rows
     }
 
     /// The entry for `name`, or `NotFound`.

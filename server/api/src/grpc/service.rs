@@ -202,35 +202,18 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<pb::RepositoryIndexRequest>,
     ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
-        let ready_only = request.into_inner().ready;
-        let mut models = Vec::new();
-        for entry in self.state.manager.entries() {
-            let (state, reason) = entry.state();
-            if ready_only && state != "READY" {
-                continue;
-            }
-            if entry.versions.is_empty() {
-                models.push(pb::repository_index_response::ModelIndex {
-                    name: entry.name.clone(),
-                    version: String::new(),
-                    state: state.into(),
-                    reason,
-                });
-            }
-            for (n, v) in &entry.versions {
-                let (state, reason) = match v {
-                    VersionState::Ready(_) => ("READY", String::new()),
-                    VersionState::Loading => ("LOADING", String::new()),
-                    VersionState::Unavailable(r) => ("UNAVAILABLE", r.clone()),
-                };
-                models.push(pb::repository_index_response::ModelIndex {
-                    name: entry.name.clone(),
-                    version: n.to_string(),
-                    state: state.into(),
-                    reason,
-                });
-            }
-        }
+        let models = self
+            .state
+            .manager
+            .index(request.into_inner().ready)
+            .into_iter()
+            .map(|row| pb::repository_index_response::ModelIndex {
+                name: row.name,
+                version: row.version,
+                state: row.state.into(),
+                reason: row.reason,
+            })
+            .collect();
         Ok(Response::new(pb::RepositoryIndexResponse { models }))
     }
 

@@ -191,24 +191,18 @@ pub(crate) async fn repository_index(State(state): State<AppState>, body: Bytes)
             .map_err(|e| InferError::invalid(format!("malformed repository index JSON: {e}")))?;
         v.get("ready").and_then(Value::as_bool).unwrap_or(false)
     };
-    let mut models = Vec::new();
-    for entry in state.manager.entries() {
-        let (model_state, reason) = entry.state();
-        if ready_only && model_state != "READY" {
-            continue;
-        }
-        if entry.versions.is_empty() {
-            models.push(json!({"name": entry.name, "state": model_state, "reason": reason}));
-        }
-        for (n, v) in &entry.versions {
-            let (s, r) = match v {
-                VersionState::Ready(_) => ("READY", String::new()),
-                VersionState::Loading => ("LOADING", String::new()),
-                VersionState::Unavailable(r) => ("UNAVAILABLE", r.clone()),
-            };
-            models.push(json!({"name": entry.name, "version": n.to_string(), "state": s, "reason": r}));
-        }
-    }
+    let models: Vec<Value> = state
+        .manager
+        .index(ready_only)
+        .into_iter()
+        .map(|row| {
+            let mut v = json!({"name": row.name, "state": row.state, "reason": row.reason});
+            if !row.version.is_empty() {
+                v["version"] = json!(row.version);
+            }
+            v
+        })
+        .collect();
     Ok(Json(Value::Array(models)))
 }
 
