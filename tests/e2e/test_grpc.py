@@ -172,3 +172,12 @@ def test_large_message(client):
     result = client.infer("strings", [inp], outputs=[grpcclient.InferRequestedOutput("ECHO")])
     assert len(result.as_numpy("ECHO")[0]) == 8 * 1024 * 1024
     del x
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(client, reference, algorithm):
+    ref = reference["mlp"]
+    inp = grpcclient.InferInput("INPUT0", [3, 16], "FP32")
+    inp.set_data_from_numpy(ref["INPUT0"])
+    result = client.infer("mlp", [inp], compression_algorithm=algorithm)
+    np.testing.assert_allclose(result.as_numpy("OUTPUT0"), ref["OUTPUT0"], rtol=1e-5, atol=1e-5)
