@@ -59,8 +59,9 @@ pub fn csv(results: &[Measurement]) -> String {
 /// An SVG chart: p50 and p99 latency against throughput, one labelled point per load.
 pub fn svg(title: &str, results: &[Measurement]) -> String {
     let (w, h, left, right, top, bottom) = (760.0, 440.0, 70.0, 30.0, 50.0, 60.0);
-    let max_x = results.iter().map(|m| m.throughput).fold(1.0, f64::max) * 1.1;
-    let max_y = results.iter().map(|m| m.p99_ms).fold(0.001, f64::max) * 1.1;
+    let (step_x, ticks_x) = nice_axis(results.iter().map(|m| m.throughput).fold(1.0, f64::max));
+    let (step_y, ticks_y) = nice_axis(results.iter().map(|m| m.p99_ms).fold(0.001, f64::max));
+    let (max_x, max_y) = (step_x * ticks_x as f64, step_y * ticks_y as f64);
     let x = |v: f64| left + v / max_x * (w - left - right);
     let y = |v: f64| h - bottom - v / max_y * (h - top - bottom);
     let mut s = String::new();
@@ -70,12 +71,16 @@ pub fn svg(title: &str, results: &[Measurement]) -> String {
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(s, r#"<text x="{}" y="24" font-size="15" text-anchor="middle">{}</text>"#, w / 2.0, escape(title));
-    for i in 0..=5 {
-        let (vx, vy) = (max_x * i as f64 / 5.0, max_y * i as f64 / 5.0);
+    for i in 0..=ticks_x {
+        let vx = step_x * i as f64;
         let _ = writeln!(s, r##"<line x1="{0}" y1="{1}" x2="{0}" y2="{2}" stroke="#ddd"/>"##, x(vx), top, h - bottom);
+        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, x(vx), h - bottom + 16.0, vx);
+    }
+    for i in 0..=ticks_y {
+        let vy = step_y * i as f64;
         let _ = writeln!(s, r##"<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="#ddd"/>"##, left, y(vy), w - right);
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{:.0}</text>"#, x(vx), h - bottom + 16.0, vx);
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{:.2}</text>"#, left - 6.0, y(vy) + 4.0, vy);
+        let _ =
+            writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, left - 6.0, y(vy) + 4.0, format_tick(vy));
     }
     let _ = writeln!(
         s,
@@ -120,6 +125,19 @@ pub fn svg(title: &str, results: &[Measurement]) -> String {
     s
 }
 
+/// A round tick step (1, 2 or 5 times a power of ten) and the number of ticks that cover `max`.
+fn nice_axis(max: f64) -> (f64, usize) {
+    let raw = (max / 5.0).max(f64::MIN_POSITIVE);
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|&s| s >= raw).unwrap_or(10.0 * magnitude);
+    (step, ((max / step).ceil() as usize).max(1))
+}
+
+fn format_tick(v: f64) -> String {
+    let text = format!("{v:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
@@ -145,4 +163,18 @@ pub fn write_outputs(args: &Args, model: &ModelInfo, results: &[Measurement]) ->
         std::fs::write(path, svg(&title, results)).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axes_use_round_steps() {
+        assert_eq!(nice_axis(48_472.0), (10_000.0, 5));
+        assert_eq!(nice_axis(2.15), (0.5, 5));
+        assert_eq!(nice_axis(0.9), (0.2, 5));
+        assert_eq!(format_tick(0.5), "0.5");
+        assert_eq!(format_tick(2.0), "2");
+    }
 }
