@@ -1,17 +1,22 @@
 //! The dynamic batcher of one model version, split as three parts:
 //! - [`state::BatchState`]: pure decisions (which requests form the next batch), unit-tested directly;
-//! - the actor (`run_actor`): an OS thread that owns the state, receives requests, watches the clock
-//!   and instance availability, and hands formed batches to the instances;
-//! - [`Batcher`]: the cheap handle requests are submitted through.
+//! - the actor (`run_actor`): an OS thread that owns the state, takes in requests, watches the clock and
+//!   instance availability, and hands formed batches to the instances;
+//! - [`Batcher`]: the cheap handle requests are submitted through. It counts queued requests itself, so a
+//!   full queue is refused at once without waking the actor.
 //!
-//! The actor keeps at most one batch per instance in flight plus one prefetched batch, which it forms only
-//! when full while every instance is busy; otherwise batches are formed when an instance is free, so they
-//! grow as large as the queue allows. Requests whose caller has gone away are dropped before they run;
-//! requests past their deadline get a timeout. When the handle is dropped the actor drains its queue
-//! (ignoring the delay), then closes the batch channel so the instances finish and exit.
+//! The actor keeps at most one batch per instance in flight plus one prefetched full batch. While every
+//! instance is busy it sleeps until one finishes (or a timer is due) instead of waking for each arrival:
+//! arrivals then wait in the channel and join the next batch, which is formed the moment an instance is free,
+//! so batches grow as large as the queue allows and the hot path costs no thread wake-up per request.
+//! Requests whose caller has gone away are dropped before they run; requests past their deadline get a
+//! timeout. When the handle is dropped the actor drains its queue (ignoring the delay), then closes the batch
+//! channel so the instances finish and exit.
 
 pub mod state;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -40,23 +45,33 @@ pub type Batch = Vec<Entry<Pending>>;
 #[derive(Debug, Clone)]
 pub struct Batcher {
     requests: Sender<Entry<Pending>>,
+    queued: Arc<AtomicUsize>,
+    max_queue_size: usize,
     label: String,
 }
 
 impl Batcher {
-    /// Queues a request. A full queue answers `Overloaded` through the request's reply.
+    /// Queues a request, or refuses it at once with `Overloaded` when the queue is full.
     pub fn submit(&self, entry: Entry<Pending>) -> Result<(), InferError> {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue_size {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(InferError::Overloaded(format!(
+                "model `{}` has {} requests queued, the limit; retry later",
+                self.label, self.max_queue_size
+            )));
+        }
         match self.requests.try_send(entry) {
             Ok(()) => Ok(()),
             Err(TrySendError::Disconnected(_)) | Err(TrySendError::Full(_)) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
                 Err(InferError::NotReady(format!("model `{}` is unloading", self.label)))
             }
         }
     }
 
-    /// Requests sent to the batcher that it has not yet taken in.
-    pub fn backlog(&self) -> usize {
-        self.requests.len()
+    /// Requests queued (not yet handed to an instance).
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
     }
 }
 
@@ -70,103 +85,122 @@ pub fn start(
     done: Receiver<()>,
 ) -> std::io::Result<Batcher> {
     let (requests, incoming) = crossbeam_channel::unbounded();
-    std::thread::Builder::new()
-        .name(format!("fs-batch-{label}"))
-        .spawn(move || run_actor(BatchState::new(policy), instances.max(1), incoming, batches, done))?;
-    Ok(Batcher { requests, label })
+    let queued = Arc::new(AtomicUsize::new(0));
+    let max_queue_size = policy.max_queue_size.max(1);
+    let actor = Actor {
+        state: BatchState::new(policy),
+        instances: instances.max(1),
+        incoming,
+        batches,
+        done,
+        queued: Arc::clone(&queued),
+    };
+    std::thread::Builder::new().name(format!("fs-batch-{label}")).spawn(move || actor.run())?;
+    Ok(Batcher { requests, queued, max_queue_size, label })
 }
 
-fn refuse(entry: Entry<Pending>, error: InferError) {
-    let _ = entry.payload.reply.send(Err(error));
-}
-
-fn run_actor(
-    mut state: BatchState<Pending>,
+struct Actor {
+    state: BatchState<Pending>,
     instances: usize,
     incoming: Receiver<Entry<Pending>>,
     batches: Sender<Batch>,
     done: Receiver<()>,
-) {
-    let mut outstanding = 0usize;
-    let mut closed = false;
-    let max_queue = state.policy().max_queue_size;
-    loop {
-        // Take in what arrived.
+    /// Shared with the handle: requests in `incoming` plus those in `state`.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Actor {
+    /// Answers a request that leaves the queue without running.
+    fn refuse(&self, entry: Entry<Pending>, error: InferError) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        let _ = entry.payload.reply.send(Err(error));
+    }
+
+    fn run(mut self) {
+        let mut outstanding = 0usize;
+        let mut closed = false;
         loop {
-            match incoming.try_recv() {
-                Ok(entry) => {
-                    if let Err(entry) = state.push(entry) {
-                        refuse(
-                            entry,
-                            InferError::Overloaded(format!("{max_queue} requests are queued, the limit; retry later")),
-                        );
+            // Take in what arrived. The handle has already bounded the queue, so `push` only fails if the
+            // two disagree; such a request is refused like any overflow.
+            loop {
+                match self.incoming.try_recv() {
+                    Ok(entry) => {
+                        if let Err(entry) = self.state.push(entry) {
+                            self.refuse(entry, InferError::Overloaded("the queue is full; retry later".into()));
+                        }
+                    }
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
                     }
                 }
-                Err(crossbeam_channel::TryRecvError::Empty) => break,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                    closed = true;
-                    break;
-                }
             }
-        }
-        while done.try_recv().is_ok() {
-            outstanding = outstanding.saturating_sub(1);
-        }
-        let now = Instant::now();
-        let gone = state.remove_where(|p| p.reply.is_closed());
-        if !gone.is_empty() {
-            tracing::debug!(count = gone.len(), "callers went away; requests dropped before running");
-        }
-        for entry in state.remove_expired(now) {
-            refuse(entry, InferError::Timeout("the request timed out in the queue before it could run".into()));
-        }
-        // Hand out batches: one per free instance, plus one full batch prefetched while all are busy.
-        let mut wake: Option<Instant> = None;
-        while outstanding <= instances {
-            let only_full = outstanding == instances;
-            match state.next_batch(now, only_full, closed) {
-                Decision::Run(batch) => {
-                    if batches.send(batch).is_err() {
-                        return; // every instance is gone
-                    }
-                    outstanding += 1;
-                }
-                Decision::WaitUntil(t) => {
-                    wake = Some(t);
-                    break;
-                }
-                Decision::Idle => break,
-            }
-        }
-        if closed && state.is_empty() {
-            return; // dropping `batches` lets the instances finish and exit
-        }
-        let timeout = wake.map(|t| t.saturating_duration_since(Instant::now()));
-        if closed {
-            // Only completions can change anything now.
-            let finished = match timeout {
-                Some(t) => match done.recv_timeout(t) {
-                    Ok(()) => true,
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => false,
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-                },
-                None => match done.recv() {
-                    Ok(()) => true,
-                    Err(_) => return,
-                },
-            };
-            if finished {
+            while self.done.try_recv().is_ok() {
                 outstanding = outstanding.saturating_sub(1);
             }
-            continue;
+            let now = Instant::now();
+            let gone = self.state.remove_where(|p| p.reply.is_closed());
+            if !gone.is_empty() {
+                self.queued.fetch_sub(gone.len(), Ordering::AcqRel);
+                tracing::debug!(count = gone.len(), "callers went away; requests dropped before running");
+            }
+            for entry in self.state.remove_expired(now) {
+                self.refuse(
+                    entry,
+                    InferError::Timeout("the request timed out in the queue before it could run".into()),
+                );
+            }
+            // Hand out batches: one per free instance, plus one full batch prefetched while all are busy.
+            let mut wake: Option<Instant> = None;
+            while outstanding <= self.instances {
+                let only_full = outstanding == self.instances;
+                match self.state.next_batch(now, only_full, closed) {
+                    Decision::Run(batch) => {
+                        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+                        if self.batches.send(batch).is_err() {
+                            return; // every instance is gone
+                        }
+                        outstanding += 1;
+                    }
+                    Decision::WaitUntil(t) => {
+                        wake = Some(t);
+                        break;
+                    }
+                    Decision::Idle => break,
+                }
+            }
+            if closed && self.state.is_empty() {
+                return; // dropping `batches` lets the instances finish and exit
+            }
+            let timeout = wake.map(|t| t.saturating_duration_since(Instant::now()));
+            // While every instance is busy, arrivals cannot change what happens next: sleep until one is
+            // free (or a timer is due) and let arrivals gather in the channel meanwhile.
+            let all_busy = outstanding >= self.instances;
+            if closed || all_busy {
+                let finished = match timeout {
+                    Some(t) => match self.done.recv_timeout(t) {
+                        Ok(()) => true,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => false,
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    },
+                    None => match self.done.recv() {
+                        Ok(()) => true,
+                        Err(_) => return,
+                    },
+                };
+                if finished {
+                    outstanding = outstanding.saturating_sub(1);
+                }
+                continue;
+            }
+            let mut select = crossbeam_channel::Select::new();
+            select.recv(&self.incoming);
+            select.recv(&self.done);
+            let _ = match timeout {
+                Some(t) => select.ready_timeout(t).ok(),
+                None => Some(select.ready()),
+            }; // the loop head drains whichever is ready
         }
-        let mut select = crossbeam_channel::Select::new();
-        let requests_index = select.recv(&incoming);
-        let done_index = select.recv(&done);
-        let ready = match timeout {
-            Some(t) => select.ready_timeout(t).ok(),
-            None => Some(select.ready()),
-        };
-        let _ = (ready, requests_index, done_index); // the loop head drains whichever is ready
     }
 }
