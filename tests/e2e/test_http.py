@@ -235,8 +235,9 @@ def test_tritonclient_surfaces_errors(client):
 def test_unknown_route_and_method(server):
     status, _, data = raw(server, "GET", "/v2/nothing/here")
     assert status == 404 and b"error" in data
-    status, _, _ = raw(server, "GET", "/v2/models/mlp/infer")
-    assert status == 405
+    status, headers, data = raw(server, "GET", "/v2/models/mlp/infer")
+    assert status == 405 and "error" in json.loads(data)
+    assert "post" in headers.get("allow", "").lower()
 
 
 def test_repository_index(server):
