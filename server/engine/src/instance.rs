@@ -332,6 +332,91 @@ mod tests {
         rx.blocking_recv().unwrap().map(|o| o[0].to_f32_vec().unwrap())
     }
 
+    /// A runtime that doubles its input, with no gate: for stress tests.
+    struct Doubler(ModelSignature);
+
+    impl Runtime for Doubler {
+        fn signature(&self) -> &ModelSignature {
+            &self.0
+        }
+        fn infer(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+            let doubled: Vec<f32> = inputs[0].to_f32_vec().unwrap_or_default().iter().map(|v| v * 2.0).collect();
+            Ok(vec![
+                Tensor::from_f32(inputs[0].shape().to_vec(), &doubled)
+                    .map_err(|e| RuntimeError::Execution(e.to_string()))?,
+            ])
+        }
+    }
+
+    struct DoublerLoader;
+
+    impl RuntimeLoader for DoublerLoader {
+        fn platform(&self) -> &'static str {
+            "test"
+        }
+        fn default_model_filename(&self) -> &'static str {
+            "model.test"
+        }
+        fn load(&self, _: &LoadSpec) -> Result<Box<dyn Runtime>, RuntimeError> {
+            let spec = TensorSpec { name: "x".into(), datatype: DataType::Fp32, dims: vec![-1, 2] };
+            Ok(Box::new(Doubler(ModelSignature { inputs: vec![spec.clone()], outputs: vec![spec] })))
+        }
+    }
+
+    #[test]
+    fn concurrent_requests_each_get_their_own_rows_exactly_once() {
+        let spec = LoadSpec { model_path: "m".into(), device: Device::Cpu, intra_op_threads: 1 };
+        let (loaded, _) = InstancePool::start(PoolSpec {
+            label: "stress:1".into(),
+            loader: Arc::new(DoublerLoader),
+            instances: vec![spec.clone(), spec],
+            stats: Arc::new(ModelStats::default()),
+        })
+        .unwrap();
+        let pool = Arc::new(
+            loaded
+                .serve(BatchPolicy {
+                    max_batch_size: 8,
+                    preferred_batch_sizes: vec![4],
+                    max_delay: Duration::from_micros(50),
+                    max_queue_size: 100_000,
+                    priority_levels: 2,
+                })
+                .unwrap(),
+        );
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let pool = Arc::clone(&pool);
+                std::thread::spawn(move || {
+                    let mut pending = Vec::new();
+                    for i in 0..300usize {
+                        let rows = 1 + (i + t) % 3;
+                        let values: Vec<f32> = (0..rows * 2).map(|k| (t * 100_000 + i * 10 + k) as f32).collect();
+                        let (reply, rx) = oneshot::channel();
+                        let entry = Entry {
+                            items: rows,
+                            key: vec![2],
+                            enqueued: Instant::now(),
+                            deadline: None,
+                            priority: i % 2,
+                            payload: Pending { inputs: vec![Tensor::from_f32(vec![rows, 2], &values).unwrap()], reply },
+                        };
+                        pool.submit(entry).unwrap();
+                        pending.push((values, rx));
+                    }
+                    for (values, rx) in pending {
+                        let out = rx.blocking_recv().unwrap().unwrap();
+                        let want: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
+                        assert_eq!(out[0].to_f32_vec().unwrap(), want);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
     #[test]
     fn full_queue_is_refused_at_once() {
         let h = harness(0, 1, Duration::ZERO);
