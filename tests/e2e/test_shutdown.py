@@ -60,3 +60,26 @@ def test_readiness_false_during_grace_period():
     conn.close()
     s.proc.wait(timeout=20)
     assert s.proc.returncode == 0
+
+
+def test_open_grpc_stream_does_not_hold_up_shutdown():
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    s = Server()
+    client = grpcclient.InferenceServerClient(s.grpc_addr)
+    results = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    inp = grpcclient.InferInput("IN", [1], "INT32")
+    inp.set_data_from_numpy(np.array([1], dtype=np.int32))
+    client.async_stream_infer("add_version", [inp], model_version="1")
+    result, error = results.get(timeout=10)
+    assert error is None and result.as_numpy("OUT").tolist() == [2]
+    started = time.time()
+    code = s.stop(timeout=20)
+    assert code == 0, s.logs()
+    assert time.time() - started < 10, "the open stream held up the drain"
+    client.stop_stream()
+    client.close()

@@ -65,7 +65,9 @@ pub async fn run(
     let repository = config.repository().map_err(anyhow::Error::msg)?;
     let loaders = loaders(&config)?;
     let manager = Arc::new(ModelManager::new(repository, loaders, config.engine_options()));
-    let state = AppState { manager: manager.clone(), max_json_bytes: config.max_json_bytes };
+    // `stop` flips once: readiness off, then (after the grace period) the listeners stop accepting.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState { manager: manager.clone(), max_json_bytes: config.max_json_bytes, stopping: stop_rx.clone() };
 
     let http_listener = TcpListener::bind((config.host, config.http_port))
         .await
@@ -105,8 +107,6 @@ pub async fn run(
         })
     };
 
-    // `stop` flips once: readiness off, then (after the grace period) the listeners stop accepting.
-    let (stop_tx, stop_rx) = watch::channel(false);
     let drain = shutdown::DrainSequence {
         manager: manager.clone(),
         health: health_reporter.clone(),

@@ -21,4 +21,6 @@ pub struct AppState {
     pub manager: Arc<ModelManager>,
     /// Largest JSON part of an HTTP request: JSON tensor data expands in memory, binary data does not.
     pub max_json_bytes: usize,
+    /// Turns true when the server stops accepting work; long-lived streams end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }

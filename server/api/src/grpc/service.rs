@@ -125,17 +125,25 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let mut incoming = request.into_inner();
         let manager = self.state.manager.clone();
+        let mut stopping = self.state.stopping.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ModelStreamInferResponse, Status>>(64);
         tokio::spawn(async move {
             // Requests on one stream run concurrently; responses carry the request id to match them up.
+            // On shutdown the stream stops taking requests, answers those in flight, then ends, so that a
+            // client holding a stream open does not hold up the drain.
             let mut running = tokio::task::JoinSet::new();
-            while let Some(message) = incoming.next().await {
+            loop {
+                let message = tokio::select! {
+                    m = incoming.next() => m,
+                    _ = stopping.wait_for(|s| *s) => break,
+                };
                 let request = match message {
-                    Ok(r) => r,
-                    Err(status) => {
+                    Some(Ok(r)) => r,
+                    Some(Err(status)) => {
                         tracing::debug!(%status, "stream closed by client");
                         break;
                     }
+                    None => break,
                 };
                 let manager = manager.clone();
                 let tx = tx.clone();
