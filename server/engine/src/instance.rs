@@ -108,7 +108,11 @@ impl LoadedInstances {
 
 fn serve(mut runtime: Box<dyn Runtime>, batches: &Receiver<Batch>, done: &Sender<()>, stats: &ModelStats) {
     for batch in batches.iter() {
-        execute(runtime.as_mut(), batch, stats);
+        // A panic outside the model call (joining or splitting tensors) must not kill the instance or leave
+        // the batcher believing it busy: callers of that batch get an error, the instance goes on.
+        if std::panic::catch_unwind(AssertUnwindSafe(|| execute(runtime.as_mut(), batch, stats))).is_err() {
+            tracing::error!("an instance panicked while preparing or answering a batch; it keeps serving");
+        }
         let _ = done.send(());
     }
 }
