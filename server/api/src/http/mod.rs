@@ -77,3 +77,64 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response:
         axum::Json(serde_json::json!({"error": "internal error"})),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Routing and error shapes through `oneshot`, with an engine over an empty repository (no runtime
+    //! needed); inference itself is covered end to end with real clients in tests/.
+
+    use std::sync::Arc;
+
+    use axum::body::{Body, to_bytes};
+    use axum::http::{Request, StatusCode};
+    use ferroserve_engine::{EngineOptions, ModelManager, Repository};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app() -> Router {
+        let root = std::env::temp_dir().join(format!("ferroserve-router-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let manager = Arc::new(ModelManager::new(Repository::Local(root), Vec::new(), EngineOptions::default()));
+        manager.load_all().unwrap();
+        let (_tx, stopping) = tokio::sync::watch::channel(false);
+        router(AppState { manager, max_json_bytes: 1024, stopping }, 4096)
+    }
+
+    async fn call(method: &str, uri: &str, body: &'static str) -> (StatusCode, serde_json::Value) {
+        let response =
+            app().oneshot(Request::builder().method(method).uri(uri).body(Body::from(body)).unwrap()).await.unwrap();
+        let status = response.status();
+        let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn health_and_metadata() {
+        assert_eq!(call("GET", "/v2/health/live", "").await.0, StatusCode::OK);
+        assert_eq!(call("GET", "/v2/health/ready", "").await, (StatusCode::OK, serde_json::json!({"ready": true})));
+        let (status, meta) = call("GET", "/v2", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(meta["name"], "ferroserve");
+        assert_eq!(call("GET", "/v1/models", "").await.1, serde_json::json!({"models": []}));
+    }
+
+    #[tokio::test]
+    async fn errors_are_json_with_the_right_status() {
+        let (status, body) = call("POST", "/v2/models/nope/infer", r#"{"inputs": []}"#).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body["error"].as_str().unwrap().contains("unknown model"));
+        let (status, body) = call("GET", "/v2/models/nope/infer", "").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(body["error"].is_string());
+        let (status, body) = call("GET", "/no/such/path", "").await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::NOT_FOUND, Some("no such endpoint")));
+        let big: &'static str = Box::leak("x".repeat(5000).into_boxed_str());
+        let (status, body) = call("POST", "/v2/models/nope/infer", big).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(body["error"].is_string());
+        let (status, body) = call("POST", "/v2/models/m/infer", Box::leak("{".repeat(2000).into_boxed_str())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().unwrap().contains("--max-json-bytes"));
+    }
+}
