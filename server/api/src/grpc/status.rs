@@ -26,3 +26,29 @@ pub fn to_status(error: InferError) -> Status {
     }
     Status::new(code, error.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::*;
+    use crate::http::error::status_of;
+
+    /// HTTP and gRPC map every error kind through the same table.
+    #[test]
+    fn http_and_grpc_tables_agree() {
+        let table = [
+            (InferError::NotFound("x".into()), StatusCode::NOT_FOUND, Code::NotFound),
+            (InferError::NotReady("x".into()), StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable),
+            (InferError::InvalidInput("x".into()), StatusCode::BAD_REQUEST, Code::InvalidArgument),
+            (InferError::Overloaded("x".into()), StatusCode::TOO_MANY_REQUESTS, Code::ResourceExhausted),
+            (InferError::Timeout("x".into()), StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded),
+            (InferError::Unsupported("x".into()), StatusCode::NOT_IMPLEMENTED, Code::Unimplemented),
+            (InferError::Internal("x".into()), StatusCode::INTERNAL_SERVER_ERROR, Code::Internal),
+        ];
+        for (error, http, grpc) in table {
+            assert_eq!((status_of(&error), code_of(&error)), (http, grpc), "{}", error.kind());
+            assert_eq!(to_status(error).message(), "x");
+        }
+    }
+}
