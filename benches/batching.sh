@@ -21,13 +21,9 @@ for m in mlp mlp_large; do
   printf 'max_batch_size: 64\n' > "$repo/${m}_nobatch/config.pbtxt"
   printf 'max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 1000 }\n' > "$repo/${m}_window1ms/config.pbtxt"
 done
-target/release/ferroserve --host 127.0.0.1 --http_port 0 --grpc_port 0 --model-repository "$repo" > "$repo/stdout" 2> "$repo/log" &
-server=$!
+. benches/server.sh
+start_server "$repo"
 trap 'kill $server 2>/dev/null || true; rm -rf "$repo"' EXIT
-for _ in $(seq 100); do grep -q listening "$repo/stdout" 2>/dev/null && break; sleep 0.1; done
-http=$(sed -E 's/.*http=([^ ]+).*/\1/' "$repo/stdout" | head -1)
-grpc=$(sed -E 's/.*grpc=([^ ]+).*/\1/' "$repo/stdout" | head -1)
-for _ in $(seq 100); do curl -sf "http://$http/v2/health/ready" >/dev/null && break; sleep 0.1; done
 
 bench() { target/release/ferroserve-bench --no-progress --warmup-secs 1 --window-secs 2 --max-windows 6 "$@"; }
 echo "== HTTP binary, batch-1 requests, concurrency 32"

@@ -13,14 +13,9 @@ export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort-lib)}"
 cargo build --release -q -p ferroserve -p ferroserve-benches --bins
 out=$(mktemp -d)
 .venv/bin/python benches/grpc_body.py "$out/grpc.bin"
-target/release/ferroserve --host 127.0.0.1 --http_port 0 --grpc_port 0 --model-repository models/repository \
-  > "$out/stdout" 2> "$out/server.log" &
-server=$!
+. benches/server.sh
+start_server models/repository
 trap 'kill $server 2>/dev/null || true; rm -rf "$out"' EXIT
-for _ in $(seq 100); do grep -q listening "$out/stdout" 2>/dev/null && break; sleep 0.1; done
-http=$(sed -E 's/.*http=([^ ]+).*/\1/' "$out/stdout" | head -1)
-grpc=$(sed -E 's/.*grpc=([^ ]+).*/\1/' "$out/stdout" | head -1)
-for _ in $(seq 100); do curl -sf "http://$http/v2/health/ready" >/dev/null && break; sleep 0.1; done
 
 echo "== ferroserve HTTP JSON (wrk), MLP batch 1"
 for c in 1 8 32; do

@@ -83,18 +83,24 @@ def test_mlp_matches_numpy(client, reference, binary_in, binary_out):
     np.testing.assert_allclose(client.infer("mlp", [inp]).as_numpy("OUTPUT0"), ref["OUTPUT0"], rtol=1e-5, atol=1e-5)
 
 
-def test_mixed_dtypes_fp16_binary(client, reference):
-    ref = reference["mixed"]
+def mixed_inputs(ref):
+    """The `mixed` model's reference inputs, in binary (FP16 has no JSON form)."""
     inputs = []
     for name, dtype in (("A", "FP32"), ("B", "INT64"), ("C", "FP16")):
         i = httpclient.InferInput(name, list(ref[name].shape), dtype)
         i.set_data_from_numpy(ref[name], binary_data=True)
         inputs.append(i)
+    return inputs
+
+
+def test_mixed_dtypes_fp16_binary(client, reference):
+    ref = reference["mixed"]
+    inputs = mixed_inputs(ref)
     result = client.infer("mixed", inputs)
     for name in ("SUM", "B_TIMES_2", "A_POSITIVE", "C_HALF", "B_INT32"):
         got = result.as_numpy(name)
         assert got.dtype == ref[name].dtype, name
-        np.testing.assert_allclose(got, ref[name], rtol=1e-3), name
+        np.testing.assert_allclose(got, ref[name], rtol=1e-3, err_msg=name)
     # Requested subset, in requested order, JSON for what JSON can carry.
     outs = [httpclient.InferRequestedOutput(n, binary_data=False) for n in ("B_INT32", "A_POSITIVE")]
     result = client.infer("mixed", inputs, outputs=outs)
@@ -104,11 +110,7 @@ def test_mixed_dtypes_fp16_binary(client, reference):
 
 def test_fp16_output_is_binary_even_when_json_requested(client, reference):
     ref = reference["mixed"]
-    inputs = []
-    for name, dtype in (("A", "FP32"), ("B", "INT64"), ("C", "FP16")):
-        i = httpclient.InferInput(name, list(ref[name].shape), dtype)
-        i.set_data_from_numpy(ref[name], binary_data=True)
-        inputs.append(i)
+    inputs = mixed_inputs(ref)
     result = client.infer("mixed", inputs, outputs=[httpclient.InferRequestedOutput("C_HALF", binary_data=False)])
     np.testing.assert_allclose(result.as_numpy("C_HALF"), ref["C_HALF"], rtol=1e-3)
 

@@ -1,0 +1,15 @@
+# Sourced by the bench scripts: start_server REPO [ARGS...] starts a release ferroserve on free loopback
+# ports, waits until it is ready, and sets $server (pid), $http and $grpc (host:port). The caller's EXIT trap
+# should kill $server.
+start_server() {
+  local repo=$1 out
+  shift
+  out=$(mktemp)
+  target/release/ferroserve --host 127.0.0.1 --http_port 0 --grpc_port 0 --model-repository "$repo" "$@" \
+    > "$out" 2> "$out.log" &
+  server=$!
+  for _ in $(seq 100); do grep -q listening "$out" 2>/dev/null && break; sleep 0.1; done
+  http=$(sed -E 's/.*http=([^ ]+).*/\1/' "$out" | head -1)
+  grpc=$(sed -E 's/.*grpc=([^ ]+).*/\1/' "$out" | head -1)
+  for _ in $(seq 100); do curl -sf "http://$http/v2/health/ready" >/dev/null && break; sleep 0.1; done
+}
