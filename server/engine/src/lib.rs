@@ -17,6 +17,7 @@ pub mod model;
 pub mod pbtxt;
 pub mod repository;
 pub mod request;
+mod setup;
 pub mod stats;
 pub mod validate;
 

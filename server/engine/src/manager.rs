@@ -8,16 +8,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ferroserve_runtime::{Device, LoadSpec, ModelSignature, RuntimeLoader};
+use ferroserve_runtime::{LoadSpec, RuntimeLoader};
 use parking_lot::RwLock;
 
 use crate::InferError;
-use crate::batcher::state::BatchPolicy;
-use crate::config::{InstanceGroup, InstanceKind, ModelConfig, TensorConfig, VersionPolicy};
+use crate::config::{InstanceGroup, InstanceKind};
 use crate::instance::{InstancePool, PoolSpec};
-use crate::model::{ModelVersion, Scheduling, VersionParts};
+use crate::model::{ModelVersion, VersionParts};
 use crate::repository::{ModelSource, Repository};
 use crate::request::{InferRequest, InferResponse};
+use crate::setup::{batch_policy, complete_config, instance_devices, select_versions};
 use crate::stats::ModelStats;
 
 /// Engine-wide defaults, used where a model's config is silent.
@@ -408,32 +408,6 @@ impl ModelManager {
     }
 }
 
-/// The batcher policy and request scheduling of a version: dynamic batching only when the config asks for
-/// it (as in Triton), otherwise one request per execution; the queue is bounded either way.
-fn batch_policy(config: &ModelConfig, options: &EngineOptions) -> (BatchPolicy, Scheduling) {
-    let batching = config.dynamic_batching.as_ref();
-    let max_queue_size =
-        batching.map(|b| b.max_queue_size as usize).filter(|&n| n > 0).unwrap_or(options.default_queue_capacity);
-    let policy = BatchPolicy {
-        max_batch_size: batching.map_or(0, |_| config.max_batch_size.unwrap_or(0) as usize),
-        preferred_batch_sizes: batching
-            .map(|b| b.preferred_batch_size.iter().map(|&p| p as usize).collect())
-            .unwrap_or_default(),
-        max_delay: std::time::Duration::from_micros(batching.map_or(0, |b| b.max_queue_delay_microseconds)),
-        max_queue_size,
-        priority_levels: batching.map_or(1, |b| b.priority_levels.max(1) as usize),
-    };
-    let scheduling = Scheduling {
-        priority_levels: batching.map_or(0, |b| b.priority_levels),
-        default_priority_level: batching.map_or(0, |b| b.default_priority_level),
-        default_timeout: batching
-            .map(|b| b.default_timeout_microseconds)
-            .filter(|&us| us > 0)
-            .map(std::time::Duration::from_micros),
-    };
-    (policy, scheduling)
-}
-
 fn loading_entry(name: &str) -> ModelEntry {
     ModelEntry { name: name.to_string(), versions: BTreeMap::new(), error: None, loading: true }
 }
@@ -451,109 +425,4 @@ fn parse_version(name: &str, version: &str) -> Result<u64, InferError> {
 
 fn unknown_version(name: &str, version: &str) -> InferError {
     InferError::NotFound(format!("unknown version `{version}` of model `{name}`"))
-}
-
-fn select_versions(source: &ModelSource) -> Vec<u64> {
-    let found: Vec<u64> = source.versions.iter().map(|v| v.version).collect();
-    match &source.config.version_policy {
-        VersionPolicy::All => found,
-        VersionPolicy::Latest(n) => found.iter().rev().take(*n as usize).rev().copied().collect(),
-        VersionPolicy::Specific(list) => found.into_iter().filter(|v| list.contains(v)).collect(),
-    }
-}
-
-fn instance_devices(groups: &[InstanceGroup]) -> Vec<Device> {
-    let mut devices = Vec::new();
-    for group in groups {
-        let targets: Vec<Device> = match group.kind {
-            // Device discovery comes with the CUDA backend; until then AUTO means CPU.
-            InstanceKind::Cpu | InstanceKind::Auto => vec![Device::Cpu],
-            InstanceKind::Gpu if group.gpus.is_empty() => vec![Device::Cuda(0)],
-            InstanceKind::Gpu => group.gpus.iter().map(|&g| Device::Cuda(g)).collect(),
-        };
-        for device in targets {
-            devices.extend(std::iter::repeat_n(device, group.count as usize));
-        }
-    }
-    devices
-}
-
-/// Fills in what the config leaves out from the model's signature, and checks what it states.
-fn complete_config(
-    source: &ModelSource,
-    platform: &str,
-    mut signature: ModelSignature,
-    groups: Vec<InstanceGroup>,
-    options: &EngineOptions,
-) -> Result<(ModelSignature, ModelConfig), String> {
-    let config = &source.config;
-    let batchable = signature.inputs.iter().chain(&signature.outputs).all(|s| s.dims.first() == Some(&-1));
-    let max_batch_size = match config.max_batch_size {
-        Some(0) => 0,
-        Some(n) if batchable => n,
-        Some(n) => {
-            return Err(format!(
-                "max_batch_size {n} needs every input and output to have a variable first (batch) dim"
-            ));
-        }
-        None if batchable => options.default_max_batch_size,
-        None => 0,
-    };
-    let skip = usize::from(max_batch_size > 0);
-    for (declared, specs, kind) in
-        [(&config.inputs, &mut signature.inputs, "input"), (&config.outputs, &mut signature.outputs, "output")]
-    {
-        for d in declared.iter() {
-            let spec = specs
-                .iter_mut()
-                .find(|s| s.name == d.name)
-                .ok_or_else(|| format!("config declares {kind} `{}`, which the model does not have", d.name))?;
-            if let Some(t) = d.datatype
-                && t != spec.datatype
-            {
-                return Err(format!(
-                    "config gives {kind} `{}` type {}, the model has {}",
-                    d.name,
-                    t.config_name(),
-                    spec.datatype.config_name()
-                ));
-            }
-            if !d.dims.is_empty() {
-                let model_dims = &mut spec.dims[skip..];
-                let compatible = model_dims.len() == d.dims.len()
-                    && model_dims.iter().zip(&d.dims).all(|(&m, &c)| m == -1 || c == -1 || m == c);
-                if !compatible {
-                    return Err(format!(
-                        "config gives {kind} `{}` dims {:?}, the model has {:?}",
-                        d.name, d.dims, model_dims
-                    ));
-                }
-                for (m, &c) in model_dims.iter_mut().zip(&d.dims) {
-                    if *m == -1 {
-                        *m = c;
-                    }
-                }
-            }
-        }
-    }
-    let describe = |specs: &[ferroserve_runtime::TensorSpec]| -> Vec<TensorConfig> {
-        specs
-            .iter()
-            .map(|s| TensorConfig { name: s.name.clone(), datatype: Some(s.datatype), dims: s.dims[skip..].to_vec() })
-            .collect()
-    };
-    let completed = ModelConfig {
-        name: Some(source.name.clone()),
-        platform: Some(platform.to_string()),
-        backend: Some(platform.split('_').next().unwrap_or(platform).to_string()),
-        max_batch_size: Some(max_batch_size),
-        inputs: describe(&signature.inputs),
-        outputs: describe(&signature.outputs),
-        version_policy: config.version_policy.clone(),
-        instance_groups: groups,
-        dynamic_batching: config.dynamic_batching.clone(),
-        default_model_filename: config.default_model_filename.clone(),
-        parameters: config.parameters.clone(),
-    };
-    Ok((signature, completed))
 }

@@ -1,0 +1,245 @@
+//! Deriving a version's running setup from its config and the model file's signature: which versions the
+//! policy selects, the devices of its instances, the completed configuration and the batching policy.
+//! Pure functions, kept apart from the manager's bookkeeping.
+
+use ferroserve_runtime::{Device, ModelSignature};
+
+use crate::batcher::state::BatchPolicy;
+use crate::config::{InstanceGroup, InstanceKind, ModelConfig, TensorConfig, VersionPolicy};
+use crate::manager::EngineOptions;
+use crate::model::Scheduling;
+use crate::repository::ModelSource;
+
+/// The batcher policy and request scheduling of a version: dynamic batching only when the config asks for
+/// it (as in Triton), otherwise one request per execution; the queue is bounded either way.
+pub(crate) fn batch_policy(config: &ModelConfig, options: &EngineOptions) -> (BatchPolicy, Scheduling) {
+    let batching = config.dynamic_batching.as_ref();
+    let max_queue_size =
+        batching.map(|b| b.max_queue_size as usize).filter(|&n| n > 0).unwrap_or(options.default_queue_capacity);
+    let policy = BatchPolicy {
+        max_batch_size: batching.map_or(0, |_| config.max_batch_size.unwrap_or(0) as usize),
+        preferred_batch_sizes: batching
+            .map(|b| b.preferred_batch_size.iter().map(|&p| p as usize).collect())
+            .unwrap_or_default(),
+        max_delay: std::time::Duration::from_micros(batching.map_or(0, |b| b.max_queue_delay_microseconds)),
+        max_queue_size,
+        priority_levels: batching.map_or(1, |b| b.priority_levels.max(1) as usize),
+    };
+    let scheduling = Scheduling {
+        priority_levels: batching.map_or(0, |b| b.priority_levels),
+        default_priority_level: batching.map_or(0, |b| b.default_priority_level),
+        default_timeout: batching
+            .map(|b| b.default_timeout_microseconds)
+            .filter(|&us| us > 0)
+            .map(std::time::Duration::from_micros),
+    };
+    (policy, scheduling)
+}
+
+pub(crate) fn select_versions(source: &ModelSource) -> Vec<u64> {
+    let found: Vec<u64> = source.versions.iter().map(|v| v.version).collect();
+    match &source.config.version_policy {
+        VersionPolicy::All => found,
+        VersionPolicy::Latest(n) => found.iter().rev().take(*n as usize).rev().copied().collect(),
+        VersionPolicy::Specific(list) => found.into_iter().filter(|v| list.contains(v)).collect(),
+    }
+}
+
+pub(crate) fn instance_devices(groups: &[InstanceGroup]) -> Vec<Device> {
+    let mut devices = Vec::new();
+    for group in groups {
+        let targets: Vec<Device> = match group.kind {
+            // Device discovery comes with the CUDA backend; until then AUTO means CPU.
+            InstanceKind::Cpu | InstanceKind::Auto => vec![Device::Cpu],
+            InstanceKind::Gpu if group.gpus.is_empty() => vec![Device::Cuda(0)],
+            InstanceKind::Gpu => group.gpus.iter().map(|&g| Device::Cuda(g)).collect(),
+        };
+        for device in targets {
+            devices.extend(std::iter::repeat_n(device, group.count as usize));
+        }
+    }
+    devices
+}
+
+/// Fills in what the config leaves out from the model's signature, and checks what it states.
+pub(crate) fn complete_config(
+    source: &ModelSource,
+    platform: &str,
+    mut signature: ModelSignature,
+    groups: Vec<InstanceGroup>,
+    options: &EngineOptions,
+) -> Result<(ModelSignature, ModelConfig), String> {
+    let config = &source.config;
+    let batchable = signature.inputs.iter().chain(&signature.outputs).all(|s| s.dims.first() == Some(&-1));
+    let max_batch_size = match config.max_batch_size {
+        Some(0) => 0,
+        Some(n) if batchable => n,
+        Some(n) => {
+            return Err(format!(
+                "max_batch_size {n} needs every input and output to have a variable first (batch) dim"
+            ));
+        }
+        None if batchable => options.default_max_batch_size,
+        None => 0,
+    };
+    let skip = usize::from(max_batch_size > 0);
+    for (declared, specs, kind) in
+        [(&config.inputs, &mut signature.inputs, "input"), (&config.outputs, &mut signature.outputs, "output")]
+    {
+        for d in declared.iter() {
+            let spec = specs
+                .iter_mut()
+                .find(|s| s.name == d.name)
+                .ok_or_else(|| format!("config declares {kind} `{}`, which the model does not have", d.name))?;
+            if let Some(t) = d.datatype
+                && t != spec.datatype
+            {
+                return Err(format!(
+                    "config gives {kind} `{}` type {}, the model has {}",
+                    d.name,
+                    t.config_name(),
+                    spec.datatype.config_name()
+                ));
+            }
+            if !d.dims.is_empty() {
+                let model_dims = &mut spec.dims[skip..];
+                let compatible = model_dims.len() == d.dims.len()
+                    && model_dims.iter().zip(&d.dims).all(|(&m, &c)| m == -1 || c == -1 || m == c);
+                if !compatible {
+                    return Err(format!(
+                        "config gives {kind} `{}` dims {:?}, the model has {:?}",
+                        d.name, d.dims, model_dims
+                    ));
+                }
+                for (m, &c) in model_dims.iter_mut().zip(&d.dims) {
+                    if *m == -1 {
+                        *m = c;
+                    }
+                }
+            }
+        }
+    }
+    let describe = |specs: &[ferroserve_runtime::TensorSpec]| -> Vec<TensorConfig> {
+        specs
+            .iter()
+            .map(|s| TensorConfig { name: s.name.clone(), datatype: Some(s.datatype), dims: s.dims[skip..].to_vec() })
+            .collect()
+    };
+    let completed = ModelConfig {
+        name: Some(source.name.clone()),
+        platform: Some(platform.to_string()),
+        backend: Some(platform.split('_').next().unwrap_or(platform).to_string()),
+        max_batch_size: Some(max_batch_size),
+        inputs: describe(&signature.inputs),
+        outputs: describe(&signature.outputs),
+        version_policy: config.version_policy.clone(),
+        instance_groups: groups,
+        dynamic_batching: config.dynamic_batching.clone(),
+        default_model_filename: config.default_model_filename.clone(),
+        parameters: config.parameters.clone(),
+    };
+    Ok((signature, completed))
+}
+
+#[cfg(test)]
+mod tests {
+    use ferroserve_runtime::{DataType, TensorSpec};
+
+    use super::*;
+    use crate::config::DynamicBatching;
+    use crate::repository::VersionSource;
+
+    fn source(config: ModelConfig, versions: &[u64]) -> ModelSource {
+        ModelSource {
+            name: "m".into(),
+            dir: "/m".into(),
+            config,
+            versions: versions.iter().map(|&v| VersionSource { version: v, dir: format!("/m/{v}").into() }).collect(),
+        }
+    }
+
+    fn signature(first: i64) -> ModelSignature {
+        ModelSignature {
+            inputs: vec![TensorSpec { name: "x".into(), datatype: DataType::Fp32, dims: vec![first, -1] }],
+            outputs: vec![TensorSpec { name: "y".into(), datatype: DataType::Fp32, dims: vec![first, 4] }],
+        }
+    }
+
+    #[test]
+    fn version_policies() {
+        let with = |p| source(ModelConfig { version_policy: p, ..Default::default() }, &[1, 3, 5]);
+        assert_eq!(select_versions(&with(VersionPolicy::Latest(2))), vec![3, 5]);
+        assert_eq!(select_versions(&with(VersionPolicy::Latest(1))), vec![5]);
+        assert_eq!(select_versions(&with(VersionPolicy::All)), vec![1, 3, 5]);
+        assert_eq!(select_versions(&with(VersionPolicy::Specific(vec![1, 5, 9]))), vec![1, 5]);
+    }
+
+    #[test]
+    fn completes_and_checks_the_config() {
+        let options = EngineOptions::default();
+        let (sig, config) =
+            complete_config(&source(ModelConfig::default(), &[1]), "p", signature(-1), vec![], &options).unwrap();
+        assert_eq!(config.max_batch_size, Some(options.default_max_batch_size));
+        assert_eq!(config.inputs[0].dims, vec![-1]);
+        assert_eq!(sig.inputs[0].dims, vec![-1, -1]);
+
+        let not_batching = ModelConfig { max_batch_size: Some(0), ..Default::default() };
+        let (_, config) = complete_config(&source(not_batching, &[1]), "p", signature(-1), vec![], &options).unwrap();
+        assert_eq!(config.inputs[0].dims, vec![-1, -1]);
+
+        let fixed_batch = ModelConfig { max_batch_size: Some(8), ..Default::default() };
+        assert!(complete_config(&source(fixed_batch, &[1]), "p", signature(2), vec![], &options).is_err());
+
+        let narrowed = ModelConfig {
+            max_batch_size: Some(8),
+            inputs: vec![TensorConfig { name: "x".into(), datatype: Some(DataType::Fp32), dims: vec![16] }],
+            ..Default::default()
+        };
+        let (sig, _) = complete_config(&source(narrowed, &[1]), "p", signature(-1), vec![], &options).unwrap();
+        assert_eq!(sig.inputs[0].dims, vec![-1, 16]);
+
+        let wrong_type = ModelConfig {
+            inputs: vec![TensorConfig { name: "x".into(), datatype: Some(DataType::Int8), dims: vec![] }],
+            ..Default::default()
+        };
+        assert!(complete_config(&source(wrong_type, &[1]), "p", signature(-1), vec![], &options).is_err());
+        let unknown = ModelConfig {
+            outputs: vec![TensorConfig { name: "zz".into(), datatype: None, dims: vec![] }],
+            ..Default::default()
+        };
+        assert!(complete_config(&source(unknown, &[1]), "p", signature(-1), vec![], &options).is_err());
+    }
+
+    #[test]
+    fn batching_only_when_configured() {
+        let options = EngineOptions::default();
+        let plain = ModelConfig { max_batch_size: Some(32), ..Default::default() };
+        let (policy, scheduling) = batch_policy(&plain, &options);
+        assert_eq!((policy.max_batch_size, policy.max_queue_size), (0, options.default_queue_capacity));
+        assert!(scheduling.default_timeout.is_none());
+        let batching = ModelConfig {
+            max_batch_size: Some(32),
+            dynamic_batching: Some(DynamicBatching {
+                preferred_batch_size: vec![8],
+                max_queue_delay_microseconds: 100,
+                max_queue_size: 7,
+                default_timeout_microseconds: 500,
+                priority_levels: 3,
+                default_priority_level: 2,
+            }),
+            ..Default::default()
+        };
+        let (policy, scheduling) = batch_policy(&batching, &options);
+        assert_eq!((policy.max_batch_size, policy.max_queue_size, policy.priority_levels), (32, 7, 3));
+        assert_eq!(scheduling.default_timeout, Some(std::time::Duration::from_micros(500)));
+    }
+
+    #[test]
+    fn devices_per_group() {
+        let groups = [
+            InstanceGroup { count: 2, kind: InstanceKind::Cpu, gpus: vec![] },
+            InstanceGroup { count: 1, kind: InstanceKind::Gpu, gpus: vec![0, 1] },
+        ];
+        assert_eq!(instance_devices(&groups), vec![Device::Cpu, Device::Cpu, Device::Cuda(0), Device::Cuda(1)]);
+    }
+}
