@@ -8,9 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-8}
-scripts/setup
-export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort-lib)}"
-cargo build --release -q -p ferroserve -p ferroserve-benches --bins
+. benches/server.sh
+build_release
 repo=$(mktemp -d)
 for m in mlp mlp_large; do
   for variant in "$m" "${m}_nobatch" "${m}_window1ms"; do
@@ -21,7 +20,6 @@ for m in mlp mlp_large; do
   printf 'max_batch_size: 64\n' > "$repo/${m}_nobatch/config.pbtxt"
   printf 'max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 1000 }\n' > "$repo/${m}_window1ms/config.pbtxt"
 done
-. benches/server.sh
 start_server "$repo"
 trap 'kill $server 2>/dev/null || true; rm -rf "$repo"' EXIT
 

@@ -8,12 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}
-scripts/setup
-export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort-lib)}"
-cargo build --release -q -p ferroserve -p ferroserve-benches --bins
+. benches/server.sh
+build_release
 out=$(mktemp -d)
 .venv/bin/python benches/grpc_body.py "$out/grpc.bin"
-. benches/server.sh
 start_server models/repository
 trap 'kill $server 2>/dev/null || true; rm -rf "$out"' EXIT
 

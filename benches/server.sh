@@ -1,6 +1,14 @@
-# Sourced by the bench scripts: start_server REPO [ARGS...] starts a release ferroserve on free loopback
-# ports, waits until it is ready, and sets $server (pid), $http and $grpc (host:port). The caller's EXIT trap
-# should kill $server.
+# Sourced by the bench scripts (from the repository root).
+# build_release: installs the Python side, points ORT_DYLIB_PATH at the wheel's library, builds the release
+#   binaries (ferroserve, ferroserve-bench, ort_throughput).
+# start_server REPO [ARGS...]: starts a release ferroserve on free loopback ports, waits until it is ready,
+#   and sets $server (pid), $http and $grpc (host:port). The caller's EXIT trap should kill $server.
+build_release() {
+  scripts/setup
+  export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort-lib)}"
+  cargo build --release -q -p ferroserve -p ferroserve-benches --bins
+}
+
 start_server() {
   local repo=$1 out
   shift

@@ -77,12 +77,17 @@ impl ModelEntry {
             && self.versions.values().all(|v| matches!(v, VersionState::Ready(_)))
     }
 
-    /// The newest ready version.
-    pub fn latest_ready(&self) -> Option<&Arc<ModelVersion>> {
-        self.versions.values().rev().find_map(|v| match v {
+    /// The ready versions, oldest first.
+    pub fn ready_versions(&self) -> impl DoubleEndedIterator<Item = &Arc<ModelVersion>> + '_ {
+        self.versions.values().filter_map(|v| match v {
             VersionState::Ready(m) => Some(m),
             _ => None,
         })
+    }
+
+    /// The newest ready version.
+    pub fn latest_ready(&self) -> Option<&Arc<ModelVersion>> {
+        self.ready_versions().next_back()
     }
 
     /// A human-readable state (`READY`, `LOADING`, `UNAVAILABLE`) and reason, as the repository index shows.
@@ -357,6 +362,22 @@ impl ModelManager {
             }
         }
         rows
+    }
+
+    /// The ready versions whose statistics a stats request covers: every model (`name` None), one model,
+    /// or one version of it (`NotFound` for unknown names or versions).
+    pub fn statistics_scope(
+        &self,
+        name: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<Vec<Arc<ModelVersion>>, InferError> {
+        match (name, version) {
+            (None, _) => {
+                Ok(self.entries().iter().flat_map(|e| e.ready_versions().cloned().collect::<Vec<_>>()).collect())
+            }
+            (Some(name), None) => Ok(self.entry(name)?.ready_versions().cloned().collect()),
+            (Some(name), Some(version)) => Ok(vec![self.version(name, Some(version))?]),
+        }
     }
 
     /// The entry for `name`, or `NotFound`.

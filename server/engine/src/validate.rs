@@ -25,7 +25,7 @@ pub fn validate(
     request: InferRequest,
 ) -> Result<ValidatedRequest, InferError> {
     let mut slots: Vec<Option<Tensor>> = vec![None; signature.inputs.len()];
-    let mut batch: Option<(usize, String)> = None;
+    let mut batch: Option<(usize, usize)> = None; // (size, index of the input that set it)
     for input in request.inputs {
         let index = signature.input_index(&input.name).ok_or_else(|| {
             let expected: Vec<&str> = signature.inputs.iter().map(|s| s.name.as_str()).collect();
@@ -65,14 +65,14 @@ pub fn validate(
                 )));
             }
             match &batch {
-                Some((first, name)) if *first != size => {
+                Some((first, at)) if *first != size => {
                     return Err(InferError::invalid(format!(
-                        "inputs disagree on the batch size: `{name}` has {first}, `{}` has {size}",
-                        spec.name
+                        "inputs disagree on the batch size: `{}` has {first}, `{}` has {size}",
+                        signature.inputs[*at].name, spec.name
                     )));
                 }
                 Some(_) => {}
-                None => batch = Some((size, spec.name.clone())),
+                None => batch = Some((size, index)),
             }
         }
         slots[index] = Some(tensor);

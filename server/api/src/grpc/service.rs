@@ -2,9 +2,9 @@
 
 use std::pin::Pin;
 
+use ferroserve_engine::InferError;
 use ferroserve_engine::config::{InstanceKind, ModelConfig as EngineConfig, TensorConfig, VersionPolicy};
 use ferroserve_engine::stats::StatsSnapshot;
-use ferroserve_engine::{InferError, VersionState};
 use ferroserve_proto as pb;
 use ferroserve_proto::grpc_inference_service_server::GrpcInferenceService;
 use futures::Stream;
@@ -28,7 +28,8 @@ impl InferenceService {
     }
 }
 
-fn version_arg(v: &str) -> Option<&str> {
+/// Protobuf sends "not given" as an empty string.
+fn non_empty(v: &str) -> Option<&str> {
     (!v.is_empty()).then_some(v)
 }
 
@@ -52,7 +53,7 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        let ready = match self.state.manager.model_ready(&r.name, version_arg(&r.version)) {
+        let ready = match self.state.manager.model_ready(&r.name, non_empty(&r.version)) {
             Ok(ready) => ready,
             Err(InferError::NotFound(_)) => false,
             Err(e) => return Err(to_status(e)),
@@ -78,14 +79,9 @@ impl GrpcInferenceService for InferenceService {
         let r = request.into_inner();
         let manager = &self.state.manager;
         let entry = manager.entry(&r.name).map_err(to_status)?;
-        let v = manager.version(&r.name, version_arg(&r.version)).map_err(to_status)?;
+        let v = manager.version(&r.name, non_empty(&r.version)).map_err(to_status)?;
         let versions = if r.version.is_empty() {
-            entry
-                .versions
-                .iter()
-                .filter(|(_, s)| matches!(s, VersionState::Ready(_)))
-                .map(|(n, _)| n.to_string())
-                .collect()
+            entry.ready_versions().map(|v| v.version.to_string()).collect()
         } else {
             vec![v.version.to_string()]
         };
@@ -177,7 +173,7 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let r = request.into_inner();
-        let v = self.state.manager.version(&r.name, version_arg(&r.version)).map_err(to_status)?;
+        let v = self.state.manager.version(&r.name, non_empty(&r.version)).map_err(to_status)?;
         Ok(Response::new(pb::ModelConfigResponse { config: Some(config_to_proto(&v.config, &r.name)) }))
     }
 
@@ -186,23 +182,14 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelStatisticsRequest>,
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
         let r = request.into_inner();
-        let manager = &self.state.manager;
-        let entries =
-            if r.name.is_empty() { manager.entries() } else { vec![manager.entry(&r.name).map_err(to_status)?] };
-        if !r.version.is_empty() {
-            manager.version(&r.name, Some(&r.version)).map_err(to_status)?;
-        }
-        let mut model_stats = Vec::new();
-        for entry in entries {
-            for (n, v) in &entry.versions {
-                if !r.version.is_empty() && r.version != n.to_string() {
-                    continue;
-                }
-                if let VersionState::Ready(m) = v {
-                    model_stats.push(stats_to_proto(&entry.name, *n, &m.stats.snapshot()));
-                }
-            }
-        }
+        let model_stats = self
+            .state
+            .manager
+            .statistics_scope(non_empty(&r.name), non_empty(&r.version))
+            .map_err(to_status)?
+            .iter()
+            .map(|v| stats_to_proto(&v.name, v.version, &v.stats.snapshot()))
+            .collect();
         Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
     }
 

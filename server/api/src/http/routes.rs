@@ -5,7 +5,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ferroserve_engine::{InferError, VersionState};
+use ferroserve_engine::InferError;
 use serde_json::{Value, json};
 
 use super::codec::{self, HEADER_LENGTH};
@@ -147,30 +147,13 @@ async fn run_infer(
 }
 
 /// `GET /v2/models/stats`.
-pub(crate) async fn all_stats(State(state): State<AppState>) -> Json<Value> {
-    let mut stats = Vec::new();
-    for entry in state.manager.entries() {
-        for (number, v) in &entry.versions {
-            if let VersionState::Ready(m) = v {
-                stats.push(views::model_stats(&entry.name, *number, &m.stats.snapshot()));
-            }
-        }
-    }
-    Json(json!({"model_stats": stats}))
+pub(crate) async fn all_stats(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    stats(&state, None, None)
 }
 
 /// `GET /v2/models/{m}/stats`.
 pub(crate) async fn model_stats(State(state): State<AppState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
-    let entry = state.manager.entry(&model)?;
-    let stats: Vec<Value> = entry
-        .versions
-        .iter()
-        .filter_map(|(n, v)| match v {
-            VersionState::Ready(m) => Some(views::model_stats(&model, *n, &m.stats.snapshot())),
-            _ => None,
-        })
-        .collect();
-    Ok(Json(json!({"model_stats": stats})))
+    stats(&state, Some(&model), None)
 }
 
 /// `GET /v2/models/{m}/versions/{v}/stats`.
@@ -178,8 +161,17 @@ pub(crate) async fn version_stats(
     State(state): State<AppState>,
     Path((model, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let v = state.manager.version(&model, Some(&version))?;
-    Ok(Json(json!({"model_stats": [views::model_stats(&model, v.version, &v.stats.snapshot())]})))
+    stats(&state, Some(&model), Some(&version))
+}
+
+fn stats(state: &AppState, model: Option<&str>, version: Option<&str>) -> ApiResult<Json<Value>> {
+    let stats: Vec<Value> = state
+        .manager
+        .statistics_scope(model, version)?
+        .iter()
+        .map(|v| views::model_stats(&v.name, v.version, &v.stats.snapshot()))
+        .collect();
+    Ok(Json(json!({"model_stats": stats})))
 }
 
 /// `POST /v2/repository/index`.

@@ -11,12 +11,7 @@ pub(crate) fn model_metadata(entry: &ModelEntry, version: &ModelVersion, only_th
     let versions: Vec<String> = if only_this_version {
         vec![version.version.to_string()]
     } else {
-        entry
-            .versions
-            .iter()
-            .filter(|(_, s)| matches!(s, ferroserve_engine::VersionState::Ready(_)))
-            .map(|(v, _)| v.to_string())
-            .collect()
+        entry.ready_versions().map(|v| v.version.to_string()).collect()
     };
     let tensors = |specs: &[ferroserve_runtime::TensorSpec]| -> Vec<Value> {
         specs.iter().map(|s| json!({"name": s.name, "datatype": s.datatype.as_str(), "shape": s.dims})).collect()

@@ -68,11 +68,6 @@ impl Batcher {
             }
         }
     }
-
-    /// Requests queued (not yet handed to an instance).
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
-    }
 }
 
 /// Starts the actor thread. Batches go to `batches` (read by the instances), which report each finished
