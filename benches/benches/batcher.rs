@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
             },
             // Return the state so that dropping the rest of the queue is not timed.
             |mut s| {
-                let n = match s.next_batch(now, false, false) {
+                let n = match s.next_batch(now, false) {
                     Decision::Run(batch) => batch.len(),
                     _ => 0,
                 };

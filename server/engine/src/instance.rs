@@ -1,5 +1,5 @@
-//! The instance pool of one model version: N runtime instances, each on its own OS thread, fed by the
-//! version's dynamic batcher.
+//! The instance pool of one model version: N runtime instances, each on its own OS thread, each taking
+//! batches from the version's shared [`Batcher`] queue as soon as it is free.
 //!
 //! Each thread loads its own [`Runtime`] (its own ONNX Runtime session, later its own CUDA stream) and then
 //! executes one batch at a time: it drops requests whose caller has gone away, concatenates the rest along
@@ -8,15 +8,15 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
 use ferroserve_runtime::{LoadSpec, ModelSignature, Runtime, RuntimeError, RuntimeLoader, Tensor};
 
 use crate::InferError;
 use crate::batcher::state::{BatchPolicy, Entry};
-use crate::batcher::{self, Batch, Batcher, Pending};
+use crate::batcher::{Batch, Batcher, Pending};
 use crate::stats::ModelStats;
 
 /// How to start a pool.
@@ -35,13 +35,12 @@ pub struct PoolSpec {
 #[derive(Debug)]
 pub struct LoadedInstances {
     label: String,
-    count: usize,
-    batches: Sender<Batch>,
-    done: Receiver<()>,
+    /// One per instance thread: where its batcher comes from.
+    feeds: Vec<mpsc::Sender<Batcher>>,
     threads: Vec<JoinHandle<()>>,
 }
 
-/// A running pool. Dropping it drains the queue, then the instances exit.
+/// A running pool. Dropping it closes the queue: the instances drain it, then exit.
 #[derive(Debug)]
 pub struct InstancePool {
     batcher: Batcher,
@@ -54,14 +53,12 @@ impl InstancePool {
     /// depends on that signature, is given to [`LoadedInstances::serve`].
     pub fn start(spec: PoolSpec) -> Result<(LoadedInstances, ModelSignature), RuntimeError> {
         let count = spec.instances.len();
-        let (batch_tx, batch_rx) = crossbeam_channel::unbounded::<Batch>();
-        let (done_tx, done_rx) = crossbeam_channel::unbounded::<()>();
-        let (loaded_tx, loaded_rx) = std::sync::mpsc::channel::<Result<ModelSignature, RuntimeError>>();
+        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<ModelSignature, RuntimeError>>();
         let mut threads = Vec::with_capacity(count);
+        let mut feeds = Vec::with_capacity(count);
         for (index, load) in spec.instances.into_iter().enumerate() {
             let loader = Arc::clone(&spec.loader);
-            let batches = batch_rx.clone();
-            let done = done_tx.clone();
+            let (feed, batcher) = mpsc::channel::<Batcher>();
             let loaded_tx = loaded_tx.clone();
             let stats = Arc::clone(&spec.stats);
             let thread = std::thread::Builder::new()
@@ -70,7 +67,10 @@ impl InstancePool {
                     Ok(runtime) => {
                         let _ = loaded_tx.send(Ok(runtime.signature().clone()));
                         drop(loaded_tx);
-                        serve(runtime, &batches, &done, &stats);
+                        // No batcher means the pool was abandoned before serving: exit.
+                        if let Ok(batcher) = batcher.recv() {
+                            serve(runtime, &batcher, &stats);
+                        }
                     }
                     Err(e) => {
                         let _ = loaded_tx.send(Err(e));
@@ -78,17 +78,16 @@ impl InstancePool {
                 })
                 .map_err(|e| RuntimeError::Execution(format!("cannot spawn an instance thread: {e}")))?;
             threads.push(thread);
+            feeds.push(feed);
         }
         drop(loaded_tx);
-        drop(batch_rx);
-        drop(done_tx);
         let mut signature = None;
         for result in loaded_rx.iter() {
-            let loaded = result?; // dropping `batch_tx` on return stops the instances that did load
+            let loaded = result?; // dropping `feeds` on return stops the instances that did load
             signature.get_or_insert(loaded);
         }
         let signature = signature.ok_or_else(|| RuntimeError::Execution("the pool has no instances".into()))?;
-        Ok((LoadedInstances { label: spec.label, count, batches: batch_tx, done: done_rx, threads }, signature))
+        Ok((LoadedInstances { label: spec.label, feeds, threads }, signature))
     }
 
     /// Queues a request with the batcher.
@@ -97,23 +96,30 @@ impl InstancePool {
     }
 }
 
-impl LoadedInstances {
-    /// Starts the batcher that feeds these instances.
-    pub fn serve(self, policy: BatchPolicy) -> Result<InstancePool, RuntimeError> {
-        let batcher = batcher::start(self.label, policy, self.count, self.batches, self.done)
-            .map_err(|e| RuntimeError::Execution(format!("cannot spawn the batcher thread: {e}")))?;
-        Ok(InstancePool { batcher, _threads: self.threads })
+impl Drop for InstancePool {
+    fn drop(&mut self) {
+        self.batcher.close();
     }
 }
 
-fn serve(mut runtime: Box<dyn Runtime>, batches: &Receiver<Batch>, done: &Sender<()>, stats: &ModelStats) {
-    for batch in batches.iter() {
-        // A panic outside the model call (joining or splitting tensors) must not kill the instance or leave
-        // the batcher believing it busy: callers of that batch get an error, the instance goes on.
+impl LoadedInstances {
+    /// Starts serving: the instances take batches formed under `policy` from one shared queue.
+    pub fn serve(self, policy: BatchPolicy) -> InstancePool {
+        let batcher = Batcher::new(self.label, policy);
+        for feed in &self.feeds {
+            let _ = feed.send(batcher.clone());
+        }
+        InstancePool { batcher, _threads: self.threads }
+    }
+}
+
+fn serve(mut runtime: Box<dyn Runtime>, batcher: &Batcher, stats: &ModelStats) {
+    while let Some(batch) = batcher.take() {
+        // A panic outside the model call (joining or splitting tensors) must not kill the instance: callers
+        // of that batch get an error (their reply senders drop), the instance goes on.
         if std::panic::catch_unwind(AssertUnwindSafe(|| execute(runtime.as_mut(), batch, stats))).is_err() {
             tracing::error!("an instance panicked while preparing or answering a batch; it keeps serving");
         }
-        let _ = done.send(());
     }
 }
 
@@ -303,15 +309,13 @@ mod tests {
             stats: Arc::new(ModelStats::default()),
         })
         .unwrap();
-        let pool = loaded
-            .serve(BatchPolicy {
-                max_batch_size,
-                preferred_batch_sizes: vec![],
-                max_delay: delay,
-                max_queue_size,
-                priority_levels: 1,
-            })
-            .unwrap();
+        let pool = loaded.serve(BatchPolicy {
+            max_batch_size,
+            preferred_batch_sizes: vec![],
+            max_delay: delay,
+            max_queue_size,
+            priority_levels: 1,
+        });
         assert_eq!(signature.inputs[0].name, "x");
         Harness { pool, started, open, runs }
     }
@@ -377,17 +381,13 @@ mod tests {
             stats: Arc::new(ModelStats::default()),
         })
         .unwrap();
-        let pool = Arc::new(
-            loaded
-                .serve(BatchPolicy {
-                    max_batch_size: 8,
-                    preferred_batch_sizes: vec![4],
-                    max_delay: Duration::from_micros(50),
-                    max_queue_size: 100_000,
-                    priority_levels: 2,
-                })
-                .unwrap(),
-        );
+        let pool = Arc::new(loaded.serve(BatchPolicy {
+            max_batch_size: 8,
+            preferred_batch_sizes: vec![4],
+            max_delay: Duration::from_micros(50),
+            max_queue_size: 100_000,
+            priority_levels: 2,
+        }));
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let pool = Arc::clone(&pool);

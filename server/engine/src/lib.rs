@@ -3,7 +3,7 @@
 //! - [`repository`] finds models and versions (Triton layout, or one KServe model directory);
 //! - [`config`] types the `config.pbtxt` fields we honour, parsed by [`pbtxt`];
 //! - [`manager`] loads models, tracks readiness and routes a request to a version;
-//! - [`batcher`] queues a version's requests and forms dynamic batches (pure [`batcher::state`] + actor);
+//! - [`batcher`] queues a version's requests and forms dynamic batches (pure [`batcher::state`] + shared queue);
 //! - [`instance`] runs each version on N runtime instances, each on its own thread, fed by the batcher;
 //! - [`validate`] checks requests against the model signature;
 //! - [`InferError`] is the single error taxonomy the API maps to HTTP and gRPC status codes.

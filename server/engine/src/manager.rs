@@ -306,7 +306,7 @@ impl ModelManager {
         .map_err(|e| e.to_string())?;
         let (signature, config) = complete_config(source, loader.platform(), signature, groups, &self.options)?;
         let (policy, scheduling) = batch_policy(&config, &self.options);
-        let pool = loaded.serve(policy).map_err(|e| e.to_string())?;
+        let pool = loaded.serve(policy);
         Ok(ModelVersion::new(VersionParts {
             name: source.name.clone(),
             version,

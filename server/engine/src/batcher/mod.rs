@@ -1,26 +1,24 @@
-//! The dynamic batcher of one model version, split as three parts:
+//! The dynamic batcher of one model version, split as two parts:
 //! - [`state::BatchState`]: pure decisions (which requests form the next batch), unit-tested directly;
-//! - the actor (`run_actor`): an OS thread that owns the state, takes in requests, watches the clock and
-//!   instance availability, and hands formed batches to the instances;
-//! - [`Batcher`]: the cheap handle requests are submitted through. It counts queued requests itself, so a
-//!   full queue is refused at once without waking the actor.
+//! - [`Batcher`]: the queue shared by the request handlers, which [`submit`](Batcher::submit) to it, and the
+//!   version's instance threads, which [`take`](Batcher::take) batches from it.
 //!
-//! The actor keeps at most one batch per instance in flight plus one prefetched full batch. While every
-//! instance is busy it sleeps until one finishes (or a timer is due) instead of waking for each arrival:
-//! arrivals then wait in the channel and join the next batch, which is formed the moment an instance is free,
-//! so batches grow as large as the queue allows and the hot path costs no thread wake-up per request.
-//! Requests whose caller has gone away are dropped before they run; requests past their deadline get a
-//! timeout. When the handle is dropped the actor drains its queue (ignoring the delay), then closes the batch
-//! channel so the instances finish and exit.
+//! There is no scheduler thread. An instance that is free takes the next batch itself, under the queue's
+//! lock, the moment it finishes the previous one; only when nothing is ready does it sleep, until a request
+//! arrives or the batching window (or a queued request's deadline) is due. Under load every instance is busy,
+//! arrivals gather in the queue without waking anyone, and each instance picks up everything that gathered
+//! (up to `max_batch_size`) when it comes back: batches grow with load, and a request costs no thread
+//! wake-up besides its reply. Requests whose caller has gone away are dropped before they run; requests past
+//! their deadline get a timeout. [`close`](Batcher::close) refuses new requests and lets the instances drain
+//! the queue (ignoring the window) before they exit.
 
 pub mod state;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use ferroserve_runtime::Tensor;
+use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
 use crate::InferError;
@@ -41,161 +39,207 @@ pub struct Pending {
 /// A formed batch on its way to an instance.
 pub type Batch = Vec<Entry<Pending>>;
 
-/// Cheap handle to a model version's batcher.
+/// Cheap handle to a model version's request queue.
 #[derive(Debug, Clone)]
 pub struct Batcher {
-    requests: Sender<Entry<Pending>>,
-    queued: Arc<AtomicUsize>,
-    max_queue_size: usize,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     label: String,
+    queue: Mutex<Queue>,
+    /// Instances with nothing ready to run sleep here.
+    work: Condvar,
+}
+
+#[derive(Debug)]
+struct Queue {
+    state: BatchState<Pending>,
+    /// Instances asleep on `work`: an arrival wakes one only if there is one.
+    idle: usize,
+    /// No more requests are taken; the instances drain what is queued and exit.
+    closed: bool,
 }
 
 impl Batcher {
-    /// Queues a request, or refuses it at once with `Overloaded` when the queue is full.
+    /// An empty queue under `policy`; `label` (`model:version`) names it in errors.
+    pub fn new(label: String, policy: BatchPolicy) -> Self {
+        let queue = Queue { state: BatchState::new(policy), idle: 0, closed: false };
+        Batcher { shared: Arc::new(Shared { label, queue: Mutex::new(queue), work: Condvar::new() }) }
+    }
+
+    /// Queues a request, or refuses it at once: `Overloaded` when the queue is full, `NotReady` once closed.
     pub fn submit(&self, entry: Entry<Pending>) -> Result<(), InferError> {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue_size {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        let mut queue = self.shared.queue.lock();
+        if queue.closed {
+            return Err(InferError::NotReady(format!("model `{}` is unloading", self.shared.label)));
+        }
+        if queue.state.push(entry).is_err() {
             return Err(InferError::Overloaded(format!(
                 "model `{}` has {} requests queued, the limit; retry later",
-                self.label, self.max_queue_size
+                self.shared.label,
+                queue.state.policy().max_queue_size
             )));
         }
-        match self.requests.try_send(entry) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Disconnected(_)) | Err(TrySendError::Full(_)) => {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-                Err(InferError::NotReady(format!("model `{}` is unloading", self.label)))
-            }
+        if queue.idle > 0 {
+            self.shared.work.notify_one();
         }
-    }
-}
-
-/// Starts the actor thread. Batches go to `batches` (read by the instances), which report each finished
-/// batch on `done`. Returns the handle.
-pub fn start(
-    label: String,
-    policy: BatchPolicy,
-    instances: usize,
-    batches: Sender<Batch>,
-    done: Receiver<()>,
-) -> std::io::Result<Batcher> {
-    let (requests, incoming) = crossbeam_channel::unbounded();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let max_queue_size = policy.max_queue_size.max(1);
-    let actor = Actor {
-        state: BatchState::new(policy),
-        instances: instances.max(1),
-        incoming,
-        batches,
-        done,
-        queued: Arc::clone(&queued),
-    };
-    std::thread::Builder::new().name(format!("fs-batch-{label}")).spawn(move || actor.run())?;
-    Ok(Batcher { requests, queued, max_queue_size, label })
-}
-
-struct Actor {
-    state: BatchState<Pending>,
-    instances: usize,
-    incoming: Receiver<Entry<Pending>>,
-    batches: Sender<Batch>,
-    done: Receiver<()>,
-    /// Shared with the handle: requests in `incoming` plus those in `state`.
-    queued: Arc<AtomicUsize>,
-}
-
-impl Actor {
-    /// Answers a request that leaves the queue without running.
-    fn refuse(&self, entry: Entry<Pending>, error: InferError) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        let _ = entry.payload.reply.send(Err(error));
+        Ok(())
     }
 
-    fn run(mut self) {
-        let mut outstanding = 0usize;
-        let mut closed = false;
+    /// The next batch to run, blocking until one is ready (called by instance threads, never on the async
+    /// runtime). `None` once the queue is closed and drained: the instance should exit.
+    pub fn take(&self) -> Option<Batch> {
+        let mut queue = self.shared.queue.lock();
         loop {
-            // Take in what arrived. The handle has already bounded the queue, so `push` only fails if the
-            // two disagree; such a request is refused like any overflow.
-            loop {
-                match self.incoming.try_recv() {
-                    Ok(entry) => {
-                        if let Err(entry) = self.state.push(entry) {
-                            self.refuse(entry, InferError::Overloaded("the queue is full; retry later".into()));
-                        }
-                    }
-                    Err(crossbeam_channel::TryRecvError::Empty) => break,
-                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                }
-            }
-            while self.done.try_recv().is_ok() {
-                outstanding = outstanding.saturating_sub(1);
-            }
             let now = Instant::now();
-            let gone = self.state.remove_where(|p| p.reply.is_closed());
+            let gone = queue.state.remove_where(|p| p.reply.is_closed());
             if !gone.is_empty() {
-                self.queued.fetch_sub(gone.len(), Ordering::AcqRel);
                 tracing::debug!(count = gone.len(), "callers went away; requests dropped before running");
             }
-            for entry in self.state.remove_expired(now) {
-                self.refuse(
-                    entry,
-                    InferError::Timeout("the request timed out in the queue before it could run".into()),
-                );
-            }
-            // Hand out batches: one per free instance, plus one full batch prefetched while all are busy.
-            let mut wake: Option<Instant> = None;
-            while outstanding <= self.instances {
-                let only_full = outstanding == self.instances;
-                match self.state.next_batch(now, only_full, closed) {
-                    Decision::Run(batch) => {
-                        self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-                        if self.batches.send(batch).is_err() {
-                            return; // every instance is gone
-                        }
-                        outstanding += 1;
-                    }
-                    Decision::WaitUntil(t) => {
-                        wake = Some(t);
-                        break;
-                    }
-                    Decision::Idle => break,
+            let expired = queue.state.remove_expired(now);
+            if !expired.is_empty() {
+                // Answer outside the lock: a reply may wake a tokio worker.
+                drop(queue);
+                for entry in expired {
+                    let _ = entry.payload.reply.send(Err(InferError::Timeout(
+                        "the request timed out in the queue before it could run".into(),
+                    )));
                 }
-            }
-            if closed && self.state.is_empty() {
-                return; // dropping `batches` lets the instances finish and exit
-            }
-            let timeout = wake.map(|t| t.saturating_duration_since(Instant::now()));
-            // While every instance is busy, arrivals cannot change what happens next: sleep until one is
-            // free (or a timer is due) and let arrivals gather in the channel meanwhile.
-            let all_busy = outstanding >= self.instances;
-            if closed || all_busy {
-                let finished = match timeout {
-                    Some(t) => match self.done.recv_timeout(t) {
-                        Ok(()) => true,
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => false,
-                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-                    },
-                    None => match self.done.recv() {
-                        Ok(()) => true,
-                        Err(_) => return,
-                    },
-                };
-                if finished {
-                    outstanding = outstanding.saturating_sub(1);
-                }
+                queue = self.shared.queue.lock();
                 continue;
             }
-            let mut select = crossbeam_channel::Select::new();
-            select.recv(&self.incoming);
-            select.recv(&self.done);
-            let _ = match timeout {
-                Some(t) => select.ready_timeout(t).ok(),
-                None => Some(select.ready()),
-            }; // the loop head drains whichever is ready
+            let closed = queue.closed;
+            match queue.state.next_batch(now, closed) {
+                Decision::Run(batch) => return Some(batch),
+                Decision::Idle if closed => return None,
+                Decision::Idle => {
+                    queue.idle += 1;
+                    self.shared.work.wait(&mut queue);
+                    queue.idle -= 1;
+                }
+                Decision::WaitUntil(due) => {
+                    queue.idle += 1;
+                    let _ = self.shared.work.wait_until(&mut queue, due);
+                    queue.idle -= 1;
+                }
+            }
         }
+    }
+
+    /// Refuses new requests and wakes every instance so they drain the queue and exit.
+    pub fn close(&self) {
+        self.shared.queue.lock().closed = true;
+        self.shared.work.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn policy(max_batch_size: usize, delay: Duration) -> BatchPolicy {
+        BatchPolicy {
+            max_batch_size,
+            preferred_batch_sizes: vec![],
+            max_delay: delay,
+            max_queue_size: 4,
+            priority_levels: 1,
+        }
+    }
+
+    fn job(value: f32) -> (Entry<Pending>, oneshot::Receiver<BatchResult>) {
+        let (reply, rx) = oneshot::channel();
+        let inputs = vec![Tensor::from_f32(vec![1], &[value]).unwrap()];
+        let entry = Entry {
+            items: 1,
+            key: vec![],
+            enqueued: Instant::now(),
+            deadline: None,
+            priority: 0,
+            payload: Pending { inputs, reply },
+        };
+        (entry, rx)
+    }
+
+    fn values(batch: &Batch) -> Vec<f32> {
+        batch.iter().map(|e| e.payload.inputs[0].to_f32_vec().unwrap()[0]).collect()
+    }
+
+    #[test]
+    fn an_idle_instance_wakes_when_a_request_arrives() {
+        let batcher = Batcher::new("t:1".into(), policy(8, Duration::ZERO));
+        let taker = {
+            let batcher = batcher.clone();
+            std::thread::spawn(move || batcher.take().map(|b| values(&b)))
+        };
+        // Wait until the taker sleeps on the empty queue, so the arrival has to wake it.
+        while batcher.shared.queue.lock().idle == 0 {
+            std::thread::yield_now();
+        }
+        let (entry, _rx) = job(1.0);
+        batcher.submit(entry).unwrap();
+        assert_eq!(taker.join().unwrap(), Some(vec![1.0]));
+    }
+
+    #[test]
+    fn the_window_gathers_requests_into_one_batch() {
+        let window = Duration::from_millis(30);
+        let batcher = Batcher::new("t:1".into(), policy(8, window));
+        let start = Instant::now();
+        let mut receivers = Vec::new();
+        for v in [1.0, 2.0, 3.0] {
+            let (entry, rx) = job(v);
+            batcher.submit(entry).unwrap();
+            receivers.push(rx);
+        }
+        let batch = batcher.take().unwrap();
+        assert!(start.elapsed() >= window, "a partial batch waits for the window");
+        assert_eq!(values(&batch), vec![1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_abandoned_requests_never_reach_an_instance() {
+        let batcher = Batcher::new("t:1".into(), policy(8, Duration::ZERO));
+        let mut kept = Vec::new();
+        for v in 0..4 {
+            let (entry, rx) = job(v as f32);
+            batcher.submit(entry).unwrap();
+            kept.push(rx);
+        }
+        let (extra, _rx) = job(9.0);
+        assert!(matches!(batcher.submit(extra), Err(InferError::Overloaded(_))));
+        drop(kept.remove(1)); // the caller of request 1 goes away
+        assert_eq!(values(&batcher.take().unwrap()), vec![0.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn closing_refuses_new_requests_and_drains_the_queue_ignoring_the_window() {
+        let batcher = Batcher::new("t:1".into(), policy(8, Duration::from_secs(3600)));
+        let (entry, _rx) = job(1.0);
+        batcher.submit(entry).unwrap();
+        batcher.close();
+        let (late, _late_rx) = job(2.0);
+        assert!(matches!(batcher.submit(late), Err(InferError::NotReady(_))));
+        assert_eq!(values(&batcher.take().unwrap()), vec![1.0]);
+        assert!(batcher.take().is_none(), "a closed, empty queue tells instances to exit");
+    }
+
+    #[test]
+    fn an_expired_request_is_answered_with_a_timeout_while_an_instance_waits() {
+        let batcher = Batcher::new("t:1".into(), policy(8, Duration::from_secs(3600)));
+        let (mut entry, rx) = job(1.0);
+        entry.deadline = Some(Instant::now() + Duration::from_millis(20));
+        batcher.submit(entry).unwrap();
+        let taker = {
+            let batcher = batcher.clone();
+            std::thread::spawn(move || batcher.take().is_none())
+        };
+        assert!(matches!(rx.blocking_recv().unwrap(), Err(InferError::Timeout(_))));
+        batcher.close();
+        assert!(taker.join().unwrap());
     }
 }

@@ -1,13 +1,12 @@
 //! [`BatchState`]: the dynamic batcher's decisions as plain state, with no channels, threads or clocks.
 //!
-//! The actor feeds it requests and the current time; it answers which requests form the next batch, or
-//! until when to wait. Rules (Triton's dynamic batcher, simplified):
+//! The [`Batcher`](super::Batcher) feeds it requests and the current time; it answers which requests form
+//! the next batch, or until when to wait. Rules (Triton's dynamic batcher, simplified):
 //! - requests are taken by priority level (0 first), then in arrival order;
 //! - a batch holds only requests whose non-batch dims match the first one (ragged requests never mix),
 //!   up to `max_batch_size` items (batch dim 0 summed);
 //! - a batch runs at once when full or when it reaches a preferred size; otherwise when the oldest request
 //!   has waited `max_delay`;
-//! - `only_full` (all instances busy, preparing the prefetch) forms a batch only when it is full;
 //! - queued requests past their deadline are taken out for a timeout reply.
 
 use std::collections::VecDeque;
@@ -45,7 +44,7 @@ pub struct Entry<T> {
     pub payload: T,
 }
 
-/// What the actor should do next.
+/// What a free instance should do next.
 #[derive(Debug)]
 pub enum Decision<T> {
     /// Run these requests as one batch, in this order.
@@ -133,9 +132,8 @@ impl<T> BatchState<T> {
         self.queues.iter().flatten().filter_map(|e| e.deadline).min()
     }
 
-    /// Decides the next batch at time `now`. `only_full`: form a batch only if it is full (prefetch while
-    /// every instance is busy). `flush`: ignore the delay (draining on shutdown).
-    pub fn next_batch(&mut self, now: Instant, only_full: bool, flush: bool) -> Decision<T> {
+    /// Decides the next batch at time `now`. `flush`: ignore the delay (draining on shutdown).
+    pub fn next_batch(&mut self, now: Instant, flush: bool) -> Decision<T> {
         let Some(head) = self.queues.iter().find_map(|q| q.front()) else { return Decision::Idle };
         if self.policy.max_batch_size == 0 {
             // No batching: one request per execution, always ready.
@@ -174,8 +172,6 @@ impl<T> BatchState<T> {
         let due = head_since + self.policy.max_delay;
         let take = if full {
             Some(preferred_prefix.filter(|_| total != max).map_or(picked.len(), |i| i + 1))
-        } else if only_full {
-            None
         } else if let Some(i) = preferred_prefix {
             Some(i + 1)
         } else if flush || now >= due {
@@ -185,10 +181,7 @@ impl<T> BatchState<T> {
         };
         match take {
             Some(n) => Decision::Run(self.take(&picked[..n])),
-            None => {
-                let wake = self.earliest_deadline().map_or(due, |d| d.min(due));
-                if only_full && wake <= now { Decision::Idle } else { Decision::WaitUntil(wake) }
-            }
+            None => Decision::WaitUntil(self.earliest_deadline().map_or(due, |d| d.min(due))),
         }
     }
 
@@ -251,12 +244,10 @@ mod tests {
         let mut s = BatchState::new(policy(8, 100));
         s.push(entry(1, 1, t0)).unwrap();
         s.push(entry(2, 2, t0)).unwrap();
-        assert!(
-            matches!(s.next_batch(t0, false, false), Decision::WaitUntil(t) if t == t0 + Duration::from_micros(100))
-        );
-        assert_eq!(ids(s.next_batch(t0 + Duration::from_micros(100), false, false)), vec![1, 2]);
+        assert!(matches!(s.next_batch(t0, false), Decision::WaitUntil(t) if t == t0 + Duration::from_micros(100)));
+        assert_eq!(ids(s.next_batch(t0 + Duration::from_micros(100), false)), vec![1, 2]);
         assert!(s.is_empty());
-        assert!(matches!(s.next_batch(t0, false, false), Decision::Idle));
+        assert!(matches!(s.next_batch(t0, false), Decision::Idle));
     }
 
     #[test]
@@ -267,13 +258,14 @@ mod tests {
             s.push(entry(id, items, t0)).unwrap();
         }
         // 2 + 3 > 4, so 3 skips ahead of 2; then 4 fills the batch.
-        assert_eq!(ids(s.next_batch(t0, false, false)), vec![1, 3]);
+        assert_eq!(ids(s.next_batch(t0, false)), vec![1, 3]);
         assert_eq!(s.len(), 2);
-        // 3 + 1 fill the batch again: full batches form even in prefetch (only_full) mode.
-        assert_eq!(ids(s.next_batch(t0, true, false)), vec![2, 4]);
+        // 3 + 1 fill the batch again.
+        assert_eq!(ids(s.next_batch(t0, false)), vec![2, 4]);
         s.push(entry(5, 1, t0)).unwrap();
-        assert!(matches!(s.next_batch(t0, true, false), Decision::WaitUntil(_)));
-        assert_eq!(ids(s.next_batch(t0, false, true)), vec![5]);
+        assert!(matches!(s.next_batch(t0, false), Decision::WaitUntil(_)));
+        // Flushing (draining on shutdown) ignores the window.
+        assert_eq!(ids(s.next_batch(t0, true)), vec![5]);
     }
 
     #[test]
@@ -282,12 +274,12 @@ mod tests {
         let mut s = BatchState::new(policy(8, 0));
         s.push(entry(1, 1, t0)).unwrap();
         s.push(entry(2, 1, t0)).unwrap();
-        assert_eq!(ids(s.next_batch(t0, false, false)), vec![1, 2]);
+        assert_eq!(ids(s.next_batch(t0, false)), vec![1, 2]);
         let mut single = BatchState::new(policy(0, 1000));
         single.push(entry(1, 1, t0)).unwrap();
         single.push(entry(2, 1, t0)).unwrap();
-        assert_eq!(ids(single.next_batch(t0, true, false)), vec![1]);
-        assert_eq!(ids(single.next_batch(t0, false, false)), vec![2]);
+        assert_eq!(ids(single.next_batch(t0, false)), vec![1]);
+        assert_eq!(ids(single.next_batch(t0, false)), vec![2]);
     }
 
     #[test]
@@ -297,8 +289,8 @@ mod tests {
         s.push(entry(1, 1, t0)).unwrap();
         s.push(Entry { key: vec![32], ..entry(2, 1, t0) }).unwrap();
         s.push(entry(3, 1, t0)).unwrap();
-        assert_eq!(ids(s.next_batch(t0, false, false)), vec![1, 3]);
-        assert_eq!(ids(s.next_batch(t0, false, false)), vec![2]);
+        assert_eq!(ids(s.next_batch(t0, false)), vec![1, 3]);
+        assert_eq!(ids(s.next_batch(t0, false)), vec![2]);
     }
 
     #[test]
@@ -306,16 +298,16 @@ mod tests {
         let t0 = Instant::now();
         let mut s = BatchState::new(BatchPolicy { preferred_batch_sizes: vec![4, 2], ..policy(8, 1_000_000) });
         s.push(entry(1, 1, t0)).unwrap();
-        assert!(matches!(s.next_batch(t0, false, false), Decision::WaitUntil(_)));
+        assert!(matches!(s.next_batch(t0, false), Decision::WaitUntil(_)));
         s.push(entry(2, 1, t0)).unwrap();
         s.push(entry(3, 1, t0)).unwrap();
         // Sums 1, 2, 3: the longest prefix on a preferred size is [1, 2].
-        assert_eq!(ids(s.next_batch(t0, false, false)), vec![1, 2]);
+        assert_eq!(ids(s.next_batch(t0, false)), vec![1, 2]);
         for id in 4..=7 {
             s.push(entry(id, 1, t0)).unwrap();
         }
         // 3,4,5,6,7 sum to 5 >= 4 (the largest preferred): full, cut to the prefix of 4.
-        assert_eq!(ids(s.next_batch(t0, true, false)), vec![3, 4, 5, 6]);
+        assert_eq!(ids(s.next_batch(t0, false)), vec![3, 4, 5, 6]);
     }
 
     #[test]
@@ -326,8 +318,8 @@ mod tests {
         s.push(Entry { priority: 1, ..entry(2, 1, t0) }).unwrap();
         s.push(Entry { priority: 0, ..entry(3, 1, t0) }).unwrap();
         s.push(Entry { priority: 9, ..entry(4, 1, t0) }).unwrap(); // clamped to the lowest level
-        assert_eq!(ids(s.next_batch(t0, false, false)), vec![3, 1]);
-        assert_eq!(ids(s.next_batch(t0, false, false)), vec![2, 4]);
+        assert_eq!(ids(s.next_batch(t0, false)), vec![3, 1]);
+        assert_eq!(ids(s.next_batch(t0, false)), vec![2, 4]);
     }
 
     #[test]
@@ -337,7 +329,7 @@ mod tests {
         s.push(Entry { deadline: Some(t0 + Duration::from_millis(5)), ..entry(1, 1, t0) }).unwrap();
         s.push(entry(2, 1, t0)).unwrap();
         assert_eq!(s.push(entry(3, 1, t0)).unwrap_err().payload, 3);
-        assert!(matches!(s.next_batch(t0, false, false), Decision::WaitUntil(t) if t == t0 + Duration::from_millis(5)));
+        assert!(matches!(s.next_batch(t0, false), Decision::WaitUntil(t) if t == t0 + Duration::from_millis(5)));
         let expired = s.remove_expired(t0 + Duration::from_millis(5));
         assert_eq!(expired.iter().map(|e| e.payload).collect::<Vec<_>>(), vec![1]);
         assert_eq!(s.remove_where(|id| *id == 2).len(), 1);
@@ -355,7 +347,7 @@ mod tests {
             }
             let mut seen = Vec::new();
             let later = t0 + Duration::from_secs(1);
-            while let Decision::Run(batch) = s.next_batch(later, false, false) {
+            while let Decision::Run(batch) = s.next_batch(later, false) {
                 proptest::prop_assert!(batch.iter().map(|e| e.items).sum::<usize>() <= max);
                 proptest::prop_assert!(batch.iter().all(|e| e.key == batch[0].key));
                 seen.extend(batch.into_iter().map(|e| e.payload));
