@@ -16,7 +16,7 @@ use ferroserve_runtime::{LoadSpec, ModelSignature, Runtime, RuntimeError, Runtim
 
 use crate::InferError;
 use crate::batcher::state::{BatchPolicy, Entry};
-use crate::batcher::{Batch, Batcher, Pending};
+use crate::batcher::{Batch, Batcher, Pending, Ticket};
 use crate::stats::ModelStats;
 
 /// How to start a pool.
@@ -91,8 +91,13 @@ impl InstancePool {
     }
 
     /// Queues a request with the batcher.
-    pub fn submit(&self, entry: Entry<Pending>) -> Result<(), InferError> {
+    pub fn submit(&self, entry: Entry<Pending>) -> Result<Ticket, InferError> {
         self.batcher.submit(entry)
+    }
+
+    /// Takes a request back out of the queue if it has not started; see [`Batcher::cancel`].
+    pub fn cancel(&self, ticket: Ticket) -> bool {
+        self.batcher.cancel(ticket)
     }
 }
 
@@ -330,7 +335,7 @@ mod tests {
                 enqueued: Instant::now(),
                 deadline: None,
                 priority: 0,
-                payload: Pending { inputs, reply },
+                payload: Pending::new(inputs, reply),
             },
             rx,
         )
@@ -403,7 +408,7 @@ mod tests {
                             enqueued: Instant::now(),
                             deadline: None,
                             priority: i % 2,
-                            payload: Pending { inputs: vec![Tensor::from_f32(vec![rows, 2], &values).unwrap()], reply },
+                            payload: Pending::new(vec![Tensor::from_f32(vec![rows, 2], &values).unwrap()], reply),
                         };
                         pool.submit(entry).unwrap();
                         pending.push((values, rx));

@@ -84,16 +84,34 @@ impl ModelVersion {
         let validated = validate(&self.name, &self.signature, self.max_batch_size, request)?;
         let key = batch_key(&validated.inputs, self.max_batch_size > 0);
         let (reply, outputs) = oneshot::channel();
-        self.pool.submit(Entry {
+        let ticket = self.pool.submit(Entry {
             items: validated.batch_size as usize,
             key,
             enqueued: start,
             deadline,
             priority,
-            payload: Pending { inputs: validated.inputs, reply },
+            payload: Pending::new(validated.inputs, reply),
         })?;
-        let result = outputs
-            .await
+        let answered = match deadline {
+            None => outputs.await,
+            Some(deadline) => {
+                let mut outputs = outputs;
+                tokio::select! {
+                    answered = &mut outputs => answered,
+                    () = tokio::time::sleep_until(deadline.into()) => {
+                        // Still queued at its deadline: answer now rather than when an instance frees up.
+                        if self.pool.cancel(ticket) {
+                            self.stats.fail.record(start.elapsed());
+                            return Err(InferError::Timeout(
+                                "the request timed out in the queue before it could run".into(),
+                            ));
+                        }
+                        outputs.await // already running: its answer comes
+                    }
+                }
+            }
+        };
+        let result = answered
             .map_err(|_| InferError::Internal(format!("model `{}` stopped before answering", self.name)))
             .and_then(|r| r);
         let all = match result {

@@ -34,7 +34,20 @@ pub struct Pending {
     pub inputs: Vec<Tensor>,
     /// Where the outputs go.
     pub reply: oneshot::Sender<BatchResult>,
+    /// Set by [`Batcher::submit`], so the caller can [`cancel`](Batcher::cancel) it.
+    ticket: Ticket,
 }
+
+impl Pending {
+    /// A request to submit.
+    pub fn new(inputs: Vec<Tensor>, reply: oneshot::Sender<BatchResult>) -> Self {
+        Pending { inputs, reply, ticket: Ticket(0) }
+    }
+}
+
+/// Names a submitted request within its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
 
 /// A formed batch on its way to an instance.
 pub type Batch = Vec<Entry<Pending>>;
@@ -60,21 +73,26 @@ struct Queue {
     idle: usize,
     /// No more requests are taken; the instances drain what is queued and exit.
     closed: bool,
+    /// The next request's ticket.
+    next_ticket: u64,
 }
 
 impl Batcher {
     /// An empty queue under `policy`; `label` (`model:version`) names it in errors.
     pub fn new(label: String, policy: BatchPolicy) -> Self {
-        let queue = Queue { state: BatchState::new(policy), idle: 0, closed: false };
+        let queue = Queue { state: BatchState::new(policy), idle: 0, closed: false, next_ticket: 1 };
         Batcher { shared: Arc::new(Shared { label, queue: Mutex::new(queue), work: Condvar::new() }) }
     }
 
     /// Queues a request, or refuses it at once: `Overloaded` when the queue is full, `NotReady` once closed.
-    pub fn submit(&self, entry: Entry<Pending>) -> Result<(), InferError> {
+    pub fn submit(&self, mut entry: Entry<Pending>) -> Result<Ticket, InferError> {
         let mut queue = self.shared.queue.lock();
         if queue.closed {
             return Err(InferError::NotReady(format!("model `{}` is unloading", self.shared.label)));
         }
+        let ticket = Ticket(queue.next_ticket);
+        queue.next_ticket += 1;
+        entry.payload.ticket = ticket;
         if queue.state.push(entry).is_err() {
             return Err(InferError::Overloaded(format!(
                 "model `{}` has {} requests queued, the limit; retry later",
@@ -85,7 +103,14 @@ impl Batcher {
         if queue.idle > 0 {
             self.shared.work.notify_one();
         }
-        Ok(())
+        Ok(ticket)
+    }
+
+    /// Takes a request out of the queue if no instance has taken it yet; `false` means it is running (or has
+    /// been answered). Lets a caller whose queue deadline passes answer at once, even while every instance
+    /// is busy with a long batch.
+    pub fn cancel(&self, ticket: Ticket) -> bool {
+        !self.shared.queue.lock().state.remove_where(|p| p.ticket == ticket).is_empty()
     }
 
     /// The next batch to run, blocking until one is ready (called by instance threads, never on the async
@@ -160,7 +185,7 @@ mod tests {
             enqueued: Instant::now(),
             deadline: None,
             priority: 0,
-            payload: Pending { inputs, reply },
+            payload: Pending::new(inputs, reply),
         };
         (entry, rx)
     }
@@ -214,6 +239,21 @@ mod tests {
         assert!(matches!(batcher.submit(extra), Err(InferError::Overloaded(_))));
         drop(kept.remove(1)); // the caller of request 1 goes away
         assert_eq!(values(&batcher.take().unwrap()), vec![0.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn a_request_can_be_cancelled_only_while_queued() {
+        let batcher = Batcher::new("t:1".into(), policy(1, Duration::ZERO));
+        let (first, _rx1) = job(1.0);
+        let (second, _rx2) = job(2.0);
+        let first = batcher.submit(first).unwrap();
+        let second = batcher.submit(second).unwrap();
+        assert_eq!(values(&batcher.take().unwrap()), vec![1.0]);
+        assert!(!batcher.cancel(first), "taken by an instance: too late");
+        assert!(batcher.cancel(second));
+        assert!(!batcher.cancel(second));
+        batcher.close();
+        assert!(batcher.take().is_none());
     }
 
     #[test]
