@@ -3,12 +3,13 @@ and its CSV / JSON / SVG outputs."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 
 import pytest
 
-from server import ROOT
+from server import REPOSITORY, ROOT, Server
 
 BENCH = os.environ.get("FERROSERVE_BENCH_BIN", os.path.join(ROOT, "target", "debug", "ferroserve-bench"))
 QUICK = ["--warmup-secs", "0.2", "--window-secs", "0.4", "--max-windows", "3", "--stable-windows", "2",
@@ -50,11 +51,33 @@ def test_open_loop_poisson_with_input_file(server):
     assert all(r["errors"] == 0 for r in doc["results"])
 
 
-def test_errors_are_counted_and_reported(server):
+def test_a_request_the_server_refuses_fails_fast_with_its_reason(server):
     out = subprocess.run([BENCH, "-m", "mlp", "-u", server.http_addr, "-b", "999", "--concurrency", "1", *QUICK],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0
-    assert "requests failed" in out.stderr and "batch size 999" in out.stderr
+    assert out.returncode != 0
+    assert "first request failed" in out.stderr and "batch size 999" in out.stderr
+    assert "Stack backtrace" not in out.stderr
+
+
+def test_errors_under_load_are_counted_and_reported():
+    # A queue of 2 behind a 200 ms batching window: the first request passes, most of a c=8 load gets 429.
+    root = tempfile.mkdtemp()
+    os.makedirs(os.path.join(root, "mlp", "1"))
+    shutil.copy(os.path.join(REPOSITORY, "mlp", "1", "model.onnx"), os.path.join(root, "mlp", "1", "model.onnx"))
+    with open(os.path.join(root, "mlp", "config.pbtxt"), "w") as f:
+        f.write("max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 200000 "
+                "default_queue_policy { max_queue_size: 2 } }\n")
+    s = Server(repository=root)
+    try:
+        d = tempfile.mkdtemp()
+        out = subprocess.run([BENCH, "-m", "mlp", "-u", s.http_addr, "--concurrency", "8", "--json", f"{d}/r.json",
+                              *QUICK], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "requests failed" in out.stderr and "429" in out.stderr
+        assert json.load(open(f"{d}/r.json"))["results"][0]["errors"] > 0
+    finally:
+        assert s.stop() == 0
+        shutil.rmtree(root)
 
 
 def test_unknown_model_fails_fast(server):

@@ -25,9 +25,24 @@ pub fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
+/// Sends one request before measuring, so that a request the server cannot take fails at once, with the
+/// server's reason, instead of after a whole sweep of errors.
+async fn preflight(args: &cli::Args, payload: &client::Payload) -> anyhow::Result<()> {
+    let mut connection = payload.connect().await?;
+    if let Err(error) = connection.send().await {
+        let hint = match args.protocol {
+            cli::Protocol::HttpBinary => model::binary_extension_hint(args).await,
+            _ => None,
+        };
+        anyhow::bail!("the first request failed: {error}{}", hint.map(|h| format!("\n{h}")).unwrap_or_default());
+    }
+    Ok(())
+}
+
 async fn run(args: cli::Args) -> anyhow::Result<()> {
     let model = model::discover(&args).await?;
     let payload = client::Payload::build(&args, &model)?;
+    preflight(&args, &payload).await?;
     let points = match &args.request_rate {
         Some(rates) => cli::parse_sweep(rates)?.into_iter().map(measure::Load::Rate).collect::<Vec<_>>(),
         None => {

@@ -128,6 +128,22 @@ pub async fn discover(args: &Args) -> anyhow::Result<ModelInfo> {
     }
 }
 
+/// Why binary requests may fail: the server's metadata lists its protocol extensions and
+/// `binary_tensor_data` is not among them (MLServer, for one). `None` when it is listed or unknown.
+pub async fn binary_extension_hint(args: &Args) -> Option<String> {
+    let (status, body) = http_get(&format!("http://{}/v2", args.url)).await.ok()?;
+    let meta: Value = serde_json::from_slice(&body).ok().filter(|_| status == 200)?;
+    let extensions = meta["extensions"].as_array()?;
+    if extensions.iter().any(|e| e.as_str() == Some("binary_tensor_data")) {
+        return None;
+    }
+    Some(format!(
+        "the server ({} {}) does not list the `binary_tensor_data` extension; use --protocol http-json",
+        meta["name"].as_str().unwrap_or("unnamed"),
+        meta["version"].as_str().unwrap_or("")
+    ))
+}
+
 /// A small deterministic generator (xorshift64*) for input data and Poisson gaps.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

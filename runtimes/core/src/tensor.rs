@@ -118,6 +118,16 @@ impl Tensor {
         self.data
     }
 
+    /// The same elements under another shape with the same element count (a config `reshape`); the data is
+    /// not touched. Hands the tensor back unchanged when the counts differ.
+    pub fn reshape(mut self, shape: Vec<usize>) -> Result<Tensor, Tensor> {
+        if checked_element_count(&shape) != Some(self.element_count()) {
+            return Err(self);
+        }
+        self.shape = shape;
+        Ok(self)
+    }
+
     /// Number of elements (the product of the shape).
     pub fn element_count(&self) -> usize {
         // `new` checked that this does not overflow.
@@ -254,6 +264,16 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reshape_keeps_the_data_and_needs_the_same_element_count() {
+        let t = Tensor::from_f32(vec![2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        let r = t.reshape(vec![3, 1, 2]).unwrap();
+        assert_eq!(r.shape(), &[3, 1, 2]);
+        assert_eq!(r.to_f32_vec().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let back = r.reshape(vec![4]).unwrap_err();
+        assert_eq!(back.shape(), &[3, 1, 2]);
+    }
 
     #[test]
     fn rejects_wrong_byte_length() {

@@ -57,8 +57,11 @@ pub struct TensorConfig {
     pub name: String,
     /// Element type, if declared.
     pub datatype: Option<DataType>,
-    /// Dims without the batch dim when `max_batch_size > 0`.
+    /// Dims without the batch dim when `max_batch_size > 0`: the shape clients see.
     pub dims: Vec<i64>,
+    /// `reshape { shape: [...] }`: the model's own dims (batch dim excluded), when they differ from `dims`
+    /// with the same elements, e.g. `dims: [1]` on clients for a model input of shape `[batch]`.
+    pub reshape: Option<Vec<i64>>,
 }
 
 /// `dynamic_batching { ... }`; the scheduler that uses it comes with the batcher.
@@ -194,7 +197,8 @@ fn tensor_config(node: &Node) -> Result<TensorConfig, ConfigError> {
             DataType::parse_config_name(&t).ok_or_else(|| ConfigError(format!("`{name}`: unknown data_type `{t}`")))?,
         ),
     };
-    Ok(TensorConfig { name, datatype, dims: numbers(node, "dims")? })
+    let reshape = node.get("reshape").map(|r| numbers(r, "shape")).transpose()?;
+    Ok(TensorConfig { name, datatype, dims: numbers(node, "dims")?, reshape })
 }
 
 fn version_policy(node: &Node) -> Result<VersionPolicy, ConfigError> {

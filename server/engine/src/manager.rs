@@ -304,7 +304,8 @@ impl ModelManager {
             stats: Arc::clone(&stats),
         })
         .map_err(|e| e.to_string())?;
-        let (signature, config) = complete_config(source, loader.platform(), signature, groups, &self.options)?;
+        let (signature, config, reshapes) =
+            complete_config(source, loader.platform(), signature, groups, &self.options)?;
         let (policy, scheduling) = batch_policy(&config, &self.options);
         let pool = loaded.serve(policy);
         Ok(ModelVersion::new(VersionParts {
@@ -314,6 +315,7 @@ impl ModelManager {
             signature,
             config,
             scheduling,
+            reshapes,
             stats,
             pool,
         }))

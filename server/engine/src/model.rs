@@ -26,6 +26,32 @@ pub struct Scheduling {
     pub default_timeout: Option<Duration>,
 }
 
+/// The config's `reshape`s, in signature order: `None` where a tensor keeps its shape.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Reshapes {
+    /// Per input: the model's dims (batch dim excluded) that the request's tensor is reshaped to.
+    pub(crate) inputs: Vec<Option<Vec<i64>>>,
+    /// Per output: the client-facing dims (batch dim excluded) that the model's tensor is reshaped to.
+    pub(crate) outputs: Vec<Option<Vec<i64>>>,
+}
+
+/// Gives `tensor` the dims `dims` (after the batch dim, if `batched`), resolving at most one -1 from its
+/// element count. The config was checked at load time, so a failure here is a bad request or a model that
+/// broke its own signature.
+fn apply_reshape(tensor: Tensor, batched: bool, dims: &[i64], name: &str) -> Result<Tensor, InferError> {
+    let elements = tensor.element_count();
+    let mut shape: Vec<usize> = Vec::with_capacity(dims.len() + 1);
+    if batched {
+        shape.push(tensor.shape().first().copied().unwrap_or(0));
+    }
+    let known: usize = shape.iter().copied().chain(dims.iter().filter(|&&d| d >= 0).map(|&d| d as usize)).product();
+    let variable = elements.checked_div(known).unwrap_or(0);
+    shape.extend(dims.iter().map(|&d| if d < 0 { variable } else { d as usize }));
+    tensor.reshape(shape).map_err(|t| {
+        InferError::InvalidInput(format!("tensor `{name}` of shape {:?} does not reshape to {dims:?}", t.shape()))
+    })
+}
+
 /// One servable version of a model.
 #[derive(Debug)]
 pub struct ModelVersion {
@@ -44,6 +70,7 @@ pub struct ModelVersion {
     /// Statistics.
     pub stats: Arc<ModelStats>,
     scheduling: Scheduling,
+    reshapes: Reshapes,
     pool: InstancePool,
 }
 
@@ -55,6 +82,7 @@ pub(crate) struct VersionParts {
     pub(crate) signature: ModelSignature,
     pub(crate) config: ModelConfig,
     pub(crate) scheduling: Scheduling,
+    pub(crate) reshapes: Reshapes,
     pub(crate) stats: Arc<ModelStats>,
     pub(crate) pool: InstancePool,
 }
@@ -71,6 +99,7 @@ impl ModelVersion {
             max_batch_size,
             stats: parts.stats,
             scheduling: parts.scheduling,
+            reshapes: parts.reshapes,
             pool: parts.pool,
         }
     }
@@ -81,8 +110,21 @@ impl ModelVersion {
         let id = request.id.clone();
         let deadline = self.deadline(&request.parameters, start)?;
         let priority = self.priority_index(&request.parameters)?;
-        let validated = validate(&self.name, &self.signature, self.max_batch_size, request)?;
-        let key = batch_key(&validated.inputs, self.max_batch_size > 0);
+        let mut validated = validate(&self.name, &self.signature, self.max_batch_size, request)?;
+        let batched = self.max_batch_size > 0;
+        if self.reshapes.inputs.iter().any(Option::is_some) {
+            let inputs = std::mem::take(&mut validated.inputs);
+            validated.inputs = inputs
+                .into_iter()
+                .zip(&self.reshapes.inputs)
+                .zip(&self.signature.inputs)
+                .map(|((tensor, reshape), spec)| match reshape {
+                    Some(dims) => apply_reshape(tensor, batched, dims, &spec.name),
+                    None => Ok(tensor),
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        let key = batch_key(&validated.inputs, batched);
         let (reply, outputs) = oneshot::channel();
         let ticket = self.pool.submit(Entry {
             items: validated.batch_size as usize,
@@ -131,9 +173,26 @@ impl ModelVersion {
             .outputs
             .iter()
             .filter_map(|&i| {
-                taken[i].take().map(|tensor| InferOutput { name: self.signature.outputs[i].name.clone(), tensor })
+                let tensor = taken[i].take()?;
+                let name = &self.signature.outputs[i].name;
+                let tensor = match self.reshapes.outputs.get(i).and_then(Option::as_ref) {
+                    Some(dims) => match apply_reshape(tensor, batched, dims, name) {
+                        Ok(t) => t,
+                        Err(e) => return Some(Err(e)),
+                    },
+                    None => tensor,
+                };
+                Some(Ok(InferOutput { name: name.clone(), tensor }))
             })
-            .collect();
+            .collect::<Result<Vec<_>, InferError>>();
+        let outputs = match outputs {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                self.stats.fail.record(start.elapsed());
+                tracing::error!(model = %self.name, error = %e, "an output does not fit its configured reshape");
+                return Err(InferError::Internal("the model's output does not fit its configured reshape".into()));
+            }
+        };
         self.stats.success.record(start.elapsed());
         Ok(InferResponse { model_name: self.name.clone(), model_version: self.version.to_string(), id, outputs })
     }

@@ -7,7 +7,7 @@ use ferroserve_runtime::{Device, ModelSignature};
 use crate::batcher::state::BatchPolicy;
 use crate::config::{InstanceGroup, InstanceKind, ModelConfig, TensorConfig, VersionPolicy};
 use crate::manager::EngineOptions;
-use crate::model::Scheduling;
+use crate::model::{Reshapes, Scheduling};
 use crate::repository::ModelSource;
 
 /// The batcher policy and request scheduling of a version: dynamic batching only when the config asks for
@@ -68,7 +68,7 @@ pub(crate) fn complete_config(
     mut signature: ModelSignature,
     groups: Vec<InstanceGroup>,
     options: &EngineOptions,
-) -> Result<(ModelSignature, ModelConfig), String> {
+) -> Result<(ModelSignature, ModelConfig, Reshapes), String> {
     let config = &source.config;
     let batchable = signature.inputs.iter().chain(&signature.outputs).all(|s| s.dims.first() == Some(&-1));
     let max_batch_size = match config.max_batch_size {
@@ -83,6 +83,7 @@ pub(crate) fn complete_config(
         None => 0,
     };
     let skip = usize::from(max_batch_size > 0);
+    let mut reshapes = NamedReshapes::default();
     for (declared, specs, kind) in
         [(&config.inputs, &mut signature.inputs, "input"), (&config.outputs, &mut signature.outputs, "output")]
     {
@@ -101,7 +102,32 @@ pub(crate) fn complete_config(
                     spec.datatype.config_name()
                 ));
             }
-            if !d.dims.is_empty() {
+            if let Some(reshape) = &d.reshape {
+                let model_dims = &spec.dims[skip..];
+                let target = reshape_target(reshape, model_dims).ok_or_else(|| {
+                    format!("config reshapes {kind} `{}` to {:?}, the model has {:?}", d.name, reshape, model_dims)
+                })?;
+                let known = |dims: &[i64]| dims.iter().all(|&x| x >= 0).then(|| dims.iter().product::<i64>());
+                if let (Some(a), Some(b)) = (known(&d.dims), known(&target))
+                    && a != b
+                {
+                    return Err(format!(
+                        "config gives {kind} `{}` dims {:?} ({a} elements) and reshape {:?} ({b} elements)",
+                        d.name, d.dims, target
+                    ));
+                }
+                let (variable, public) = if kind == "input" { (&target, &d.dims) } else { (&d.dims, &d.dims) };
+                if variable.iter().filter(|&&x| x < 0).count() > 1 {
+                    return Err(format!(
+                        "{kind} `{}`: with a reshape, at most one dim of {:?} may be variable (-1)",
+                        d.name, variable
+                    ));
+                }
+                spec.dims.truncate(skip);
+                spec.dims.extend_from_slice(public);
+                let slot = if kind == "input" { &mut reshapes.inputs } else { &mut reshapes.outputs };
+                slot.push((d.name.clone(), if kind == "input" { target } else { d.dims.clone() }));
+            } else if !d.dims.is_empty() {
                 let model_dims = &mut spec.dims[skip..];
                 let compatible = model_dims.len() == d.dims.len()
                     && model_dims.iter().zip(&d.dims).all(|(&m, &c)| m == -1 || c == -1 || m == c);
@@ -122,7 +148,17 @@ pub(crate) fn complete_config(
     let describe = |specs: &[ferroserve_runtime::TensorSpec]| -> Vec<TensorConfig> {
         specs
             .iter()
-            .map(|s| TensorConfig { name: s.name.clone(), datatype: Some(s.datatype), dims: s.dims[skip..].to_vec() })
+            .map(|s| TensorConfig {
+                name: s.name.clone(),
+                datatype: Some(s.datatype),
+                dims: s.dims[skip..].to_vec(),
+                reshape: config
+                    .inputs
+                    .iter()
+                    .chain(&config.outputs)
+                    .find(|d| d.name == s.name)
+                    .and_then(|d| d.reshape.clone()),
+            })
             .collect()
     };
     let completed = ModelConfig {
@@ -138,7 +174,42 @@ pub(crate) fn complete_config(
         default_model_filename: config.default_model_filename.clone(),
         parameters: config.parameters.clone(),
     };
-    Ok((signature, completed))
+    let reshapes = Reshapes {
+        inputs: signature.inputs.iter().map(|s| reshapes.find(&reshapes.inputs, &s.name)).collect(),
+        outputs: signature.outputs.iter().map(|s| reshapes.find(&reshapes.outputs, &s.name)).collect(),
+    };
+    Ok((signature, completed, reshapes))
+}
+
+/// Reshapes found while completing a config, by tensor name.
+#[derive(Default)]
+struct NamedReshapes {
+    inputs: Vec<(String, Vec<i64>)>,
+    outputs: Vec<(String, Vec<i64>)>,
+}
+
+impl NamedReshapes {
+    fn find(&self, list: &[(String, Vec<i64>)], name: &str) -> Option<Vec<i64>> {
+        list.iter().find(|(n, _)| n == name).map(|(_, dims)| dims.clone())
+    }
+}
+
+/// The model-side dims of a `reshape`: its dims, with variable ones taken from the model where it fixes them.
+/// `None` when the reshape does not fit the model's dims.
+fn reshape_target(reshape: &[i64], model_dims: &[i64]) -> Option<Vec<i64>> {
+    if reshape.len() != model_dims.len() {
+        return None;
+    }
+    reshape
+        .iter()
+        .zip(model_dims)
+        .map(|(&r, &m)| match (r, m) {
+            (-1, m) => Some(m),
+            (r, -1) => Some(r),
+            (r, m) if r == m => Some(r),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -177,14 +248,15 @@ mod tests {
     #[test]
     fn completes_and_checks_the_config() {
         let options = EngineOptions::default();
-        let (sig, config) =
+        let (sig, config, _) =
             complete_config(&source(ModelConfig::default(), &[1]), "p", signature(-1), vec![], &options).unwrap();
         assert_eq!(config.max_batch_size, Some(options.default_max_batch_size));
         assert_eq!(config.inputs[0].dims, vec![-1]);
         assert_eq!(sig.inputs[0].dims, vec![-1, -1]);
 
         let not_batching = ModelConfig { max_batch_size: Some(0), ..Default::default() };
-        let (_, config) = complete_config(&source(not_batching, &[1]), "p", signature(-1), vec![], &options).unwrap();
+        let (_, config, _) =
+            complete_config(&source(not_batching, &[1]), "p", signature(-1), vec![], &options).unwrap();
         assert_eq!(config.inputs[0].dims, vec![-1, -1]);
 
         let fixed_batch = ModelConfig { max_batch_size: Some(8), ..Default::default() };
@@ -192,19 +264,29 @@ mod tests {
 
         let narrowed = ModelConfig {
             max_batch_size: Some(8),
-            inputs: vec![TensorConfig { name: "x".into(), datatype: Some(DataType::Fp32), dims: vec![16] }],
+            inputs: vec![TensorConfig {
+                name: "x".into(),
+                datatype: Some(DataType::Fp32),
+                dims: vec![16],
+                reshape: None,
+            }],
             ..Default::default()
         };
-        let (sig, _) = complete_config(&source(narrowed, &[1]), "p", signature(-1), vec![], &options).unwrap();
+        let (sig, _, _) = complete_config(&source(narrowed, &[1]), "p", signature(-1), vec![], &options).unwrap();
         assert_eq!(sig.inputs[0].dims, vec![-1, 16]);
 
         let wrong_type = ModelConfig {
-            inputs: vec![TensorConfig { name: "x".into(), datatype: Some(DataType::Int8), dims: vec![] }],
+            inputs: vec![TensorConfig {
+                name: "x".into(),
+                datatype: Some(DataType::Int8),
+                dims: vec![],
+                reshape: None,
+            }],
             ..Default::default()
         };
         assert!(complete_config(&source(wrong_type, &[1]), "p", signature(-1), vec![], &options).is_err());
         let unknown = ModelConfig {
-            outputs: vec![TensorConfig { name: "zz".into(), datatype: None, dims: vec![] }],
+            outputs: vec![TensorConfig { name: "zz".into(), datatype: None, dims: vec![], reshape: None }],
             ..Default::default()
         };
         assert!(complete_config(&source(unknown, &[1]), "p", signature(-1), vec![], &options).is_err());
@@ -241,5 +323,35 @@ mod tests {
             InstanceGroup { count: 1, kind: InstanceKind::Gpu, gpus: vec![0, 1] },
         ];
         assert_eq!(instance_devices(&groups), vec![Device::Cpu, Device::Cpu, Device::Cuda(0), Device::Cuda(1)]);
+    }
+
+    #[test]
+    fn reshape_gives_clients_the_config_dims_and_checks_element_counts() {
+        let options = EngineOptions::default();
+        let tensor = |dims: Vec<i64>, reshape: Vec<i64>| ModelConfig {
+            max_batch_size: Some(8),
+            inputs: vec![TensorConfig { name: "x".into(), datatype: None, dims, reshape: Some(reshape) }],
+            ..Default::default()
+        };
+        // The model's x is [batch, -1]: clients send [batch, 2, 3], the model gets [batch, 6].
+        let (sig, config, reshapes) =
+            complete_config(&source(tensor(vec![2, 3], vec![6]), &[1]), "p", signature(-1), vec![], &options).unwrap();
+        assert_eq!(sig.inputs[0].dims, vec![-1, 2, 3]);
+        assert_eq!(config.inputs[0].reshape, Some(vec![6]));
+        assert_eq!(reshapes.inputs, vec![Some(vec![6])]);
+        assert_eq!(reshapes.outputs, vec![None]);
+        // A batch-only model input takes `dims: [1]` with an empty reshape only if the ranks agree.
+        let err = complete_config(&source(tensor(vec![1], vec![]), &[1]), "p", signature(-1), vec![], &options);
+        assert!(err.unwrap_err().contains("reshapes input `x`"));
+        // Known element counts must agree.
+        let err = complete_config(&source(tensor(vec![5], vec![6]), &[1]), "p", signature(-1), vec![], &options);
+        assert!(err.unwrap_err().contains("elements"));
+        // Two variable model dims could not be resolved from one element count.
+        let two = ModelSignature {
+            inputs: vec![TensorSpec { name: "x".into(), datatype: DataType::Fp32, dims: vec![-1, -1, -1] }],
+            outputs: vec![],
+        };
+        let err = complete_config(&source(tensor(vec![-1], vec![-1, -1]), &[1]), "p", two, vec![], &options);
+        assert!(err.unwrap_err().contains("at most one"));
     }
 }

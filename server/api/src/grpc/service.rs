@@ -260,12 +260,22 @@ fn config_to_proto(config: &EngineConfig, name: &str) -> pb::ModelConfig {
     use pb::model_version_policy::{All, Latest, PolicyChoice, Specific};
     let inputs = |t: &[TensorConfig]| -> Vec<pb::ModelInput> {
         t.iter()
-            .map(|t| pb::ModelInput { name: t.name.clone(), data_type: data_type(t.datatype), dims: t.dims.clone() })
+            .map(|t| pb::ModelInput {
+                name: t.name.clone(),
+                data_type: data_type(t.datatype),
+                dims: t.dims.clone(),
+                reshape: t.reshape.clone().map(|shape| pb::ModelTensorReshape { shape }),
+            })
             .collect()
     };
     let outputs = |t: &[TensorConfig]| -> Vec<pb::ModelOutput> {
         t.iter()
-            .map(|t| pb::ModelOutput { name: t.name.clone(), data_type: data_type(t.datatype), dims: t.dims.clone() })
+            .map(|t| pb::ModelOutput {
+                name: t.name.clone(),
+                data_type: data_type(t.datatype),
+                dims: t.dims.clone(),
+                reshape: t.reshape.clone().map(|shape| pb::ModelTensorReshape { shape }),
+            })
             .collect()
     };
     pb::ModelConfig {

@@ -43,6 +43,9 @@ fn tensor_configs(tensors: &[TensorConfig], input: bool) -> Vec<Value> {
                 "dims": t.dims,
                 "is_shape_tensor": false,
             });
+            if let Some(shape) = &t.reshape {
+                v["reshape"] = json!({ "shape": shape });
+            }
             if input {
                 v["format"] = json!("FORMAT_NONE");
                 v["allow_ragged_batch"] = json!(false);
