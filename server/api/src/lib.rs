@@ -131,6 +131,7 @@ pub async fn run(
     let grpc_stop = shutdown::wait_for(stop_rx.clone());
     let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc_server = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(grpc::status::oversized_request_as_resource_exhausted))
         .add_service(health_service)
         .add_service(grpc::inference_server(state, config.max_message_bytes))
         .serve_with_incoming_shutdown(incoming, grpc_stop);

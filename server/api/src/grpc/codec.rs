@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use ferroserve_engine::request::refuse_shared_memory;
 use ferroserve_engine::{InferError, InferInput, InferRequest, InferResponse, Parameter, Parameters, RequestedOutput};
 use ferroserve_proto::infer_parameter::ParameterChoice;
 use ferroserve_proto::model_infer_request::InferInputTensor;
@@ -67,6 +68,8 @@ pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, InferE
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for (index, input) in request.inputs.into_iter().enumerate() {
         let InferInputTensor { name, datatype, shape, parameters, contents } = input;
+        let parameters = parameters_from_proto(parameters);
+        refuse_shared_memory("input", &name, &parameters)?;
         let dt = DataType::parse(&datatype)
             .ok_or_else(|| InferError::invalid(format!("input `{name}` has unknown datatype `{datatype}`")))?;
         let dims = concrete_shape(&name, &shape)?;
@@ -75,13 +78,14 @@ pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, InferE
         } else {
             tensor_from_contents(&name, dt, dims, contents.unwrap_or_default())?
         };
-        inputs.push(InferInput { name, tensor, parameters: parameters_from_proto(parameters) });
+        inputs.push(InferInput { name, tensor, parameters });
     }
     let outputs = request
         .outputs
         .into_iter()
         .map(|o| {
             let parameters = parameters_from_proto(o.parameters);
+            refuse_shared_memory("output", &o.name, &parameters)?;
             if parameters.contains_key("classification") {
                 return Err(InferError::Unsupported(format!(
                     "output `{}`: the classification extension is not supported",

@@ -27,6 +27,23 @@ pub fn to_status(error: InferError) -> Status {
     Status::new(code, error.to_string())
 }
 
+/// tonic refuses a request message over the size limit with OUT_OF_RANGE, where grpc-core servers (Triton's
+/// among them) answer RESOURCE_EXHAUSTED, the code clients check for. Such a refusal is a trailers-only reply
+/// (the status sits in the headers), so this rewrites that one status there and leaves every other reply as
+/// it is. Installed as a layer around the whole gRPC router.
+pub fn oversized_request_as_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.replace("%20", " ").contains("decoded message length too large"));
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use axum::http::StatusCode;
@@ -50,5 +67,19 @@ mod tests {
             assert_eq!((status_of(&error), code_of(&error)), (http, grpc), "{}", error.kind());
             assert_eq!(to_status(error).message(), "x");
         }
+    }
+
+    #[test]
+    fn only_an_oversized_request_becomes_resource_exhausted() {
+        let reply = |status: &'static str, message: &'static str| {
+            let mut r = http::Response::new(());
+            r.headers_mut().insert("grpc-status", http::HeaderValue::from_static(status));
+            r.headers_mut().insert("grpc-message", http::HeaderValue::from_static(message));
+            oversized_request_as_resource_exhausted(r).headers()["grpc-status"].clone()
+        };
+        let limit = "Error,%20decoded%20message%20length%20too%20large:%20found%202097174%20bytes";
+        assert_eq!(reply("11", limit), "8");
+        assert_eq!(reply("11", "batch%20index%20out%20of%20range"), "11");
+        assert_eq!(reply("3", limit), "3");
     }
 }

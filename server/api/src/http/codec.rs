@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use ferroserve_engine::request::refuse_shared_memory;
 use ferroserve_engine::{InferError, InferInput, InferRequest, InferResponse, Parameter, Parameters, RequestedOutput};
 use ferroserve_runtime::DataType;
 use serde::{Deserialize, Serialize};
@@ -135,6 +136,7 @@ pub fn decode_request(
         })?;
         let shape = concrete_shape(&input.name, &input.shape)?;
         let params = parameters_from_json(input.parameters)?;
+        refuse_shared_memory("input", &input.name, &params)?;
         let binary_size = match params.get("binary_data_size") {
             None => None,
             Some(p) => Some(p.as_u64().ok_or_else(|| {
@@ -179,6 +181,7 @@ pub fn decode_request(
     let mut outputs = Vec::new();
     for output in request.outputs.unwrap_or_default() {
         let params = parameters_from_json(output.parameters)?;
+        refuse_shared_memory("output", &output.name, &params)?;
         if params.contains_key("classification") {
             return Err(InferError::Unsupported(format!(
                 "output `{}`: the classification extension is not supported",
