@@ -98,10 +98,14 @@ impl<T> BatchState<T> {
         Ok(())
     }
 
-    /// Takes out every request for which `keep` is false (callers gone away).
+    /// Takes out every request for which `remove` is true (callers gone away).
     pub fn remove_where(&mut self, mut remove: impl FnMut(&T) -> bool) -> Vec<Entry<T>> {
         let mut removed = Vec::new();
         for queue in &mut self.queues {
+            // Scanned on every batch: rebuild a queue only when something in it goes.
+            if !queue.iter().any(|e| remove(&e.payload)) {
+                continue;
+            }
             let mut kept = VecDeque::with_capacity(queue.len());
             for e in queue.drain(..) {
                 if remove(&e.payload) { removed.push(e) } else { kept.push_back(e) }
