@@ -64,3 +64,18 @@ def test_perf_analyzer_async_request_rate_over_grpc(pa_server):
     out = perf_analyzer("-m", "mlp", "-u", pa_server.grpc_addr, "-i", "grpc", "--async",
                         "--request-rate-range", "200")
     assert 100 < number(out, "Throughput") < 400
+
+
+def test_perf_analyzer_streaming_over_grpc(pa_server):
+    out = perf_analyzer("-m", "mlp", "-u", pa_server.grpc_addr, "-i", "grpc", "--streaming",
+                        "--concurrency-range", "4")
+    assert number(out, "Throughput") > 0 and number(out, "Inference count") > 0
+
+
+def test_perf_analyzer_with_shared_memory_gets_the_reason(pa_server):
+    env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(TOOLS, "lib"))
+    out = subprocess.run([PERF_ANALYZER, "-m", "mlp", "-u", pa_server.grpc_addr, "-i", "grpc", "--shared-memory",
+                          "system", "--concurrency-range", "1", "--measurement-interval", "300"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode != 0
+    assert "no shared-memory extension" in out.stdout + out.stderr
