@@ -51,7 +51,8 @@ def test_model_config_and_stats(client):
     assert config["input"][0]["dims"] == [16]
     assert config["input"][0]["data_type"] == "TYPE_FP32"
     strings = client.get_model_config("strings")
-    assert strings["max_batch_size"] == 32 and strings["input"][0]["dims"] == []
+    assert strings["max_batch_size"] == 32 and strings["input"][0]["dims"] == [1]
+    assert strings["input"][0]["reshape"] == {"shape": []}
     assert client.get_model_config("add_version")["max_batch_size"] == 0
     x = np.ones((2, 16), dtype=np.float32)
     inp = httpclient.InferInput("INPUT0", [2, 16], "FP32")

@@ -91,11 +91,16 @@ def test_strings_with_a_batch_only_input(reshape_server):
     out = client.infer("strings", [i]).as_numpy("UPPER")
     assert out.shape == (3, 1)
     assert out.ravel().tolist() == [b"AB", b"CD", b""]
-    # The model's own shape is not the client shape: refused with a clear 400.
+    # The model's own shape is accepted too, and answered in the model's shapes.
     flat = httpclient.InferInput("TEXT", [3], "BYTES")
     flat.set_data_from_numpy(text.ravel())
+    out = client.infer("strings", [flat]).as_numpy("UPPER")
+    assert out.shape == (3,) and out.tolist() == [b"AB", b"CD", b""]
+    # Any other shape is refused with the client dims in the message.
+    wrong = httpclient.InferInput("TEXT", [3, 2], "BYTES")
+    wrong.set_data_from_numpy(np.array([[b"a", b"b"]] * 3, dtype=np.object_))
     with pytest.raises(InferenceServerException) as err:
-        client.infer("strings", [flat])
+        client.infer("strings", [wrong])
     assert err.value.status() == "400" and "[-1, 1]" in err.value.message()
 
 

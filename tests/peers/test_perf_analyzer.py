@@ -3,36 +3,21 @@ HTTP and gRPC: it reads the model config and metadata, drives inference with its
 datatype, and reads the server-side statistics."""
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 
-from server import REPOSITORY, ROOT, Server
+from server import ROOT
 
 TOOLS = os.path.join(ROOT, ".tools", "perf_analyzer")
 PERF_ANALYZER = os.path.join(TOOLS, "bin", "perf_analyzer")
-# The bundled strings model takes a batch-only input; Triton serves such a model with a reshape.
-STRINGS_TRITON = ('max_batch_size: 32\n'
-                  'input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } } ]\n'
-                  'output [ { name: "UPPER" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } },\n'
-                  '         { name: "ECHO" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } } ]\n'
-                  'dynamic_batching { }\n')
 
 
 @pytest.fixture(scope="module")
-def pa_server():
+def pa_server(server):
     if not os.path.exists(PERF_ANALYZER):
         pytest.fail("perf_analyzer is not installed: run scripts/setup-peers")
-    root = tempfile.mkdtemp()
-    shutil.copytree(REPOSITORY, root, dirs_exist_ok=True)
-    with open(os.path.join(root, "strings", "config.pbtxt"), "w") as f:
-        f.write(STRINGS_TRITON)
-    s = Server(repository=root)
-    yield s
-    assert s.stop() == 0, s.logs()
-    shutil.rmtree(root)
+    return server
 
 
 def perf_analyzer(*args):
@@ -79,3 +64,8 @@ def test_perf_analyzer_with_shared_memory_gets_the_reason(pa_server):
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode != 0
     assert "no shared-memory extension" in out.stdout + out.stderr
+
+
+def test_perf_analyzer_on_a_model_without_batching_given_a_shape(pa_server):
+    out = perf_analyzer("-m", "add_version", "-u", pa_server.http_addr, "--shape", "IN:5", "--concurrency-range", "2")
+    assert number(out, "Throughput") > 0

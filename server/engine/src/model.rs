@@ -110,8 +110,9 @@ impl ModelVersion {
         let id = request.id.clone();
         let deadline = self.deadline(&request.parameters, start)?;
         let priority = self.priority_index(&request.parameters)?;
-        let mut validated = validate(&self.name, &self.signature, self.max_batch_size, request)?;
         let batched = self.max_batch_size > 0;
+        let (request, model_shaped) = self.accept_model_shapes(request, batched)?;
+        let mut validated = validate(&self.name, &self.signature, self.max_batch_size, request)?;
         if self.reshapes.inputs.iter().any(Option::is_some) {
             let inputs = std::mem::take(&mut validated.inputs);
             validated.inputs = inputs
@@ -175,7 +176,8 @@ impl ModelVersion {
             .filter_map(|&i| {
                 let tensor = taken[i].take()?;
                 let name = &self.signature.outputs[i].name;
-                let tensor = match self.reshapes.outputs.get(i).and_then(Option::as_ref) {
+                let reshape = self.reshapes.outputs.get(i).and_then(Option::as_ref).filter(|_| !model_shaped);
+                let tensor = match reshape {
                     Some(dims) => match apply_reshape(tensor, batched, dims, name) {
                         Ok(t) => t,
                         Err(e) => return Some(Err(e)),
@@ -195,6 +197,43 @@ impl ModelVersion {
         };
         self.stats.success.record(start.elapsed());
         Ok(InferResponse { model_name: self.name.clone(), model_version: self.version.to_string(), id, outputs })
+    }
+
+    /// Where the config reshapes an input, a client may also send it in the model's own shape (a different
+    /// rank, so there is no ambiguity): `[batch]` for `dims: [ 1 ] reshape: { shape: [ ] }`. Such inputs are
+    /// given the client shape here, so validation and the reshape back to the model treat both alike. Returns
+    /// whether any input came that way: its outputs then keep the model's shapes too, so a client of the
+    /// model's own shapes sees no reshape at all.
+    fn accept_model_shapes(
+        &self,
+        mut request: InferRequest,
+        batched: bool,
+    ) -> Result<(InferRequest, bool), InferError> {
+        if self.reshapes.inputs.iter().all(Option::is_none) {
+            return Ok((request, false));
+        }
+        let mut model_shaped = false;
+        let skip = usize::from(batched);
+        let inputs = std::mem::take(&mut request.inputs);
+        request.inputs = inputs
+            .into_iter()
+            .map(|mut input| {
+                let Some(index) = self.signature.inputs.iter().position(|s| s.name == input.name) else {
+                    return Ok(input); // validation reports it
+                };
+                let public = &self.signature.inputs[index].dims;
+                let rank = input.tensor.shape().len();
+                if let Some(Some(model_dims)) = self.reshapes.inputs.get(index)
+                    && rank == model_dims.len() + skip
+                    && rank != public.len()
+                {
+                    input.tensor = apply_reshape(input.tensor, batched, &public[skip..], &input.name)?;
+                    model_shaped = true;
+                }
+                Ok(input)
+            })
+            .collect::<Result<_, InferError>>()?;
+        Ok((request, model_shaped))
     }
 
     /// The queue deadline from the `timeout` parameter (microseconds) or the model's default.
