@@ -242,6 +242,7 @@ mod tests {
 
     use super::*;
     use crate::batcher::BatchResult;
+    use crate::batcher::tests::job;
 
     struct Gated {
         signature: ModelSignature,
@@ -323,22 +324,6 @@ mod tests {
         });
         assert_eq!(signature.inputs[0].name, "x");
         Harness { pool, started, open, runs }
-    }
-
-    fn job(value: f32) -> (Entry<Pending>, oneshot::Receiver<BatchResult>) {
-        let (reply, rx) = oneshot::channel();
-        let inputs = vec![Tensor::from_f32(vec![1], &[value]).unwrap()];
-        (
-            Entry {
-                items: 1,
-                key: vec![],
-                enqueued: Instant::now(),
-                deadline: None,
-                priority: 0,
-                payload: Pending::new(inputs, reply),
-            },
-            rx,
-        )
     }
 
     fn value(rx: oneshot::Receiver<BatchResult>) -> Result<Vec<f32>, InferError> {

@@ -172,7 +172,7 @@ impl Batcher {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -187,7 +187,8 @@ mod tests {
         }
     }
 
-    fn job(value: f32) -> (Entry<Pending>, oneshot::Receiver<BatchResult>) {
+    /// A one-item FP32 request holding `value`, and where its reply arrives (shared with the pool's tests).
+    pub(crate) fn job(value: f32) -> (Entry<Pending>, oneshot::Receiver<BatchResult>) {
         let (reply, rx) = oneshot::channel();
         let inputs = vec![Tensor::from_f32(vec![1], &[value]).unwrap()];
         let entry = Entry {
