@@ -21,8 +21,10 @@ def pa_server(server):
 
 
 def perf_analyzer(*args):
+    # These runs check that perf_analyzer works against ferroserve, not how fast: a loose stability
+    # criterion keeps a busy CI machine from failing them.
     env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(TOOLS, "lib"))
-    out = subprocess.run([PERF_ANALYZER, "--measurement-interval", "300", "--stability-percentage", "90",
+    out = subprocess.run([PERF_ANALYZER, "--measurement-interval", "300", "--stability-percentage", "500",
                           "--max-trials", "20", *args], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
