@@ -51,6 +51,25 @@ def test_open_loop_poisson_with_input_file(server):
     assert all(r["errors"] == 0 for r in doc["results"])
 
 
+def test_input_file_in_perf_analyzer_format(server):
+    d = tempfile.mkdtemp()
+    with open(f"{d}/in.json", "w") as f:
+        json.dump({"data": [{"TEXT": {"content": ["alpha", "beta", "gamma"], "shape": [1]}},
+                            {"TEXT": {"content": ["x", "y", "z"], "shape": [1]}}]}, f)
+    out = subprocess.run([BENCH, "-m", "strings", "-u", server.http_addr, "-b", "3", "--concurrency", "1",
+                          "--input-data", f"{d}/in.json", "--json", f"{d}/r.json", *QUICK],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "uses the first" in out.stderr
+    assert json.load(open(f"{d}/r.json"))["results"][0]["errors"] == 0
+    # Base64 content is named as unsupported rather than sent as something else.
+    with open(f"{d}/b64.json", "w") as f:
+        json.dump({"data": [{"TEXT": {"b64": "YWJj"}}]}, f)
+    out = subprocess.run([BENCH, "-m", "strings", "-u", server.http_addr, "--input-data", f"{d}/b64.json", *QUICK],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "b64" in out.stderr
+
+
 def test_a_request_the_server_refuses_fails_fast_with_its_reason(server):
     out = subprocess.run([BENCH, "-m", "mlp", "-u", server.http_addr, "-b", "999", "--concurrency", "1", *QUICK],
                          capture_output=True, text=True, timeout=60)

@@ -55,7 +55,8 @@ pub struct Args {
     /// Shape of an input with variable non-batch dims: `NAME:d1,d2` (repeatable; batch dim excluded).
     #[arg(long)]
     pub shape: Vec<String>,
-    /// JSON file with one request's input data: `{"INPUT0": [...], ...}` (flat or nested).
+    /// JSON file with one request's input data: `{"INPUT0": [...], ...}` (flat or nested), or perf_analyzer's
+    /// `{"data": [{"INPUT0": [...] or {"content": [...], "shape": [...]}}]}` (its first entry).
     #[arg(long)]
     pub input_data: Option<PathBuf>,
     /// Seconds of warm-up before each measurement.

@@ -246,11 +246,29 @@ fn random_values(datatype: &str, count: usize, rng: &mut Rng) -> Vec<Value> {
         .collect()
 }
 
+/// The input data of one request from an `--input-data` document: ours (`{"INPUT0": [...]}`) or
+/// perf_analyzer's (`{"data": [{"INPUT0": [...] | {"content": [...], "shape": [...]}}, ...]}`), of which
+/// the first entry is used: the harness sends one pre-encoded request. A list of objects tells the two apart,
+/// so a model input that is itself named `data` still reads as ours.
+fn request_data(doc: Value) -> anyhow::Result<Value> {
+    match doc.get("data") {
+        Some(Value::Array(entries)) if entries.first().is_some_and(Value::is_object) => {
+            if entries.len() > 1 {
+                eprintln!("note: --input-data has {} entries in `data`; every request uses the first", entries.len());
+            }
+            Ok(entries[0].clone())
+        }
+        _ => Ok(doc),
+    }
+}
+
 /// Builds one request's inputs.
 pub fn build_inputs(args: &Args, model: &ModelInfo) -> anyhow::Result<Vec<InputData>> {
     let file: Option<Value> = match &args.input_data {
         Some(path) => {
-            Some(serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?)
+            let doc: Value =
+                serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?;
+            Some(request_data(doc)?)
         }
         None => None,
     };
@@ -259,12 +277,25 @@ pub fn build_inputs(args: &Args, model: &ModelInfo) -> anyhow::Result<Vec<InputD
         .inputs
         .iter()
         .map(|t| {
-            let shape = concrete_shape(args, model, t)?;
+            let given = file.as_ref().and_then(|f| f.get(&t.name));
+            // perf_analyzer's `{"content": [...], "shape": [...]}` names the shape (batch dim excluded).
+            let shape = match given.and_then(|v| v.get("shape")) {
+                Some(dims) => {
+                    let dims: Vec<usize> = serde_json::from_value(dims.clone())
+                        .with_context(|| format!("--input-data `{}`: shape must list sizes", t.name))?;
+                    let batching = model.max_batch_size.map_or(t.shape.first() == Some(&-1), |m| m > 0);
+                    if batching { std::iter::once(args.batch_size).chain(dims).collect() } else { dims }
+                }
+                None => concrete_shape(args, model, t)?,
+            };
             let count: usize = shape.iter().product();
-            let values = match file.as_ref().and_then(|f| f.get(&t.name)) {
+            let values = match given {
                 Some(v) => {
+                    if v.get("b64").is_some() {
+                        bail!("--input-data `{}`: base64 (`b64`) content is not supported; give `content`", t.name);
+                    }
                     let mut flat = Vec::new();
-                    flatten(v, &mut flat);
+                    flatten(v.get("content").unwrap_or(v), &mut flat);
                     if flat.len() != count {
                         bail!("--input-data `{}` has {} values; shape {:?} needs {count}", t.name, flat.len(), shape);
                     }
