@@ -8,7 +8,7 @@ mod views;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::decompression::RequestDecompressionLayer;
 
@@ -34,6 +34,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v2/repository/index", post(routes::repository_index))
         .route("/v2/repository/models/{model}/load", post(routes::repository_load))
         .route("/v2/repository/models/{model}/unload", post(routes::repository_unload))
+        .route("/v2/systemsharedmemory", any(routes::no_shared_memory))
+        .route("/v2/systemsharedmemory/{*rest}", any(routes::no_shared_memory))
+        .route("/v2/cudasharedmemory", any(routes::no_shared_memory))
+        .route("/v2/cudasharedmemory/{*rest}", any(routes::no_shared_memory))
         .route("/v1/models", get(v1::list))
         .route("/v1/models/{model}", get(v1::status).post(v1::post))
         .fallback(routes::not_found)
@@ -136,5 +140,18 @@ mod tests {
         let (status, body) = call("POST", "/v2/models/m/infer", Box::leak("{".repeat(2000).into_boxed_str())).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body["error"].as_str().unwrap().contains("--max-json-bytes"));
+    }
+
+    #[tokio::test]
+    async fn shared_memory_endpoints_say_they_are_not_supported() {
+        for (method, uri) in [
+            ("POST", "/v2/systemsharedmemory/region/r0/register"),
+            ("GET", "/v2/systemsharedmemory/status"),
+            ("POST", "/v2/cudasharedmemory/region/r0/unregister"),
+        ] {
+            let (status, body) = call(method, uri, "{}").await;
+            assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{uri}");
+            assert!(body["error"].as_str().unwrap().contains("shared-memory"), "{uri}");
+        }
     }
 }

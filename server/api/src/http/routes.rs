@@ -221,6 +221,14 @@ pub(crate) async fn repository_unload(
 }
 
 /// Any other path.
+/// The system and CUDA shared-memory extensions (`/v2/systemsharedmemory/...`, `/v2/cudasharedmemory/...`)
+/// are not offered; clients that try them (perf_analyzer `--shared-memory`) are told so plainly.
+pub(crate) async fn no_shared_memory() -> ApiError {
+    ApiError(InferError::Unsupported(
+        "the shared-memory extensions are not supported by this server; send tensor data in the request".into(),
+    ))
+}
+
 pub(crate) async fn not_found() -> ApiError {
     ApiError(InferError::NotFound("no such endpoint".into()))
 }
