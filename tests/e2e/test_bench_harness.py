@@ -35,6 +35,12 @@ def test_closed_loop_sweep(server, protocol, port):
     doc = json.load(open(f"{d}/r.json"))
     assert doc["model"] == "mlp" and len(doc["results"]) == 3
     assert all(r["p99_ms"] >= r["p50_ms"] > 0 for r in doc["results"])
+    # The server side, from ferroserve's statistics extension, as perf_analyzer's "Server:" section.
+    for r in doc["results"]:
+        assert r["server"]["requests"] > 0 and r["server"]["batch"] >= 1, r
+        assert r["server"]["compute_us"] > 0 and r["server"]["queue_us"] >= 0, r
+    assert "items per execution" in stdout
+    assert all(float(r["server_batch"]) >= 1 for r in rows), rows
     svg = open(f"{d}/r.svg").read()
     assert svg.startswith("<svg") and "p99 latency" in svg and svg.count("<circle") == 6
 

@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 use super::cli::{Args, Distribution};
 use super::client::{Connection, Payload};
 use super::model::Rng;
+use super::server_stats::{self, Counters, ServerSide};
 
 /// One point of a sweep.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -59,6 +60,8 @@ pub struct Measurement {
     pub windows: usize,
     /// The first error message seen, if any.
     pub first_error: Option<String>,
+    /// What the server reports it did over the measured windows (statistics extension), when it can.
+    pub server: Option<ServerSide>,
 }
 
 #[derive(Default)]
@@ -186,9 +189,12 @@ pub async fn measure(args: &Args, payload: &Payload, load: Load) -> anyhow::Resu
     tokio::time::sleep(Duration::from_secs_f64(args.warmup_secs)).await;
     recorder.take();
     let mut windows: Vec<Window> = Vec::new();
+    // The server's counters at the start of each window, to report the server side of the windows used.
+    let mut counters: Vec<Option<Counters>> = Vec::new();
     let need = args.stable_windows.max(1);
     let mut stable = false;
     while windows.len() < args.max_windows.max(need) {
+        counters.push(server_stats::read(args).await);
         let started = Instant::now();
         tokio::time::sleep(Duration::from_secs_f64(args.window_secs)).await;
         let (latencies_us, errors) = recorder.take();
@@ -206,12 +212,18 @@ pub async fn measure(args: &Args, payload: &Payload, load: Load) -> anyhow::Resu
             }
         }
     }
+    let counters_after = server_stats::read(args).await;
     stop.store(true, Ordering::Relaxed);
     progress.finish_and_clear();
     for t in &tasks {
         t.abort();
     }
-    let used = &windows[windows.len().saturating_sub(need)..];
+    let first_used = windows.len().saturating_sub(need);
+    let used = &windows[first_used..];
+    let server = match (counters.get(first_used).copied().flatten(), counters_after) {
+        (Some(before), Some(after)) => after.since(&before),
+        _ => None,
+    };
     let secs: f64 = used.iter().map(|w| w.secs).sum();
     let errors: u64 = used.iter().map(|w| w.errors).sum();
     let mut all: Vec<u32> = used.iter().flat_map(|w| w.latencies_us.iter().copied()).collect();
@@ -232,6 +244,7 @@ pub async fn measure(args: &Args, payload: &Payload, load: Load) -> anyhow::Resu
         stable,
         windows: windows.len(),
         first_error,
+        server,
     })
 }
 

@@ -8,13 +8,15 @@
 //! - [`model`]: metadata discovery and input construction;
 //! - [`client`]: one pre-encoded request per protocol and how to send it;
 //! - [`measure`]: the closed- and open-loop drivers, windows and stability;
-//! - [`report`]: table, CSV, JSON and SVG output.
+//! - [`report`]: table, CSV, JSON and SVG output;
+//! - [`server_stats`]: the server's own queue and compute times and batch sizes, from its statistics.
 
 pub mod cli;
 pub mod client;
 pub mod measure;
 pub mod model;
 pub mod report;
+pub mod server_stats;
 
 use clap::Parser;
 

@@ -52,7 +52,7 @@ fn model_path(args: &Args) -> String {
     }
 }
 
-async fn http_get(url: &str) -> anyhow::Result<(u16, Bytes)> {
+pub(crate) async fn http_get(url: &str) -> anyhow::Result<(u16, Bytes)> {
     let client =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let response = client.get(url.parse()?).await.with_context(|| format!("GET {url}"))?;

@@ -36,20 +36,31 @@ pub fn print_row(m: &Measurement, header: bool) {
         m.errors,
         if m.stable { "yes" } else { "no" }
     );
+    if let Some(s) = &m.server {
+        println!(
+            "{:>10} server: queue {:.1} us, compute {:.1} us per request; {:.1} items per execution",
+            "", s.queue_us, s.compute_us, s.batch
+        );
+    }
 }
 
 /// CSV with one row per point.
 pub fn csv(results: &[Measurement]) -> String {
-    let mut out =
-        String::from("load_kind,load,infer_per_sec,mean_ms,p50_ms,p90_ms,p95_ms,p99_ms,requests,errors,stable\n");
+    let mut out = String::from(
+        "load_kind,load,infer_per_sec,mean_ms,p50_ms,p90_ms,p95_ms,p99_ms,requests,errors,stable,server_queue_us,server_compute_us,server_batch\n",
+    );
     for m in results {
         let (kind, value) = match m.load {
             Load::Concurrency(c) => ("concurrency", c as f64),
             Load::Rate(r) => ("rate", r),
         };
+        let server = m
+            .server
+            .map(|s| format!("{:.2},{:.2},{:.2}", s.queue_us, s.compute_us, s.batch))
+            .unwrap_or_else(|| ",,".into());
         let _ = writeln!(
             out,
-            "{kind},{value},{:.2},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{}",
+            "{kind},{value},{:.2},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{server}",
             m.throughput, m.mean_ms, m.p50_ms, m.p90_ms, m.p95_ms, m.p99_ms, m.requests, m.errors, m.stable
         );
     }
