@@ -5,7 +5,7 @@
 //! - [`manager`] loads models, tracks readiness and routes a request to a version;
 //! - [`batcher`] queues a version's requests and forms dynamic batches (pure [`batcher::state`] + shared queue);
 //! - [`instance`] runs each version on N runtime instances, each on its own thread, fed by the batcher;
-//! - [`validate`] checks requests against the model signature;
+//! - [`validate`] checks requests against the model signature, and `reshape` applies config reshapes;
 //! - [`InferError`] is the single error taxonomy the API maps to HTTP and gRPC status codes.
 
 pub mod batcher;
@@ -17,6 +17,7 @@ pub mod model;
 pub mod pbtxt;
 pub mod repository;
 pub mod request;
+mod reshape;
 mod setup;
 pub mod stats;
 pub mod validate;

@@ -12,6 +12,7 @@ use crate::batcher::state::Entry;
 use crate::config::ModelConfig;
 use crate::instance::InstancePool;
 use crate::request::{InferOutput, InferRequest, InferResponse, Parameters};
+use crate::reshape::Reshapes;
 use crate::stats::ModelStats;
 use crate::validate::validate;
 
@@ -24,32 +25,6 @@ pub struct Scheduling {
     pub default_priority_level: u32,
     /// Queue timeout of requests without a `timeout` parameter.
     pub default_timeout: Option<Duration>,
-}
-
-/// The config's `reshape`s, in signature order: `None` where a tensor keeps its shape.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Reshapes {
-    /// Per input: the model's dims (batch dim excluded) that the request's tensor is reshaped to.
-    pub(crate) inputs: Vec<Option<Vec<i64>>>,
-    /// Per output: the client-facing dims (batch dim excluded) that the model's tensor is reshaped to.
-    pub(crate) outputs: Vec<Option<Vec<i64>>>,
-}
-
-/// Gives `tensor` the dims `dims` (after the batch dim, if `batched`), resolving at most one -1 from its
-/// element count. The config was checked at load time, so a failure here is a bad request or a model that
-/// broke its own signature.
-fn apply_reshape(tensor: Tensor, batched: bool, dims: &[i64], name: &str) -> Result<Tensor, InferError> {
-    let elements = tensor.element_count();
-    let mut shape: Vec<usize> = Vec::with_capacity(dims.len() + 1);
-    if batched {
-        shape.push(tensor.shape().first().copied().unwrap_or(0));
-    }
-    let known: usize = shape.iter().copied().chain(dims.iter().filter(|&&d| d >= 0).map(|&d| d as usize)).product();
-    let variable = elements.checked_div(known).unwrap_or(0);
-    shape.extend(dims.iter().map(|&d| if d < 0 { variable } else { d as usize }));
-    tensor.reshape(shape).map_err(|t| {
-        InferError::InvalidInput(format!("tensor `{name}` of shape {:?} does not reshape to {dims:?}", t.shape()))
-    })
 }
 
 /// One servable version of a model.
@@ -111,20 +86,12 @@ impl ModelVersion {
         let deadline = self.deadline(&request.parameters, start)?;
         let priority = self.priority_index(&request.parameters)?;
         let batched = self.max_batch_size > 0;
-        let (request, model_shaped) = self.accept_model_shapes(request, batched)?;
+        let mut request = request;
+        let (inputs, model_shaped) =
+            self.reshapes.accept_model_shapes(&self.signature, std::mem::take(&mut request.inputs))?;
+        request.inputs = inputs;
         let mut validated = validate(&self.name, &self.signature, self.max_batch_size, request)?;
-        if self.reshapes.inputs.iter().any(Option::is_some) {
-            let inputs = std::mem::take(&mut validated.inputs);
-            validated.inputs = inputs
-                .into_iter()
-                .zip(&self.reshapes.inputs)
-                .zip(&self.signature.inputs)
-                .map(|((tensor, reshape), spec)| match reshape {
-                    Some(dims) => apply_reshape(tensor, batched, dims, &spec.name),
-                    None => Ok(tensor),
-                })
-                .collect::<Result<_, _>>()?;
-        }
+        validated.inputs = self.reshapes.to_model(&self.signature, std::mem::take(&mut validated.inputs))?;
         let key = batch_key(&validated.inputs, batched);
         let (reply, outputs) = oneshot::channel();
         let ticket = self.pool.submit(Entry {
@@ -176,15 +143,11 @@ impl ModelVersion {
             .filter_map(|&i| {
                 let tensor = taken[i].take()?;
                 let name = &self.signature.outputs[i].name;
-                let reshape = self.reshapes.outputs.get(i).and_then(Option::as_ref).filter(|_| !model_shaped);
-                let tensor = match reshape {
-                    Some(dims) => match apply_reshape(tensor, batched, dims, name) {
-                        Ok(t) => t,
-                        Err(e) => return Some(Err(e)),
-                    },
-                    None => tensor,
-                };
-                Some(Ok(InferOutput { name: name.clone(), tensor }))
+                Some(
+                    self.reshapes
+                        .output(i, tensor, name, model_shaped)
+                        .map(|tensor| InferOutput { name: name.clone(), tensor }),
+                )
             })
             .collect::<Result<Vec<_>, InferError>>();
         let outputs = match outputs {
@@ -197,43 +160,6 @@ impl ModelVersion {
         };
         self.stats.success.record(start.elapsed());
         Ok(InferResponse { model_name: self.name.clone(), model_version: self.version.to_string(), id, outputs })
-    }
-
-    /// Where the config reshapes an input, a client may also send it in the model's own shape (a different
-    /// rank, so there is no ambiguity): `[batch]` for `dims: [ 1 ] reshape: { shape: [ ] }`. Such inputs are
-    /// given the client shape here, so validation and the reshape back to the model treat both alike. Returns
-    /// whether any input came that way: its outputs then keep the model's shapes too, so a client of the
-    /// model's own shapes sees no reshape at all.
-    fn accept_model_shapes(
-        &self,
-        mut request: InferRequest,
-        batched: bool,
-    ) -> Result<(InferRequest, bool), InferError> {
-        if self.reshapes.inputs.iter().all(Option::is_none) {
-            return Ok((request, false));
-        }
-        let mut model_shaped = false;
-        let skip = usize::from(batched);
-        let inputs = std::mem::take(&mut request.inputs);
-        request.inputs = inputs
-            .into_iter()
-            .map(|mut input| {
-                let Some(index) = self.signature.inputs.iter().position(|s| s.name == input.name) else {
-                    return Ok(input); // validation reports it
-                };
-                let public = &self.signature.inputs[index].dims;
-                let rank = input.tensor.shape().len();
-                if let Some(Some(model_dims)) = self.reshapes.inputs.get(index)
-                    && rank == model_dims.len() + skip
-                    && rank != public.len()
-                {
-                    input.tensor = apply_reshape(input.tensor, batched, &public[skip..], &input.name)?;
-                    model_shaped = true;
-                }
-                Ok(input)
-            })
-            .collect::<Result<_, InferError>>()?;
-        Ok((request, model_shaped))
     }
 
     /// The queue deadline from the `timeout` parameter (microseconds) or the model's default.

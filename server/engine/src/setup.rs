@@ -7,8 +7,9 @@ use ferroserve_runtime::{Device, ModelSignature};
 use crate::batcher::state::BatchPolicy;
 use crate::config::{InstanceGroup, InstanceKind, ModelConfig, TensorConfig, VersionPolicy};
 use crate::manager::EngineOptions;
-use crate::model::{Reshapes, Scheduling};
+use crate::model::Scheduling;
 use crate::repository::ModelSource;
+use crate::reshape::Reshapes;
 
 /// The batcher policy and request scheduling of a version: dynamic batching only when the config asks for
 /// it (as in Triton), otherwise one request per execution; the queue is bounded either way.
@@ -177,6 +178,7 @@ pub(crate) fn complete_config(
     let reshapes = Reshapes {
         inputs: signature.inputs.iter().map(|s| reshapes.find(&reshapes.inputs, &s.name)).collect(),
         outputs: signature.outputs.iter().map(|s| reshapes.find(&reshapes.outputs, &s.name)).collect(),
+        batched: max_batch_size > 0,
     };
     Ok((signature, completed, reshapes))
 }
