@@ -139,6 +139,15 @@ def test_grpc_message_over_the_limit_is_refused():
             stub.ModelInfer(big, timeout=30)
         # As grpc-core servers (Triton) answer; tonic's own OUT_OF_RANGE is rewritten.
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+        # On a stream: the small request before it is answered, then the stream ends with the same code.
+        small = grpc_request(model="strings", name="TEXT", datatype="BYTES", shape=[1], raw=[struct.pack("<I", 2) + b"ok"])
+        small.id = "small"
+        replies = stub.ModelStreamInfer(iter([small, big]), timeout=30)
+        first = next(replies)
+        assert first.error_message == "" and first.infer_response.id == "small"
+        with pytest.raises(grpc.RpcError) as err:
+            next(replies)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
         channel.close()
         assert alive(s)
     finally:

@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec;
-use super::status::to_status;
+use super::status::{self, to_status};
 use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 
 /// The gRPC service; cheap to clone.
@@ -128,6 +128,7 @@ impl GrpcInferenceService for InferenceService {
             // On shutdown the stream stops taking requests, answers those in flight, then ends, so that a
             // client holding a stream open does not hold up the drain.
             let mut running = tokio::task::JoinSet::new();
+            let mut ended_by: Option<Status> = None;
             loop {
                 let message = tokio::select! {
                     m = incoming.next() => m,
@@ -135,8 +136,12 @@ impl GrpcInferenceService for InferenceService {
                 };
                 let request = match message {
                     Some(Ok(r)) => r,
-                    Some(Err(status)) => {
-                        tracing::debug!(%status, "stream closed by client");
+                    Some(Err(unreadable)) => {
+                        // A message that could not be read (over the size limit, corrupt) ends the stream with
+                        // its error once the requests in flight are answered; a client that went away gets
+                        // nothing, as no one is listening.
+                        tracing::debug!(status = %unreadable, "stream ended by an unreadable message or the client");
+                        ended_by = Some(status::inbound_message_error(unreadable));
                         break;
                     }
                     None => break,
@@ -163,6 +168,9 @@ impl GrpcInferenceService for InferenceService {
                 });
             }
             while running.join_next().await.is_some() {}
+            if let Some(status) = ended_by {
+                let _ = tx.send(Err(status)).await;
+            }
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(stream)))

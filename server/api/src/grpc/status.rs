@@ -27,6 +27,16 @@ pub fn to_status(error: InferError) -> Status {
     Status::new(code, error.to_string())
 }
 
+/// The status to end a stream with when one of its messages could not be read: tonic's OUT_OF_RANGE for an
+/// over-limit message becomes RESOURCE_EXHAUSTED, as for unary calls (see below); anything else stays.
+pub fn inbound_message_error(status: Status) -> Status {
+    if status.code() == Code::OutOfRange && status.message().contains("decoded message length too large") {
+        Status::resource_exhausted(status.message().to_string())
+    } else {
+        status
+    }
+}
+
 /// tonic refuses a request message over the size limit with OUT_OF_RANGE, where grpc-core servers (Triton's
 /// among them) answer RESOURCE_EXHAUSTED, the code clients check for. Such a refusal is a trailers-only reply
 /// (the status sits in the headers), so this rewrites that one status there and leaves every other reply as
@@ -81,5 +91,13 @@ mod tests {
         assert_eq!(reply("11", limit), "8");
         assert_eq!(reply("11", "batch%20index%20out%20of%20range"), "11");
         assert_eq!(reply("3", limit), "3");
+    }
+
+    #[test]
+    fn an_oversized_stream_message_ends_the_stream_with_resource_exhausted() {
+        let over =
+            Status::out_of_range("Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes");
+        assert_eq!(inbound_message_error(over).code(), Code::ResourceExhausted);
+        assert_eq!(inbound_message_error(Status::cancelled("gone")).code(), Code::Cancelled);
     }
 }
