@@ -44,6 +44,12 @@ impl InferError {
         }
     }
 
+    /// The `Timeout` of a request still queued at its deadline (said by the batcher, an instance, or the
+    /// caller's own timer, whichever notices first).
+    pub fn queue_timeout() -> Self {
+        InferError::Timeout("the request timed out in the queue before it could run".into())
+    }
+
     /// Shorthand for [`InferError::InvalidInput`].
     pub fn invalid(message: impl Into<String>) -> Self {
         InferError::InvalidInput(message.into())

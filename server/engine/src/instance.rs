@@ -136,10 +136,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
             continue; // the caller went away
         }
         if e.deadline.is_some_and(|d| d <= picked) {
-            let _ = e
-                .payload
-                .reply
-                .send(Err(InferError::Timeout("the request timed out in the queue before it could run".into())));
+            let _ = e.payload.reply.send(Err(InferError::queue_timeout()));
             continue;
         }
         live.push(e);

@@ -112,9 +112,7 @@ impl ModelVersion {
                         // Still queued at its deadline: answer now rather than when an instance frees up.
                         if self.pool.cancel(ticket) {
                             self.stats.fail.record(start.elapsed());
-                            return Err(InferError::Timeout(
-                                "the request timed out in the queue before it could run".into(),
-                            ));
+                            return Err(InferError::queue_timeout());
                         }
                         outputs.await // already running: its answer comes
                     }

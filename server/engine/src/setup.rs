@@ -84,15 +84,22 @@ pub(crate) fn complete_config(
         None => 0,
     };
     let skip = usize::from(max_batch_size > 0);
-    let mut reshapes = NamedReshapes::default();
-    for (declared, specs, kind) in
-        [(&config.inputs, &mut signature.inputs, "input"), (&config.outputs, &mut signature.outputs, "output")]
-    {
+    let mut reshapes = Reshapes {
+        inputs: vec![None; signature.inputs.len()],
+        outputs: vec![None; signature.outputs.len()],
+        batched: max_batch_size > 0,
+    };
+    for (declared, specs, found, kind) in [
+        (&config.inputs, &mut signature.inputs, &mut reshapes.inputs, "input"),
+        (&config.outputs, &mut signature.outputs, &mut reshapes.outputs, "output"),
+    ] {
+        let is_input = kind == "input";
         for d in declared.iter() {
-            let spec = specs
-                .iter_mut()
-                .find(|s| s.name == d.name)
+            let index = specs
+                .iter()
+                .position(|s| s.name == d.name)
                 .ok_or_else(|| format!("config declares {kind} `{}`, which the model does not have", d.name))?;
+            let spec = &mut specs[index];
             if let Some(t) = d.datatype
                 && t != spec.datatype
             {
@@ -117,17 +124,17 @@ pub(crate) fn complete_config(
                         d.name, d.dims, target
                     ));
                 }
-                let (variable, public) = if kind == "input" { (&target, &d.dims) } else { (&d.dims, &d.dims) };
-                if variable.iter().filter(|&&x| x < 0).count() > 1 {
+                // Requests resolve the model's dims of an input, replies the client's dims of an output.
+                let resolved = if is_input { target } else { d.dims.clone() };
+                if resolved.iter().filter(|&&x| x < 0).count() > 1 {
                     return Err(format!(
                         "{kind} `{}`: with a reshape, at most one dim of {:?} may be variable (-1)",
-                        d.name, variable
+                        d.name, resolved
                     ));
                 }
                 spec.dims.truncate(skip);
-                spec.dims.extend_from_slice(public);
-                let slot = if kind == "input" { &mut reshapes.inputs } else { &mut reshapes.outputs };
-                slot.push((d.name.clone(), if kind == "input" { target } else { d.dims.clone() }));
+                spec.dims.extend_from_slice(&d.dims);
+                found[index] = Some(resolved);
             } else if !d.dims.is_empty() {
                 let model_dims = &mut spec.dims[skip..];
                 let compatible = model_dims.len() == d.dims.len()
@@ -146,19 +153,14 @@ pub(crate) fn complete_config(
             }
         }
     }
-    let describe = |specs: &[ferroserve_runtime::TensorSpec]| -> Vec<TensorConfig> {
+    let describe = |specs: &[ferroserve_runtime::TensorSpec], declared: &[TensorConfig]| -> Vec<TensorConfig> {
         specs
             .iter()
             .map(|s| TensorConfig {
                 name: s.name.clone(),
                 datatype: Some(s.datatype),
                 dims: s.dims[skip..].to_vec(),
-                reshape: config
-                    .inputs
-                    .iter()
-                    .chain(&config.outputs)
-                    .find(|d| d.name == s.name)
-                    .and_then(|d| d.reshape.clone()),
+                reshape: declared.iter().find(|d| d.name == s.name).and_then(|d| d.reshape.clone()),
             })
             .collect()
     };
@@ -167,33 +169,15 @@ pub(crate) fn complete_config(
         platform: Some(platform.to_string()),
         backend: Some(platform.split('_').next().unwrap_or(platform).to_string()),
         max_batch_size: Some(max_batch_size),
-        inputs: describe(&signature.inputs),
-        outputs: describe(&signature.outputs),
+        inputs: describe(&signature.inputs, &config.inputs),
+        outputs: describe(&signature.outputs, &config.outputs),
         version_policy: config.version_policy.clone(),
         instance_groups: groups,
         dynamic_batching: config.dynamic_batching.clone(),
         default_model_filename: config.default_model_filename.clone(),
         parameters: config.parameters.clone(),
     };
-    let reshapes = Reshapes {
-        inputs: signature.inputs.iter().map(|s| reshapes.find(&reshapes.inputs, &s.name)).collect(),
-        outputs: signature.outputs.iter().map(|s| reshapes.find(&reshapes.outputs, &s.name)).collect(),
-        batched: max_batch_size > 0,
-    };
     Ok((signature, completed, reshapes))
-}
-
-/// Reshapes found while completing a config, by tensor name.
-#[derive(Default)]
-struct NamedReshapes {
-    inputs: Vec<(String, Vec<i64>)>,
-    outputs: Vec<(String, Vec<i64>)>,
-}
-
-impl NamedReshapes {
-    fn find(&self, list: &[(String, Vec<i64>)], name: &str) -> Option<Vec<i64>> {
-        list.iter().find(|(n, _)| n == name).map(|(_, dims)| dims.clone())
-    }
 }
 
 /// The model-side dims of a `reshape`: its dims, with variable ones taken from the model where it fixes them.

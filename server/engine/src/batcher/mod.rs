@@ -132,9 +132,7 @@ impl Batcher {
                 // Answer outside the lock: a reply may wake a tokio worker.
                 drop(queue);
                 for entry in expired {
-                    let _ = entry.payload.reply.send(Err(InferError::Timeout(
-                        "the request timed out in the queue before it could run".into(),
-                    )));
+                    let _ = entry.payload.reply.send(Err(InferError::queue_timeout()));
                 }
                 queue = self.shared.queue.lock();
                 continue;
