@@ -100,7 +100,7 @@ def test_port_environment_variable_sets_the_http_port():
 
 
 def test_repository_unload_and_load():
-    s = Server()
+    s = Server("--model-control-mode", "explicit", "--load-model", "*")
     try:
         client = httpclient.InferenceServerClient(s.http_addr)
         client.unload_model("mlp")

@@ -6,30 +6,56 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
-use ferroserve_engine::{EngineOptions, Repository};
+use clap::{Parser, ValueEnum};
+use ferroserve_engine::{EngineOptions, ModelControlMode, StartupModels};
 
 /// ferroserve: a KServe v2 / Open Inference Protocol server for ONNX models, over HTTP and gRPC.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ferroserve", version, about)]
 pub struct Config {
-    /// Model repository directory in Triton's layout: `<repo>/<model>/[config.pbtxt]`,
-    /// `<repo>/<model>/<version>/model.onnx`.
-    #[arg(long = "model-repository", visible_alias = "model_repository", env = "FERROSERVE_MODEL_REPOSITORY")]
-    pub model_repository: Option<PathBuf>,
+    /// Model repository in Triton's layout (`<repo>/<model>/[config.pbtxt]`, `<repo>/<model>/<version>/model.onnx`):
+    /// a directory, `file://`, `s3://bucket/prefix`, `gs://`, `az://` or an Azure blob URL. Repeatable; a
+    /// comma-separated list in the environment variable.
+    #[arg(
+        long = "model-repository",
+        visible_aliases = ["model_repository", "model-store"],
+        env = "FERROSERVE_MODEL_REPOSITORY",
+        value_delimiter = ','
+    )]
+    pub model_repository: Vec<String>,
 
     /// Serve a single model under this name (KServe custom predictor form; uses --model_dir).
     #[arg(long = "model_name", visible_alias = "model-name", env = "FERROSERVE_MODEL_NAME")]
     pub model_name: Option<String>,
 
-    /// Directory of the single model named by --model_name: version subdirectories, or the model file itself.
-    #[arg(
-        long = "model_dir",
-        visible_alias = "model-dir",
-        env = "FERROSERVE_MODEL_DIR",
-        default_value = "/mnt/models"
-    )]
-    pub model_dir: PathBuf,
+    /// Where the single model named by --model_name lives: version subdirectories, or the model file itself.
+    /// A directory or any storage URI --model-repository takes, or an http(s) URL of a model file or of a
+    /// `.tar.gz`/`.zip` archive. Default: KServe's `STORAGE_URI` unless its storage initializer already filled
+    /// `/mnt/models`, else `/mnt/models`.
+    #[arg(long = "model_dir", visible_alias = "model-dir", env = "FERROSERVE_MODEL_DIR")]
+    pub model_dir: Option<String>,
+
+    /// KServe's storage URI of the model (KServe sets it on the predictor container).
+    #[arg(long = "storage-uri", env = "STORAGE_URI", hide = true)]
+    pub storage_uri: Option<String>,
+
+    /// Local cache for models fetched from object storage or http(s). An unchanged cached model loads
+    /// again without downloading (only a listing).
+    #[arg(long = "cache-dir", env = "FERROSERVE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Model control mode (Triton's): `none` loads every model at start; `poll` also follows repository
+    /// changes; `explicit` loads only --load-model models and lets the repository API load and unload.
+    #[arg(long = "model-control-mode", env = "FERROSERVE_MODEL_CONTROL_MODE", value_enum, default_value_t = ControlMode::None)]
+    pub model_control_mode: ControlMode,
+
+    /// Seconds between repository polls in poll mode.
+    #[arg(long = "repository-poll-secs", env = "FERROSERVE_REPOSITORY_POLL_SECS", default_value_t = 15)]
+    pub repository_poll_secs: u64,
+
+    /// In explicit mode, a model to load at start-up (repeatable; `*` loads every model).
+    #[arg(long = "load-model", env = "FERROSERVE_LOAD_MODEL", value_delimiter = ',')]
+    pub load_model: Vec<String>,
 
     /// Address to listen on.
     #[arg(long, env = "FERROSERVE_HOST", default_value = "0.0.0.0")]
@@ -81,20 +107,94 @@ pub struct Config {
     #[arg(long = "drain-timeout-secs", env = "FERROSERVE_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
 
-    /// Log format: `text` or `json`. Levels come from RUST_LOG (default `info`).
-    #[arg(long = "log-format", env = "FERROSERVE_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    /// Log format. Levels come from RUST_LOG (default `info`).
+    #[arg(long = "log-format", env = "FERROSERVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
+/// `--model-control-mode`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlMode {
+    /// Load every model at start-up; no loads or unloads afterwards.
+    None,
+    /// Load every model at start-up, then follow the repository.
+    Poll,
+    /// Load the --load-model models; the repository API loads and unloads.
+    Explicit,
+}
+
+/// `--log-format`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where models come from, as the flags say: repository roots (URIs) or one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSources {
+    /// Triton-layout repositories.
+    Repositories(Vec<String>),
+    /// One model served under `name`, from `location`.
+    SingleModel {
+        /// Served name.
+        name: String,
+        /// Directory or URI.
+        location: String,
+    },
+}
+
+/// Where KServe's storage initializer puts a model.
+const KSERVE_MODEL_DIR: &str = "/mnt/models";
+
 impl Config {
-    /// Where models come from: the repository, or the single KServe model.
-    pub fn repository(&self) -> Result<Repository, String> {
-        match (&self.model_repository, &self.model_name) {
-            (Some(_), Some(_)) => Err("give either --model-repository or --model_name/--model_dir, not both".into()),
-            (Some(root), None) => Ok(Repository::Local(root.clone())),
-            (None, Some(name)) => Ok(Repository::SingleModel { name: name.clone(), dir: self.model_dir.clone() }),
-            (None, None) => Err("no models: give --model-repository <dir> (or --model_name with --model_dir)".into()),
+    /// Where models come from: the repositories, or the single KServe model.
+    pub fn model_sources(&self) -> Result<ModelSources, String> {
+        let repositories: Vec<String> = self.model_repository.iter().filter(|r| !r.is_empty()).cloned().collect();
+        match (repositories.is_empty(), &self.model_name) {
+            (false, Some(_)) => Err("give either --model-repository or --model_name/--model_dir, not both".into()),
+            (false, None) => Ok(ModelSources::Repositories(repositories)),
+            (true, Some(name)) => Ok(ModelSources::SingleModel { name: name.clone(), location: self.model_location() }),
+            (true, None) => match &self.storage_uri {
+                Some(uri) if !uri.is_empty() => Ok(ModelSources::Repositories(vec![uri.clone()])),
+                _ => Err("no models: give --model-repository <dir or URI> (or --model_name with --model_dir)".into()),
+            },
         }
+    }
+
+    /// The single model's location: --model_dir, else `STORAGE_URI` unless KServe's storage initializer has
+    /// already filled `/mnt/models`, else `/mnt/models`.
+    fn model_location(&self) -> String {
+        if let Some(dir) = self.model_dir.as_ref().filter(|d| !d.is_empty()) {
+            return dir.clone();
+        }
+        let initialized = std::fs::read_dir(KSERVE_MODEL_DIR).is_ok_and(|mut d| d.next().is_some());
+        match &self.storage_uri {
+            Some(uri) if !uri.is_empty() && !initialized => uri.clone(),
+            _ => KSERVE_MODEL_DIR.to_string(),
+        }
+    }
+
+    /// The engine's control mode.
+    pub fn control_mode(&self) -> ModelControlMode {
+        match self.model_control_mode {
+            ControlMode::None => ModelControlMode::None,
+            ControlMode::Poll => ModelControlMode::Poll,
+            ControlMode::Explicit => ModelControlMode::Explicit,
+        }
+    }
+
+    /// The models start-up loads: all, except in explicit mode, where only --load-model ones (`*` = all).
+    pub fn startup_models(&self) -> StartupModels {
+        if self.model_control_mode != ControlMode::Explicit || self.load_model.iter().any(|m| m == "*") {
+            return StartupModels::All;
+        }
+        let mut names: Vec<String> = self.load_model.iter().filter(|m| !m.is_empty()).cloned().collect();
+        names.sort();
+        names.dedup();
+        StartupModels::Named(names)
     }
 
     /// Engine defaults from the flags.
@@ -110,6 +210,7 @@ impl Config {
             } else {
                 self.intra_op_threads
             },
+            retire_timeout: std::time::Duration::from_secs(self.drain_timeout_secs.max(1)),
         }
     }
 }
@@ -130,11 +231,40 @@ mod tests {
             "0",
         ])
         .unwrap();
-        assert!(matches!(c.repository().unwrap(), Repository::SingleModel { .. }));
+        assert_eq!(c.model_sources().unwrap(), ModelSources::SingleModel { name: "m".into(), location: "/x".into() });
         assert_eq!((c.http_port, c.grpc_port), (9000, 0));
-        let c = Config::try_parse_from(["ferroserve", "--model-repository", "/r"]).unwrap();
-        assert!(matches!(c.repository().unwrap(), Repository::Local(_)));
+        let c =
+            Config::try_parse_from(["ferroserve", "--model-repository", "/r", "--model_repository=s3://b/p"]).unwrap();
+        assert_eq!(c.model_sources().unwrap(), ModelSources::Repositories(vec!["/r".into(), "s3://b/p".into()]));
         let both = Config::try_parse_from(["ferroserve", "--model-repository", "/r", "--model_name", "m"]).unwrap();
-        assert!(both.repository().is_err());
+        assert!(both.model_sources().is_err());
+    }
+
+    #[test]
+    fn control_modes_and_startup_models() {
+        let c = Config::try_parse_from(["ferroserve", "--model-repository", "/r"]).unwrap();
+        assert_eq!((c.control_mode(), c.startup_models()), (ModelControlMode::None, StartupModels::All));
+        let c = Config::try_parse_from([
+            "ferroserve",
+            "--model-repository=/r",
+            "--model-control-mode=explicit",
+            "--load-model=b",
+            "--load-model",
+            "a",
+        ])
+        .unwrap();
+        assert_eq!(c.startup_models(), StartupModels::Named(vec!["a".into(), "b".into()]));
+        let c =
+            Config::try_parse_from(["ferroserve", "--model-repository=/r", "--model-control-mode=explicit"]).unwrap();
+        assert_eq!(c.startup_models(), StartupModels::Named(vec![]));
+        let c = Config::try_parse_from([
+            "ferroserve",
+            "--model-repository=/r",
+            "--model-control-mode=explicit",
+            "--load-model=*",
+        ])
+        .unwrap();
+        assert_eq!(c.startup_models(), StartupModels::All);
+        assert!(Config::try_parse_from(["ferroserve", "--model-control-mode=sometimes"]).is_err());
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod json_data;
+mod load_parameters;
 pub mod raw;
 pub mod shutdown;
 pub mod state;
@@ -20,12 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferroserve_engine::ModelManager;
+use ferroserve_engine::files::Files;
+use ferroserve_engine::{ModelControlMode, ModelManager, Repository, Root};
 use ferroserve_runtime::RuntimeLoader;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 pub use config::Config;
+use config::ModelSources;
 use state::AppState;
 
 /// The runtimes this build can load, initialised from the config.
@@ -46,6 +49,18 @@ fn loaders(config: &Config) -> anyhow::Result<Vec<Arc<dyn RuntimeLoader>>> {
     Ok(loaders)
 }
 
+/// The model repository the flags name.
+fn repository(config: &Config) -> anyhow::Result<Repository> {
+    let open = |location: &str| Files::open(location).with_context(|| format!("model location `{location}`"));
+    let roots = match config.model_sources().map_err(anyhow::Error::msg)? {
+        ModelSources::Repositories(locations) => {
+            locations.iter().map(|l| open(l).map(Root::models)).collect::<anyhow::Result<Vec<_>>>()?
+        }
+        ModelSources::SingleModel { name, location } => vec![Root::single_model(name, open(&location)?)],
+    };
+    Ok(Repository::new(roots))
+}
+
 /// Addresses the server actually bound (useful with port 0).
 #[derive(Debug, Clone, Copy)]
 pub struct BoundAddrs {
@@ -62,9 +77,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(BoundAddrs),
 ) -> anyhow::Result<()> {
-    let repository = config.repository().map_err(anyhow::Error::msg)?;
+    let repository = repository(&config)?;
     let loaders = loaders(&config)?;
-    let manager = Arc::new(ModelManager::new(repository, loaders, config.engine_options()));
+    let manager = Arc::new(ModelManager::new(repository, loaders, config.engine_options(), config.control_mode()));
     // `stop` flips once: readiness off, then (after the grace period) the listeners stop accepting.
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState { manager: manager.clone(), max_json_bytes: config.max_json_bytes, stopping: stop_rx.clone() };
@@ -79,39 +94,44 @@ pub async fn run(
     tracing::info!(http = %addrs.http, grpc = %addrs.grpc, "listening");
     on_bound(addrs);
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    let health_service = grpc::health::health_server(manager.clone());
 
-    // Load models off the async runtime; readiness turns true when done.
+    // Load models in the background (the server is live meanwhile); readiness turns true when done. A
+    // repository that cannot be read at start-up ends the process (as Triton does), except in poll mode, where
+    // the server stays live, not ready, and polling loads the models once the repository can be read.
+    let (fatal_tx, fatal_rx) = oneshot::channel::<anyhow::Error>();
     let loading = {
         let manager = manager.clone();
-        let reporter = health_reporter.clone();
+        let startup = config.startup_models();
+        let poll_every = Duration::from_secs(config.repository_poll_secs.max(1));
         tokio::spawn(async move {
-            let result = tokio::task::spawn_blocking(move || {
-                let r = manager.load_all();
-                (r, manager.is_ready())
-            })
-            .await;
-            match result {
-                Ok((Err(e), _)) => tracing::error!(error = %e, "model repository could not be read"),
-                Ok((Ok(()), true)) => {
-                    tracing::info!("all models ready");
-                    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
-                    reporter
-                        .set_service_status("inference.GRPCInferenceService", tonic_health::ServingStatus::Serving)
-                        .await;
+            let polling = manager.control_mode() == ModelControlMode::Poll;
+            match manager.start(startup).await {
+                Ok(()) if manager.is_ready() => tracing::info!("all models ready"),
+                Ok(()) => tracing::warn!("some models failed to load; the server is live but not ready"),
+                Err(e) if polling => {
+                    tracing::error!(error = %e, "the server stays not ready until a poll can read the repository");
                 }
-                Ok((Ok(()), false)) => tracing::warn!("some models failed to load; the server is live but not ready"),
-                Err(e) => tracing::error!(error = %e, "model loading task failed"),
+                Err(e) => {
+                    let _ = fatal_tx.send(anyhow::Error::new(e));
+                    return;
+                }
+            }
+            while polling && !manager.is_shutting_down() {
+                tokio::time::sleep(poll_every).await;
+                manager.poll().await;
             }
         })
     };
-
-    let drain = shutdown::DrainSequence {
-        manager: manager.clone(),
-        health: health_reporter.clone(),
-        grace: Duration::from_secs(config.shutdown_grace_secs),
+    let fatal = async move {
+        match fatal_rx.await {
+            Ok(error) => error,
+            Err(_) => std::future::pending().await, // loading went on normally
+        }
     };
+
+    let drain =
+        shutdown::DrainSequence { manager: manager.clone(), grace: Duration::from_secs(config.shutdown_grace_secs) };
     tokio::spawn(async move {
         shutdown.await;
         drain.begin().await;
@@ -145,6 +165,10 @@ pub async fn run(
     let mut stop_watch = stop_rx;
     tokio::select! {
         result = servers => { result?; }
+        error = fatal => {
+            tracing::error!(error = %error, "cannot start: the model repository could not be read");
+            return Err(error);
+        }
         _ = async {
             let _ = stop_watch.wait_for(|s| *s).await;
             tokio::time::sleep(drain_timeout).await;

@@ -12,7 +12,7 @@ fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if config.log_format == "json" {
+    if config.log_format == ferroserve::config::LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

@@ -34,15 +34,13 @@ pub fn install() -> std::io::Result<impl std::future::Future<Output = ()> + Send
 /// What happens between the signal and the listeners closing.
 pub(crate) struct DrainSequence {
     pub(crate) manager: Arc<ModelManager>,
-    pub(crate) health: tonic_health::server::HealthReporter,
     pub(crate) grace: Duration,
 }
 
 impl DrainSequence {
     pub(crate) async fn begin(self) {
+        // Readiness turns false everywhere at once: HTTP, gRPC ServerReady and gRPC health all ask the manager.
         self.manager.begin_shutdown();
-        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-        self.health.set_service_status("inference.GRPCInferenceService", tonic_health::ServingStatus::NotServing).await;
         if !self.grace.is_zero() {
             tokio::time::sleep(self.grace).await;
         }

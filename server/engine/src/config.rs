@@ -135,16 +135,22 @@ impl ModelConfig {
     /// Parses the text of a `config.pbtxt`.
     pub fn from_pbtxt(text: &str) -> Result<Self, ConfigError> {
         let doc = pbtxt::parse(text).map_err(|e| ConfigError(e.to_string()))?;
+        Self::from_tree(&doc)
+    }
+
+    /// Reads a parsed config tree: from `config.pbtxt`, or from the JSON form Triton's load request takes in
+    /// `parameters.config` (objects as messages, arrays as lists, every scalar as its text).
+    pub fn from_tree(doc: &pbtxt::Node) -> Result<Self, ConfigError> {
         for field in doc.field_names() {
             if !KNOWN_FIELDS.contains(&field) {
                 tracing::warn!(field, "config.pbtxt field not supported by ferroserve, ignored");
             }
         }
         Ok(ModelConfig {
-            name: string(&doc, "name"),
-            platform: string(&doc, "platform"),
-            backend: string(&doc, "backend"),
-            max_batch_size: number(&doc, "max_batch_size")?,
+            name: string(doc, "name"),
+            platform: string(doc, "platform"),
+            backend: string(doc, "backend"),
+            max_batch_size: number(doc, "max_batch_size")?,
             inputs: doc.all("input").map(tensor_config).collect::<Result<_, _>>()?,
             outputs: doc.all("output").map(tensor_config).collect::<Result<_, _>>()?,
             version_policy: match doc.get("version_policy") {
@@ -153,7 +159,7 @@ impl ModelConfig {
             },
             instance_groups: doc.all("instance_group").map(instance_group).collect::<Result<_, _>>()?,
             dynamic_batching: doc.get("dynamic_batching").map(dynamic_batching).transpose()?,
-            default_model_filename: string(&doc, "default_model_filename"),
+            default_model_filename: string(doc, "default_model_filename"),
             parameters: doc
                 .all("parameters")
                 .filter_map(|p| {

@@ -40,11 +40,12 @@ pub struct LoadedInstances {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// A running pool. Dropping it closes the queue: the instances drain it, then exit.
+/// A running pool. Dropping it closes the queue: the instances drain it, then exit on their own;
+/// [`InstancePool::shutdown`] also waits for them, so the caller knows the model's memory is released.
 #[derive(Debug)]
 pub struct InstancePool {
     batcher: Batcher,
-    _threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl InstancePool {
@@ -99,6 +100,22 @@ impl InstancePool {
     pub fn cancel(&self, ticket: Ticket) -> bool {
         self.batcher.cancel(ticket)
     }
+
+    /// Refuses new requests; the instances finish what is queued and running, then exit.
+    pub fn close(&self) {
+        self.batcher.close();
+    }
+
+    /// Closes the queue and waits until every instance has answered what it held and exited (blocking: call
+    /// off the async runtime). Once it returns, the instances' runtimes and their memory are released.
+    pub fn shutdown(mut self) {
+        self.batcher.close();
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("an instance thread panicked while stopping");
+            }
+        }
+    }
 }
 
 impl Drop for InstancePool {
@@ -114,7 +131,7 @@ impl LoadedInstances {
         for feed in &self.feeds {
             let _ = feed.send(batcher.clone());
         }
-        InstancePool { batcher, _threads: self.threads }
+        InstancePool { batcher, threads: self.threads }
     }
 }
 

@@ -1,6 +1,6 @@
 //! `ferroserve-engine`: everything between a decoded request and a runtime, with no HTTP or gRPC in it.
 //!
-//! - [`repository`] finds models and versions (Triton layout, or one KServe model directory);
+//! - [`repository`] finds models and versions (Triton layout, or one KServe model directory) through [`files`];
 //! - [`config`] types the `config.pbtxt` fields we honour, parsed by [`pbtxt`];
 //! - [`manager`] loads models, tracks readiness and routes a request to a version;
 //! - [`batcher`] queues a version's requests and forms dynamic batches (pure [`batcher::state`] + shared queue);
@@ -11,6 +11,7 @@
 pub mod batcher;
 pub mod config;
 mod error;
+pub mod files;
 pub mod instance;
 pub mod manager;
 pub mod model;
@@ -23,7 +24,10 @@ pub mod stats;
 pub mod validate;
 
 pub use error::InferError;
-pub use manager::{EngineOptions, IndexEntry, ModelEntry, ModelManager, VersionState};
+pub use manager::{
+    EngineOptions, IndexEntry, IndexState, ModelControlMode, ModelEntry, ModelManager, ModelPhase, StartupModels,
+    VersionState,
+};
 pub use model::ModelVersion;
-pub use repository::Repository;
+pub use repository::{Repository, Root};
 pub use request::{InferInput, InferOutput, InferRequest, InferResponse, Parameter, Parameters, RequestedOutput};

@@ -79,6 +79,17 @@ impl ModelVersion {
         }
     }
 
+    /// Refuses new requests; queued and running ones still finish.
+    pub(crate) fn close(&self) {
+        self.pool.close();
+    }
+
+    /// Stops the version for good once nothing can reach it any more: the queue closes, queued and running
+    /// requests finish, and the instance threads exit and are joined (blocking).
+    pub(crate) fn retire(self) {
+        self.pool.shutdown();
+    }
+
     /// Validates and runs one request through the batcher.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, InferError> {
         let start = Instant::now();

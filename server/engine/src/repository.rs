@@ -1,46 +1,93 @@
 //! The model repository: where models and their versions come from.
 //!
-//! Today it reads a Triton-style layout on local disk (`<repo>/<model>/[config.pbtxt]`,
-//! `<repo>/<model>/<version>/<model file>`) or a single model directory as KServe mounts it at
-//! `/mnt/models`. Object storage plugs in here later by fetching into a local cache directory first, since
-//! every runtime loads from a local path.
+//! A repository is one or more roots (Triton's repeatable `--model-repository`), each in Triton's layout
+//! (`<root>/<model>/[config.pbtxt]`, `<root>/<model>/<version>/<model file>`), or one model's directory as
+//! KServe hands it to a predictor (version subdirectories, or the model file directly). Roots are read
+//! through [`Files`]: a listing (names, sizes, change tags) is cheap and is what polling compares; the
+//! files themselves are made local only for the versions that get loaded, because every runtime loads from
+//! a local path.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
 
 use crate::config::{ConfigError, ModelConfig};
+use crate::files::{FileInfo, Files, FilesError};
 
 /// One version directory of a model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionSource {
     /// Numeric version.
     pub version: u64,
-    /// Directory holding the model file.
-    pub dir: PathBuf,
+    /// Files of the version, relative to its directory (`model.onnx`, `model.onnx.data`, ...).
+    pub files: Vec<String>,
+    /// Changes whenever a file of the version (or the model's config) changes.
+    pub fingerprint: u64,
+    /// Where the files are in the repository root, for fetching.
+    listed: Vec<FileInfo>,
+    /// Path of the version directory relative to the root.
+    rel: String,
 }
 
-/// A model found in the repository, with its config and every version on disk.
+/// A model found in the repository, with its config and every version it holds.
 #[derive(Debug, Clone)]
 pub struct ModelSource {
     /// Model name (the directory name, or `--model_name`).
     pub name: String,
-    /// The model's directory.
-    pub dir: PathBuf,
+    /// Where the model lives, for messages (`/models/mlp`, `s3://bucket/repo/mlp`).
+    pub location: String,
     /// Parsed `config.pbtxt`, or defaults.
     pub config: ModelConfig,
     /// Versions found, ascending.
     pub versions: Vec<VersionSource>,
+    /// Changes whenever any file of the model changes.
+    pub fingerprint: u64,
+    /// Which root holds the model.
+    root: usize,
+}
+
+impl ModelSource {
+    /// A source with the given config and empty versions, for unit tests of what is derived from it.
+    #[cfg(test)]
+    pub(crate) fn for_tests(name: &str, config: ModelConfig, versions: &[u64]) -> Self {
+        ModelSource {
+            name: name.to_string(),
+            location: format!("/{name}"),
+            config,
+            versions: versions
+                .iter()
+                .map(|&version| VersionSource {
+                    version,
+                    files: Vec::new(),
+                    fingerprint: version,
+                    listed: Vec::new(),
+                    rel: format!("{name}/{version}"),
+                })
+                .collect(),
+            fingerprint: 0,
+            root: 0,
+        }
+    }
 }
 
 /// Why a repository or a model in it could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
-    /// A file or directory could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+    /// The storage could not be listed or read.
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    /// The model is in none of the roots.
+    #[error("model `{0}` is not in the model repository")]
+    UnknownModel(String),
+    /// Two roots hold a model of this name.
+    #[error("model `{model}` is in more than one repository ({first} and {second})")]
+    Duplicate {
+        /// Model name.
+        model: String,
+        /// One root.
+        first: String,
+        /// Another.
+        second: String,
     },
     /// The model's config file is invalid.
     #[error("model `{model}`: {source}")]
@@ -60,88 +107,230 @@ pub enum RepositoryError {
     },
 }
 
-/// Where models are read from.
-#[derive(Debug, Clone)]
-pub enum Repository {
-    /// A directory of model directories.
-    Local(PathBuf),
-    /// One model's directory, served under the given name (KServe `--model_name` / `--model_dir`).
-    SingleModel {
-        /// Served name.
-        name: String,
-        /// Directory holding version subdirectories, or the model file directly.
-        dir: PathBuf,
-    },
+impl RepositoryError {
+    /// Whether trying again later may succeed (storage unreachable), as opposed to a fault in the files.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RepositoryError::Files(e) if e.is_transient())
+    }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepositoryError + '_ {
-    move |source| RepositoryError::Io { path: path.to_path_buf(), source }
+/// One root of the repository.
+#[derive(Debug, Clone)]
+pub struct Root {
+    files: Files,
+    /// `Some(name)`: the root is one model's directory, served under `name` (KServe `--model_name`).
+    single_model: Option<String>,
+}
+
+impl Root {
+    /// A Triton-layout directory of model directories.
+    pub fn models(files: Files) -> Self {
+        Root { files, single_model: None }
+    }
+
+    /// One model's directory, served under `name`.
+    pub fn single_model(name: String, files: Files) -> Self {
+        Root { files, single_model: Some(name) }
+    }
+
+    /// Where it is, for messages.
+    pub fn describe(&self) -> String {
+        self.files.describe()
+    }
+
+    fn model_dir(&self, name: &str) -> String {
+        if self.single_model.is_some() { String::new() } else { name.to_string() }
+    }
+}
+
+/// Where models are read from.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    roots: Vec<Root>,
 }
 
 impl Repository {
-    /// Lists the model names the repository holds.
-    pub fn model_names(&self) -> Result<Vec<String>, RepositoryError> {
-        match self {
-            Repository::SingleModel { name, .. } => Ok(vec![name.clone()]),
-            Repository::Local(root) => {
-                let mut names = Vec::new();
-                for entry in std::fs::read_dir(root).map_err(io(root))? {
-                    let entry = entry.map_err(io(root))?;
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if entry.path().is_dir() && !name.starts_with('.') {
-                        names.push(name);
-                    }
-                }
-                names.sort();
-                Ok(names)
+    /// A repository over these roots (models are looked up in all of them).
+    pub fn new(roots: Vec<Root>) -> Self {
+        Repository { roots }
+    }
+
+    /// Where it is, for messages.
+    pub fn describe(&self) -> String {
+        self.roots.iter().map(Root::describe).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Lists the model names the repository holds, sorted. Fails when any root cannot be listed: a
+    /// repository read only in part would unload the models of the unreadable root.
+    pub async fn model_names(&self) -> Result<Vec<String>, RepositoryError> {
+        Ok(self.locate_all().await?.into_keys().collect())
+    }
+
+    /// Every model name with the index of the root holding it (the first, when the name is duplicated).
+    async fn locate_all(&self) -> Result<BTreeMap<String, usize>, RepositoryError> {
+        let mut found = BTreeMap::new();
+        for (index, root) in self.roots.iter().enumerate() {
+            let names = match &root.single_model {
+                Some(name) => vec![name.clone()],
+                None => root.files.list_dirs("").await?,
+            };
+            for name in names {
+                found.entry(name).or_insert(index);
             }
+        }
+        Ok(found)
+    }
+
+    /// The root holding `name`; an error when none or several do.
+    async fn locate(&self, name: &str) -> Result<usize, RepositoryError> {
+        let mut holders = Vec::new();
+        for (index, root) in self.roots.iter().enumerate() {
+            let holds = match &root.single_model {
+                Some(single) => single == name,
+                None => root.files.list_dirs("").await?.iter().any(|n| n == name),
+            };
+            if holds {
+                holders.push(index);
+            }
+        }
+        match holders.as_slice() {
+            [] => Err(RepositoryError::UnknownModel(name.to_string())),
+            [one] => Ok(*one),
+            [first, second, ..] => Err(RepositoryError::Duplicate {
+                model: name.to_string(),
+                first: self.roots[*first].describe(),
+                second: self.roots[*second].describe(),
+            }),
         }
     }
 
-    /// Reads one model: its config and version directories.
-    pub fn read_model(&self, name: &str) -> Result<ModelSource, RepositoryError> {
-        let (dir, flat_allowed) = match self {
-            Repository::Local(root) => (root.join(name), false),
-            Repository::SingleModel { dir, .. } => (dir.clone(), true),
-        };
-        let config_path = dir.join("config.pbtxt");
-        let config = if config_path.is_file() {
-            let text = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;
-            let config = ModelConfig::from_pbtxt(&text)
-                .map_err(|source| RepositoryError::Config { model: name.to_string(), source })?;
-            if let Some(config_name) = &config.name
-                && config_name != name
-                && !flat_allowed
-            {
-                return Err(RepositoryError::NameMismatch {
-                    model: name.to_string(),
-                    config_name: config_name.clone(),
-                });
+    /// A fingerprint of the model's files from a listing only (no download): polling compares it.
+    pub async fn fingerprint(&self, name: &str) -> Result<u64, RepositoryError> {
+        let root = &self.roots[self.locate(name).await?];
+        let listed = root.files.list_files(&root.model_dir(name)).await?;
+        Ok(fingerprint(&listed))
+    }
+
+    /// Reads one model: its config and versions (a listing and the config file; no model file is fetched).
+    /// `config` (Triton's load override: the config and its text) stands in for `config.pbtxt`.
+    pub async fn read_model(
+        &self,
+        name: &str,
+        config: Option<(&ModelConfig, &str)>,
+    ) -> Result<ModelSource, RepositoryError> {
+        let index = self.locate(name).await?;
+        let root = &self.roots[index];
+        let flat_allowed = root.single_model.is_some();
+        let dir = root.model_dir(name);
+        let listed = root.files.list_files(&dir).await?;
+        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let config_rel = format!("{prefix}config.pbtxt");
+        let config_info = listed.iter().find(|f| f.path == config_rel);
+        let override_config = config;
+        let config = match (override_config, config_info) {
+            (Some((config, _)), _) => config.clone(),
+            (None, None) => ModelConfig::default(),
+            (None, Some(_)) => {
+                let bytes = root.files.read(&config_rel).await?.unwrap_or_default();
+                let text = String::from_utf8_lossy(&bytes);
+                let config = ModelConfig::from_pbtxt(&text)
+                    .map_err(|source| RepositoryError::Config { model: name.to_string(), source })?;
+                if let Some(config_name) = &config.name
+                    && config_name != name
+                    && !flat_allowed
+                {
+                    return Err(RepositoryError::NameMismatch {
+                        model: name.to_string(),
+                        config_name: config_name.clone(),
+                    });
+                }
+                config
             }
-            config
-        } else {
-            ModelConfig::default()
         };
-        let mut versions = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
-            let entry = entry.map_err(io(&dir))?;
-            let file_name = entry.file_name();
-            let Some(version) = file_name.to_str().and_then(|s| s.parse::<u64>().ok()) else { continue };
-            if entry.path().is_dir() {
-                versions.push(VersionSource { version, dir: entry.path() });
+        let config_print = match (override_config, config_info) {
+            (Some((_, text)), _) => {
+                let mut hasher = std::hash::DefaultHasher::new();
+                text.hash(&mut hasher);
+                hasher.finish()
+            }
+            (None, Some(info)) => fingerprint(std::slice::from_ref(info)),
+            (None, None) => 0,
+        };
+        let mut by_version: BTreeMap<u64, Vec<FileInfo>> = BTreeMap::new();
+        let mut flat = Vec::new();
+        for file in &listed {
+            let rest = &file.path[prefix.len()..];
+            match rest.split_once('/') {
+                Some((first, _)) => {
+                    if let Ok(version) = first.parse::<u64>() {
+                        by_version.entry(version).or_default().push(file.clone());
+                    }
+                }
+                None if rest != "config.pbtxt" => flat.push(file.clone()),
+                None => {}
             }
         }
-        if versions.is_empty() && flat_allowed {
+        let mut versions: Vec<VersionSource> = by_version
+            .into_iter()
+            .map(|(version, files)| {
+                let rel = format!("{prefix}{version}");
+                version_source(version, rel, files, config_print)
+            })
+            .collect();
+        if versions.is_empty() && flat_allowed && !flat.is_empty() {
             // KServe's storage initializer puts the model file straight into the model dir.
-            versions.push(VersionSource { version: 1, dir: dir.clone() });
+            versions.push(version_source(1, dir.clone(), flat, config_print));
         }
-        versions.sort_by_key(|v| v.version);
-        Ok(ModelSource { name: name.to_string(), dir, config, versions })
+        let location = if dir.is_empty() { root.describe() } else { format!("{}/{dir}", root.describe()) };
+        Ok(ModelSource {
+            name: name.to_string(),
+            location,
+            config,
+            versions,
+            fingerprint: fingerprint(&listed),
+            root: index,
+        })
+    }
+
+    /// Makes the files of `versions` local and returns each version's local directory.
+    pub async fn fetch(
+        &self,
+        source: &ModelSource,
+        versions: &[u64],
+    ) -> Result<BTreeMap<u64, PathBuf>, RepositoryError> {
+        let root = &self.roots[source.root];
+        let wanted: Vec<&VersionSource> = source.versions.iter().filter(|v| versions.contains(&v.version)).collect();
+        let files: Vec<FileInfo> = wanted.iter().flat_map(|v| v.listed.iter().cloned()).collect();
+        let local = root.files.fetch(&files).await?;
+        Ok(wanted
+            .iter()
+            .map(|v| (v.version, if v.rel.is_empty() { local.clone() } else { local.join(&v.rel) }))
+            .collect())
     }
 }
 
+fn version_source(version: u64, rel: String, listed: Vec<FileInfo>, config_print: u64) -> VersionSource {
+    let skip = if rel.is_empty() { 0 } else { rel.len() + 1 };
+    let files = listed.iter().map(|f| f.path[skip..].to_string()).collect();
+    let mut hasher = std::hash::DefaultHasher::new();
+    (config_print, fingerprint(&listed)).hash(&mut hasher);
+    VersionSource { version, files, fingerprint: hasher.finish(), listed, rel }
+}
+
+/// A hash of paths, sizes and change tags: equal listings, equal fingerprints.
+fn fingerprint(files: &[FileInfo]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    for f in files {
+        (&f.path, f.size, &f.tag).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn temp_dir(tag: &str) -> PathBuf {
@@ -151,31 +340,82 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn scans_versions_and_config() {
+    fn write(path: &Path, bytes: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn local(root: &Path) -> Repository {
+        Repository::new(vec![Root::models(Files::local(root))])
+    }
+
+    #[tokio::test]
+    async fn scans_versions_and_config() {
         let root = temp_dir("scan");
-        std::fs::create_dir_all(root.join("a/1")).unwrap();
-        std::fs::create_dir_all(root.join("a/10")).unwrap();
-        std::fs::create_dir_all(root.join("a/notaversion")).unwrap();
-        std::fs::write(root.join("a/config.pbtxt"), "max_batch_size: 4").unwrap();
-        std::fs::create_dir_all(root.join("b/2")).unwrap();
-        std::fs::write(root.join("b/config.pbtxt"), "name: \"other\"").unwrap();
-        let repo = Repository::Local(root.clone());
-        assert_eq!(repo.model_names().unwrap(), ["a", "b"]);
-        let a = repo.read_model("a").unwrap();
+        write(&root.join("a/1/model.onnx"), b"1");
+        write(&root.join("a/10/model.onnx"), b"10");
+        write(&root.join("a/notaversion/x"), b"");
+        write(&root.join("a/config.pbtxt"), b"max_batch_size: 4");
+        write(&root.join("b/2/model.onnx"), b"");
+        write(&root.join("b/config.pbtxt"), b"name: \"other\"");
+        let repo = local(&root);
+        assert_eq!(repo.model_names().await.unwrap(), ["a", "b"]);
+        let a = repo.read_model("a", None).await.unwrap();
         assert_eq!(a.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 10]);
+        assert_eq!(a.versions[0].files, ["model.onnx"]);
         assert_eq!(a.config.max_batch_size, Some(4));
-        assert!(matches!(repo.read_model("b"), Err(RepositoryError::NameMismatch { .. })));
+        let dirs = repo.fetch(&a, &[10]).await.unwrap();
+        assert_eq!(std::fs::read(dirs[&10].join("model.onnx")).unwrap(), b"10");
+        assert!(matches!(repo.read_model("b", None).await, Err(RepositoryError::NameMismatch { .. })));
+        assert!(matches!(repo.read_model("zzz", None).await, Err(RepositoryError::UnknownModel(_))));
         std::fs::remove_dir_all(root).unwrap();
     }
 
-    #[test]
-    fn single_model_dir_without_versions_is_version_1() {
+    #[tokio::test]
+    async fn fingerprints_change_only_with_the_files_they_cover() {
+        let root = temp_dir("print");
+        write(&root.join("m/1/model.onnx"), b"one");
+        write(&root.join("m/2/model.onnx"), b"two");
+        let repo = local(&root);
+        let before = repo.read_model("m", None).await.unwrap();
+        write(&root.join("m/2/model.onnx"), b"two, changed");
+        let after = repo.read_model("m", None).await.unwrap();
+        assert_eq!(before.versions[0].fingerprint, after.versions[0].fingerprint);
+        assert_ne!(before.versions[1].fingerprint, after.versions[1].fingerprint);
+        assert_ne!(before.fingerprint, after.fingerprint);
+        assert_eq!(repo.fingerprint("m").await.unwrap(), after.fingerprint);
+        write(&root.join("m/config.pbtxt"), b"max_batch_size: 2");
+        let configured = repo.read_model("m", None).await.unwrap();
+        assert_ne!(configured.versions[0].fingerprint, after.versions[0].fingerprint);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn single_model_dir_without_versions_is_version_1() {
         let dir = temp_dir("single");
-        std::fs::write(dir.join("model.onnx"), b"x").unwrap();
-        let repo = Repository::SingleModel { name: "m".into(), dir: dir.clone() };
-        let m = repo.read_model("m").unwrap();
-        assert_eq!(m.versions, vec![VersionSource { version: 1, dir: dir.clone() }]);
+        write(&dir.join("model.onnx"), b"x");
+        let repo = Repository::new(vec![Root::single_model("m".into(), Files::local(&dir))]);
+        assert_eq!(repo.model_names().await.unwrap(), ["m"]);
+        let m = repo.read_model("m", None).await.unwrap();
+        assert_eq!(m.versions.len(), 1);
+        assert_eq!((m.versions[0].version, m.versions[0].files.clone()), (1, vec!["model.onnx".to_string()]));
+        assert_eq!(repo.fetch(&m, &[1]).await.unwrap()[&1], dir);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn several_roots_and_duplicates() {
+        let (one, two) = (temp_dir("root1"), temp_dir("root2"));
+        write(&one.join("a/1/model.onnx"), b"");
+        write(&two.join("b/1/model.onnx"), b"");
+        write(&two.join("a/1/model.onnx"), b"");
+        let repo = Repository::new(vec![Root::models(Files::local(&one)), Root::models(Files::local(&two))]);
+        assert_eq!(repo.model_names().await.unwrap(), ["a", "b"]);
+        assert!(repo.read_model("b", None).await.is_ok());
+        assert!(matches!(repo.read_model("a", None).await, Err(RepositoryError::Duplicate { .. })));
+        let missing = Repository::new(vec![Root::models(Files::local(&one.join("nope")))]);
+        assert!(missing.model_names().await.is_err());
+        std::fs::remove_dir_all(one).unwrap();
+        std::fs::remove_dir_all(two).unwrap();
     }
 }

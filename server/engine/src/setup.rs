@@ -204,15 +204,9 @@ mod tests {
 
     use super::*;
     use crate::config::DynamicBatching;
-    use crate::repository::VersionSource;
 
     fn source(config: ModelConfig, versions: &[u64]) -> ModelSource {
-        ModelSource {
-            name: "m".into(),
-            dir: "/m".into(),
-            config,
-            versions: versions.iter().map(|&v| VersionSource { version: v, dir: format!("/m/{v}").into() }).collect(),
-        }
+        ModelSource::for_tests("m", config, versions)
     }
 
     fn signature(first: i64) -> ModelSignature {

@@ -1,6 +1,7 @@
 //! The gRPC front end (tonic): `inference.GRPCInferenceService` and `grpc.health.v1.Health`.
 
 pub mod codec;
+pub mod health;
 mod service;
 pub mod status;
 

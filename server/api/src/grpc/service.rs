@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::codec;
 use super::status::{self, to_status};
+use crate::load_parameters;
 use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 
 /// The gRPC service; cheap to clone.
@@ -213,7 +214,7 @@ impl GrpcInferenceService for InferenceService {
             .map(|row| pb::repository_index_response::ModelIndex {
                 name: row.name,
                 version: row.version,
-                state: row.state.into(),
+                state: row.state.as_str().to_string(),
                 reason: row.reason,
             })
             .collect();
@@ -224,12 +225,9 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
-        let name = request.into_inner().model_name;
-        let manager = self.state.manager.clone();
-        tokio::task::spawn_blocking(move || manager.load_model(&name))
-            .await
-            .map_err(|e| Status::internal(format!("load task failed: {e}")))?
-            .map_err(to_status)?;
+        let request = request.into_inner();
+        let config = load_parameters::from_grpc(&request.parameters).map_err(to_status)?;
+        self.state.manager.request_load(&request.model_name, config).await.map_err(to_status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
@@ -237,7 +235,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
-        self.state.manager.unload_model(&request.into_inner().model_name).map_err(to_status)?;
+        self.state.manager.request_unload(&request.into_inner().model_name).await.map_err(to_status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 }

@@ -91,23 +91,29 @@ mod tests {
 
     use axum::body::{Body, to_bytes};
     use axum::http::{Request, StatusCode};
-    use ferroserve_engine::{EngineOptions, ModelManager, Repository};
+    use ferroserve_engine::files::Files;
+    use ferroserve_engine::{EngineOptions, ModelControlMode, ModelManager, Repository, Root, StartupModels};
     use tower::ServiceExt;
 
     use super::*;
 
-    fn app() -> Router {
+    async fn app() -> Router {
         let root = std::env::temp_dir().join(format!("ferroserve-router-{}", std::process::id()));
         std::fs::create_dir_all(&root).unwrap();
-        let manager = Arc::new(ModelManager::new(Repository::Local(root), Vec::new(), EngineOptions::default()));
-        manager.load_all().unwrap();
+        let repository = Repository::new(vec![Root::models(Files::local(&root))]);
+        let manager =
+            Arc::new(ModelManager::new(repository, Vec::new(), EngineOptions::default(), ModelControlMode::None));
+        manager.start(StartupModels::All).await.unwrap();
         let (_tx, stopping) = tokio::sync::watch::channel(false);
         router(AppState { manager, max_json_bytes: 1024, stopping }, 4096)
     }
 
     async fn call(method: &str, uri: &str, body: &'static str) -> (StatusCode, serde_json::Value) {
-        let response =
-            app().oneshot(Request::builder().method(method).uri(uri).body(Body::from(body)).unwrap()).await.unwrap();
+        let response = app()
+            .await
+            .oneshot(Request::builder().method(method).uri(uri).body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
         let status = response.status();
         let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
         (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))

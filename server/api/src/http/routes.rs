@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::codec::{self, HEADER_LENGTH};
 use super::error::ApiError;
 use super::views;
+use crate::load_parameters;
 use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -188,7 +189,7 @@ pub(crate) async fn repository_index(State(state): State<AppState>, body: Bytes)
         .index(ready_only)
         .into_iter()
         .map(|row| {
-            let mut v = json!({"name": row.name, "state": row.state, "reason": row.reason});
+            let mut v = json!({"name": row.name, "state": row.state.as_str(), "reason": row.reason});
             if !row.version.is_empty() {
                 v["version"] = json!(row.version);
             }
@@ -198,16 +199,15 @@ pub(crate) async fn repository_index(State(state): State<AppState>, body: Bytes)
     Ok(Json(Value::Array(models)))
 }
 
-/// `POST /v2/repository/models/{m}/load`: (re)loads a model from the repository.
+/// `POST /v2/repository/models/{m}/load`: (re)loads a model from the repository; the body may carry Triton's
+/// `{"parameters": {"config": "<model config JSON>"}}` override.
 pub(crate) async fn repository_load(
     State(state): State<AppState>,
     Path(model): Path<String>,
+    body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let manager = state.manager.clone();
-    let name = model.clone();
-    tokio::task::spawn_blocking(move || manager.load_model(&name))
-        .await
-        .map_err(|e| InferError::Internal(format!("load task failed: {e}")))??;
+    let config = load_parameters::from_http_body(&body)?;
+    state.manager.request_load(&model, config).await?;
     Ok(Json(json!({})))
 }
 
@@ -216,7 +216,7 @@ pub(crate) async fn repository_unload(
     State(state): State<AppState>,
     Path(model): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    state.manager.unload_model(&model)?;
+    state.manager.request_unload(&model).await?;
     Ok(Json(json!({})))
 }
 

@@ -19,7 +19,7 @@ use crate::state::AppState;
 
 /// `GET /v1/models`.
 pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
-    let names: Vec<String> = state.manager.entries().iter().map(|e| e.name.clone()).collect();
+    let names: Vec<String> = state.manager.wanted_entries().iter().map(|e| e.name.clone()).collect();
     Json(json!({"models": names}))
 }
 

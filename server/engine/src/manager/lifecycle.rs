@@ -1,0 +1,354 @@
+//! Start-up, load, reload, unload and polling: one serialized state machine per model.
+//!
+//! Every step of a model holds that model's lifecycle lock (a fair async mutex, so concurrent calls run in
+//! arrival order and the last one wins). A reload builds the new versions beside the serving ones and swaps
+//! the entry in one write; only then are the replaced versions retired: once no request holds them any more,
+//! their queues close and their instance threads are joined. A reload that fails keeps the old versions
+//! serving and records why. Unchanged versions (same files, same config) are kept, not rebuilt.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::InferError;
+use crate::config::ModelConfig;
+use crate::manager::build::{build_version, pick_loader};
+use crate::manager::{ModelEntry, ModelManager, ModelPhase, VersionState};
+use crate::model::ModelVersion;
+use crate::repository::RepositoryError;
+use crate::setup::select_versions;
+
+/// How models get loaded and unloaded (Triton's `--model-control-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelControlMode {
+    /// Load every model at start-up; the repository API cannot load or unload.
+    #[default]
+    None,
+    /// As `None`, then follow the repository: new models load, changed ones reload, removed ones unload.
+    Poll,
+    /// Load only the start-up models named; the repository API loads and unloads.
+    Explicit,
+}
+
+/// Which models start-up loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupModels {
+    /// Every model in the repository.
+    All,
+    /// These models (explicit mode's `--load-model`).
+    Named(Vec<String>),
+}
+
+/// Why the repository could not be read at start-up; the server must not report ready.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the model repository {location}: {source}")]
+pub struct StartupError {
+    /// Where the repository is.
+    pub location: String,
+    /// What failed.
+    #[source]
+    pub source: RepositoryError,
+}
+
+impl ModelManager {
+    /// Loads the start-up models (all of them, or the named ones), concurrently. Fails only when the
+    /// repository cannot be listed; each model's own failure is recorded in its entry.
+    pub async fn start(self: &Arc<Self>, models: StartupModels) -> Result<(), StartupError> {
+        let names = match models {
+            StartupModels::Named(names) => names,
+            StartupModels::All => match self.repository.model_names().await {
+                Ok(names) => names,
+                Err(source) => {
+                    let error = StartupError { location: self.repository.describe(), source };
+                    *self.repository_failure.lock() = Some(error.to_string());
+                    self.started.store(true, Ordering::SeqCst);
+                    self.publish();
+                    return Err(error);
+                }
+            },
+        };
+        {
+            let mut models = self.models.write();
+            for name in &names {
+                models.insert(name.clone(), Arc::new(ModelEntry::loading(name)));
+            }
+        }
+        self.load_many(names).await;
+        self.started.store(true, Ordering::SeqCst);
+        self.publish();
+        Ok(())
+    }
+
+    async fn load_many(self: &Arc<Self>, names: Vec<String>) {
+        let mut loads = tokio::task::JoinSet::new();
+        for name in names {
+            let manager = Arc::clone(self);
+            // Failures are recorded in the model's entry and logged.
+            loads.spawn(async move { manager.load_model(&name, None).await });
+        }
+        while loads.join_next().await.is_some() {}
+    }
+
+    /// The repository API's load: only in explicit mode (as in Triton). `config` is Triton's
+    /// `parameters.config` override, already parsed, with its text.
+    pub async fn request_load(
+        self: &Arc<Self>,
+        name: &str,
+        config: Option<(ModelConfig, String)>,
+    ) -> Result<(), InferError> {
+        self.require_explicit("load")?;
+        self.load_model(name, config).await
+    }
+
+    /// The repository API's unload: only in explicit mode (as in Triton).
+    pub async fn request_unload(self: &Arc<Self>, name: &str) -> Result<(), InferError> {
+        self.require_explicit("unload")?;
+        self.unload_model(name).await
+    }
+
+    fn require_explicit(&self, what: &str) -> Result<(), InferError> {
+        match self.control {
+            ModelControlMode::Explicit => Ok(()),
+            mode => Err(InferError::NotReady(format!(
+                "explicit model {what} is not allowed in model control mode `{}`; start the server with \
+                 --model-control-mode explicit",
+                match mode {
+                    ModelControlMode::Poll => "poll",
+                    _ => "none",
+                }
+            ))),
+        }
+    }
+
+    fn lifecycle_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(self.lifecycles.lock().entry(name.to_string()).or_default())
+    }
+
+    /// Loads or reloads one model. The serving versions keep serving until the new ones are ready.
+    pub async fn load_model(
+        self: &Arc<Self>,
+        name: &str,
+        config: Option<(ModelConfig, String)>,
+    ) -> Result<(), InferError> {
+        let lock = self.lifecycle_lock(name);
+        let _turn = lock.lock().await;
+        if self.is_shutting_down() {
+            return Err(InferError::NotReady("the server is shutting down".into()));
+        }
+        let current = self.models.read().get(name).cloned();
+        let serving = current.as_ref().is_some_and(|c| c.phase == ModelPhase::Loaded && c.latest_ready().is_some());
+        let source = match self.repository.read_model(name, config.as_ref().map(|(c, t)| (c, t.as_str()))).await {
+            Ok(source) => source,
+            Err(RepositoryError::UnknownModel(_))
+                if current.as_ref().is_none_or(|c| c.phase == ModelPhase::Unloaded) =>
+            {
+                return Err(InferError::NotFound(format!("model `{name}` is not in the model repository")));
+            }
+            Err(e) => return Err(self.fail(name, current, e.to_string(), None)),
+        };
+        if !serving {
+            self.swap(name, ModelEntry::loading(name));
+        }
+        let selected = select_versions(&source);
+        if selected.is_empty() {
+            let reason = format!("no version directory matches the version policy in {}", source.location);
+            return Err(self.fail(name, current, reason, Some(source.fingerprint)));
+        }
+        let loader = match pick_loader(&self.loaders, &source) {
+            Ok(loader) => loader,
+            Err(reason) => return Err(self.fail(name, current, reason, Some(source.fingerprint))),
+        };
+
+        // Keep the versions whose files and config did not change; build the rest.
+        let mut kept: BTreeMap<u64, Arc<ModelVersion>> = BTreeMap::new();
+        let mut to_build = Vec::new();
+        for &version in &selected {
+            let print = source.versions.iter().find(|v| v.version == version).map(|v| v.fingerprint);
+            let reusable = current.as_ref().and_then(|c| match c.versions.get(&version) {
+                Some(VersionState::Ready(m)) if c.built_from.get(&version).copied() == print => Some(Arc::clone(m)),
+                _ => None,
+            });
+            match reusable {
+                Some(m) => {
+                    kept.insert(version, m);
+                }
+                None => to_build.push(version),
+            }
+        }
+        let dirs = match self.repository.fetch(&source, &to_build).await {
+            Ok(dirs) => dirs,
+            Err(e) => return Err(self.fail(name, current, e.to_string(), None)),
+        };
+        let built = {
+            let (source, options, loader) = (source.clone(), self.options.clone(), Arc::clone(&loader));
+            tokio::task::spawn_blocking(move || {
+                dirs.iter()
+                    .map(|(&version, dir)| (version, build_version(&source, version, dir, &loader, &options)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| InferError::Internal(format!("the load of model `{name}` stopped: {e}")))?
+        };
+
+        let failures: Vec<String> =
+            built.iter().filter_map(|(v, r)| r.as_ref().err().map(|reason| format!("version {v}: {reason}"))).collect();
+        if !failures.is_empty() && serving {
+            // Keep what serves; the versions that did build never served and are simply stopped.
+            let orphans = built.into_iter().filter_map(|(_, r)| r.ok().map(Arc::new)).collect();
+            let error = self.fail(name, current, failures.join("; "), Some(source.fingerprint));
+            self.retire(orphans).await;
+            return Err(error);
+        }
+
+        let mut entry = ModelEntry { phase: ModelPhase::Loaded, ..ModelEntry::loading(name) };
+        entry.source_fingerprint = Some(source.fingerprint);
+        for (version, model) in &kept {
+            entry.versions.insert(*version, VersionState::Ready(Arc::clone(model)));
+        }
+        for (version, result) in built {
+            let state = match result {
+                Ok(model) => VersionState::Ready(Arc::new(model)),
+                Err(reason) => VersionState::Unavailable(reason),
+            };
+            entry.versions.insert(version, state);
+        }
+        for v in &source.versions {
+            if matches!(entry.versions.get(&v.version), Some(VersionState::Ready(_))) {
+                entry.built_from.insert(v.version, v.fingerprint);
+            }
+        }
+        let ready = entry.is_ready();
+        let (_, reason) = entry.state();
+        self.swap(name, entry);
+        let replaced: Vec<Arc<ModelVersion>> = current
+            .map(|c| c.ready_versions().filter(|old| !kept.values().any(|k| Arc::ptr_eq(k, old))).cloned().collect())
+            .unwrap_or_default();
+        self.retire(replaced).await;
+        if ready {
+            tracing::info!(model = name, versions = ?selected, rebuilt = ?to_build, "model ready");
+            Ok(())
+        } else {
+            tracing::error!(model = name, %reason, "model failed to load");
+            Err(InferError::InvalidInput(format!("failed to load model `{name}`: {reason}")))
+        }
+    }
+
+    /// Records a failed load: a serving model keeps serving (the reason goes into the index), otherwise the
+    /// model becomes `Failed`. Returns the error for the caller.
+    fn fail(&self, name: &str, current: Option<Arc<ModelEntry>>, reason: String, print: Option<u64>) -> InferError {
+        tracing::error!(model = name, %reason, "model failed to load");
+        let entry = match current {
+            Some(c) if c.phase == ModelPhase::Loaded && c.latest_ready().is_some() => {
+                ModelEntry { last_failure: Some(reason.clone()), ..(*c).clone() }
+            }
+            _ => ModelEntry::failed(name, reason.clone(), print),
+        };
+        self.swap(name, entry);
+        InferError::InvalidInput(format!("failed to load model `{name}`: {reason}"))
+    }
+
+    fn swap(&self, name: &str, entry: ModelEntry) {
+        self.models.write().insert(name.to_string(), Arc::new(entry));
+        self.publish();
+    }
+
+    /// Unloads a model: new requests get 404 at once; queued and in-flight ones finish; returns once its
+    /// instances have stopped. Unloading a model already unloaded is not an error.
+    pub async fn unload_model(self: &Arc<Self>, name: &str) -> Result<(), InferError> {
+        let lock = self.lifecycle_lock(name);
+        let _turn = lock.lock().await;
+        let Some(current) = self.models.read().get(name).cloned() else {
+            return Err(InferError::NotFound(format!("model `{name}` is not loaded")));
+        };
+        if current.phase == ModelPhase::Unloaded {
+            return Ok(());
+        }
+        self.swap(name, ModelEntry::without_versions(name, ModelPhase::Unloading));
+        let serving: Vec<Arc<ModelVersion>> = current.ready_versions().cloned().collect();
+        drop(current);
+        self.retire(serving).await;
+        self.swap(name, ModelEntry::without_versions(name, ModelPhase::Unloaded));
+        tracing::info!(model = name, "model unloaded");
+        Ok(())
+    }
+
+    /// Stops versions nothing can reach any more: waits (up to the retire timeout) for the requests still
+    /// holding them, then closes their queues and joins their instance threads.
+    async fn retire(&self, versions: Vec<Arc<ModelVersion>>) {
+        let deadline = Instant::now() + self.options.retire_timeout;
+        for version in versions {
+            let mut pause = Duration::from_millis(1);
+            while Arc::strong_count(&version) > 1 && Instant::now() < deadline {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            match Arc::try_unwrap(version) {
+                Ok(model) => {
+                    let label = format!("{}:{}", model.name, model.version);
+                    if tokio::task::spawn_blocking(move || model.retire()).await.is_err() {
+                        tracing::error!(version = %label, "stopping a version's instances failed");
+                    }
+                }
+                Err(version) => {
+                    // Something still holds it past the deadline: refuse new work; the instances exit once
+                    // they have answered what is queued.
+                    tracing::warn!(
+                        model = %version.name,
+                        version = version.version,
+                        "requests still hold a retired version after the retire timeout; closing its queue"
+                    );
+                    version.close();
+                }
+            }
+        }
+    }
+
+    /// One poll of the repository (poll mode): loads new models, reloads changed ones (only their changed
+    /// versions are rebuilt) and unloads removed ones. A repository that cannot be listed changes nothing.
+    pub async fn poll(self: &Arc<Self>) {
+        let names = match self.repository.model_names().await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot poll the model repository; keeping the models as they are");
+                if self.repository_failure.lock().is_some() {
+                    *self.repository_failure.lock() = Some(e.to_string());
+                }
+                return;
+            }
+        };
+        if self.repository_failure.lock().take().is_some() {
+            tracing::info!("the model repository is readable again");
+            self.publish();
+        }
+        // Only names and fingerprints: holding entries would hold their versions, which retiring waits out.
+        let current: BTreeMap<String, (bool, Option<u64>)> =
+            self.models.read().iter().map(|(n, e)| (n.clone(), (e.is_wanted(), e.source_fingerprint))).collect();
+        let mut to_load = Vec::new();
+        for name in &names {
+            let changed = match current.get(name) {
+                None | Some((false, _)) => true,
+                Some((true, print)) => match *print {
+                    None => true,
+                    Some(before) => match self.repository.fingerprint(name).await {
+                        Ok(now) => now != before,
+                        Err(e) => {
+                            tracing::warn!(model = %name, error = %e, "cannot poll model; keeping it as it is");
+                            false
+                        }
+                    },
+                },
+            };
+            if changed {
+                to_load.push(name.clone());
+            }
+        }
+        let removed: Vec<String> =
+            current.iter().filter(|(n, (wanted, _))| *wanted && !names.contains(n)).map(|(n, _)| n.clone()).collect();
+        for name in removed {
+            tracing::info!(model = %name, "model removed from the repository; unloading");
+            let _ = self.unload_model(&name).await;
+        }
+        self.load_many(to_load).await;
+    }
+}

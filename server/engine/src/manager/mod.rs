@@ -1,0 +1,250 @@
+//! The model manager: which models exist, which versions serve, and whether the server is ready.
+//!
+//! - [`entry`]: the typed state of one model (phase, versions) and its repository-index rows;
+//! - [`build`]: building a version's instance pool from its files (blocking work, off the async runtime);
+//! - [`lifecycle`]: start-up, load, reload, unload and polling, serialized per model.
+//!
+//! The request path only takes a read lock to clone an `Arc<ModelVersion>` out of an immutable entry. A model
+//! that fails to load is recorded with its reason and never affects the others.
+
+mod build;
+pub mod entry;
+mod lifecycle;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ferroserve_runtime::RuntimeLoader;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+pub use entry::{IndexEntry, IndexState, ModelEntry, ModelPhase, VersionState};
+pub use lifecycle::{ModelControlMode, StartupModels};
+
+use crate::InferError;
+use crate::model::ModelVersion;
+use crate::repository::Repository;
+use crate::request::{InferRequest, InferResponse};
+
+/// Engine-wide defaults, used where a model's config is silent.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// `max_batch_size` for a model whose every input and output has a variable first dim.
+    pub default_max_batch_size: u32,
+    /// Requests that may queue per model version before new ones get `Overloaded`.
+    pub default_queue_capacity: usize,
+    /// Instances per model version when the config has no `instance_group`.
+    pub default_instance_count: u32,
+    /// Intra-op threads per instance (0 = backend default).
+    pub intra_op_threads: usize,
+    /// Longest wait, when a version is replaced or unloaded, for requests still holding it to finish.
+    pub retire_timeout: std::time::Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            default_max_batch_size: 64,
+            default_queue_capacity: 1024,
+            default_instance_count: 1,
+            intra_op_threads: 1,
+            retire_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// Owns every model and routes requests to versions.
+pub struct ModelManager {
+    repository: Repository,
+    loaders: Vec<Arc<dyn RuntimeLoader>>,
+    options: EngineOptions,
+    control: ModelControlMode,
+    models: RwLock<BTreeMap<String, Arc<ModelEntry>>>,
+    /// One lock per model name: load, reload and unload of a model run one at a time, in arrival order.
+    lifecycles: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Set once the start-up loads are done.
+    started: AtomicBool,
+    shutting_down: AtomicBool,
+    /// Why the repository could not be read (start-up or a poll); the server is not ready while set.
+    repository_failure: Mutex<Option<String>>,
+    /// The readiness every health endpoint reports, republished after every change.
+    readiness: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for ModelManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelManager").field("repository", &self.repository).finish_non_exhaustive()
+    }
+}
+
+impl ModelManager {
+    /// A manager over `repository` that loads models with `loaders`. Nothing is loaded until
+    /// [`ModelManager::start`].
+    pub fn new(
+        repository: Repository,
+        loaders: Vec<Arc<dyn RuntimeLoader>>,
+        options: EngineOptions,
+        control: ModelControlMode,
+    ) -> Self {
+        ModelManager {
+            repository,
+            loaders,
+            options,
+            control,
+            models: RwLock::new(BTreeMap::new()),
+            lifecycles: Mutex::new(HashMap::new()),
+            started: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            repository_failure: Mutex::new(None),
+            readiness: watch::channel(false).0,
+        }
+    }
+
+    /// The model control mode.
+    pub fn control_mode(&self) -> ModelControlMode {
+        self.control
+    }
+
+    /// True once start-up finished, the repository is readable, every model that should serve is ready,
+    /// and no shutdown has begun.
+    pub fn is_ready(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+            && !self.shutting_down.load(Ordering::SeqCst)
+            && self.repository_failure.lock().is_none()
+            && self.models.read().values().filter(|m| m.is_wanted()).all(|m| m.is_ready())
+    }
+
+    /// Readiness as a watch: the gRPC health service's `Watch` follows it.
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.readiness.subscribe()
+    }
+
+    /// Recomputes readiness and wakes watchers. Called after every state change (a model's readiness may
+    /// change while the server's does not: per-model health watchers look again too).
+    fn publish(&self) {
+        self.readiness.send_replace(self.is_ready());
+    }
+
+    /// Why the repository could not be read, if it could not.
+    pub fn repository_failure(&self) -> Option<String> {
+        self.repository_failure.lock().clone()
+    }
+
+    /// Marks the server as draining: readiness turns false, requests already accepted still run.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.publish();
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// A copy of every model entry (for the index and stats).
+    pub fn entries(&self) -> Vec<Arc<ModelEntry>> {
+        self.models.read().values().cloned().collect()
+    }
+
+    /// The models that serve or should serve (not unloaded), for listings such as KServe v1 `/v1/models`.
+    pub fn wanted_entries(&self) -> Vec<Arc<ModelEntry>> {
+        self.models.read().values().filter(|m| m.is_wanted()).cloned().collect()
+    }
+
+    /// The repository index: one row per version (or per model that has none), optionally ready ones only.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        self.entries()
+            .iter()
+            .flat_map(|entry| entry.index_rows())
+            .filter(|row| !ready_only || row.state == IndexState::Ready)
+            .collect()
+    }
+
+    /// The ready versions whose statistics a stats request covers: every model (`name` None), one model,
+    /// or one version of it (`NotFound` for unknown names or versions).
+    pub fn statistics_scope(
+        &self,
+        name: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<Vec<Arc<ModelVersion>>, InferError> {
+        match (name, version) {
+            (None, _) => {
+                Ok(self.entries().iter().flat_map(|e| e.ready_versions().cloned().collect::<Vec<_>>()).collect())
+            }
+            (Some(name), None) => Ok(self.entry(name)?.ready_versions().cloned().collect()),
+            (Some(name), Some(version)) => Ok(vec![self.version(name, Some(version))?]),
+        }
+    }
+
+    /// The entry for `name`, or `NotFound` (also for unloaded models: they no longer answer).
+    pub fn entry(&self, name: &str) -> Result<Arc<ModelEntry>, InferError> {
+        self.models
+            .read()
+            .get(name)
+            .filter(|e| e.is_wanted())
+            .cloned()
+            .ok_or_else(|| InferError::NotFound(format!("unknown model: `{name}`")))
+    }
+
+    /// Whether a model (or one version) is ready; `NotFound` for unknown names or versions.
+    pub fn model_ready(&self, name: &str, version: Option<&str>) -> Result<bool, InferError> {
+        let entry = self.entry(name)?;
+        match version {
+            None => Ok(entry.latest_ready().is_some()),
+            Some(v) => {
+                let number = parse_version(name, v)?;
+                match entry.versions.get(&number) {
+                    Some(VersionState::Ready(_)) => Ok(true),
+                    Some(_) => Ok(false),
+                    None => Err(unknown_version(name, v)),
+                }
+            }
+        }
+    }
+
+    /// The ready version a request for (`name`, `version`) goes to.
+    pub fn version(&self, name: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, InferError> {
+        let entry = self.entry(name)?;
+        match version {
+            None => entry.latest_ready().cloned().ok_or_else(|| not_ready(&entry)),
+            Some(v) => {
+                let number = parse_version(name, v)?;
+                match entry.versions.get(&number) {
+                    Some(VersionState::Ready(m)) => Ok(Arc::clone(m)),
+                    Some(VersionState::Loading) => {
+                        Err(InferError::NotReady(format!("model `{name}` version {v} is still loading")))
+                    }
+                    Some(VersionState::Unavailable(reason)) => {
+                        Err(InferError::NotReady(format!("model `{name}` version {v} is unavailable: {reason}")))
+                    }
+                    None => Err(unknown_version(name, v)),
+                }
+            }
+        }
+    }
+
+    /// Runs one request.
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, InferError> {
+        let version = self.version(&request.model_name, request.model_version.as_deref())?;
+        version.infer(request).await
+    }
+}
+
+fn not_ready(entry: &ModelEntry) -> InferError {
+    match entry.state() {
+        (IndexState::Loading, _) => InferError::NotReady(format!("model `{}` is still loading", entry.name)),
+        (_, reason) => InferError::NotReady(format!("model `{}` is not ready: {reason}", entry.name)),
+    }
+}
+
+fn parse_version(name: &str, version: &str) -> Result<u64, InferError> {
+    version.parse::<u64>().map_err(|_| unknown_version(name, version))
+}
+
+fn unknown_version(name: &str, version: &str) -> InferError {
+    InferError::NotFound(format!("unknown version `{version}` of model `{name}`"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,287 @@
+//! Lifecycle tests with a scripted runtime over a real directory repository: a model file holds a number,
+//! the runtime adds it to its input, and every live runtime is counted, so the tests see which files serve
+//! and that replaced instances are really gone (their threads joined).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ferroserve_runtime::{
+    DataType, LoadSpec, ModelSignature, Runtime, RuntimeError, RuntimeLoader, Tensor, TensorSpec,
+};
+
+use super::*;
+use crate::files::Files;
+use crate::repository::Root;
+use crate::request::InferInput;
+
+struct Adder {
+    signature: ModelSignature,
+    add: f32,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Adder {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Runtime for Adder {
+    fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+    fn infer(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+        std::thread::sleep(Duration::from_millis(1)); // long enough for reloads to overlap requests
+        let values: Vec<f32> = inputs[0].to_f32_vec().unwrap_or_default().iter().map(|v| v + self.add).collect();
+        Ok(vec![
+            Tensor::from_f32(inputs[0].shape().to_vec(), &values)
+                .map_err(|e| RuntimeError::Execution(e.to_string()))?,
+        ])
+    }
+}
+
+#[derive(Default)]
+struct AdderLoader {
+    live: Arc<AtomicUsize>,
+    loads: AtomicUsize,
+}
+
+impl RuntimeLoader for AdderLoader {
+    fn platform(&self) -> &'static str {
+        "adder"
+    }
+    fn default_model_filename(&self) -> &'static str {
+        "model.add"
+    }
+    fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Runtime>, RuntimeError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        let text = std::fs::read_to_string(&spec.model_path).unwrap_or_default();
+        let add = text.trim().parse::<f32>().map_err(|_| RuntimeError::Load {
+            path: spec.model_path.clone(),
+            reason: format!("`{}` is not a number", text.trim()),
+        })?;
+        self.live.fetch_add(1, Ordering::SeqCst);
+        let spec = TensorSpec { name: "x".into(), datatype: DataType::Fp32, dims: vec![-1] };
+        Ok(Box::new(Adder {
+            signature: ModelSignature { inputs: vec![spec.clone()], outputs: vec![spec] },
+            add,
+            live: Arc::clone(&self.live),
+        }))
+    }
+}
+
+struct Fixture {
+    root: PathBuf,
+    loader: Arc<AdderLoader>,
+    manager: Arc<ModelManager>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // Write beside and rename, as a deployment would, so a poll never reads half a file.
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, text).unwrap();
+    std::fs::rename(temp, path).unwrap();
+}
+
+fn fixture(tag: &str, control: ModelControlMode) -> Fixture {
+    let root = std::env::temp_dir().join(format!("ferroserve-lifecycle-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let loader = Arc::new(AdderLoader::default());
+    let repository = Repository::new(vec![Root::models(Files::local(&root))]);
+    let options = EngineOptions { retire_timeout: Duration::from_secs(10), ..EngineOptions::default() };
+    let manager =
+        Arc::new(ModelManager::new(repository, vec![loader.clone() as Arc<dyn RuntimeLoader>], options, control));
+    Fixture { root, loader, manager }
+}
+
+fn request(model: &str, version: Option<&str>) -> InferRequest {
+    InferRequest {
+        model_name: model.into(),
+        model_version: version.map(str::to_string),
+        id: None,
+        parameters: Default::default(),
+        inputs: vec![InferInput {
+            name: "x".into(),
+            tensor: Tensor::from_f32(vec![1], &[1.0]).unwrap(),
+            parameters: Default::default(),
+        }],
+        outputs: vec![],
+    }
+}
+
+async fn answer(manager: &ModelManager, model: &str) -> Result<f32, InferError> {
+    let response = manager.infer(request(model, None)).await?;
+    Ok(response.outputs[0].tensor.to_f32_vec().unwrap()[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_never_fail_a_request_and_release_the_old_instances() {
+    let f = fixture("reload", ModelControlMode::Explicit);
+    write(&f.root.join("m/1/model.add"), "10");
+    f.manager.start(StartupModels::All).await.unwrap();
+    assert!(f.manager.is_ready());
+    assert_eq!(answer(&f.manager, "m").await.unwrap(), 11.0);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (manager, stop) = (Arc::clone(&f.manager), Arc::clone(&stop));
+        clients.push(tokio::spawn(async move {
+            let mut answered = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let value = answer(&manager, "m").await.expect("no request may fail during a reload");
+                assert!((11.0..=21.0).contains(&value), "{value}");
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    for n in 0..10 {
+        write(&f.root.join("m/1/model.add"), &format!("{}", 11 + n));
+        f.manager.request_load("m", None).await.unwrap();
+        assert!(f.manager.is_ready(), "a reload keeps the model ready");
+        assert_eq!(f.loader.live.load(Ordering::SeqCst), 1, "the replaced instance is gone once the load returns");
+    }
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        assert!(client.await.unwrap() > 0);
+    }
+    assert_eq!(answer(&f.manager, "m").await.unwrap(), 21.0);
+}
+
+#[tokio::test]
+async fn a_failed_reload_keeps_the_old_version_serving() {
+    let f = fixture("failed", ModelControlMode::Explicit);
+    write(&f.root.join("m/1/model.add"), "1");
+    f.manager.start(StartupModels::All).await.unwrap();
+    write(&f.root.join("m/1/model.add"), "not a number");
+    let error = f.manager.request_load("m", None).await.unwrap_err();
+    assert!(matches!(&error, InferError::InvalidInput(m) if m.contains("not a number")), "{error:?}");
+    assert_eq!(answer(&f.manager, "m").await.unwrap(), 2.0);
+    assert!(f.manager.is_ready());
+    let rows = f.manager.index(false);
+    assert_eq!(rows[0].state, IndexState::Ready);
+    assert!(rows[0].reason.contains("last reload failed"), "{}", rows[0].reason);
+    assert_eq!(f.loader.live.load(Ordering::SeqCst), 1);
+    // Fixed files load again and clear the failure.
+    write(&f.root.join("m/1/model.add"), "5");
+    f.manager.request_load("m", None).await.unwrap();
+    assert_eq!(answer(&f.manager, "m").await.unwrap(), 6.0);
+    assert!(f.manager.index(false)[0].reason.is_empty());
+}
+
+#[tokio::test]
+async fn unchanged_versions_are_kept_and_changed_ones_rebuilt() {
+    let f = fixture("reuse", ModelControlMode::Explicit);
+    write(&f.root.join("m/1/model.add"), "1");
+    write(&f.root.join("m/2/model.add"), "2");
+    write(&f.root.join("m/config.pbtxt"), "version_policy: { all: {} }");
+    f.manager.start(StartupModels::All).await.unwrap();
+    assert_eq!(f.loader.loads.load(Ordering::SeqCst), 2);
+    f.manager.request_load("m", None).await.unwrap();
+    assert_eq!(f.loader.loads.load(Ordering::SeqCst), 2, "nothing changed: nothing rebuilt");
+    write(&f.root.join("m/2/model.add"), "3");
+    f.manager.request_load("m", None).await.unwrap();
+    assert_eq!(f.loader.loads.load(Ordering::SeqCst), 3, "only version 2 rebuilt");
+    assert_eq!(f.loader.live.load(Ordering::SeqCst), 2);
+    let v2 = f.manager.infer(request("m", Some("2"))).await.unwrap();
+    assert_eq!(v2.outputs[0].tensor.to_f32_vec().unwrap(), [4.0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_loads_and_unloads_leave_exactly_one_pool() {
+    let f = fixture("storm", ModelControlMode::Explicit);
+    write(&f.root.join("m/1/model.add"), "1");
+    f.manager.start(StartupModels::Named(vec![])).await.unwrap();
+    let mut calls = Vec::new();
+    for i in 0..24 {
+        let manager = Arc::clone(&f.manager);
+        calls.push(tokio::spawn(async move {
+            if i % 3 == 2 {
+                let _ = manager.request_unload("m").await;
+            } else {
+                manager.request_load("m", None).await.unwrap();
+            }
+        }));
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    f.manager.request_load("m", None).await.unwrap();
+    assert_eq!(f.loader.live.load(Ordering::SeqCst), 1);
+    f.manager.request_unload("m").await.unwrap();
+    assert_eq!(f.loader.live.load(Ordering::SeqCst), 0, "an unload returns once the instances are gone");
+    assert!(matches!(answer(&f.manager, "m").await, Err(InferError::NotFound(_))));
+    assert!(f.manager.is_ready(), "an unloaded model does not hold readiness back");
+    assert_eq!(f.manager.index(false)[0].reason, "unloaded");
+}
+
+#[tokio::test]
+async fn explicit_mode_loads_only_named_models_and_other_modes_refuse_the_api() {
+    let f = fixture("explicit", ModelControlMode::Explicit);
+    write(&f.root.join("a/1/model.add"), "1");
+    write(&f.root.join("b/1/model.add"), "1");
+    f.manager.start(StartupModels::Named(vec!["b".into()])).await.unwrap();
+    assert!(matches!(answer(&f.manager, "a").await, Err(InferError::NotFound(_))));
+    assert_eq!(answer(&f.manager, "b").await.unwrap(), 2.0);
+    assert!(matches!(f.manager.request_load("zzz", None).await, Err(InferError::NotFound(_))));
+    assert!(f.manager.entry("zzz").is_err(), "a failed load of an unknown name leaves no entry");
+
+    let g = fixture("none", ModelControlMode::None);
+    write(&g.root.join("a/1/model.add"), "1");
+    g.manager.start(StartupModels::All).await.unwrap();
+    assert!(matches!(g.manager.request_unload("a").await, Err(InferError::NotReady(m)) if m.contains("explicit")));
+    assert_eq!(answer(&g.manager, "a").await.unwrap(), 2.0);
+}
+
+#[tokio::test]
+async fn an_unreadable_repository_never_reports_ready() {
+    let f = fixture("missing", ModelControlMode::None);
+    std::fs::remove_dir_all(&f.root).unwrap();
+    assert!(f.manager.start(StartupModels::All).await.is_err());
+    assert!(!f.manager.is_ready());
+    assert!(f.manager.repository_failure().is_some());
+    // Once it can be read, a poll clears the failure and loads what is there.
+    write(&f.root.join("m/1/model.add"), "1");
+    f.manager.poll().await;
+    assert!(f.manager.is_ready());
+    assert_eq!(answer(&f.manager, "m").await.unwrap(), 2.0);
+}
+
+#[tokio::test]
+async fn polling_follows_added_changed_and_removed_models() {
+    let f = fixture("poll", ModelControlMode::Poll);
+    write(&f.root.join("a/1/model.add"), "1");
+    f.manager.start(StartupModels::All).await.unwrap();
+    let mut readiness = f.manager.readiness();
+    assert!(*readiness.borrow_and_update());
+    write(&f.root.join("b/1/model.add"), "2");
+    f.manager.poll().await;
+    assert_eq!(answer(&f.manager, "b").await.unwrap(), 3.0);
+    let loads = f.loader.loads.load(Ordering::SeqCst);
+    f.manager.poll().await;
+    assert_eq!(f.loader.loads.load(Ordering::SeqCst), loads, "an unchanged repository reloads nothing");
+    write(&f.root.join("a/1/model.add"), "100");
+    f.manager.poll().await;
+    assert_eq!(answer(&f.manager, "a").await.unwrap(), 101.0);
+    std::fs::remove_dir_all(f.root.join("b")).unwrap();
+    f.manager.poll().await;
+    assert!(matches!(answer(&f.manager, "b").await, Err(InferError::NotFound(_))));
+    assert_eq!(f.loader.live.load(Ordering::SeqCst), 1);
+    assert!(f.manager.is_ready());
+    f.manager.begin_shutdown();
+    assert!(!f.manager.is_ready());
+    assert!(!*readiness.borrow_and_update(), "watchers see the shutdown");
+}

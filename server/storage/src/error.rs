@@ -1,0 +1,139 @@
+//! One error type for everything the storage layer does, with the store's error kept as the `source`.
+//!
+//! Messages name the location (always redacted: no credentials, no query strings) and the object, so an
+//! operator can tell a typo in `--model-repository` from an expired token from a flaky network.
+
+use std::path::PathBuf;
+
+/// A boxed error cause, kept as the `source` of a [`StorageError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The location string could not be understood.
+    #[error("invalid storage location `{location}`: {reason}")]
+    InvalidLocation {
+        /// The location, redacted.
+        location: String,
+        /// What was wrong, naming the accepted forms.
+        reason: String,
+    },
+    /// A path inside the storage is not acceptable (absolute, `..`, empty segments).
+    #[error("invalid path `{path}` in {location}: {reason}")]
+    InvalidPath {
+        /// The storage location, redacted.
+        location: String,
+        /// The offending path.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The storage root or an object does not exist.
+    #[error("{location}: `{path}` not found")]
+    NotFound {
+        /// The storage location, redacted.
+        location: String,
+        /// The missing path, relative to the storage root ("" for the root itself).
+        path: String,
+    },
+    /// The credentials in use may not read the object (HTTP 401/403).
+    #[error("{location}: permission denied reading `{path}`")]
+    PermissionDenied {
+        /// The storage location, redacted.
+        location: String,
+        /// The object, relative to the storage root.
+        path: String,
+        /// The store's error.
+        source: object_store::Error,
+    },
+    /// The store kept failing with transient errors (timeouts, resets, 5xx, truncated bodies).
+    #[error("{location} unreachable after {attempts} attempts reading `{path}`: {source}")]
+    Unreachable {
+        /// The storage location, redacted.
+        location: String,
+        /// The object being read ("" for a listing of the root).
+        path: String,
+        /// Requests made, the first included.
+        attempts: u32,
+        /// The last error.
+        source: BoxError,
+    },
+    /// The object changed while it was being downloaded (its ETag no longer matches the listing).
+    #[error("{location}: `{path}` changed during download; list again and retry")]
+    Changed {
+        /// The storage location, redacted.
+        location: String,
+        /// The object, relative to the storage root.
+        path: String,
+    },
+    /// A downloaded or local file is not what the listing promised.
+    #[error("{location}: `{path}` is corrupt: {reason}")]
+    Integrity {
+        /// The storage location, redacted.
+        location: String,
+        /// The file, relative to the storage root.
+        path: String,
+        /// What did not match, e.g. "size 10 bytes, listing says 12".
+        reason: String,
+    },
+    /// Reading or writing the local filesystem (cache or local repository) failed.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The local path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// An archive (`.tar.gz`, `.tgz`, `.tar`, `.zip`) could not be unpacked.
+    #[error("{location}: cannot unpack archive: {reason}")]
+    Archive {
+        /// The storage location, redacted.
+        location: String,
+        /// What was wrong, e.g. "entry `../x` escapes the destination".
+        reason: String,
+        /// The decoder's error, where there is one.
+        source: Option<BoxError>,
+    },
+    /// Any other error from the object store (unsupported operation, bad configuration).
+    #[error("{location}: {source}")]
+    Store {
+        /// The storage location, redacted.
+        location: String,
+        /// The store's error.
+        source: object_store::Error,
+    },
+}
+
+impl StorageError {
+    /// Whether trying the same operation again later may succeed (network trouble, an object that changed
+    /// mid-download), as opposed to a mistake in the location, credentials or content.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::Unreachable { .. } | StorageError::Changed { .. } => true,
+            StorageError::Store { source, .. } => store_error_is_transient(source),
+            _ => false,
+        }
+    }
+
+    /// Maps an `object_store` error for `path` (relative to the storage root) on `location`.
+    pub(crate) fn from_store(location: &str, path: &str, source: object_store::Error) -> Self {
+        let location = location.to_string();
+        let path = path.to_string();
+        match source {
+            object_store::Error::NotFound { .. } => StorageError::NotFound { location, path },
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                StorageError::PermissionDenied { location, path, source }
+            }
+            object_store::Error::Precondition { .. } => StorageError::Changed { location, path },
+            source => StorageError::Store { location, source },
+        }
+    }
+}
+
+/// Whether an `object_store` error is worth retrying. `Generic` carries HTTP transport failures and 5xx
+/// responses that outlived object_store's own retries; everything else is a definite answer.
+pub(crate) fn store_error_is_transient(error: &object_store::Error) -> bool {
+    matches!(error, object_store::Error::Generic { .. } | object_store::Error::JoinError { .. })
+}

@@ -1,0 +1,144 @@
+//! Plain http(s) locations against a tiny HTTP/1.1 server on 127.0.0.1:0: a single file, and archives unpacked
+//! into the cache once per ETag.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ferroserve_storage::{Storage, StorageOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Serves `body` at every path with an ETag; counts GETs (HEADs not counted).
+async fn serve(body: Vec<u8>, etag: &'static str) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gets = Arc::new(AtomicUsize::new(0));
+    let counter = gets.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let (body, counter) = (body.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request per connection is enough for these tests (we answer Connection: close).
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let request = String::from_utf8_lossy(&buf).to_string();
+                let head = request.starts_with("HEAD");
+                let range = request.lines().find_map(|l| {
+                    let value = l.strip_prefix("range: ").or_else(|| l.strip_prefix("Range: "))?;
+                    let (a, b) = value.strip_prefix("bytes=")?.split_once('-')?;
+                    Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+                });
+                let (status, slice) = match range {
+                    Some((a, b)) => ("206 Partial Content", &body[a..=b.min(body.len() - 1)]),
+                    None => ("200 OK", &body[..]),
+                };
+                if !head {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                let mut response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\netag: {etag}\r\n\
+                     last-modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nconnection: close\r\n",
+                    slice.len()
+                );
+                if let Some((a, _)) = range {
+                    response.push_str(&format!("content-range: bytes {a}-{}/{}\r\n", a + slice.len() - 1, body.len()));
+                }
+                response.push_str("\r\n");
+                let _ = socket.write_all(response.as_bytes()).await;
+                if !head {
+                    let _ = socket.write_all(slice).await;
+                }
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}"), gets)
+}
+
+fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, path, *data).unwrap();
+    }
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(&builder.into_inner().unwrap()).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn options(cache: &std::path::Path) -> StorageOptions {
+    StorageOptions { cache_dir: cache.to_path_buf(), max_retries: 1, ..StorageOptions::default() }
+}
+
+#[tokio::test]
+async fn single_file_url_is_a_tree_of_one_file() {
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+    let (base, gets) = serve(data.clone(), "\"v1\"").await;
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("{base}/models/resnet/model.onnx?token=SECRET");
+    let storage = Storage::open(&url, StorageOptions { part_size: 16_384, ..options(cache.path()) }).unwrap();
+    assert!(!storage.describe().contains("SECRET"));
+    assert!(storage.list_dirs("").await.unwrap().is_empty());
+    let files = storage.list_files("").await.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(
+        (files[0].path.as_str(), files[0].size, files[0].etag.as_deref()),
+        ("model.onnx", 50_000, Some("\"v1\""))
+    );
+    let root = storage.fetch(&files).await.unwrap();
+    assert_eq!(std::fs::read(root.join("model.onnx")).unwrap(), data);
+    assert_eq!(gets.load(Ordering::SeqCst), 4, "50 000 bytes in 16 KiB ranged parts");
+    // Warm: listing (HEAD) only.
+    let again = Storage::open(&url, options(cache.path())).unwrap();
+    again.fetch(&again.list_files("").await.unwrap()).await.unwrap();
+    assert_eq!(gets.load(Ordering::SeqCst), 4);
+    assert_eq!(storage.read("model.onnx").await.unwrap().unwrap().len(), 50_000);
+    assert_eq!(storage.read("other").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn tar_gz_url_is_unpacked_once_per_etag() {
+    let archive = tar_gz(&[("m/config.pbtxt", b"name: \"m\""), ("m/1/model.onnx", b"weights")]);
+    let (base, gets) = serve(archive, "\"a1\"").await;
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("{base}/dl/model.tar.gz");
+    let storage = Storage::open(&url, options(cache.path())).unwrap();
+    assert!(!storage.is_local());
+    assert_eq!(storage.list_dirs("").await.unwrap(), ["m"]);
+    let files = storage.list_files("m").await.unwrap();
+    assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["m/1/model.onnx", "m/config.pbtxt"]);
+    assert_eq!(storage.read("m/config.pbtxt").await.unwrap().as_deref(), Some(&b"name: \"m\""[..]));
+    let root = storage.fetch(&files).await.unwrap();
+    assert_eq!(std::fs::read(root.join("m/1/model.onnx")).unwrap(), b"weights");
+    assert_eq!(gets.load(Ordering::SeqCst), 1);
+    // A restart reuses the unpacked tree after a HEAD.
+    let again = Storage::open(&url, options(cache.path())).unwrap();
+    assert_eq!(again.list_dirs("").await.unwrap(), ["m"]);
+    assert_eq!(gets.load(Ordering::SeqCst), 1);
+    assert!(common_leftovers(cache.path()).is_empty());
+}
+
+fn common_leftovers(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir.join(std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().file_name()))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
