@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use ferroserve_engine::{EngineOptions, ModelControlMode, StartupModels};
+use ferroserve_storage::StorageOptions;
 
 /// ferroserve: a KServe v2 / Open Inference Protocol server for ONNX models, over HTTP and gRPC.
 #[derive(Parser, Debug, Clone)]
@@ -43,6 +44,18 @@ pub struct Config {
     /// again without downloading (only a listing).
     #[arg(long = "cache-dir", env = "FERROSERVE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+
+    /// Objects downloading at once from object storage (parts of large objects included).
+    #[arg(long = "download-concurrency", env = "FERROSERVE_DOWNLOAD_CONCURRENCY", default_value_t = 8)]
+    pub download_concurrency: usize,
+
+    /// Objects larger than this download in parallel ranged parts of this many bytes.
+    #[arg(long = "download-part-bytes", env = "FERROSERVE_DOWNLOAD_PART_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub download_part_bytes: u64,
+
+    /// Retries of a failed storage request (with exponential backoff) before a load fails.
+    #[arg(long = "storage-retries", env = "FERROSERVE_STORAGE_RETRIES", default_value_t = 5)]
+    pub storage_retries: u32,
 
     /// Model control mode (Triton's): `none` loads every model at start; `poll` also follows repository
     /// changes; `explicit` loads only --load-model models and lets the repository API load and unload.
@@ -195,6 +208,18 @@ impl Config {
         names.sort();
         names.dedup();
         StartupModels::Named(names)
+    }
+
+    /// Download and cache settings for object storage.
+    pub fn storage_options(&self) -> StorageOptions {
+        let mut options = StorageOptions::default();
+        if let Some(dir) = &self.cache_dir {
+            options.cache_dir = dir.clone();
+        }
+        options.download_concurrency = self.download_concurrency.max(1);
+        options.part_size = self.download_part_bytes.max(1);
+        options.max_retries = self.storage_retries;
+        options
     }
 
     /// Engine defaults from the flags.

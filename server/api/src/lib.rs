@@ -51,7 +51,8 @@ fn loaders(config: &Config) -> anyhow::Result<Vec<Arc<dyn RuntimeLoader>>> {
 
 /// The model repository the flags name.
 fn repository(config: &Config) -> anyhow::Result<Repository> {
-    let open = |location: &str| Files::open(location).with_context(|| format!("model location `{location}`"));
+    let options = config.storage_options();
+    let open = |location: &str| Files::open(location, options.clone()).context("cannot use the model location");
     let roots = match config.model_sources().map_err(anyhow::Error::msg)? {
         ModelSources::Repositories(locations) => {
             locations.iter().map(|l| open(l).map(Root::models)).collect::<anyhow::Result<Vec<_>>>()?

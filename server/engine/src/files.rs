@@ -1,8 +1,12 @@
 //! [`Files`]: the storage under one repository root, seen the same way whether it is a local directory or
-//! object storage: list directories, list files with their sizes and change tags, read a small file, and
-//! make a set of files local. The repository logic above it never touches `std::fs` or a store directly.
+//! object storage (`ferroserve-storage`, on the `object_store` crate): list directories, list files with
+//! their sizes and change tags, read a small file, and make a set of files local (a cache for remote
+//! stores; the directory itself for local ones). The repository logic above it never touches `std::fs` or a
+//! store directly.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use ferroserve_storage::{ObjectInfo, Storage, StorageError, StorageOptions};
 
 /// A file under a root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,162 +17,83 @@ pub struct FileInfo {
     pub size: u64,
     /// Changes when the content changes (an ETag, or a modification time).
     pub tag: Option<String>,
+    /// The listing it came from, handed back to the storage to fetch the file.
+    object: ObjectInfo,
+}
+
+impl From<ObjectInfo> for FileInfo {
+    fn from(object: ObjectInfo) -> Self {
+        let modified = object
+            .last_modified
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos().to_string());
+        FileInfo { path: object.path.clone(), size: object.size, tag: object.etag.clone().or(modified), object }
+    }
 }
 
 /// Why storage could not be listed or read.
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
-    /// The location is not one this build can read.
-    #[error("unsupported model location `{0}`: give a directory or a file:// URL")]
-    InvalidLocation(String),
-    /// A local file or directory could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// The storage layer failed (its error names the location, never credentials).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 impl FilesError {
-    /// Whether trying again later may succeed.
+    /// Whether trying again later may succeed (the store was unreachable or changed under us).
     pub fn is_transient(&self) -> bool {
-        false
+        match self {
+            FilesError::Storage(e) => e.is_transient(),
+        }
     }
 }
 
 /// The storage under one repository root.
 #[derive(Debug, Clone)]
-pub enum Files {
-    /// A local directory.
-    Local(PathBuf),
+pub struct Files {
+    storage: Storage,
 }
 
 impl Files {
-    /// The storage a location names: a local directory or a `file://` URL.
-    pub fn open(location: &str) -> Result<Files, FilesError> {
-        if let Some(path) = location.strip_prefix("file://") {
-            return Ok(Files::Local(PathBuf::from(path)));
-        }
-        if location.contains("://") {
-            return Err(FilesError::InvalidLocation(location.to_string()));
-        }
-        Ok(Files::Local(PathBuf::from(location)))
+    /// The storage a location names: a directory, `file://`, `s3://`, `gs://`, `az://`, an Azure blob URL, or
+    /// an http(s) URL of a model file or archive. Builds clients from the environment; no I/O yet.
+    pub fn open(location: &str, options: StorageOptions) -> Result<Files, FilesError> {
+        Ok(Files { storage: Storage::open(location, options)? })
     }
 
-    /// A local directory.
-    pub fn local(dir: &Path) -> Self {
-        Files::Local(dir.to_path_buf())
+    /// Over an existing storage (tests use object_store's in-memory store).
+    pub fn new(storage: Storage) -> Self {
+        Files { storage }
     }
 
     /// Where it is, for messages (never with credentials).
     pub fn describe(&self) -> String {
-        match self {
-            Files::Local(dir) => dir.display().to_string(),
-        }
+        self.storage.describe().to_string()
     }
 
     /// Names of the directories directly under `rel` ("" = the root), sorted; dot-names skipped.
     pub async fn list_dirs(&self, rel: &str) -> Result<Vec<String>, FilesError> {
-        match self {
-            Files::Local(root) => {
-                let dir = join(root, rel);
-                blocking(move || {
-                    let mut names = Vec::new();
-                    for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
-                        let entry = entry.map_err(io(&dir))?;
-                        let name = entry.file_name().to_string_lossy().into_owned();
-                        if entry.path().is_dir() && !name.starts_with('.') {
-                            names.push(name);
-                        }
-                    }
-                    names.sort();
-                    Ok(names)
-                })
-                .await
-            }
-        }
+        Ok(self.storage.list_dirs(rel).await?)
     }
 
-    /// Every file under `rel`, recursively, sorted by path; dot-names skipped.
+    /// Every file under `rel`, recursively, sorted by path; names starting with a dot are skipped.
     pub async fn list_files(&self, rel: &str) -> Result<Vec<FileInfo>, FilesError> {
-        match self {
-            Files::Local(root) => {
-                let (root, rel) = (root.clone(), rel.to_string());
-                blocking(move || {
-                    let mut out = Vec::new();
-                    walk(&root, &rel, &mut out)?;
-                    out.sort_by(|a, b| a.path.cmp(&b.path));
-                    Ok(out)
-                })
-                .await
-            }
-        }
+        let listed = self.storage.list_files(rel).await?;
+        Ok(listed
+            .into_iter()
+            .filter(|o| !o.path.split('/').any(|part| part.starts_with('.')))
+            .map(FileInfo::from)
+            .collect())
     }
 
     /// A small file's bytes, or `None` when it does not exist.
     pub async fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, FilesError> {
-        match self {
-            Files::Local(root) => {
-                let path = join(root, rel);
-                blocking(move || match std::fs::read(&path) {
-                    Ok(bytes) => Ok(Some(bytes)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(FilesError::Io { path, source: e }),
-                })
-                .await
-            }
-        }
+        Ok(self.storage.read(rel).await?.map(|b| b.to_vec()))
     }
 
-    /// Makes `files` local; returns the local directory standing for the root.
-    pub async fn fetch(&self, _files: &[FileInfo]) -> Result<PathBuf, FilesError> {
-        match self {
-            Files::Local(root) => Ok(root.clone()),
-        }
-    }
-}
-
-fn join(root: &Path, rel: &str) -> PathBuf {
-    if rel.is_empty() { root.to_path_buf() } else { root.join(rel) }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FilesError + '_ {
-    move |source| FilesError::Io { path: path.to_path_buf(), source }
-}
-
-fn walk(root: &Path, rel: &str, out: &mut Vec<FileInfo>) -> Result<(), FilesError> {
-    let dir = join(root, rel);
-    for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
-        let entry = entry.map_err(io(&dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-        let path = entry.path();
-        let meta = std::fs::metadata(&path).map_err(io(&path))?;
-        if meta.is_dir() {
-            walk(root, &child, out)?;
-        } else {
-            let tag = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_nanos().to_string());
-            out.push(FileInfo { path: child, size: meta.len(), tag });
-        }
-    }
-    Ok(())
-}
-
-/// Runs file-system work off the async runtime.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, FilesError> + Send + 'static,
-) -> Result<T, FilesError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result,
-        Err(e) => Err(FilesError::Io { path: PathBuf::new(), source: std::io::Error::other(e.to_string()) }),
+    /// Makes `files` local and complete; returns the local directory standing for the root.
+    pub async fn fetch(&self, files: &[FileInfo]) -> Result<PathBuf, FilesError> {
+        let objects: Vec<ObjectInfo> = files.iter().map(|f| f.object.clone()).collect();
+        Ok(self.storage.fetch(&objects).await?)
     }
 }

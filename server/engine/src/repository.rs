@@ -346,7 +346,7 @@ mod tests {
     }
 
     fn local(root: &Path) -> Repository {
-        Repository::new(vec![Root::models(Files::local(root))])
+        Repository::new(vec![Root::models(Files::open(&root.to_string_lossy(), Default::default()).unwrap())])
     }
 
     #[tokio::test]
@@ -394,7 +394,10 @@ mod tests {
     async fn single_model_dir_without_versions_is_version_1() {
         let dir = temp_dir("single");
         write(&dir.join("model.onnx"), b"x");
-        let repo = Repository::new(vec![Root::single_model("m".into(), Files::local(&dir))]);
+        let repo = Repository::new(vec![Root::single_model(
+            "m".into(),
+            Files::open(&dir.to_string_lossy(), Default::default()).unwrap(),
+        )]);
         assert_eq!(repo.model_names().await.unwrap(), ["m"]);
         let m = repo.read_model("m", None).await.unwrap();
         assert_eq!(m.versions.len(), 1);
@@ -403,17 +406,52 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// The same layout through object storage (object_store's in-memory store): listed through the store,
+    /// fetched into the cache, only the versions asked for.
+    #[tokio::test]
+    async fn reads_and_fetches_through_an_object_store() {
+        use object_store::ObjectStore;
+        let store = std::sync::Arc::new(object_store::memory::InMemory::new());
+        for (path, bytes) in [
+            ("repo/a/config.pbtxt", &b"max_batch_size: 4"[..]),
+            ("repo/a/1/model.onnx", b"one"),
+            ("repo/a/2/model.onnx", b"two"),
+            ("repo/b/3/model.onnx", b"three"),
+            ("repo/.hidden/1/model.onnx", b""),
+        ] {
+            store.put_opts(&path.into(), bytes.to_vec().into(), Default::default()).await.unwrap();
+        }
+        let cache = temp_dir("memory-cache");
+        let options = ferroserve_storage::StorageOptions { cache_dir: cache.clone(), ..Default::default() };
+        let storage = ferroserve_storage::Storage::from_store(store, "repo", "memory://repo", options);
+        let repo = Repository::new(vec![Root::models(Files::new(storage))]);
+        assert_eq!(repo.model_names().await.unwrap(), ["a", "b"]);
+        let a = repo.read_model("a", None).await.unwrap();
+        assert_eq!(a.config.max_batch_size, Some(4));
+        assert_eq!(a.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
+        let dirs = repo.fetch(&a, &[2]).await.unwrap();
+        assert!(dirs[&2].starts_with(&cache));
+        assert_eq!(std::fs::read(dirs[&2].join("model.onnx")).unwrap(), b"two");
+        assert!(!dirs[&2].parent().unwrap().join("1/model.onnx").exists(), "version 1 was not asked for");
+        std::fs::remove_dir_all(cache).unwrap();
+    }
+
     #[tokio::test]
     async fn several_roots_and_duplicates() {
         let (one, two) = (temp_dir("root1"), temp_dir("root2"));
         write(&one.join("a/1/model.onnx"), b"");
         write(&two.join("b/1/model.onnx"), b"");
         write(&two.join("a/1/model.onnx"), b"");
-        let repo = Repository::new(vec![Root::models(Files::local(&one)), Root::models(Files::local(&two))]);
+        let repo = Repository::new(vec![
+            Root::models(Files::open(&one.to_string_lossy(), Default::default()).unwrap()),
+            Root::models(Files::open(&two.to_string_lossy(), Default::default()).unwrap()),
+        ]);
         assert_eq!(repo.model_names().await.unwrap(), ["a", "b"]);
         assert!(repo.read_model("b", None).await.is_ok());
         assert!(matches!(repo.read_model("a", None).await, Err(RepositoryError::Duplicate { .. })));
-        let missing = Repository::new(vec![Root::models(Files::local(&one.join("nope")))]);
+        let missing = Repository::new(vec![Root::models(
+            Files::open(&one.join("nope").to_string_lossy(), Default::default()).unwrap(),
+        )]);
         assert!(missing.model_names().await.is_err());
         std::fs::remove_dir_all(one).unwrap();
         std::fs::remove_dir_all(two).unwrap();

@@ -300,8 +300,10 @@ pub(crate) async fn fetch(
     }
     let downloader = Downloader::new(store, label, options);
     let download_bytes: u64 = wanted.iter().map(|i| i.size).sum();
-    stream::iter(wanted.iter())
-        .map(|info| fetch_one(&downloader, prefix, &root, info))
+    // Owned items: a closure over `&ObjectInfo` makes the future too general for `tokio::spawn` callers.
+    let (downloader, root_dir) = (&downloader, &root);
+    stream::iter(wanted.iter().map(|info| (*info).clone()).collect::<Vec<ObjectInfo>>())
+        .map(|info| async move { fetch_one(downloader, prefix, root_dir, &info).await })
         .buffer_unordered(options.download_concurrency.max(1))
         .try_collect::<()>()
         .await?;

@@ -100,7 +100,8 @@ mod tests {
     async fn app() -> Router {
         let root = std::env::temp_dir().join(format!("ferroserve-router-{}", std::process::id()));
         std::fs::create_dir_all(&root).unwrap();
-        let repository = Repository::new(vec![Root::models(Files::local(&root))]);
+        let repository =
+            Repository::new(vec![Root::models(Files::open(&root.to_string_lossy(), Default::default()).unwrap())]);
         let manager =
             Arc::new(ModelManager::new(repository, Vec::new(), EngineOptions::default(), ModelControlMode::None));
         manager.start(StartupModels::All).await.unwrap();

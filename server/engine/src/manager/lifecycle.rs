@@ -145,7 +145,12 @@ impl ModelManager {
             {
                 return Err(InferError::NotFound(format!("model `{name}` is not in the model repository")));
             }
-            Err(e) => return Err(self.fail(name, current, e.to_string(), None)),
+            Err(e) => {
+                // A fault in the files is retried by polling only once they change; an unreachable store on
+                // every poll.
+                let print = if e.is_transient() { None } else { self.repository.fingerprint(name).await.ok() };
+                return Err(self.fail(name, current, e.to_string(), print));
+            }
         };
         if !serving {
             self.swap(name, ModelEntry::loading(name));

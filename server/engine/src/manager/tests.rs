@@ -99,7 +99,8 @@ fn fixture(tag: &str, control: ModelControlMode) -> Fixture {
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let loader = Arc::new(AdderLoader::default());
-    let repository = Repository::new(vec![Root::models(Files::local(&root))]);
+    let repository =
+        Repository::new(vec![Root::models(Files::open(&root.to_string_lossy(), Default::default()).unwrap())]);
     let options = EngineOptions { retire_timeout: Duration::from_secs(10), ..EngineOptions::default() };
     let manager =
         Arc::new(ModelManager::new(repository, vec![loader.clone() as Arc<dyn RuntimeLoader>], options, control));

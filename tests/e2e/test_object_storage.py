@@ -1,0 +1,186 @@
+"""Model repositories in object storage, against real servers on 127.0.0.1 started here: moto_server (S3),
+a static HTTP server, and a proxy that drops connections mid-download. Outputs are checked against numpy."""
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from fixtures import mlp_numpy
+from server import REFERENCE, REPOSITORY, Server, binary, onnxruntime_lib
+from storage_servers import BUCKET, SECRET, CuttingProxy, Moto, StaticHttp, free_port
+
+
+@pytest.fixture
+def moto():
+    m = Moto()
+    yield m
+    m.stop()
+
+
+@pytest.fixture
+def cache():
+    d = tempfile.mkdtemp(prefix="ferroserve-cache-")
+    yield d
+    shutil.rmtree(d)
+
+
+def check_mlp(addr, name="mlp"):
+    ref = np.load(os.path.join(REFERENCE, "mlp.npz"))
+    x = np.random.rand(3, 16).astype(np.float32)
+    client = httpclient.InferenceServerClient(addr)
+    inp = httpclient.InferInput("INPUT0", [3, 16], "FP32")
+    inp.set_data_from_numpy(x)
+    out = client.infer(name, [inp]).as_numpy("OUTPUT0")
+    client.close()
+    np.testing.assert_allclose(out, mlp_numpy(ref, x), rtol=1e-5, atol=1e-5)
+
+
+def check_mlp_large(addr):
+    ref = np.load(os.path.join(REFERENCE, "mlp_large.npz"))
+    client = httpclient.InferenceServerClient(addr)
+    inp = httpclient.InferInput("INPUT0", list(ref["INPUT0"].shape), "FP32")
+    inp.set_data_from_numpy(ref["INPUT0"])
+    out = client.infer("mlp_large", [inp]).as_numpy("OUTPUT0")
+    client.close()
+    np.testing.assert_allclose(out, ref["OUTPUT0"], rtol=1e-4, atol=1e-4)
+
+
+def test_s3_repository_then_a_warm_restart_downloads_nothing(moto, cache):
+    for name in ("mlp", "strings"):
+        moto.upload_dir(os.path.join(REPOSITORY, name), f"repo/{name}")
+    args = ("--cache-dir", cache)
+    s = Server(*args, repository=f"s3://{BUCKET}/repo", env=moto.env())
+    try:
+        check_mlp(s.http_addr)
+        client = httpclient.InferenceServerClient(s.http_addr)
+        assert sorted(m["name"] for m in client.get_model_repository_index()) == ["mlp", "strings"]
+        assert client.is_model_ready("strings")
+        client.close()
+    finally:
+        assert s.stop() == 0
+    cold = moto.gets("/model.onnx")
+    assert cold == 2, cold
+    assert SECRET not in s.logs()
+    warm = Server(*args, repository=f"s3://{BUCKET}/repo", env=moto.env())
+    try:
+        check_mlp(warm.http_addr)
+        assert moto.gets("/model.onnx") == cold, "a cached, unchanged model is not downloaded again"
+    finally:
+        assert warm.stop() == 0
+
+
+def test_kserve_storage_uri_with_kserve_s3_variables(moto, cache):
+    moto.upload_dir(os.path.join(REPOSITORY, "mlp", "1"), "single/mlp")
+    env = {"STORAGE_URI": f"s3://{BUCKET}/single/mlp", "S3_ENDPOINT": f"127.0.0.1:{moto.port}", "S3_USE_HTTPS": "0",
+           "AWS_ACCESS_KEY_ID": moto.env()["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": SECRET,
+           "FERROSERVE_CACHE_DIR": cache}
+    s = Server("--model_name", "my-model", repository=None, env=env)
+    try:
+        check_mlp(s.http_addr, "my-model")
+    finally:
+        assert s.stop() == 0
+
+
+def test_poll_mode_follows_the_bucket(moto, cache):
+    moto.upload_dir(os.path.join(REPOSITORY, "mlp"), "repo/mlp")
+    s = Server("--cache-dir", cache, "--model-control-mode", "poll", "--repository-poll-secs", "1",
+               repository=f"s3://{BUCKET}/repo", env=moto.env())
+    try:
+        client = httpclient.InferenceServerClient(s.http_addr)
+
+        def wait(predicate, what):
+            for _ in range(150):
+                if predicate():
+                    return
+                time.sleep(0.2)
+            raise AssertionError(f"poll did not {what}\n{s.logs()[-3000:]}")
+
+        moto.upload_dir(os.path.join(REPOSITORY, "mlp", "1"), "repo/mlp_copy/1")
+        wait(lambda: client.is_model_ready("mlp_copy"), "load a new model")
+        check_mlp(s.http_addr, "mlp_copy")
+        config = open(os.path.join(REPOSITORY, "mlp", "config.pbtxt")).read() if os.path.exists(
+            os.path.join(REPOSITORY, "mlp", "config.pbtxt")) else ""
+        moto.put("repo/mlp/config.pbtxt", (config + "\nmax_batch_size: 3\n").encode())
+        wait(lambda: client.get_model_config("mlp").get("max_batch_size") == 3, "reload a changed model")
+        check_mlp(s.http_addr)
+        moto.delete_prefix("repo/mlp_copy/")
+        wait(lambda: not client.is_model_ready("mlp_copy"), "unload a deleted model")
+        assert client.is_server_ready()
+        client.close()
+    finally:
+        assert s.stop() == 0
+
+
+def test_store_down_at_start(cache):
+    port = free_port()
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1", "ORT_DYLIB_PATH": onnxruntime_lib()}
+    # Without polling, an unreachable repository ends the process after its retries, naming the location.
+    out = subprocess.run([binary(), "--host", "127.0.0.1", "--http_port", "0", "--grpc_port", "0", "--storage-retries",
+                          "1", "--cache-dir", cache, "--model-repository", f"s3://{BUCKET}/repo"],
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, **env))
+    assert out.returncode != 0
+    assert f"s3://{BUCKET}/repo" in out.stderr and SECRET not in out.stderr
+    # With polling, the server stays live and not ready, and loads the models once the store is up.
+    s = Server("--cache-dir", cache, "--storage-retries", "1", "--model-control-mode", "poll",
+               "--repository-poll-secs", "1", repository=f"s3://{BUCKET}/repo", env=env, wait_ready=False)
+    try:
+        time.sleep(2)
+        client = httpclient.InferenceServerClient(s.http_addr)
+        assert client.is_server_live() and not client.is_server_ready()
+        moto = Moto(port)
+        try:
+            moto.upload_dir(os.path.join(REPOSITORY, "mlp"), "repo/mlp")
+            for _ in range(300):  # a poll may list the new, still empty bucket first: wait for the model
+                if client.is_model_ready("mlp"):
+                    break
+                time.sleep(0.2)
+            assert client.is_server_ready()
+            check_mlp(s.http_addr)
+        finally:
+            moto.stop()
+        client.close()
+    finally:
+        assert s.stop() == 0
+
+
+def test_connection_dropped_mid_download_never_loads_a_corrupt_model(moto, cache):
+    moto.upload_dir(os.path.join(REPOSITORY, "mlp_large"), "repo/mlp_large")
+    size = os.path.getsize(os.path.join(REPOSITORY, "mlp_large", "1", "model.onnx"))
+    proxy = CuttingProxy(moto.port, cuts=2, keep=64 * 1024, min_bytes=size // 2)
+    env = dict(moto.env(), AWS_ENDPOINT_URL=proxy.endpoint)
+    s = Server("--cache-dir", cache, repository=f"s3://{BUCKET}/repo", env=env)
+    try:
+        assert proxy.cut == 2, "the proxy really cut downloads"
+        check_mlp_large(s.http_addr)
+        cached = [os.path.join(d, f) for d, _, files in os.walk(cache) for f in files if f == "model.onnx"]
+        assert [os.path.getsize(c) for c in cached] == [size]
+    finally:
+        proxy.stop()
+        assert s.stop() == 0
+
+
+def test_http_model_file_and_archive(cache):
+    served = tempfile.mkdtemp(prefix="ferroserve-http-")
+    try:
+        shutil.copy(os.path.join(REPOSITORY, "mlp", "1", "model.onnx"), os.path.join(served, "model.onnx"))
+        with tarfile.open(os.path.join(served, "mlp.tar.gz"), "w:gz") as tar:
+            tar.add(os.path.join(REPOSITORY, "mlp"), arcname=".")
+        web = StaticHttp(served)
+        try:
+            for url in (f"{web.url}/model.onnx", f"{web.url}/mlp.tar.gz"):
+                s = Server("--model_name", "web", "--model_dir", url, "--cache-dir", cache, repository=None)
+                try:
+                    check_mlp(s.http_addr, "web")
+                finally:
+                    assert s.stop() == 0
+        finally:
+            web.stop()
+    finally:
+        shutil.rmtree(served)
