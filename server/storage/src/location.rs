@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::azure::MicrosoftAzureBuilder;
-use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::http::HttpBuilder;
 use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
@@ -48,7 +48,7 @@ pub(crate) enum Location {
     Http { base: Url, name: String, archive: Option<ArchiveKind> },
 }
 
-/// The process environment, or a test's stand-in for it.
+/// The process environment, or a caller's stand-in for it ([`crate::Storage::open_with_env`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Env(pub(crate) BTreeMap<String, String>);
 
@@ -245,15 +245,9 @@ pub(crate) fn build_store(
             return Err(StorageError::InvalidLocation { location: label.into(), reason: "local path".into() });
         }
         Location::S3 { bucket, .. } => Arc::new(s3_builder(bucket, env, max_retries).build().map_err(map)?),
-        Location::Gcs { bucket, .. } => {
-            let builder = GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(bucket)
-                .with_client_options(client_options())
-                .with_retry(retry_config(max_retries));
-            Arc::new(builder.build().map_err(map)?)
-        }
+        Location::Gcs { bucket, .. } => Arc::new(gcs_builder(bucket, env, max_retries).build().map_err(map)?),
         Location::Azure { account, container, sas, .. } => {
-            Arc::new(azure_builder(account.as_deref(), container, sas, max_retries).build().map_err(map)?)
+            Arc::new(azure_builder(account.as_deref(), container, sas, env, max_retries).build().map_err(map)?)
         }
         Location::Http { base, .. } => {
             let builder = HttpBuilder::new()
@@ -266,14 +260,43 @@ pub(crate) fn build_store(
     Ok(store)
 }
 
-/// The Azure builder: `MicrosoftAzureBuilder::from_env` (the `AZURE_STORAGE_*` variables), then the URL's parts.
+/// The GCS builder for `bucket`: what `GoogleCloudStorageBuilder::from_env` reads (`GOOGLE_*`, `SERVICE_ACCOUNT`),
+/// taken from `env`.
+pub(crate) fn gcs_builder(bucket: &str, env: &Env, max_retries: u32) -> GoogleCloudStorageBuilder {
+    let mut builder = GoogleCloudStorageBuilder::new();
+    if let Some(path) = env.get("SERVICE_ACCOUNT") {
+        builder = builder.with_service_account_path(path);
+    }
+    for (key, value) in &env.0 {
+        if key.starts_with("GOOGLE_")
+            && let Ok(config_key) = key.to_ascii_lowercase().parse::<GoogleConfigKey>()
+        {
+            builder = builder.with_config(config_key, value);
+        }
+    }
+    builder.with_bucket_name(bucket).with_client_options(client_options()).with_retry(retry_config(max_retries))
+}
+
+/// The Azure builder: what `MicrosoftAzureBuilder::from_env` reads (`AZURE_*`, `IDENTITY_ENDPOINT`), taken from
+/// `env`, then the URL's parts.
 pub(crate) fn azure_builder(
     account: Option<&str>,
     container: &str,
     sas: &[(String, String)],
+    env: &Env,
     max_retries: u32,
 ) -> MicrosoftAzureBuilder {
-    let mut builder = MicrosoftAzureBuilder::from_env();
+    let mut builder = MicrosoftAzureBuilder::new();
+    for (key, value) in &env.0 {
+        if key.starts_with("AZURE_")
+            && let Ok(config_key) = key.to_ascii_lowercase().parse::<AzureConfigKey>()
+        {
+            builder = builder.with_config(config_key, value);
+        }
+    }
+    if let Some(endpoint) = env.get("IDENTITY_ENDPOINT") {
+        builder = builder.with_msi_endpoint(endpoint);
+    }
     if let Some(account) = account {
         builder = builder.with_account(account);
     }

@@ -1,7 +1,6 @@
 //! Location parsing, redaction and the S3 environment rules.
 
 use super::*;
-use object_store::azure::AzureConfigKey;
 
 fn env(pairs: &[(&str, &str)]) -> Env {
     Env(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
@@ -112,12 +111,26 @@ fn s3_kserve_vars() {
 
 #[test]
 fn azure_url_sets_account_container_and_sas() {
-    let builder = azure_builder(Some("acct"), "c", &[("sig".into(), "x".into())], 3);
+    let builder = azure_builder(Some("acct"), "c", &[("sig".into(), "x".into())], &env(&[]), 3);
     assert_eq!(builder.get_config_value(&AzureConfigKey::AccountName).as_deref(), Some("acct"));
     assert_eq!(builder.get_config_value(&AzureConfigKey::ContainerName).as_deref(), Some("c"));
     let store =
         build_store(&parse("https://acct.blob.core.windows.net/c/p?sig=SECRET").unwrap(), "label", &env(&[]), 3);
     assert!(store.is_ok(), "{:?}", store.err());
+}
+
+#[test]
+fn gcs_and_azure_read_the_given_env_not_the_process() {
+    let vars = env(&[("GOOGLE_BUCKET", "ignored"), ("SERVICE_ACCOUNT", "/sa.json"), ("GOOGLE_PROXY_URL", "http://p")]);
+    let gcs = gcs_builder("models", &vars, 3);
+    assert_eq!(gcs.get_config_value(&GoogleConfigKey::Bucket).as_deref(), Some("models"), "the URL's bucket wins");
+    assert_eq!(gcs.get_config_value(&GoogleConfigKey::ServiceAccount).as_deref(), Some("/sa.json"));
+    let vars = env(&[("AZURE_STORAGE_ACCOUNT_NAME", "fromenv"), ("IDENTITY_ENDPOINT", "http://msi")]);
+    let azure = azure_builder(None, "c", &[], &vars, 3);
+    assert_eq!(azure.get_config_value(&AzureConfigKey::AccountName).as_deref(), Some("fromenv"));
+    assert_eq!(azure.get_config_value(&AzureConfigKey::MsiEndpoint).as_deref(), Some("http://msi"));
+    let url_wins = azure_builder(Some("acct"), "c", &[], &vars, 3);
+    assert_eq!(url_wins.get_config_value(&AzureConfigKey::AccountName).as_deref(), Some("acct"));
 }
 
 #[test]

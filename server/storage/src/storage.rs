@@ -1,5 +1,6 @@
 //! [`Storage`]: one repository location, its store, and the operations the engine needs.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -90,19 +91,41 @@ fn to_info(prefix: &str, meta: ObjectMeta) -> Option<ObjectInfo> {
 }
 
 impl Storage {
-    /// Parses a location and builds the store from the environment; no I/O yet.
+    /// Parses a location and builds the store from the process environment; no I/O yet.
+    ///
+    /// The same as [`Storage::open_with_env`] with every (UTF-8) variable of the process environment.
     pub fn open(location: &str, options: StorageOptions) -> Result<Storage, StorageError> {
+        Storage::open_in(location, options, &Env::from_process())
+    }
+
+    /// Parses a location and builds the store from `env` instead of the process environment; no I/O yet.
+    ///
+    /// `env` holds the variables [`Storage::open`] would read: `AWS_*` plus KServe's `S3_ENDPOINT`,
+    /// `S3_USE_HTTPS`, `S3_VERIFY_SSL` and `AWS_ANONYMOUS_CREDENTIAL` for `s3://`; `GOOGLE_*` and
+    /// `SERVICE_ACCOUNT` for `gs://`; `AZURE_*` and `IDENTITY_ENDPOINT` for Azure. Variables missing from `env`
+    /// are unset even if the process has them (the stores' own credential providers may still read well-known
+    /// files, such as the gcloud default credentials). For embedding and tests: Rust 2024 makes
+    /// `std::env::set_var` unsafe, and one process can open storages with different settings this way.
+    pub fn open_with_env(
+        location: &str,
+        options: StorageOptions,
+        env: &HashMap<String, String>,
+    ) -> Result<Storage, StorageError> {
+        let env = Env(env.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+        Storage::open_in(location, options, &env)
+    }
+
+    fn open_in(location: &str, options: StorageOptions, env: &Env) -> Result<Storage, StorageError> {
         let label = location::redact(location);
         let parsed = location::parse(location)?;
-        let env = Env::from_process();
         let (source, backend) = match parsed {
             Location::Local(path) => (Source::Local(path), None),
             Location::S3 { ref prefix, .. } | Location::Gcs { ref prefix, .. } | Location::Azure { ref prefix, .. } => {
-                let store = location::build_store(&parsed, &label, &env, options.max_retries)?;
+                let store = location::build_store(&parsed, &label, env, options.max_retries)?;
                 (Source::Ready, Some(Backend::Tree { store, prefix: prefix.clone(), local_root: None }))
             }
             Location::Http { ref name, archive, .. } => {
-                let store = location::build_store(&parsed, &label, &env, options.max_retries)?;
+                let store = location::build_store(&parsed, &label, env, options.max_retries)?;
                 match archive {
                     None => (Source::Ready, Some(Backend::Single { store, name: name.clone() })),
                     Some(kind) => (Source::Archive { store, name: name.clone(), kind }, None),
