@@ -7,7 +7,9 @@ on 127.0.0.1, then reports the medians of N runs of:
   boto3  - `download_file` of the model object (what KServe's Python storage initializer does),
   cold   - ferroserve process start to /v2/health/ready with an empty --cache-dir,
   warm   - the same with the cache kept (a restart: listing only, no download),
-and the ratios cold/boto3 (goal <= 1.0) and warm/cold (goal <= 0.2).
+  local  - the same model served from a local directory: the floor, ONNX Runtime's own session creation,
+and the ratios cold/boto3 (goal <= 1.0), warm/cold (goal <= 0.2), and the storage share of a warm restart,
+(warm - local) / (cold - local): what the cache saves, without the session creation no cache can skip.
 """
 import argparse
 import os
@@ -40,11 +42,11 @@ def make_model(path, rows=2048, cols=11520):
     onnx.save(model, path)
 
 
-def time_to_ready(binary, moto, cache):
+def time_to_ready(binary, moto, cache, repository=f"s3://{BUCKET}/repo"):
     start = time.perf_counter()
     env = dict(os.environ, ORT_DYLIB_PATH=onnxruntime_lib(), RUST_LOG="warn", **moto.env())
     proc = subprocess.Popen([binary, "--host", "127.0.0.1", "--http_port", "0", "--grpc_port", "0",
-                             "--model-repository", f"s3://{BUCKET}/repo", "--cache-dir", cache],
+                             "--model-repository", repository, "--cache-dir", cache],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
     try:
         line = proc.stdout.readline()
@@ -77,7 +79,7 @@ def main():
     moto = Moto()
     try:
         moto.s3.upload_file(model, BUCKET, "repo/big/1/model.onnx")
-        boto, cold, warm = [], [], []
+        boto, cold, warm, local = [], [], [], []
         for run in range(args.runs):
             target = os.path.join(work, f"boto-{run}.onnx")
             t = time.perf_counter()
@@ -87,13 +89,17 @@ def main():
             cache = os.path.join(work, f"cache-{run}")
             cold.append(time_to_ready(args.binary, moto, cache))
             warm.append(time_to_ready(args.binary, moto, cache))
+            local.append(time_to_ready(args.binary, moto, cache, repository=os.path.join(work, "repo")))
         b, c, w = statistics.median(boto), statistics.median(cold), statistics.median(warm)
+        lo = statistics.median(local)
         print(f"model: {size / 1e6:.1f} MB, {args.runs} runs (medians)")
         print(f"boto3 download_file:        {b:.3f} s  ({size / b / 1e6:.0f} MB/s)")
         print(f"ferroserve cold start:      {c:.3f} s  (start to ready, empty cache)")
         print(f"ferroserve warm restart:    {w:.3f} s  (start to ready, cache kept)")
+        print(f"local directory start:      {lo:.3f} s  (the floor: ONNX Runtime session creation)")
         print(f"cold / boto3 = {c / b:.2f}  (goal <= 1.0)")
         print(f"warm / cold  = {w / c:.2f}  (goal <= 0.2)")
+        print(f"(warm - local) / (cold - local) = {max(w - lo, 0) / max(c - lo, 1e-9):.2f}  (storage share left)")
     finally:
         moto.stop()
         subprocess.run(["rm", "-rf", work])

@@ -21,6 +21,7 @@ pub struct Config {
         long = "model-repository",
         visible_aliases = ["model_repository", "model-store"],
         env = "FERROSERVE_MODEL_REPOSITORY",
+        hide_env_values = true,
         value_delimiter = ','
     )]
     pub model_repository: Vec<String>,
@@ -33,11 +34,11 @@ pub struct Config {
     /// A directory or any storage URI --model-repository takes, or an http(s) URL of a model file or of a
     /// `.tar.gz`/`.zip` archive. Default: KServe's `STORAGE_URI` unless its storage initializer already filled
     /// `/mnt/models`, else `/mnt/models`.
-    #[arg(long = "model_dir", visible_alias = "model-dir", env = "FERROSERVE_MODEL_DIR")]
+    #[arg(long = "model_dir", visible_alias = "model-dir", env = "FERROSERVE_MODEL_DIR", hide_env_values = true)]
     pub model_dir: Option<String>,
 
     /// KServe's storage URI of the model (KServe sets it on the predictor container).
-    #[arg(long = "storage-uri", env = "STORAGE_URI", hide = true)]
+    #[arg(long = "storage-uri", env = "STORAGE_URI", hide = true, hide_env_values = true)]
     pub storage_uri: Option<String>,
 
     /// Local cache for models fetched from object storage or http(s). An unchanged cached model loads
@@ -50,7 +51,7 @@ pub struct Config {
     pub download_concurrency: usize,
 
     /// Objects larger than this download in parallel ranged parts of this many bytes.
-    #[arg(long = "download-part-bytes", env = "FERROSERVE_DOWNLOAD_PART_BYTES", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long = "download-part-bytes", env = "FERROSERVE_DOWNLOAD_PART_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub download_part_bytes: u64,
 
     /// Retries of a failed storage request (with exponential backoff) before a load fails.
@@ -61,6 +62,10 @@ pub struct Config {
     /// changes; `explicit` loads only --load-model models and lets the repository API load and unload.
     #[arg(long = "model-control-mode", env = "FERROSERVE_MODEL_CONTROL_MODE", value_enum, default_value_t = ControlMode::None)]
     pub model_control_mode: ControlMode,
+
+    /// Models loading at once (start-up and polls), as Triton's --model-load-thread-count.
+    #[arg(long = "model-load-thread-count", env = "FERROSERVE_MODEL_LOAD_THREAD_COUNT", default_value_t = 4)]
+    pub model_load_thread_count: usize,
 
     /// Seconds between repository polls in poll mode.
     #[arg(long = "repository-poll-secs", env = "FERROSERVE_REPOSITORY_POLL_SECS", default_value_t = 15)]
@@ -236,6 +241,7 @@ impl Config {
                 self.intra_op_threads
             },
             retire_timeout: std::time::Duration::from_secs(self.drain_timeout_secs.max(1)),
+            load_threads: self.model_load_thread_count.max(1),
         }
     }
 }

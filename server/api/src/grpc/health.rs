@@ -3,7 +3,8 @@
 //! reload, an unload or the start of a shutdown).
 //!
 //! Services: `""` and `inference.GRPCInferenceService` are the server's readiness; a model name is that
-//! model's readiness (handy for per-model probes); anything else is NOT_FOUND (SERVICE_UNKNOWN in `Watch`).
+//! model's readiness, exactly as `ModelReady` and `/v2/models/{m}/ready` report it; anything else is
+//! NOT_FOUND (SERVICE_UNKNOWN in `Watch`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ fn status_of(manager: &ModelManager, service: &str) -> Option<ServingStatus> {
     let serving = |ready: bool| if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
     match service {
         "" | INFERENCE_SERVICE => Some(serving(manager.is_ready())),
-        model => manager.model_ready(model, None).ok().map(|ready| serving(ready && !manager.is_shutting_down())),
+        model => manager.model_ready(model, None).ok().map(serving),
     }
 }
 

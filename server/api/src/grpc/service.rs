@@ -210,6 +210,7 @@ impl GrpcInferenceService for InferenceService {
             .state
             .manager
             .index(request.into_inner().ready)
+            .await
             .into_iter()
             .map(|row| pb::repository_index_response::ModelIndex {
                 name: row.name,

@@ -5,7 +5,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ferroserve_engine::InferError;
+use ferroserve_engine::{IndexState, InferError};
 use serde_json::{Value, json};
 
 use super::codec::{self, HEADER_LENGTH};
@@ -187,8 +187,12 @@ pub(crate) async fn repository_index(State(state): State<AppState>, body: Bytes)
     let models: Vec<Value> = state
         .manager
         .index(ready_only)
+        .await
         .into_iter()
         .map(|row| {
+            if row.state == IndexState::NotLoaded {
+                return json!({"name": row.name}); // Triton's form for a model never loaded
+            }
             let mut v = json!({"name": row.name, "state": row.state.as_str(), "reason": row.reason});
             if !row.version.is_empty() {
                 v["version"] = json!(row.version);

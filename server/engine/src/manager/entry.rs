@@ -45,6 +45,8 @@ pub enum IndexState {
     Unloading,
     /// Not serving; the row's reason says why.
     Unavailable,
+    /// In the repository, never loaded (Triton lists these without a state).
+    NotLoaded,
 }
 
 impl IndexState {
@@ -55,6 +57,7 @@ impl IndexState {
             IndexState::Loading => "LOADING",
             IndexState::Unloading => "UNLOADING",
             IndexState::Unavailable => "UNAVAILABLE",
+            IndexState::NotLoaded => "",
         }
     }
 }

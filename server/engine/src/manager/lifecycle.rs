@@ -31,6 +31,17 @@ pub enum ModelControlMode {
     Explicit,
 }
 
+impl ModelControlMode {
+    /// The flag's spelling (`none`, `poll`, `explicit`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelControlMode::None => "none",
+            ModelControlMode::Poll => "poll",
+            ModelControlMode::Explicit => "explicit",
+        }
+    }
+}
+
 /// Which models start-up loads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartupModels {
@@ -38,6 +49,22 @@ pub enum StartupModels {
     All,
     /// These models (explicit mode's `--load-model`).
     Named(Vec<String>),
+}
+
+/// Why a load failed, and what that means for retries.
+struct Failure {
+    reason: String,
+    /// Fingerprint of the files that failed (`None`: they could not be listed).
+    print: Option<u64>,
+    /// The store was unreachable: worth retrying, and 503 / UNAVAILABLE to the caller.
+    transient: bool,
+}
+
+impl Failure {
+    /// A fault in the model's files (bad config, unloadable model): retried when the files change.
+    fn in_files(reason: String, print: u64) -> Self {
+        Failure { reason, print: Some(print), transient: false }
+    }
 }
 
 /// Why the repository could not be read at start-up; the server must not report ready.
@@ -55,18 +82,20 @@ impl ModelManager {
     /// Loads the start-up models (all of them, or the named ones), concurrently. Fails only when the
     /// repository cannot be listed; each model's own failure is recorded in its entry.
     pub async fn start(self: &Arc<Self>, models: StartupModels) -> Result<(), StartupError> {
+        // Listed in every mode: explicit mode with no start-up model must still fail on an unreadable repository.
+        let listed = match self.repository.model_names().await {
+            Ok(names) => names,
+            Err(source) => {
+                let error = StartupError { location: self.repository.describe(), source };
+                *self.repository_failure.lock() = Some(error.to_string());
+                self.started.store(true, Ordering::SeqCst);
+                self.publish();
+                return Err(error);
+            }
+        };
         let names = match models {
             StartupModels::Named(names) => names,
-            StartupModels::All => match self.repository.model_names().await {
-                Ok(names) => names,
-                Err(source) => {
-                    let error = StartupError { location: self.repository.describe(), source };
-                    *self.repository_failure.lock() = Some(error.to_string());
-                    self.started.store(true, Ordering::SeqCst);
-                    self.publish();
-                    return Err(error);
-                }
-            },
+            StartupModels::All => listed,
         };
         {
             let mut models = self.models.write();
@@ -80,12 +109,17 @@ impl ModelManager {
         Ok(())
     }
 
+    /// Loads models, at most `load_threads` at a time (Triton's `--model-load-thread-count`).
     async fn load_many(self: &Arc<Self>, names: Vec<String>) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.options.load_threads.max(1)));
         let mut loads = tokio::task::JoinSet::new();
         for name in names {
-            let manager = Arc::clone(self);
-            // Failures are recorded in the model's entry and logged.
-            loads.spawn(async move { manager.load_model(&name, None).await });
+            let (manager, permits) = (Arc::clone(self), Arc::clone(&permits));
+            loads.spawn(async move {
+                let _permit = permits.acquire().await;
+                // Failures are recorded in the model's entry and logged.
+                let _ = manager.load_model(&name, None).await;
+            });
         }
         while loads.join_next().await.is_some() {}
     }
@@ -98,13 +132,39 @@ impl ModelManager {
         config: Option<(ModelConfig, String)>,
     ) -> Result<(), InferError> {
         self.require_explicit("load")?;
-        self.load_model(name, config).await
+        // In a task of its own: a caller that goes away (a client timeout) must not stop a lifecycle step
+        // half-way and leave the model `Loading` for good.
+        let (manager, name) = (Arc::clone(self), name.to_string());
+        tokio::spawn(async move {
+            let result = manager.load_model(&name, config).await;
+            manager.forget_unknown(&name);
+            result
+        })
+        .await
+        .map_err(|e| InferError::Internal(format!("the load stopped: {e}")))?
     }
 
     /// The repository API's unload: only in explicit mode (as in Triton).
     pub async fn request_unload(self: &Arc<Self>, name: &str) -> Result<(), InferError> {
         self.require_explicit("unload")?;
-        self.unload_model(name).await
+        let (manager, name) = (Arc::clone(self), name.to_string());
+        tokio::spawn(async move {
+            let result = manager.unload_model(&name).await;
+            manager.forget_unknown(&name);
+            result
+        })
+        .await
+        .map_err(|e| InferError::Internal(format!("the unload stopped: {e}")))?
+    }
+
+    /// Drops the lifecycle lock of a name that has no entry (a call for an unknown model), so calls with
+    /// made-up names cannot grow the lock table without bound.
+    fn forget_unknown(&self, name: &str) {
+        let mut locks = self.lifecycles.lock();
+        let unused = locks.get(name).is_some_and(|lock| Arc::strong_count(lock) == 1);
+        if unused && !self.models.read().contains_key(name) {
+            locks.remove(name);
+        }
     }
 
     fn require_explicit(&self, what: &str) -> Result<(), InferError> {
@@ -113,10 +173,7 @@ impl ModelManager {
             mode => Err(InferError::NotReady(format!(
                 "explicit model {what} is not allowed in model control mode `{}`; start the server with \
                  --model-control-mode explicit",
-                match mode {
-                    ModelControlMode::Poll => "poll",
-                    _ => "none",
-                }
+                mode.as_str()
             ))),
         }
     }
@@ -148,8 +205,9 @@ impl ModelManager {
             Err(e) => {
                 // A fault in the files is retried by polling only once they change; an unreachable store on
                 // every poll.
-                let print = if e.is_transient() { None } else { self.repository.fingerprint(name).await.ok() };
-                return Err(self.fail(name, current, e.to_string(), print));
+                let transient = e.is_transient();
+                let print = if transient { None } else { self.repository.fingerprint(name).await.ok() };
+                return Err(self.fail(name, current, Failure { reason: e.to_string(), print, transient }));
             }
         };
         if !serving {
@@ -158,11 +216,11 @@ impl ModelManager {
         let selected = select_versions(&source);
         if selected.is_empty() {
             let reason = format!("no version directory matches the version policy in {}", source.location);
-            return Err(self.fail(name, current, reason, Some(source.fingerprint)));
+            return Err(self.fail(name, current, Failure::in_files(reason, source.fingerprint)));
         }
         let loader = match pick_loader(&self.loaders, &source) {
             Ok(loader) => loader,
-            Err(reason) => return Err(self.fail(name, current, reason, Some(source.fingerprint))),
+            Err(reason) => return Err(self.fail(name, current, Failure::in_files(reason, source.fingerprint))),
         };
 
         // Keep the versions whose files and config did not change; build the rest.
@@ -183,7 +241,10 @@ impl ModelManager {
         }
         let dirs = match self.repository.fetch(&source, &to_build).await {
             Ok(dirs) => dirs,
-            Err(e) => return Err(self.fail(name, current, e.to_string(), None)),
+            Err(e) => {
+                let (reason, transient) = (e.to_string(), e.is_transient());
+                return Err(self.fail(name, current, Failure { reason, print: None, transient }));
+            }
         };
         let built = {
             let (source, options, loader) = (source.clone(), self.options.clone(), Arc::clone(&loader));
@@ -201,7 +262,7 @@ impl ModelManager {
         if !failures.is_empty() && serving {
             // Keep what serves; the versions that did build never served and are simply stopped.
             let orphans = built.into_iter().filter_map(|(_, r)| r.ok().map(Arc::new)).collect();
-            let error = self.fail(name, current, failures.join("; "), Some(source.fingerprint));
+            let error = self.fail(name, current, Failure::in_files(failures.join("; "), source.fingerprint));
             self.retire(orphans).await;
             return Err(error);
         }
@@ -241,16 +302,21 @@ impl ModelManager {
 
     /// Records a failed load: a serving model keeps serving (the reason goes into the index), otherwise the
     /// model becomes `Failed`. Returns the error for the caller.
-    fn fail(&self, name: &str, current: Option<Arc<ModelEntry>>, reason: String, print: Option<u64>) -> InferError {
+    fn fail(&self, name: &str, current: Option<Arc<ModelEntry>>, failure: Failure) -> InferError {
+        let Failure { reason, print, transient } = failure;
         tracing::error!(model = name, %reason, "model failed to load");
         let entry = match current {
-            Some(c) if c.phase == ModelPhase::Loaded && c.latest_ready().is_some() => {
-                ModelEntry { last_failure: Some(reason.clone()), ..(*c).clone() }
-            }
+            Some(c) if c.phase == ModelPhase::Loaded && c.latest_ready().is_some() => ModelEntry {
+                last_failure: Some(reason.clone()),
+                // Remember the files that failed, so polling does not retry them until they change again.
+                source_fingerprint: print.or(c.source_fingerprint),
+                ..(*c).clone()
+            },
             _ => ModelEntry::failed(name, reason.clone(), print),
         };
         self.swap(name, entry);
-        InferError::InvalidInput(format!("failed to load model `{name}`: {reason}"))
+        let message = format!("failed to load model `{name}`: {reason}");
+        if transient { InferError::NotReady(message) } else { InferError::InvalidInput(message) }
     }
 
     fn swap(&self, name: &str, entry: ModelEntry) {
@@ -264,7 +330,7 @@ impl ModelManager {
         let lock = self.lifecycle_lock(name);
         let _turn = lock.lock().await;
         let Some(current) = self.models.read().get(name).cloned() else {
-            return Err(InferError::NotFound(format!("model `{name}` is not loaded")));
+            return Ok(()); // never loaded: nothing to do (Triton answers success too)
         };
         if current.phase == ModelPhase::Unloaded {
             return Ok(());
@@ -322,26 +388,33 @@ impl ModelManager {
                 return;
             }
         };
+        {
+            // New models count toward readiness from now on: mark them loading before anything is published,
+            // so readiness never reads true for a repository whose models are not loaded yet.
+            let mut models = self.models.write();
+            for name in &names {
+                if models.get(name).is_none_or(|e| !e.is_wanted()) {
+                    models.insert(name.clone(), Arc::new(ModelEntry::loading(name)));
+                }
+            }
+        }
         if self.repository_failure.lock().take().is_some() {
             tracing::info!("the model repository is readable again");
-            self.publish();
         }
+        self.publish();
         // Only names and fingerprints: holding entries would hold their versions, which retiring waits out.
         let current: BTreeMap<String, (bool, Option<u64>)> =
             self.models.read().iter().map(|(n, e)| (n.clone(), (e.is_wanted(), e.source_fingerprint))).collect();
         let mut to_load = Vec::new();
         for name in &names {
             let changed = match current.get(name) {
-                None | Some((false, _)) => true,
-                Some((true, print)) => match *print {
-                    None => true,
-                    Some(before) => match self.repository.fingerprint(name).await {
-                        Ok(now) => now != before,
-                        Err(e) => {
-                            tracing::warn!(model = %name, error = %e, "cannot poll model; keeping it as it is");
-                            false
-                        }
-                    },
+                None | Some((_, None)) => true,
+                Some((_, Some(before))) => match self.repository.fingerprint(name).await {
+                    Ok(now) => now != *before,
+                    Err(e) => {
+                        tracing::warn!(model = %name, error = %e, "cannot poll model; keeping it as it is");
+                        false
+                    }
                 },
             };
             if changed {

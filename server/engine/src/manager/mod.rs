@@ -40,6 +40,8 @@ pub struct EngineOptions {
     pub intra_op_threads: usize,
     /// Longest wait, when a version is replaced or unloaded, for requests still holding it to finish.
     pub retire_timeout: std::time::Duration,
+    /// Models loading at once (start-up and polls).
+    pub load_threads: usize,
 }
 
 impl Default for EngineOptions {
@@ -50,6 +52,7 @@ impl Default for EngineOptions {
             default_instance_count: 1,
             intra_op_threads: 1,
             retire_timeout: std::time::Duration::from_secs(30),
+            load_threads: 4,
         }
     }
 }
@@ -153,12 +156,28 @@ impl ModelManager {
     }
 
     /// The repository index: one row per version (or per model that has none), optionally ready ones only.
-    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
-        self.entries()
+    /// As in Triton, models in the repository that were never loaded are listed too, without a state
+    /// (explicit mode: what can be loaded); a repository that cannot be listed just leaves them out.
+    pub async fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let mut rows: Vec<IndexEntry> = self
+            .entries()
             .iter()
             .flat_map(|entry| entry.index_rows())
             .filter(|row| !ready_only || row.state == IndexState::Ready)
-            .collect()
+            .collect();
+        if !ready_only && let Ok(names) = self.repository.model_names().await {
+            let known = self.models.read();
+            for name in names.into_iter().filter(|n| !known.contains_key(n)) {
+                rows.push(IndexEntry {
+                    name,
+                    version: String::new(),
+                    state: IndexState::NotLoaded,
+                    reason: String::new(),
+                });
+            }
+            rows.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        rows
     }
 
     /// The ready versions whose statistics a stats request covers: every model (`name` None), one model,

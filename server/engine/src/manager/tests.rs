@@ -172,7 +172,7 @@ async fn a_failed_reload_keeps_the_old_version_serving() {
     assert!(matches!(&error, InferError::InvalidInput(m) if m.contains("not a number")), "{error:?}");
     assert_eq!(answer(&f.manager, "m").await.unwrap(), 2.0);
     assert!(f.manager.is_ready());
-    let rows = f.manager.index(false);
+    let rows = f.manager.index(false).await;
     assert_eq!(rows[0].state, IndexState::Ready);
     assert!(rows[0].reason.contains("last reload failed"), "{}", rows[0].reason);
     assert_eq!(f.loader.live.load(Ordering::SeqCst), 1);
@@ -180,7 +180,7 @@ async fn a_failed_reload_keeps_the_old_version_serving() {
     write(&f.root.join("m/1/model.add"), "5");
     f.manager.request_load("m", None).await.unwrap();
     assert_eq!(answer(&f.manager, "m").await.unwrap(), 6.0);
-    assert!(f.manager.index(false)[0].reason.is_empty());
+    assert!(f.manager.index(false).await[0].reason.is_empty());
 }
 
 #[tokio::test]
@@ -226,7 +226,7 @@ async fn concurrent_loads_and_unloads_leave_exactly_one_pool() {
     assert_eq!(f.loader.live.load(Ordering::SeqCst), 0, "an unload returns once the instances are gone");
     assert!(matches!(answer(&f.manager, "m").await, Err(InferError::NotFound(_))));
     assert!(f.manager.is_ready(), "an unloaded model does not hold readiness back");
-    assert_eq!(f.manager.index(false)[0].reason, "unloaded");
+    assert_eq!(f.manager.index(false).await[0].reason, "unloaded");
 }
 
 #[tokio::test]
@@ -239,6 +239,7 @@ async fn explicit_mode_loads_only_named_models_and_other_modes_refuse_the_api() 
     assert_eq!(answer(&f.manager, "b").await.unwrap(), 2.0);
     assert!(matches!(f.manager.request_load("zzz", None).await, Err(InferError::NotFound(_))));
     assert!(f.manager.entry("zzz").is_err(), "a failed load of an unknown name leaves no entry");
+    assert!(!f.manager.lifecycles.lock().contains_key("zzz"), "nor a lifecycle lock");
 
     let g = fixture("none", ModelControlMode::None);
     write(&g.root.join("a/1/model.add"), "1");
@@ -285,4 +286,59 @@ async fn polling_follows_added_changed_and_removed_models() {
     f.manager.begin_shutdown();
     assert!(!f.manager.is_ready());
     assert!(!*readiness.borrow_and_update(), "watchers see the shutdown");
+}
+
+#[tokio::test]
+async fn explicit_mode_checks_the_repository_and_lists_what_it_can_load() {
+    let f = fixture("explicit-index", ModelControlMode::Explicit);
+    write(&f.root.join("a/1/model.add"), "1");
+    write(&f.root.join("b/1/model.add"), "1");
+    f.manager.start(StartupModels::Named(vec![])).await.unwrap();
+    let rows = f.manager.index(false).await;
+    assert_eq!(
+        rows.iter().map(|r| (r.name.as_str(), r.state)).collect::<Vec<_>>(),
+        [("a", IndexState::NotLoaded), ("b", IndexState::NotLoaded)]
+    );
+    assert!(f.manager.index(true).await.is_empty());
+    f.manager.request_unload("a").await.unwrap(); // never loaded: nothing to do, as in Triton
+    f.manager.request_load("a", None).await.unwrap();
+    assert_eq!(f.manager.index(true).await.len(), 1);
+
+    let g = fixture("explicit-missing", ModelControlMode::Explicit);
+    std::fs::remove_dir_all(&g.root).unwrap();
+    assert!(g.manager.start(StartupModels::Named(vec![])).await.is_err(), "an unreadable repository fails start-up");
+    assert!(!g.manager.is_ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_whose_caller_goes_away_still_finishes() {
+    let f = fixture("cancel", ModelControlMode::Explicit);
+    write(&f.root.join("m/1/model.add"), "1");
+    f.manager.start(StartupModels::Named(vec![])).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_micros(1), f.manager.request_load("m", None)).await;
+    for _ in 0..200 {
+        if f.manager.model_ready("m", None).unwrap_or(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(answer(&f.manager, "m").await.unwrap(), 2.0);
+    assert!(f.manager.is_ready());
+}
+
+#[tokio::test]
+async fn polling_does_not_retry_a_broken_update_until_it_changes() {
+    let f = fixture("poll-broken", ModelControlMode::Poll);
+    write(&f.root.join("m/1/model.add"), "1");
+    f.manager.start(StartupModels::All).await.unwrap();
+    write(&f.root.join("m/1/model.add"), "broken");
+    f.manager.poll().await;
+    let attempts = f.loader.loads.load(Ordering::SeqCst);
+    f.manager.poll().await;
+    f.manager.poll().await;
+    assert_eq!(f.loader.loads.load(Ordering::SeqCst), attempts, "unchanged broken files are not retried");
+    assert_eq!(answer(&f.manager, "m").await.unwrap(), 2.0, "the old version keeps serving");
+    write(&f.root.join("m/1/model.add"), "7");
+    f.manager.poll().await;
+    assert_eq!(answer(&f.manager, "m").await.unwrap(), 8.0);
 }
