@@ -1,7 +1,8 @@
 //! One error type for everything the storage layer does, with the store's error kept as the `source`.
 //!
 //! Messages name the location (always redacted: no credentials, no query strings) and the object, so an
-//! operator can tell a typo in `--model-repository` from an expired token from a flaky network.
+//! operator can tell a typo in `--model-repository` from an expired token from a flaky network. Store errors
+//! from a location whose URLs carry secrets arrive already redacted (`crate::redact`), source chain included.
 
 use std::path::PathBuf;
 

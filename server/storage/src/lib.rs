@@ -20,12 +20,15 @@
 //! manifest entry (size, ETag) lets a warm restart reuse it after a listing, with no GET.
 //!
 //! Credentials never reach logs, errors or `Debug`: everything shows [`Storage::describe`], the location with
-//! URL userinfo and query strings (SAS tokens, presigned signatures) removed.
+//! URL userinfo and query strings (SAS tokens, presigned signatures) removed. When a location's URLs carry such
+//! secrets, every error from its store (whose text, `Debug` and source chain may hold the request URL or a
+//! response body echoing it) is rewritten with them removed before it becomes a [`StorageError`]'s source.
 
 mod archive;
 mod cache;
 mod error;
 mod location;
+mod redact;
 mod retry;
 mod storage;
 
@@ -50,14 +53,14 @@ pub struct StorageOptions {
 
 impl Default for StorageOptions {
     /// `cache_dir` is `$FERROSERVE_CACHE_DIR`, else `$XDG_CACHE_HOME/ferroserve`, else `$HOME/.cache/ferroserve`,
-    /// else `/tmp/ferroserve-cache`; 8 downloads at once, 16 MiB parts, 5 retries.
+    /// else `/tmp/ferroserve-cache`; 8 downloads at once, 64 MiB parts, 5 retries.
     fn default() -> Self {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         let cache_dir = var("FERROSERVE_CACHE_DIR")
             .or_else(|| var("XDG_CACHE_HOME").map(|p| p.join("ferroserve")))
             .or_else(|| var("HOME").map(|p| p.join(".cache").join("ferroserve")))
             .unwrap_or_else(|| PathBuf::from("/tmp/ferroserve-cache"));
-        StorageOptions { cache_dir, download_concurrency: 8, part_size: 16 * 1024 * 1024, max_retries: 5 }
+        StorageOptions { cache_dir, download_concurrency: 8, part_size: 64 * 1024 * 1024, max_retries: 5 }
     }
 }
 

@@ -17,6 +17,7 @@ use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, R
 use url::Url;
 
 use crate::error::StorageError;
+use crate::redact::{RedactingStore, Redactor};
 
 const ACCEPTED: &str = "expected a local path, file:///abs/path, s3://bucket[/prefix], gs://bucket[/prefix], \
                         az://container[/prefix], https://<account>.blob.core.windows.net/<container>[/prefix], \
@@ -161,7 +162,8 @@ fn http_object(location: &str, url: Url) -> Result<Location, StorageError> {
     Ok(Location::Http { base, name: decoded, archive })
 }
 
-fn percent_decode(segment: &str) -> String {
+/// A percent-encoded string decoded ('+' kept as '+').
+pub(crate) fn percent_decode(segment: &str) -> String {
     url::form_urlencoded::parse(format!("x={}", segment.replace('+', "%2B")).as_bytes())
         .next()
         .map_or_else(|| segment.to_string(), |(_, v)| v.into_owned())
@@ -232,14 +234,17 @@ pub(crate) fn s3_builder(bucket: &str, env: &Env, max_retries: u32) -> AmazonS3B
     builder
 }
 
-/// Builds the store for a remote location (not `Local`, whose store needs the directory to exist).
+/// Builds the store for a remote location (not `Local`, whose store needs the directory to exist). When the
+/// location's URLs carry secrets (`redactor` not empty), the store is wrapped so that none of its errors can
+/// show them, and so are the builder's errors.
 pub(crate) fn build_store(
     location: &Location,
     label: &str,
     env: &Env,
     max_retries: u32,
+    redactor: &Arc<Redactor>,
 ) -> Result<Arc<dyn ObjectStore>, StorageError> {
-    let map = |source| StorageError::Store { location: label.to_string(), source };
+    let map = |source| StorageError::Store { location: label.to_string(), source: redactor.store_error(source) };
     let store: Arc<dyn ObjectStore> = match location {
         Location::Local(_) => {
             return Err(StorageError::InvalidLocation { location: label.into(), reason: "local path".into() });
@@ -257,7 +262,7 @@ pub(crate) fn build_store(
             Arc::new(builder.build().map_err(map)?)
         }
     };
-    Ok(store)
+    Ok(RedactingStore::wrap(store, redactor))
 }
 
 /// The GCS builder for `bucket`: what `GoogleCloudStorageBuilder::from_env` reads (`GOOGLE_*`, `SERVICE_ACCOUNT`),

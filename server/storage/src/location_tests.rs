@@ -10,6 +10,10 @@ fn s3(pairs: &[(&str, &str)], key: AmazonS3ConfigKey) -> Option<String> {
     s3_builder("models", &env(pairs), 3).get_config_value(&key)
 }
 
+fn none() -> Arc<Redactor> {
+    Arc::new(Redactor::default())
+}
+
 fn client(key: ClientConfigKey) -> AmazonS3ConfigKey {
     AmazonS3ConfigKey::Client(key)
 }
@@ -114,8 +118,13 @@ fn azure_url_sets_account_container_and_sas() {
     let builder = azure_builder(Some("acct"), "c", &[("sig".into(), "x".into())], &env(&[]), 3);
     assert_eq!(builder.get_config_value(&AzureConfigKey::AccountName).as_deref(), Some("acct"));
     assert_eq!(builder.get_config_value(&AzureConfigKey::ContainerName).as_deref(), Some("c"));
-    let store =
-        build_store(&parse("https://acct.blob.core.windows.net/c/p?sig=SECRET").unwrap(), "label", &env(&[]), 3);
+    let store = build_store(
+        &parse("https://acct.blob.core.windows.net/c/p?sig=SECRET").unwrap(),
+        "label",
+        &env(&[]),
+        3,
+        &none(),
+    );
     assert!(store.is_ok(), "{:?}", store.err());
 }
 
@@ -137,7 +146,7 @@ fn gcs_and_azure_read_the_given_env_not_the_process() {
 fn builds_stores_without_io() {
     for location in ["s3://b/p", "gs://b/p", "http://host/m.onnx"] {
         let env = env(&[("AWS_ACCESS_KEY_ID", "AKIA"), ("AWS_SECRET_ACCESS_KEY", "shh")]);
-        let store = build_store(&parse(location).unwrap(), location, &env, 3);
+        let store = build_store(&parse(location).unwrap(), location, &env, 3, &none());
         assert!(store.is_ok(), "{location}: {:?}", store.err());
     }
 }

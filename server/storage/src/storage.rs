@@ -13,6 +13,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use tokio::sync::OnceCell;
 
 use crate::location::{self, ArchiveKind, Env, Location};
+use crate::redact::Redactor;
 use crate::retry::{RetryPolicy, classify};
 use crate::{ObjectInfo, StorageError, StorageOptions, archive, cache};
 
@@ -118,14 +119,15 @@ impl Storage {
     fn open_in(location: &str, options: StorageOptions, env: &Env) -> Result<Storage, StorageError> {
         let label = location::redact(location);
         let parsed = location::parse(location)?;
+        let redactor = Arc::new(Redactor::for_location(location, env));
         let (source, backend) = match parsed {
             Location::Local(path) => (Source::Local(path), None),
             Location::S3 { ref prefix, .. } | Location::Gcs { ref prefix, .. } | Location::Azure { ref prefix, .. } => {
-                let store = location::build_store(&parsed, &label, env, options.max_retries)?;
+                let store = location::build_store(&parsed, &label, env, options.max_retries, &redactor)?;
                 (Source::Ready, Some(Backend::Tree { store, prefix: prefix.clone(), local_root: None }))
             }
             Location::Http { ref name, archive, .. } => {
-                let store = location::build_store(&parsed, &label, env, options.max_retries)?;
+                let store = location::build_store(&parsed, &label, env, options.max_retries, &redactor)?;
                 match archive {
                     None => (Source::Ready, Some(Backend::Single { store, name: name.clone() })),
                     Some(kind) => (Source::Archive { store, name: name.clone(), kind }, None),

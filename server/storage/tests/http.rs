@@ -142,3 +142,154 @@ fn common_leftovers(dir: &std::path::Path) -> Vec<String> {
         .filter(|n| n.starts_with('.'))
         .collect()
 }
+
+/// How [`serve_failing`] answers every request.
+#[derive(Clone, Copy)]
+enum Failure {
+    /// This status, with a body that echoes the request line (query string included), as some servers do.
+    Status(u16),
+    /// Read the request, then close the connection without a response.
+    Drop,
+}
+
+/// A server that fails every request; the request heads it saw are kept.
+async fn serve_failing(failure: Failure) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let request = String::from_utf8_lossy(&buf).to_string();
+                log.lock().unwrap().push(request.clone());
+                let Failure::Status(code) = failure else {
+                    drop(socket);
+                    return;
+                };
+                let body = format!("<Error>bad request {}</Error>", request.lines().next().unwrap_or_default());
+                let response = format!(
+                    "HTTP/1.1 {code} Oops\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+const USER: &str = "alice-user-secret";
+const PASSWORD: &str = "p@ss-word-secret";
+const SIGNATURE: &str = "sig+secret/value=";
+const CREDENTIAL: &str = "AKIDSECRET/20240101/us-east-1/s3/aws4_request";
+
+/// Every form of the secrets the URL below carries, as written and decoded.
+const SECRETS: &[&str] = &[
+    USER,
+    PASSWORD,
+    "p%40ss-word-secret",
+    SIGNATURE,
+    "sig%2Bsecret%2Fvalue%3D",
+    CREDENTIAL,
+    "AKIDSECRET",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+];
+
+/// `base` plus userinfo and a pre-signed query, naming `file`.
+fn secret_url(base: &str, file: &str) -> String {
+    let host = base.strip_prefix("http://").unwrap();
+    format!(
+        "http://{USER}:p%40ss-word-secret@{host}/private/dir/{file}?X-Amz-Signature=sig%2Bsecret%2Fvalue%3D\
+         &X-Amz-Credential=AKIDSECRET%2F20240101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Expires=3600"
+    )
+}
+
+/// Display and Debug of the error and of every error in its `source()` chain.
+fn all_text(error: &ferroserve_storage::StorageError) -> String {
+    let mut text = format!("{error}\n{error:?}");
+    let mut next = std::error::Error::source(error);
+    while let Some(e) = next {
+        text.push_str(&format!("\n{e}\n{e:?}"));
+        next = e.source();
+    }
+    text
+}
+
+fn assert_no_secrets(error: &ferroserve_storage::StorageError) {
+    let text = all_text(error);
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "`{secret}` leaked:\n{text}");
+    }
+}
+
+fn failing_options(cache: &std::path::Path) -> StorageOptions {
+    StorageOptions { cache_dir: cache.to_path_buf(), max_retries: 1, ..StorageOptions::default() }
+}
+
+#[tokio::test]
+async fn server_errors_never_show_url_secrets() {
+    let (base, seen) = serve_failing(Failure::Status(500)).await;
+    let cache = tempfile::tempdir().unwrap();
+    for file in ["model.onnx", "model.tar.gz"] {
+        let storage = Storage::open(&secret_url(&base, file), failing_options(cache.path())).unwrap();
+        assert!(SECRETS.iter().all(|s| !storage.describe().contains(s) && !format!("{storage:?}").contains(s)));
+        let error = storage.list_files("").await.unwrap_err();
+        assert!(error.is_transient(), "{error:?}");
+        assert_no_secrets(&error);
+        let text = all_text(&error);
+        assert!(text.contains(&format!("{base}/private/dir/{file}")), "the URL stays, redacted: {text}");
+        assert!(text.contains("500"), "{text}");
+        if file == "model.onnx" {
+            // A GET's error carries the response body, which here echoes the request line, query and all.
+            let error = storage.read(file).await.unwrap_err();
+            assert_no_secrets(&error);
+            let text = all_text(&error);
+            assert!(text.contains("bad request GET /private/dir/model.onnx"), "the body is kept, redacted: {text}");
+        }
+    }
+    // The server did get the query (pre-signed URLs must keep working).
+    assert!(seen.lock().unwrap().iter().all(|r| r.contains("X-Amz-Signature=sig%2Bsecret")), "{:?}", seen);
+}
+
+#[tokio::test]
+async fn dropped_connections_never_show_url_secrets() {
+    let (base, _) = serve_failing(Failure::Drop).await;
+    let cache = tempfile::tempdir().unwrap();
+    let storage = Storage::open(&secret_url(&base, "model.onnx"), failing_options(cache.path())).unwrap();
+    let error = storage.list_files("").await.unwrap_err();
+    assert!(error.is_transient(), "{error:?}");
+    assert_no_secrets(&error);
+    assert_no_secrets(&storage.read("model.onnx").await.unwrap_err());
+}
+
+#[tokio::test]
+async fn not_found_and_forbidden_never_show_url_secrets() {
+    let cache = tempfile::tempdir().unwrap();
+    let (base, _) = serve_failing(Failure::Status(404)).await;
+    for file in ["model.onnx", "model.zip"] {
+        let storage = Storage::open(&secret_url(&base, file), failing_options(cache.path())).unwrap();
+        let error = storage.list_files("").await.unwrap_err();
+        assert!(matches!(error, ferroserve_storage::StorageError::NotFound { .. }), "{error:?}");
+        assert!(!error.is_transient());
+        assert_no_secrets(&error);
+    }
+    let (base, _) = serve_failing(Failure::Status(403)).await;
+    let storage = Storage::open(&secret_url(&base, "model.onnx"), failing_options(cache.path())).unwrap();
+    let error = storage.list_files("").await.unwrap_err();
+    assert!(matches!(error, ferroserve_storage::StorageError::PermissionDenied { .. }), "{error:?}");
+    assert_no_secrets(&error);
+}
