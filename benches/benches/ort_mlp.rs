@@ -13,7 +13,7 @@ fn bench(c: &mut Criterion) {
         return;
     };
     let loader = OnnxLoader::new(&dylib).unwrap_or_else(|e| panic!("{e}"));
-    let spec = LoadSpec { model_path: mlp_model(), device: Device::Cpu, intra_op_threads: 1 };
+    let spec = LoadSpec::new(mlp_model(), Device::Cpu, 1);
     let mut runtime = loader.load(&spec).unwrap_or_else(|e| panic!("{e}"));
     let mut group = c.benchmark_group("ort_mlp");
     for batch in [1usize, 64] {

@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         let loader = Arc::clone(&loader);
         let count = Arc::clone(&count);
         let stop = Arc::clone(&stop);
-        let spec = LoadSpec { model_path: model.clone(), device: Device::Cpu, intra_op_threads: intra };
+        let spec = LoadSpec::new(model.clone(), Device::Cpu, intra);
         handles.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let mut runtime = loader.load(&spec)?;
             let width = runtime.signature().inputs[0].dims.last().copied().unwrap_or(1).max(1) as usize;

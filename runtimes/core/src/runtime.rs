@@ -1,5 +1,6 @@
 //! The [`Runtime`] trait every backend implements, and what loading one needs.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::{DataType, Tensor};
@@ -55,14 +56,44 @@ impl ModelSignature {
 }
 
 /// Everything a backend needs to load one instance of a model.
+///
+/// Formats differ in what the file itself says: an ONNX file carries its signature, a TorchScript file does
+/// not (the config's `input`/`output` are authoritative, as in Triton's PyTorch backend), and a safetensors
+/// model is a whole directory (weights, `config.json`, tokenizer, pooling). So a loader gets the version
+/// directory and what the config declares, besides the model file.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
-    /// The model file (`model.onnx`, `model.pt`, ...) on local disk.
+    /// The model file (`model.onnx`, `model.pt`, `model.safetensors`, ...) on local disk.
     pub model_path: PathBuf,
+    /// The version directory holding it and any companion files.
+    pub version_dir: PathBuf,
     /// Where this instance runs.
     pub device: Device,
     /// Threads the backend may use inside one operator (0 = backend default).
     pub intra_op_threads: usize,
+    /// Inputs and outputs the config declares with a datatype, full dims (batch dim included as -1 when the
+    /// model batches); empty when the config declares none.
+    pub declared: ModelSignature,
+    /// The config's `max_batch_size` (0 = no batch dim).
+    pub max_batch_size: u32,
+    /// The config's `parameters` (string values).
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl LoadSpec {
+    /// A spec for `model_path` with nothing declared: the file's own signature is used.
+    pub fn new(model_path: PathBuf, device: Device, intra_op_threads: usize) -> Self {
+        let version_dir = model_path.parent().map(PathBuf::from).unwrap_or_default();
+        LoadSpec {
+            model_path,
+            version_dir,
+            device,
+            intra_op_threads,
+            declared: ModelSignature::default(),
+            max_batch_size: 0,
+            parameters: BTreeMap::new(),
+        }
+    }
 }
 
 /// Why a backend could not load or run a model.
@@ -110,6 +141,17 @@ pub trait RuntimeLoader: Send + Sync {
 
     /// The file name a version directory holds for this platform (`model.onnx`).
     fn default_model_filename(&self) -> &'static str;
+
+    /// The backend name Triton's config uses for this platform (`onnxruntime`, `pytorch`).
+    fn backend(&self) -> &'static str {
+        self.platform().split('_').next().unwrap_or_else(|| self.platform())
+    }
+
+    /// Whether a version directory holding `files` (names relative to it) is a model of this platform, when
+    /// no config names the platform.
+    fn recognizes(&self, files: &[String]) -> bool {
+        files.iter().any(|f| f == self.default_model_filename())
+    }
 
     /// Loads one instance; called on the instance's own thread.
     fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Runtime>, RuntimeError>;

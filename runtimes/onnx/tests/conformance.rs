@@ -23,7 +23,7 @@ fn loader() -> &'static OnnxLoader {
 fn model(name: &str, version: u32) -> Box<dyn Runtime> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../models/repository/{name}/{version}/model.onnx"));
-    loader().load(&LoadSpec { model_path: path, device: Device::Cpu, intra_op_threads: 1 }).expect("model loads")
+    loader().load(&LoadSpec::new(path, Device::Cpu, 1)).expect("model loads")
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
@@ -105,7 +105,7 @@ fn strings_in_and_out() {
 
 #[test]
 fn missing_file_and_library_fail_clearly() {
-    let spec = LoadSpec { model_path: "/nonexistent/model.onnx".into(), device: Device::Cpu, intra_op_threads: 1 };
+    let spec = LoadSpec::new("/nonexistent/model.onnx".into(), Device::Cpu, 1);
     let err = loader().load(&spec).err().expect("a load error").to_string();
     assert!(err.contains("/nonexistent/model.onnx"), "{err}");
     let err = OnnxLoader::new(std::path::Path::new("/nonexistent/libonnxruntime.so")).unwrap_err().to_string();
@@ -116,6 +116,6 @@ fn missing_file_and_library_fail_clearly() {
 #[test]
 fn cuda_without_the_feature_is_refused() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/repository/mlp/1/model.onnx");
-    let spec = LoadSpec { model_path: path, device: Device::Cuda(0), intra_op_threads: 1 };
+    let spec = LoadSpec::new(path, Device::Cuda(0), 1);
     assert!(matches!(loader().load(&spec), Err(ferroserve_runtime::RuntimeError::DeviceUnavailable(..))));
 }

@@ -46,6 +46,8 @@ fn loaders(config: &Config) -> anyhow::Result<Vec<Arc<dyn RuntimeLoader>>> {
     }
     #[cfg(not(feature = "onnx"))]
     let _ = config;
+    #[cfg(feature = "candle")]
+    loaders.push(Arc::new(ferroserve_runtime_candle::CandleLoader));
     Ok(loaders)
 }
 

@@ -325,7 +325,7 @@ mod tests {
         let (loaded, signature) = InstancePool::start(PoolSpec {
             label: "test:1".into(),
             loader: Arc::new(loader),
-            instances: vec![LoadSpec { model_path: "m".into(), device: Device::Cpu, intra_op_threads: 1 }],
+            instances: vec![LoadSpec::new("m".into(), Device::Cpu, 1)],
             stats: Arc::new(ModelStats::default()),
         })
         .unwrap();
@@ -377,7 +377,7 @@ mod tests {
 
     #[test]
     fn concurrent_requests_each_get_their_own_rows_exactly_once() {
-        let spec = LoadSpec { model_path: "m".into(), device: Device::Cpu, intra_op_threads: 1 };
+        let spec = LoadSpec::new("m".into(), Device::Cpu, 1);
         let (loaded, _) = InstancePool::start(PoolSpec {
             label: "stress:1".into(),
             loader: Arc::new(DoublerLoader),

@@ -315,7 +315,7 @@ fn config_to_proto(config: &EngineConfig, name: &str) -> pb::ModelConfig {
                 },
             })
             .collect(),
-        default_model_filename: config.default_model_filename.clone().unwrap_or_else(|| "model.onnx".into()),
+        default_model_filename: config.default_model_filename.clone().unwrap_or_default(),
         scheduling_choice: config.dynamic_batching.as_ref().map(|b| {
             pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {
                 preferred_batch_size: b.preferred_batch_size.iter().map(|&x| x as i32).collect(),

@@ -88,7 +88,7 @@ pub(crate) fn model_config(config: &ModelConfig, name: &str) -> Value {
         "batch_input": [],
         "batch_output": [],
         "instance_group": groups,
-        "default_model_filename": config.default_model_filename.clone().unwrap_or_else(|| "model.onnx".into()),
+        "default_model_filename": config.default_model_filename.clone().unwrap_or_default(),
         "cc_model_filenames": {},
         "metric_tags": {},
         "parameters": config.parameters.iter().map(|(k, v)| (k.clone(), json!({"string_value": v}))).collect::<serde_json::Map<_, _>>(),

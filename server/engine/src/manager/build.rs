@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ferroserve_runtime::{LoadSpec, RuntimeLoader};
+use ferroserve_runtime::{LoadSpec, ModelSignature, RuntimeLoader, TensorSpec};
 
-use crate::config::{InstanceGroup, InstanceKind};
+use crate::config::{InstanceGroup, InstanceKind, TensorConfig};
 use crate::instance::{InstancePool, PoolSpec};
 use crate::manager::EngineOptions;
 use crate::model::{ModelVersion, VersionParts};
@@ -25,7 +25,8 @@ pub(super) fn pick_loader(
     let wanted = config.platform.clone().or_else(|| {
         config.backend.as_deref().map(|b| match b {
             "onnxruntime" => "onnxruntime_onnx".to_string(),
-            "pytorch" => "pytorch_libtorch".to_string(),
+            "pytorch" | "libtorch" => "pytorch_libtorch".to_string(),
+            "candle" | "safetensors" => "candle_safetensors".to_string(),
             other => other.to_string(),
         })
     });
@@ -37,11 +38,15 @@ pub(super) fn pick_loader(
             .ok_or_else(|| format!("platform `{platform}` is not supported by this build"));
     }
     let newest = source.versions.last().ok_or_else(|| format!("no version directory in {}", source.location))?;
+    let extension = |name: &str| name.rsplit_once('.').map(|(_, e)| e.to_string());
     loaders
         .iter()
-        .find(|l| {
-            let file = config.default_model_filename.as_deref().unwrap_or(l.default_model_filename());
-            newest.files.iter().any(|f| f == file)
+        .find(|l| match config.default_model_filename.as_deref() {
+            // A custom file name: the loader whose own file has the same extension (`.onnx`, `.pt`, ...).
+            Some(file) => {
+                newest.files.iter().any(|f| f == file) && extension(file) == extension(l.default_model_filename())
+            }
+            None => l.recognizes(&newest.files),
         })
         .cloned()
         .ok_or_else(|| format!("no model file that this build can load in {}/{}", source.location, newest.version))
@@ -71,9 +76,28 @@ pub(super) fn build_version(
     } else {
         source.config.instance_groups.clone()
     };
+    let max_batch_size = source.config.max_batch_size.unwrap_or(0);
+    let declare = |tensors: &[TensorConfig]| -> Vec<TensorSpec> {
+        tensors
+            .iter()
+            .filter_map(|t| {
+                let datatype = t.datatype?;
+                let own = t.reshape.clone().unwrap_or_else(|| t.dims.clone());
+                let dims = if max_batch_size > 0 { std::iter::once(-1).chain(own).collect() } else { own };
+                Some(TensorSpec { name: t.name.clone(), datatype, dims })
+            })
+            .collect()
+    };
+    let declared = ModelSignature { inputs: declare(&source.config.inputs), outputs: declare(&source.config.outputs) };
     let instances = instance_devices(&groups)
         .into_iter()
-        .map(|device| LoadSpec { model_path: model_path.clone(), device, intra_op_threads })
+        .map(|device| LoadSpec {
+            declared: declared.clone(),
+            max_batch_size,
+            parameters: source.config.parameters.clone().into_iter().collect(),
+            version_dir: dir.to_path_buf(),
+            ..LoadSpec::new(model_path.clone(), device, intra_op_threads)
+        })
         .collect();
     let stats = Arc::new(ModelStats::default());
     let (loaded, signature) = InstancePool::start(PoolSpec {
@@ -83,7 +107,9 @@ pub(super) fn build_version(
         stats: Arc::clone(&stats),
     })
     .map_err(|e| e.to_string())?;
-    let (signature, config, reshapes) = complete_config(source, loader.platform(), signature, groups, options)?;
+    let (signature, mut config, reshapes) = complete_config(source, loader.platform(), signature, groups, options)?;
+    config.backend = Some(loader.backend().to_string());
+    config.default_model_filename.get_or_insert_with(|| file.to_string());
     let (policy, scheduling) = batch_policy(&config, options);
     let pool = loaded.serve(policy);
     Ok(ModelVersion::new(VersionParts {

