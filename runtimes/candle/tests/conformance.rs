@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use ferroserve_runtime::{DataType, Device, LoadSpec, Runtime, RuntimeError, RuntimeLoader, Tensor, TensorData};
 use ferroserve_runtime_candle::CandleLoader;
+use ferroserve_runtime_conformance as suite;
 
 fn model_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FERROSERVE_MINILM_DIR") {
@@ -66,22 +67,19 @@ fn signature_and_normalised_embeddings() {
 fn a_row_alone_and_in_a_padded_batch_agree() {
     let mut runtime = load();
     let rows: [&[u8]; 3] = [b"short", b"a considerably longer sentence that needs more tokens than the first", b""];
-    let batch = runtime.infer(vec![texts(&rows)]).unwrap()[0].to_f32_vec().unwrap();
-    for (i, row) in rows.iter().enumerate() {
-        let alone = runtime.infer(vec![texts(&[row])]).unwrap()[0].to_f32_vec().unwrap();
-        let max = alone.iter().zip(&batch[i * 384..(i + 1) * 384]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(max < 1e-5, "row {i} differs by {max}");
-    }
+    let out = suite::outputs_fit_the_signature(runtime.as_mut(), vec![texts(&rows)]);
+    assert_eq!(out[0].shape(), [3, 384]);
+    let singles: Vec<Vec<Tensor>> = rows.iter().map(|r| vec![texts(&[r])]).collect();
+    suite::batch_matches_single_rows(runtime.as_mut(), &singles, 1e-5);
 }
 
 #[test]
 fn bad_inputs_are_refused_and_the_instance_keeps_working() {
     let mut runtime = load();
-    let invalid = runtime.infer(vec![texts(&[b"\xff\xfe"])]);
-    assert!(matches!(invalid, Err(RuntimeError::InvalidInput(m)) if m.contains("UTF-8")));
-    let wrong_type = runtime.infer(vec![Tensor::from_f32(vec![1, 1], &[1.0]).unwrap()]);
-    assert!(matches!(wrong_type, Err(RuntimeError::InvalidInput(_))));
-    assert_eq!(runtime.infer(vec![texts(&[b"still fine"])]).unwrap()[0].shape(), [1, 384]);
+    let error = suite::refuses_then_serves(runtime.as_mut(), vec![texts(&[b"\xff\xfe"])], vec![texts(&[b"fine"])]);
+    assert!(matches!(error, RuntimeError::InvalidInput(m) if m.contains("UTF-8")));
+    let wrong_type = vec![Tensor::from_f32(vec![1, 1], &[1.0]).unwrap()];
+    suite::refuses_then_serves(runtime.as_mut(), wrong_type, vec![texts(&[b"still fine"])]);
     let empty = runtime.infer(vec![texts(&[])]).unwrap();
     assert_eq!(empty[0].shape(), [0, 384]);
 }

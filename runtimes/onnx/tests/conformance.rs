@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use ferroserve_runtime::{DataType, Device, LoadSpec, Runtime, RuntimeLoader, Tensor, TensorData};
+use ferroserve_runtime_conformance as suite;
 use ferroserve_runtime_onnx::OnnxLoader;
 
 fn loader() -> &'static OnnxLoader {
@@ -118,4 +119,18 @@ fn cuda_without_the_feature_is_refused() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/repository/mlp/1/model.onnx");
     let spec = LoadSpec::new(path, Device::Cuda(0), 1);
     assert!(matches!(loader().load(&spec), Err(ferroserve_runtime::RuntimeError::DeviceUnavailable(..))));
+}
+
+#[test]
+fn shared_suite_batches_and_refusals() {
+    let mut mlp = model("mlp", 1);
+    let rows: Vec<Vec<Tensor>> =
+        (0..4).map(|r| vec![Tensor::from_f32(vec![1, 16], &[r as f32 * 0.25; 16]).unwrap()]).collect();
+    suite::outputs_fit_the_signature(mlp.as_mut(), vec![Tensor::from_f32(vec![2, 16], &[0.5; 32]).unwrap()]);
+    suite::batch_matches_single_rows(mlp.as_mut(), &rows, 1e-5);
+    let strings =
+        Tensor::new(DataType::Bytes, vec![1, 16], TensorData::Strings(vec![Bytes::from_static(b"x"); 16])).unwrap();
+    let good = vec![Tensor::from_f32(vec![1, 16], &[0.5; 16]).unwrap()];
+    let _ = mlp.infer(vec![strings]).expect_err("a BYTES tensor where FP32 is expected is refused");
+    mlp.infer(good).expect("the instance still serves");
 }

