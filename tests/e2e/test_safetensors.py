@@ -42,6 +42,10 @@ def repository():
                 'input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },\n'
                 '        { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]\n'
                 'output [ { name: "EMBEDDING" data_type: TYPE_FP32 dims: [ 384 ] } ]\n')
+    # Text in, with the dynamic batcher joining concurrent requests (tokenized and padded as one batch).
+    shutil.copytree(model_dir(), os.path.join(root, "minilm_batched", "1"))
+    with open(os.path.join(root, "minilm_batched", "config.pbtxt"), "w") as f:
+        f.write("max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n")
     yield root
     shutil.rmtree(root)
 
@@ -126,3 +130,27 @@ def test_invalid_utf8_is_a_client_error(server):
     except urllib.error.HTTPError as e:
         assert e.code == 400
         assert "UTF-8" in e.read().decode()
+
+
+def test_batched_requests_each_get_their_own_answer_and_a_bad_one_fails_alone(server, reference):
+    import concurrent.futures
+
+    def ask(text):
+        client = httpclient.InferenceServerClient(server.http_addr)
+        try:
+            inp = httpclient.InferInput("TEXT", [1, 1], "BYTES")
+            inp.set_data_from_numpy(np.array([[text]], dtype=np.object_))
+            return client.infer("minilm_batched", [inp]).as_numpy("EMBEDDING")[0]
+        except Exception as e:  # the bad request's error, checked below
+            return e
+        finally:
+            client.close()
+
+    texts = [t.encode() for t in TEXTS] + [b"\xff\xfe"]
+    with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
+        answers = list(pool.map(ask, texts))
+    check(answers[: len(TEXTS)], [reference[0][t] for t in TEXTS])
+    assert "UTF-8" in str(answers[-1]) and "400" in str(answers[-1])
+    stats = httpclient.InferenceServerClient(server.http_addr).get_inference_statistics("minilm_batched")
+    executions = stats["model_stats"][0]["execution_count"]
+    assert executions < len(texts) + len(texts), "concurrent requests were batched"

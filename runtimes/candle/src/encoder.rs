@@ -29,6 +29,10 @@ pub(crate) struct Encoder {
     normalize: bool,
     hidden: usize,
     vocab: usize,
+    /// Longest sequence the position embeddings cover.
+    max_positions: usize,
+    /// Token types the model knows.
+    type_vocab: usize,
     device: candle_core::Device,
     signature: ModelSignature,
 }
@@ -96,6 +100,8 @@ impl Encoder {
             normalize: files.normalize,
             hidden,
             vocab: config.vocab_size,
+            max_positions: config.max_position_embeddings,
+            type_vocab: config.type_vocab_size,
             device: device.clone(),
             signature,
         })
@@ -129,6 +135,12 @@ impl Encoder {
                 let mask = int64_rows(&inputs[1], "attention_mask")?;
                 let types = if *with_type_ids { Some(int64_rows(&inputs[2], "token_type_ids")?) } else { None };
                 let (rows, len) = (ids.0, ids.1);
+                if rows > 0 && (len == 0 || len > self.max_positions) {
+                    return Err(RuntimeError::InvalidInput(format!(
+                        "input_ids has {len} tokens per row; this model takes 1 to {}",
+                        self.max_positions
+                    )));
+                }
                 if (mask.0, mask.1) != (rows, len) || types.as_ref().is_some_and(|t| (t.0, t.1) != (rows, len)) {
                     return Err(RuntimeError::InvalidInput(
                         "input_ids, attention_mask and token_type_ids must have the same shape".into(),
@@ -153,7 +165,7 @@ impl Encoder {
                     ids: to_u32(&ids.2, "input_ids", vocab)?,
                     mask: to_u32(&mask.2, "attention_mask", 2)?,
                     type_ids: match types {
-                        Some(t) => to_u32(&t.2, "token_type_ids", 2)?,
+                        Some(t) => to_u32(&t.2, "token_type_ids", self.type_vocab as i64)?,
                         None => vec![0; rows * len],
                     },
                 })

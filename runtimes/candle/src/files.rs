@@ -38,12 +38,20 @@ pub(crate) struct ModelFiles {
 struct ArchitectureHead {
     model_type: Option<String>,
     max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    architectures: Vec<String>,
 }
 
 #[derive(Deserialize)]
 struct PoolingConfig {
     #[serde(default)]
     pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_weightedmean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_lasttoken: bool,
     #[serde(default)]
     pooling_mode_max_tokens: bool,
     #[serde(default)]
@@ -87,6 +95,14 @@ impl ModelFiles {
         let head: ArchitectureHead =
             serde_json::from_str(&config).map_err(|e| load_error(&config_path, format!("invalid JSON: {e}")))?;
         let model_type = head.model_type.unwrap_or_else(|| "bert".into());
+        // A head this runtime does not run would be silently dropped (candle's BERT loads the encoder alone):
+        // refuse it rather than serve embeddings where logits are expected.
+        if let Some(head) = head.architectures.iter().find(|a| !a.ends_with("Model")) {
+            return Err(load_error(
+                &config_path,
+                format!("architecture `{head}` is not supported yet (BERT encoders only)"),
+            ));
+        }
 
         let index_path = dir.join("model.safetensors.index.json");
         let weights = if model_path.is_file() {
@@ -103,14 +119,30 @@ impl ModelFiles {
         let pooling_path = dir.join("1_Pooling").join("config.json");
         let pooling = match read_json::<PoolingConfig>(&pooling_path)? {
             None => Pooling::Mean,
-            Some(p) if p.pooling_mode_max_tokens || p.pooling_mode_mean_sqrt_len_tokens => {
-                return Err(load_error(&pooling_path, "only mean and CLS pooling are supported"));
+            Some(p)
+                if p.pooling_mode_max_tokens
+                    || p.pooling_mode_mean_sqrt_len_tokens
+                    || p.pooling_mode_weightedmean_tokens
+                    || p.pooling_mode_lasttoken
+                    || (p.pooling_mode_cls_token && p.pooling_mode_mean_tokens) =>
+            {
+                return Err(load_error(&pooling_path, "only one of mean and CLS pooling is supported"));
             }
             Some(p) if p.pooling_mode_cls_token => Pooling::Cls,
             Some(_) => Pooling::Mean,
         };
         let modules: Vec<Module> = read_json(&dir.join("modules.json"))?.unwrap_or_default();
         let normalize = modules.iter().any(|m| m.kind.ends_with("Normalize"));
+        let known = ["Transformer", "Pooling", "Normalize"];
+        if let Some(other) = modules.iter().find(|m| !known.iter().any(|k| m.kind.ends_with(k))) {
+            return Err(load_error(
+                &dir.join("modules.json"),
+                format!(
+                    "sentence-transformers module `{}` is not supported (Transformer, Pooling, Normalize)",
+                    other.kind
+                ),
+            ));
+        }
         let sentence: Option<SentenceBertConfig> = read_json(&dir.join("sentence_bert_config.json"))?;
         let position_limit = head.max_position_embeddings.unwrap_or(512);
         let max_length = sentence.and_then(|s| s.max_seq_length).unwrap_or(position_limit).min(position_limit);

@@ -84,9 +84,81 @@ fn bad_inputs_are_refused_and_the_instance_keeps_working() {
     assert_eq!(empty[0].shape(), [0, 384]);
 }
 
+#[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_without_the_feature_is_refused() {
     let dir = model_dir();
     let result = CandleLoader.load(&LoadSpec::new(dir.join("model.safetensors"), Device::Cuda(0), 1));
     assert!(matches!(result, Err(RuntimeError::DeviceUnavailable(..))));
+}
+
+fn token_ids(rows: usize, len: usize, id: i64) -> Vec<Tensor> {
+    let tensor = |v: i64| {
+        Tensor::from_le_bytes(
+            DataType::Int64,
+            vec![rows, len],
+            (0..rows * len).flat_map(|_| v.to_le_bytes()).collect::<Vec<u8>>(),
+        )
+        .unwrap()
+    };
+    vec![tensor(id), tensor(1)]
+}
+
+fn load_token_model(dir: &std::path::Path) -> Box<dyn Runtime> {
+    use ferroserve_runtime::{ModelSignature, TensorSpec};
+    let ids = |name: &str| TensorSpec { name: name.into(), datatype: DataType::Int64, dims: vec![-1, -1] };
+    let declared = ModelSignature { inputs: vec![ids("input_ids"), ids("attention_mask")], outputs: vec![] };
+    let spec = LoadSpec { declared, ..LoadSpec::new(dir.join("model.safetensors"), Device::Cpu, 1) };
+    CandleLoader.load(&spec).expect("the token-id form loads")
+}
+
+#[test]
+fn token_ids_outside_the_model_are_refused() {
+    let mut runtime = load_token_model(&model_dir());
+    assert_eq!(runtime.signature().inputs.len(), 2);
+    let good = token_ids(2, 8, 2000);
+    suite::outputs_fit_the_signature(runtime.as_mut(), good.clone());
+    for (bad, what) in [
+        (token_ids(1, 513, 2000), "tokens per row"),
+        (token_ids(1, 0, 2000), "tokens per row"),
+        (token_ids(1, 4, 40_000), "outside"),
+        (token_ids(1, 4, -1), "outside"),
+    ] {
+        let error = suite::refuses_then_serves(runtime.as_mut(), bad, good.clone());
+        assert!(matches!(&error, RuntimeError::InvalidInput(m) if m.contains(what)), "{error:?}");
+    }
+}
+
+#[test]
+fn sharded_weights_load_through_their_index() {
+    let source = model_dir();
+    let dir = std::env::temp_dir().join(format!("ferroserve-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["config.json", "tokenizer.json", "modules.json", "sentence_bert_config.json"] {
+        std::fs::copy(source.join(file), dir.join(file)).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    std::fs::copy(source.join("1_Pooling/config.json"), dir.join("1_Pooling/config.json")).unwrap();
+    std::fs::copy(source.join("model.safetensors"), dir.join("model-00001-of-00001.safetensors")).unwrap();
+    // The index maps every tensor to its shard; the names come from the safetensors header.
+    let bytes = std::fs::read(source.join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> = header
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .map(|k| (k.clone(), serde_json::Value::from("model-00001-of-00001.safetensors")))
+        .collect();
+    std::fs::write(dir.join("model.safetensors.index.json"), serde_json::json!({ "weight_map": map }).to_string())
+        .unwrap();
+    let mut sharded =
+        CandleLoader.load(&LoadSpec::new(dir.join("model.safetensors"), Device::Cpu, 1)).expect("shards load");
+    let mut whole = load();
+    let a = sharded.infer(vec![texts(&[b"hello world"])]).unwrap();
+    let b = whole.infer(vec![texts(&[b"hello world"])]).unwrap();
+    suite::assert_close(&a[0], &b[0], 1e-6, "sharded vs whole");
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -52,15 +52,15 @@ pub(crate) fn flatten(value: tch::IValue) -> Result<Vec<tch::Tensor>, RuntimeErr
 pub(crate) fn from_torch(tensor: &tch::Tensor, spec: &TensorSpec) -> Result<Tensor, RuntimeError> {
     let execution = |e: tch::TchError| RuntimeError::Execution(e.to_string());
     let expected = kind(spec.datatype).map_err(RuntimeError::Unsupported)?;
-    if tensor.kind() != expected {
+    let actual = tensor.f_kind().map_err(execution)?;
+    if actual != expected {
         return Err(RuntimeError::Execution(format!(
-            "output `{}` is {:?}; config.pbtxt declares {:?}",
-            spec.name,
-            tensor.kind(),
-            spec.datatype
+            "output `{}` is {actual:?}; config.pbtxt declares {:?}",
+            spec.name, spec.datatype
         )));
     }
     let host = tensor.f_to_device(tch::Device::Cpu).map_err(execution)?.f_contiguous().map_err(execution)?;
+    // Defined here (the conversions above succeeded), so `size` cannot fail.
     let shape: Vec<usize> = host.size().iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
     let numel = host.numel();
     let mut bytes = vec![0u8; numel * spec.datatype.size_of().unwrap_or(1)];

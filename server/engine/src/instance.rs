@@ -64,7 +64,7 @@ impl InstancePool {
             let stats = Arc::clone(&spec.stats);
             let thread = std::thread::Builder::new()
                 .name(format!("fs-{}-{index}", spec.label))
-                .spawn(move || match loader.load(&load) {
+                .spawn(move || match catch_load(loader.as_ref(), &load) {
                     Ok(runtime) => {
                         let _ = loaded_tx.send(Ok(runtime.signature().clone()));
                         drop(loaded_tx);
@@ -135,6 +135,13 @@ impl LoadedInstances {
     }
 }
 
+/// Loads one instance; a loader that panics fails this load instead of silently dropping the instance.
+fn catch_load(loader: &dyn RuntimeLoader, spec: &LoadSpec) -> Result<Box<dyn Runtime>, RuntimeError> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| loader.load(spec))).unwrap_or_else(|_| {
+        Err(RuntimeError::Load { path: spec.model_path.clone(), reason: "the runtime panicked while loading".into() })
+    })
+}
+
 fn serve(mut runtime: Box<dyn Runtime>, batcher: &Batcher, stats: &ModelStats) {
     while let Some(batch) = batcher.take() {
         // A panic outside the model call (joining or splitting tensors) must not kill the instance: callers
@@ -166,6 +173,9 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
     }
     let rows: Vec<usize> = live.iter().map(|e| e.items).collect();
     let total: usize = rows.iter().sum();
+    // For a joined batch, each request's own inputs are kept (cheap handles on their bytes): if the runtime
+    // refuses the batch as invalid input, each request is run alone so one bad request fails only itself.
+    let mut per_request: Option<Vec<Vec<Tensor>>> = None;
     let (inputs, replies) = if live.len() == 1 {
         let mut live = live;
         let Some(entry) = live.pop() else { return };
@@ -181,7 +191,11 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
             replies.push(e.payload.reply);
         }
         match columns.iter().map(|c| Tensor::concat(c)).collect::<Result<Vec<_>, _>>() {
-            Ok(inputs) => (inputs, replies),
+            Ok(inputs) => {
+                per_request =
+                    Some((0..replies.len()).map(|r| columns.iter().map(|c| c[r].clone()).collect()).collect());
+                (inputs, replies)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "batch inputs could not be joined");
                 for r in replies {
@@ -196,6 +210,10 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.infer(inputs)));
     let infer_time = started.elapsed();
     let output_started = Instant::now();
+    if let (Some(requests), Ok(Err(RuntimeError::InvalidInput(_)))) = (per_request, &outcome) {
+        run_each_alone(runtime, requests, replies);
+        return;
+    }
     let result = match outcome {
         Ok(Ok(outputs)) => split_outputs(outputs, &rows, replies.len() > 1),
         Ok(Err(RuntimeError::InvalidInput(message))) => Err(InferError::InvalidInput(message)),
@@ -220,6 +238,27 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
                 let _ = reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+/// Runs the requests of a refused batch one by one, so the invalid ones get their own error and the rest
+/// their answers.
+fn run_each_alone(
+    runtime: &mut dyn Runtime,
+    requests: Vec<Vec<Tensor>>,
+    replies: Vec<tokio::sync::oneshot::Sender<crate::batcher::BatchResult>>,
+) {
+    for (inputs, reply) in requests.into_iter().zip(replies) {
+        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| runtime.infer(inputs))) {
+            Ok(Ok(outputs)) => Ok(outputs),
+            Ok(Err(RuntimeError::InvalidInput(message))) => Err(InferError::InvalidInput(message)),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "model execution failed");
+                Err(InferError::Internal(format!("model execution failed: {e}")))
+            }
+            Err(_) => Err(InferError::Internal("model execution failed".into())),
+        };
+        let _ = reply.send(result);
     }
 }
 
@@ -276,6 +315,9 @@ mod tests {
             let values = inputs[0].to_f32_vec().unwrap_or_default();
             if values.first() == Some(&-1.0) {
                 panic!("scripted panic");
+            }
+            if values.contains(&-2.0) {
+                return Err(RuntimeError::InvalidInput("-2 is not allowed".into()));
             }
             let doubled: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
             Ok(vec![
@@ -482,6 +524,26 @@ mod tests {
         let got: Vec<Vec<f32>> = receivers.into_iter().map(|rx| value(rx).unwrap()).collect();
         assert_eq!(got, vec![vec![2.0], vec![4.0], vec![6.0]]);
         assert_eq!(h.runs.load(Ordering::SeqCst), 1, "one execution for a full batch");
+    }
+
+    #[test]
+    fn an_invalid_request_in_a_batch_fails_only_itself() {
+        let h = harness(3, 16, Duration::from_secs(10));
+        let receivers: Vec<_> = [1.0, -2.0, 3.0]
+            .iter()
+            .map(|&v| {
+                let (j, rx) = job(v);
+                h.pool.submit(j).unwrap();
+                rx
+            })
+            .collect();
+        for _ in 0..4 {
+            h.open.send(()).unwrap(); // the refused batch, then each request alone
+        }
+        let got: Vec<Result<Vec<f32>, InferError>> = receivers.into_iter().map(value).collect();
+        assert_eq!(got[0], Ok(vec![2.0]));
+        assert!(matches!(&got[1], Err(InferError::InvalidInput(m)) if m.contains("-2")));
+        assert_eq!(got[2], Ok(vec![6.0]));
     }
 
     #[test]

@@ -85,7 +85,10 @@ pub(super) fn build_version(
 ) -> Result<ModelVersion, String> {
     let file = source.config.default_model_filename.as_deref().unwrap_or(loader.default_model_filename());
     let model_path = dir.join(file);
-    if !model_path.is_file() {
+    let files = source.versions.iter().find(|v| v.version == version).map(|v| v.files.as_slice()).unwrap_or_default();
+    // A model may be several files the loader knows (safetensors shards and their index) instead of one.
+    let recognized = source.config.default_model_filename.is_none() && loader.recognizes(files);
+    if !model_path.is_file() && !recognized {
         return Err(format!("{}/{version}/{file} does not exist", source.location));
     }
     let intra_op_threads = source
@@ -130,6 +133,16 @@ pub(super) fn build_version(
         stats: Arc::clone(&stats),
     })
     .map_err(|e| e.to_string())?;
+    // Where the config is the signature (TorchScript), a missing max_batch_size means 0, as in Triton: the
+    // declared dims are the whole shape, not dims to batch over.
+    let declared_only = source.config.max_batch_size.is_none() && loader.platform() == "pytorch_libtorch";
+    let source = &if declared_only {
+        let mut source = source.clone();
+        source.config.max_batch_size = Some(0);
+        source
+    } else {
+        source.clone()
+    };
     let (signature, mut config, reshapes) = complete_config(source, loader.platform(), signature, groups, options)?;
     config.backend = Some(loader.backend().to_string());
     config.default_model_filename.get_or_insert_with(|| file.to_string());
