@@ -40,6 +40,7 @@ class Server:
         full_env.update(env or {})
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=full_env, text=True)
         line = self.proc.stdout.readline()
+        self.listening = line
         match = re.search(r"http=(\S+) grpc=(\S+)", line)
         if not match:
             self.proc.kill()

@@ -91,6 +91,10 @@ pub struct Config {
     #[arg(long = "onnxruntime-lib", env = "ORT_DYLIB_PATH")]
     pub onnxruntime_lib: Option<PathBuf>,
 
+    /// Also serve `/metrics` on this port of its own (as Triton's 8002); it is always on the HTTP port.
+    #[arg(long = "metrics-port", visible_alias = "metrics_port", env = "FERROSERVE_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+
     /// Largest HTTP request body and gRPC message, in bytes (both directions for gRPC).
     #[arg(long = "max-message-bytes", env = "FERROSERVE_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_message_bytes: usize,

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod http;
 pub mod json_data;
 mod load_parameters;
+pub mod metrics;
 pub mod raw;
 pub mod shutdown;
 pub mod state;
@@ -69,6 +70,8 @@ fn repository(config: &Config) -> anyhow::Result<Repository> {
 /// Addresses the server actually bound (useful with port 0).
 #[derive(Debug, Clone, Copy)]
 pub struct BoundAddrs {
+    /// `--metrics-port` address, when set.
+    pub metrics: Option<SocketAddr>,
     /// HTTP address.
     pub http: SocketAddr,
     /// gRPC address.
@@ -87,7 +90,12 @@ pub async fn run(
     let manager = Arc::new(ModelManager::new(repository, loaders, config.engine_options(), config.control_mode()));
     // `stop` flips once: readiness off, then (after the grace period) the listeners stop accepting.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = AppState { manager: manager.clone(), max_json_bytes: config.max_json_bytes, stopping: stop_rx.clone() };
+    let state = AppState {
+        manager: manager.clone(),
+        max_json_bytes: config.max_json_bytes,
+        stopping: stop_rx.clone(),
+        metrics: metrics::install(),
+    };
 
     let http_listener = TcpListener::bind((config.host, config.http_port))
         .await
@@ -95,7 +103,28 @@ pub async fn run(
     let grpc_listener = TcpListener::bind((config.host, config.grpc_port))
         .await
         .with_context(|| format!("cannot listen for gRPC on {}:{}", config.host, config.grpc_port))?;
-    let addrs = BoundAddrs { http: http_listener.local_addr()?, grpc: grpc_listener.local_addr()? };
+    let metrics_listener = match config.metrics_port {
+        Some(port) => Some(
+            TcpListener::bind((config.host, port))
+                .await
+                .with_context(|| format!("cannot listen for metrics on {}:{port}", config.host))?,
+        ),
+        None => None,
+    };
+    let addrs = BoundAddrs {
+        http: http_listener.local_addr()?,
+        grpc: grpc_listener.local_addr()?,
+        metrics: metrics_listener.as_ref().map(TcpListener::local_addr).transpose()?,
+    };
+    if let Some(listener) = metrics_listener {
+        let app = http::metrics_router(state.clone());
+        let stop = shutdown::wait_for(stop_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
     tracing::info!(http = %addrs.http, grpc = %addrs.grpc, "listening");
     on_bound(addrs);
 

@@ -25,7 +25,11 @@ fn main() -> anyhow::Result<()> {
             // `writeln!` rather than `println!`: a closed stdout must not panic the server.
             use std::io::Write;
             let mut out = std::io::stdout();
-            let _ = writeln!(out, "ferroserve listening http={} grpc={}", addrs.http, addrs.grpc);
+            match addrs.metrics {
+                Some(m) => writeln!(out, "ferroserve listening http={} grpc={} metrics={m}", addrs.http, addrs.grpc),
+                None => writeln!(out, "ferroserve listening http={} grpc={}", addrs.http, addrs.grpc),
+            }
+            .ok();
             let _ = out.flush();
         })
         .await

@@ -35,6 +35,7 @@ pub struct PoolSpec {
 #[derive(Debug)]
 pub struct LoadedInstances {
     label: String,
+    stats: Arc<ModelStats>,
     /// One per instance thread: where its batcher comes from.
     feeds: Vec<mpsc::Sender<Batcher>>,
     threads: Vec<JoinHandle<()>>,
@@ -88,7 +89,7 @@ impl InstancePool {
             signature.get_or_insert(loaded);
         }
         let signature = signature.ok_or_else(|| RuntimeError::Execution("the pool has no instances".into()))?;
-        Ok((LoadedInstances { label: spec.label, feeds, threads }, signature))
+        Ok((LoadedInstances { label: spec.label, stats: spec.stats, feeds, threads }, signature))
     }
 
     /// Queues a request with the batcher.
@@ -127,7 +128,7 @@ impl Drop for InstancePool {
 impl LoadedInstances {
     /// Starts serving: the instances take batches formed under `policy` from one shared queue.
     pub fn serve(self, policy: BatchPolicy) -> InstancePool {
-        let batcher = Batcher::new(self.label, policy);
+        let batcher = Batcher::observed(self.label, policy, self.stats.metrics.queue_depth.clone());
         for feed in &self.feeds {
             let _ = feed.send(batcher.clone());
         }
@@ -169,7 +170,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
         return;
     }
     for e in &live {
-        stats.queue.record(picked.saturating_duration_since(e.enqueued));
+        stats.record_queued(picked.saturating_duration_since(e.enqueued));
     }
     let rows: Vec<usize> = live.iter().map(|e| e.items).collect();
     let total: usize = rows.iter().sum();

@@ -14,6 +14,7 @@ mod error;
 pub mod files;
 pub mod instance;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod pbtxt;
 pub mod repository;

@@ -11,6 +11,7 @@ use crate::batcher::Pending;
 use crate::batcher::state::Entry;
 use crate::config::ModelConfig;
 use crate::instance::InstancePool;
+use crate::metrics::InFlight;
 use crate::request::{InferOutput, InferRequest, InferResponse, Parameters};
 use crate::reshape::Reshapes;
 use crate::stats::ModelStats;
@@ -93,6 +94,7 @@ impl ModelVersion {
     /// Validates and runs one request through the batcher.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, InferError> {
         let start = Instant::now();
+        let _in_flight = InFlight::enter(&self.stats.metrics.in_flight);
         let id = request.id.clone();
         let deadline = self.deadline(&request.parameters, start)?;
         let priority = self.priority_index(&request.parameters)?;

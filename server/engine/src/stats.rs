@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+use crate::metrics::VersionMetrics;
+
 /// A count and a total duration.
 #[derive(Debug, Default)]
 pub struct DurationStat {
@@ -41,9 +43,12 @@ pub struct BatchStat {
     pub compute_output_ns: u64,
 }
 
-/// Statistics of one model version.
-#[derive(Debug, Default)]
+/// Statistics of one model version, and its Prometheus handles: both are recorded at the same points, so the
+/// statistics extension and `/metrics` agree.
+#[derive(Debug)]
 pub struct ModelStats {
+    /// Prometheus handles of the version.
+    pub metrics: VersionMetrics,
     /// Requests that succeeded, end to end inside the engine.
     pub success: DurationStat,
     /// Requests that failed after reaching the model.
@@ -87,9 +92,36 @@ pub struct StatsSnapshot {
     pub batches: Vec<(u64, BatchStat)>,
 }
 
+impl Default for ModelStats {
+    fn default() -> Self {
+        ModelStats::with_metrics(VersionMetrics::detached())
+    }
+}
+
 impl ModelStats {
+    /// Statistics recording into `metrics` too.
+    pub fn with_metrics(metrics: VersionMetrics) -> Self {
+        ModelStats {
+            metrics,
+            success: DurationStat::default(),
+            fail: DurationStat::default(),
+            queue: DurationStat::default(),
+            compute_input: DurationStat::default(),
+            compute_infer: DurationStat::default(),
+            compute_output: DurationStat::default(),
+            inference_count: AtomicU64::new(0),
+            execution_count: AtomicU64::new(0),
+            last_inference_ms: AtomicU64::new(0),
+            batches: Mutex::new(BTreeMap::new()),
+        }
+    }
+
     /// Records one execution of `batch_size` items.
     pub fn record_execution(&self, batch_size: u64, input: Duration, infer: Duration, output: Duration) {
+        self.metrics.compute.record(infer.as_secs_f64());
+        self.metrics.batch.record(batch_size as f64);
+        self.metrics.inferences.increment(batch_size);
+        self.metrics.executions.increment(1);
         self.compute_input.record(input);
         self.compute_infer.record(infer);
         self.compute_output.record(output);
@@ -103,6 +135,12 @@ impl ModelStats {
         entry.compute_input_ns += input.as_nanos() as u64;
         entry.compute_infer_ns += infer.as_nanos() as u64;
         entry.compute_output_ns += output.as_nanos() as u64;
+    }
+
+    /// Records how long a request waited in the queue.
+    pub fn record_queued(&self, waited: Duration) {
+        self.queue.record(waited);
+        self.metrics.queue.record(waited.as_secs_f64());
     }
 
     /// Copies the current values.

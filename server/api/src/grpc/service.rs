@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec;
-use super::status::{self, to_status};
+use super::status::{self, code_name, to_status};
 use crate::load_parameters;
 use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 
@@ -109,9 +109,29 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let request = codec::decode_request(request.into_inner()).map_err(to_status)?;
-        let response = self.state.manager.infer(request).await.map_err(to_status)?;
-        Ok(Response::new(codec::encode_response(response)))
+        let start = std::time::Instant::now();
+        let request = request.into_inner();
+        let (model, version) = (request.model_name.clone(), request.model_version.clone());
+        let bytes_in = prost::Message::encoded_len(&request);
+        let result = match codec::decode_request(request) {
+            Ok(r) => self.state.manager.infer(r).await.map(codec::encode_response),
+            Err(e) => Err(e),
+        };
+        let (code, bytes_out) = match &result {
+            Ok(response) => (tonic::Code::Ok, prost::Message::encoded_len(response)),
+            Err(e) => (to_status(e.clone()).code(), 0),
+        };
+        let record = crate::metrics::RequestRecord {
+            protocol: "grpc",
+            model: &model,
+            version: non_empty(&version),
+            code: code_name(code),
+            elapsed: start.elapsed(),
+            bytes_in,
+            bytes_out,
+        };
+        crate::metrics::record(&self.state.manager, &record);
+        result.map(Response::new).map_err(to_status)
     }
 
     type ModelStreamInferStream = StreamResult;
@@ -150,11 +170,25 @@ impl GrpcInferenceService for InferenceService {
                 let manager = manager.clone();
                 let tx = tx.clone();
                 running.spawn(async move {
+                    let start = std::time::Instant::now();
                     let id = request.id.clone();
+                    let (model, version) = (request.model_name.clone(), request.model_version.clone());
+                    let bytes_in = prost::Message::encoded_len(&request);
                     let reply = match codec::decode_request(request) {
                         Ok(r) => manager.infer(r).await,
                         Err(e) => Err(e),
                     };
+                    let code = reply.as_ref().err().map_or(tonic::Code::Ok, |e| to_status(e.clone()).code());
+                    let record = crate::metrics::RequestRecord {
+                        protocol: "grpc",
+                        model: &model,
+                        version: non_empty(&version),
+                        code: code_name(code),
+                        elapsed: start.elapsed(),
+                        bytes_in,
+                        bytes_out: 0,
+                    };
+                    crate::metrics::record(&manager, &record);
                     let message = match reply {
                         Ok(r) => pb::ModelStreamInferResponse {
                             error_message: String::new(),

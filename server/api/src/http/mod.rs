@@ -14,9 +14,15 @@ use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::state::AppState;
 
+/// A router with `/metrics` alone, for `--metrics-port`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(routes::metrics)).with_state(state)
+}
+
 /// Builds the router; `max_body_bytes` bounds a request body (after decompression).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
+        .route("/metrics", get(routes::metrics))
         .route("/v2/health/live", get(routes::live))
         .route("/v2/health/ready", get(routes::ready))
         .route("/v2", get(routes::server_metadata))
@@ -106,7 +112,7 @@ mod tests {
             Arc::new(ModelManager::new(repository, Vec::new(), EngineOptions::default(), ModelControlMode::None));
         manager.start(StartupModels::All).await.unwrap();
         let (_tx, stopping) = tokio::sync::watch::channel(false);
-        router(AppState { manager, max_json_bytes: 1024, stopping }, 4096)
+        router(AppState { manager, max_json_bytes: 1024, stopping, metrics: None }, 4096)
     }
 
     async fn call(method: &str, uri: &str, body: &'static str) -> (StatusCode, serde_json::Value) {

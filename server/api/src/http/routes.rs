@@ -106,7 +106,44 @@ pub(crate) async fn version_infer(
     run_infer(&state, &model, Some(&version), &headers, body).await
 }
 
+/// `GET /metrics`: Prometheus text format.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => {
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(handle)).into_response()
+        }
+        None => ApiError(InferError::Unsupported("metrics are not enabled in this process".into())).into_response(),
+    }
+}
+
 async fn run_infer(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let start = std::time::Instant::now();
+    let bytes_in = body.len();
+    let result = decode_run_encode(state, model, version, headers, body).await;
+    let (code, bytes_out) = match &result {
+        Ok(response) => (StatusCode::OK, http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as usize),
+        Err(e) => (super::error::status_of(&e.0), 0),
+    };
+    let record = crate::metrics::RequestRecord {
+        protocol: "http",
+        model,
+        version,
+        code: code.as_str(),
+        elapsed: start.elapsed(),
+        bytes_in,
+        bytes_out,
+    };
+    crate::metrics::record(&state.manager, &record);
+    result
+}
+
+async fn decode_run_encode(
     state: &AppState,
     model: &str,
     version: Option<&str>,

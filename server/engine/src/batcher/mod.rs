@@ -64,6 +64,8 @@ pub struct Batcher {
 #[derive(Debug)]
 struct Shared {
     label: String,
+    /// Requests waiting, for `/metrics` (set whenever the queue changes).
+    depth: metrics::Gauge,
     queue: Mutex<Queue>,
     /// Instances with nothing ready to run sleep here.
     work: Condvar,
@@ -83,8 +85,13 @@ struct Queue {
 impl Batcher {
     /// An empty queue under `policy`; `label` (`model:version`) names it in errors.
     pub fn new(label: String, policy: BatchPolicy) -> Self {
+        Self::observed(label, policy, metrics::Gauge::noop())
+    }
+
+    /// As [`Batcher::new`], keeping `depth` set to the number of queued requests.
+    pub fn observed(label: String, policy: BatchPolicy, depth: metrics::Gauge) -> Self {
         let queue = Queue { state: BatchState::new(policy), idle: 0, closed: false, next_ticket: 1 };
-        Batcher { shared: Arc::new(Shared { label, queue: Mutex::new(queue), work: Condvar::new() }) }
+        Batcher { shared: Arc::new(Shared { label, depth, queue: Mutex::new(queue), work: Condvar::new() }) }
     }
 
     /// Queues a request, or refuses it at once: `Overloaded` when the queue is full, `NotReady` once closed.
@@ -103,6 +110,7 @@ impl Batcher {
                 queue.state.policy().max_queue_size
             )));
         }
+        self.shared.depth.set(queue.state.len() as f64);
         if queue.idle > 0 {
             self.shared.work.notify_one();
         }
@@ -113,7 +121,10 @@ impl Batcher {
     /// been answered). Lets a caller whose queue deadline passes answer at once, even while every instance
     /// is busy with a long batch.
     pub fn cancel(&self, ticket: Ticket) -> bool {
-        !self.shared.queue.lock().state.remove_where(|p| p.ticket == ticket).is_empty()
+        let mut queue = self.shared.queue.lock();
+        let removed = !queue.state.remove_where(|p| p.ticket == ticket).is_empty();
+        self.shared.depth.set(queue.state.len() as f64);
+        removed
     }
 
     /// The next batch to run, blocking until one is ready (called by instance threads, never on the async
@@ -138,7 +149,9 @@ impl Batcher {
                 continue;
             }
             let closed = queue.closed;
-            match queue.state.next_batch(now, closed) {
+            let decision = queue.state.next_batch(now, closed);
+            self.shared.depth.set(queue.state.len() as f64);
+            match decision {
                 Decision::Run(batch) => return Some(batch),
                 Decision::Idle if closed => return None,
                 Decision::Idle => {

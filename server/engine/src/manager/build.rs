@@ -10,6 +10,7 @@ use ferroserve_runtime::{LoadSpec, ModelSignature, RuntimeLoader, TensorSpec};
 use crate::config::{InstanceGroup, InstanceKind, TensorConfig};
 use crate::instance::{InstancePool, PoolSpec};
 use crate::manager::EngineOptions;
+use crate::metrics::VersionMetrics;
 use crate::model::{ModelVersion, VersionParts};
 use crate::repository::ModelSource;
 use crate::setup::{batch_policy, complete_config, instance_devices};
@@ -125,7 +126,7 @@ pub(super) fn build_version(
             ..LoadSpec::new(model_path.clone(), device, intra_op_threads)
         })
         .collect();
-    let stats = Arc::new(ModelStats::default());
+    let stats = Arc::new(ModelStats::with_metrics(VersionMetrics::new(&source.name, version)));
     let (loaded, signature) = InstancePool::start(PoolSpec {
         label: format!("{}:{version}", source.name),
         loader: Arc::clone(loader),

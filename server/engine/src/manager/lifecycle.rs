@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::InferError;
 use crate::config::ModelConfig;
 use crate::manager::build::{build_version, pick_loader};
-use crate::manager::{ModelEntry, ModelManager, ModelPhase, VersionState};
+use crate::manager::{IndexState, ModelEntry, ModelManager, ModelPhase, VersionState};
 use crate::model::ModelVersion;
 use crate::repository::RepositoryError;
 use crate::setup::select_versions;
@@ -193,6 +193,21 @@ impl ModelManager {
         if self.is_shutting_down() {
             return Err(InferError::NotReady("the server is shutting down".into()));
         }
+        let started = Instant::now();
+        let result = self.load_locked(name, config).await;
+        if !matches!(result, Err(InferError::NotFound(_))) {
+            let labels = [("model", name.to_string())];
+            metrics::histogram!(crate::metrics::LOAD_DURATION, &labels).record(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    /// The body of [`ModelManager::load_model`], under the model's lifecycle lock.
+    async fn load_locked(
+        self: &Arc<Self>,
+        name: &str,
+        config: Option<(ModelConfig, String)>,
+    ) -> Result<(), InferError> {
         let current = self.models.read().get(name).cloned();
         let serving = current.as_ref().is_some_and(|c| c.phase == ModelPhase::Loaded && c.latest_ready().is_some());
         let source = match self.repository.read_model(name, config.as_ref().map(|(c, t)| (c, t.as_str()))).await {
@@ -320,6 +335,11 @@ impl ModelManager {
     }
 
     fn swap(&self, name: &str, entry: ModelEntry) {
+        let (state, _) = entry.state();
+        for s in [IndexState::Ready, IndexState::Loading, IndexState::Unloading, IndexState::Unavailable] {
+            let labels = [("model", name.to_string()), ("state", s.as_str().to_string())];
+            metrics::gauge!(crate::metrics::MODEL_STATE, &labels).set(if s == state { 1.0 } else { 0.0 });
+        }
         self.models.write().insert(name.to_string(), Arc::new(entry));
         self.publish();
     }

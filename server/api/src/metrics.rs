@@ -1,0 +1,98 @@
+//! `/metrics`: the Prometheus exporter (installed once per process) and the API's own records: requests by
+//! model, version, protocol and code (refused ones included), their latency and bytes. Families are named in
+//! `ferroserve_engine::metrics`; process CPU and memory are read from `/proc` at scrape time.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ferroserve_engine::metrics as names;
+use ferroserve_engine::{InferError, ModelManager};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Installs the Prometheus recorder the first time (later calls return the same handle). `None` when
+/// another recorder is already installed.
+pub fn install() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), names::DURATION_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::BATCH_SIZE.into()), names::BATCH_BUCKETS));
+            match builder.and_then(|b| b.install_recorder()) {
+                Ok(handle) => {
+                    names::describe();
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics stays empty");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// The text exposition: every family, then the process's CPU time and resident memory.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    if let Some((cpu_seconds, rss_bytes)) = process_usage() {
+        text.push_str(&format!(
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
+             # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu_seconds}\n\
+             # HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+             # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss_bytes}\n"
+        ));
+    }
+    text
+}
+
+/// (CPU seconds, resident bytes) from `/proc/self` (Linux; clock ticks of 1/100 s and 4 KiB pages).
+fn process_usage() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start at the closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let pages: u64 = std::fs::read_to_string("/proc/self/statm").ok()?.split_whitespace().nth(1)?.parse().ok()?;
+    Some((ticks as f64 / 100.0, pages * 4096))
+}
+
+/// One answered inference request, as the transports report it.
+#[derive(Debug)]
+pub struct RequestRecord<'a> {
+    /// `http` or `grpc`.
+    pub protocol: &'static str,
+    /// Model named in the request.
+    pub model: &'a str,
+    /// Version named in the request, if any.
+    pub version: Option<&'a str>,
+    /// The status code (`200`, `404`, ... or a gRPC code name).
+    pub code: &'a str,
+    /// Time in the server.
+    pub elapsed: Duration,
+    /// Request body bytes.
+    pub bytes_in: usize,
+    /// Response body bytes.
+    pub bytes_out: usize,
+}
+
+/// Records a request. Labels stay bounded: a model the server does not know is counted with empty `model` and
+/// `version`, and the version is the one that served (the newest ready when the request named none).
+pub fn record(manager: &ModelManager, r: &RequestRecord<'_>) {
+    let (model, version) = match manager.version(r.model, r.version) {
+        Ok(v) => (v.name.clone(), v.version.to_string()),
+        Err(InferError::NotReady(_)) if manager.entry(r.model).is_ok() => {
+            (r.model.to_string(), r.version.unwrap_or_default().chars().take(20).collect())
+        }
+        Err(_) => (String::new(), String::new()),
+    };
+    let labels = [("model", model), ("version", version), ("protocol", r.protocol.to_string())];
+    metrics::histogram!(names::REQUEST_DURATION, &labels).record(r.elapsed.as_secs_f64());
+    let with = |extra: (&'static str, String)| {
+        let mut all = labels.to_vec();
+        all.push(extra);
+        all
+    };
+    metrics::counter!(names::REQUESTS, &with(("code", r.code.to_string()))).increment(1);
+    metrics::counter!(names::PAYLOAD_BYTES, &with(("direction", "in".into()))).increment(r.bytes_in as u64);
+    metrics::counter!(names::PAYLOAD_BYTES, &with(("direction", "out".into()))).increment(r.bytes_out as u64);
+}

@@ -1,0 +1,118 @@
+//! Prometheus metric names, in one place, recorded through the `metrics` facade where things happen (the
+//! engine: queue, batch, compute, in-flight; the API: requests by protocol and code). The exporter is
+//! installed by the binary; without one every handle is a no-op.
+//!
+//! Names follow Prometheus conventions: base units, `_seconds`, `_total`, `_bytes`; labels are bounded
+//! (`model`, `version`, `protocol`, `code`: a request for a model the server does not have is counted with
+//! empty `model` and `version`, so hostile names cannot grow the series).
+
+use metrics::{
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+
+/// Requests answered, by model, version, protocol (`http`, `grpc`) and status code.
+pub const REQUESTS: &str = "ferroserve_requests_total";
+/// End-to-end request latency in the server, by model, version and protocol.
+pub const REQUEST_DURATION: &str = "ferroserve_request_duration_seconds";
+/// Request and response body sizes, by model, version, protocol and direction.
+pub const PAYLOAD_BYTES: &str = "ferroserve_payload_bytes_total";
+/// Time a request waited in its version's queue.
+pub const QUEUE_DURATION: &str = "ferroserve_queue_duration_seconds";
+/// Model execution time of one batch.
+pub const COMPUTE_DURATION: &str = "ferroserve_compute_duration_seconds";
+/// Items per model execution (the batch the batcher formed).
+pub const BATCH_SIZE: &str = "ferroserve_batch_size";
+/// Items inferred (a batch of 8 counts 8).
+pub const INFERENCES: &str = "ferroserve_inferences_total";
+/// Model executions.
+pub const EXECUTIONS: &str = "ferroserve_executions_total";
+/// Requests inside the engine for a version (queued or running): what KEDA and an HPA scale on.
+pub const IN_FLIGHT: &str = "ferroserve_inflight_requests";
+/// Requests waiting in a version's queue.
+pub const QUEUE_DEPTH: &str = "ferroserve_queue_depth";
+/// Time to load (or reload) a model.
+pub const LOAD_DURATION: &str = "ferroserve_model_load_duration_seconds";
+/// 1 for the state a model is in (`state` label: READY, LOADING, UNLOADING, UNAVAILABLE), else 0.
+pub const MODEL_STATE: &str = "ferroserve_model_state";
+
+/// Histogram buckets for durations: 10 µs to 30 s, about three per decade.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0,
+];
+/// Histogram buckets for batch sizes.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Describes every family (help text and unit) to the installed recorder.
+pub fn describe() {
+    describe_counter!(REQUESTS, "Inference requests answered, by status code");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Request latency inside the server");
+    describe_counter!(PAYLOAD_BYTES, Unit::Bytes, "Inference request and response body bytes");
+    describe_histogram!(QUEUE_DURATION, Unit::Seconds, "Time requests waited in the queue");
+    describe_histogram!(COMPUTE_DURATION, Unit::Seconds, "Model execution time per batch");
+    describe_histogram!(BATCH_SIZE, "Items per model execution");
+    describe_counter!(INFERENCES, "Items inferred");
+    describe_counter!(EXECUTIONS, "Model executions");
+    describe_gauge!(IN_FLIGHT, "Requests queued or running in the engine");
+    describe_gauge!(QUEUE_DEPTH, "Requests waiting in the queue");
+    describe_histogram!(LOAD_DURATION, Unit::Seconds, "Model load duration");
+    describe_gauge!(MODEL_STATE, "1 for the model's current state");
+}
+
+/// The engine-side metric handles of one model version, registered once when the version is built.
+#[derive(Debug, Clone)]
+pub struct VersionMetrics {
+    pub(crate) queue: Histogram,
+    pub(crate) compute: Histogram,
+    pub(crate) batch: Histogram,
+    pub(crate) inferences: Counter,
+    pub(crate) executions: Counter,
+    pub(crate) in_flight: Gauge,
+    pub(crate) queue_depth: Gauge,
+}
+
+impl VersionMetrics {
+    /// Handles labelled with `model` and `version`.
+    pub fn new(model: &str, version: u64) -> Self {
+        let labels = [("model", model.to_string()), ("version", version.to_string())];
+        VersionMetrics {
+            queue: histogram!(QUEUE_DURATION, &labels),
+            compute: histogram!(COMPUTE_DURATION, &labels),
+            batch: histogram!(BATCH_SIZE, &labels),
+            inferences: counter!(INFERENCES, &labels),
+            executions: counter!(EXECUTIONS, &labels),
+            in_flight: gauge!(IN_FLIGHT, &labels),
+            queue_depth: gauge!(QUEUE_DEPTH, &labels),
+        }
+    }
+
+    /// No-op handles (tests, and stats created without a model).
+    pub fn detached() -> Self {
+        VersionMetrics {
+            queue: Histogram::noop(),
+            compute: Histogram::noop(),
+            batch: Histogram::noop(),
+            inferences: Counter::noop(),
+            executions: Counter::noop(),
+            in_flight: Gauge::noop(),
+            queue_depth: Gauge::noop(),
+        }
+    }
+}
+
+/// Counts a request in flight in the engine until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight(Gauge);
+
+impl InFlight {
+    pub(crate) fn enter(gauge: &Gauge) -> Self {
+        gauge.increment(1.0);
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
