@@ -91,6 +91,17 @@ pub struct Config {
     #[arg(long = "onnxruntime-lib", env = "ORT_DYLIB_PATH")]
     pub onnxruntime_lib: Option<PathBuf>,
 
+    /// Record Prometheus metrics and serve `/metrics` (Triton's flag; `--allow-metrics false` turns every
+    /// metric handle into a no-op, for measuring what metrics cost).
+    #[arg(
+        long = "allow-metrics",
+        visible_alias = "allow_metrics",
+        env = "FERROSERVE_ALLOW_METRICS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub allow_metrics: bool,
+
     /// Also serve `/metrics` on this port of its own (as Triton's 8002); it is always on the HTTP port.
     #[arg(long = "metrics-port", visible_alias = "metrics_port", env = "FERROSERVE_METRICS_PORT")]
     pub metrics_port: Option<u16>,
@@ -301,5 +312,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.startup_models(), StartupModels::All);
         assert!(Config::try_parse_from(["ferroserve", "--model-control-mode=sometimes"]).is_err());
+        let c = Config::try_parse_from(["ferroserve", "--model-repository=/r", "--allow-metrics", "false"]).unwrap();
+        assert!(!c.allow_metrics);
+        assert!(Config::try_parse_from(["ferroserve", "--model-repository=/r"]).unwrap().allow_metrics);
     }
 }

@@ -94,7 +94,7 @@ pub async fn run(
         manager: manager.clone(),
         max_json_bytes: config.max_json_bytes,
         stopping: stop_rx.clone(),
-        metrics: metrics::install(),
+        metrics: if config.allow_metrics { metrics::install() } else { None },
     };
 
     let http_listener = TcpListener::bind((config.host, config.http_port))
