@@ -17,7 +17,7 @@ off_pid=$server off_http=$http off_grpc=$grpc
 trap 'kill $on_pid $off_pid 2>/dev/null || true; rm -rf "$repo"' EXIT
 
 rate() { target/release/ferroserve-bench --no-progress --warmup-secs 1 --window-secs 2 --max-windows 6 \
-  -m mlp -u "$1" -i "$2" --concurrency 32 | tail -1 | awk '{print $2}'; }
+  -m mlp -u "$1" -i "$2" --concurrency 32 | awk '/c=32/ {print $2}'; }
 for protocol in http-binary grpc; do
   on=0 off=0
   for round in 1 2; do
