@@ -211,6 +211,48 @@ impl Repository {
         Ok(fingerprint(&listed))
     }
 
+    /// The fingerprint of every model, from one recursive listing per root (what a poll compares; the same
+    /// values as [`Repository::fingerprint`], without a listing per model). Names held by several roots are
+    /// left out: loading them fails anyway.
+    pub async fn fingerprints(&self) -> Result<BTreeMap<String, u64>, RepositoryError> {
+        let mut by_model: BTreeMap<String, (usize, Vec<FileInfo>)> = BTreeMap::new();
+        let mut duplicated = Vec::new();
+        for (index, root) in self.roots.iter().enumerate() {
+            let listed = root.files.list_files("").await?;
+            let mut found: BTreeMap<String, Vec<FileInfo>> = BTreeMap::new();
+            match &root.single_model {
+                Some(name) => {
+                    found.insert(name.clone(), listed);
+                }
+                None => {
+                    // Model directories holding no file yet still get a (stable) fingerprint.
+                    for name in root.files.list_dirs("").await? {
+                        found.entry(name).or_default();
+                    }
+                    for file in listed {
+                        if let Some((model, _)) = file.path.split_once('/')
+                            && let Some(files) = found.get_mut(model)
+                        {
+                            files.push(file);
+                        }
+                    }
+                }
+            }
+            for (name, files) in found {
+                match by_model.entry(name) {
+                    std::collections::btree_map::Entry::Occupied(seen) => duplicated.push(seen.key().clone()),
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert((index, files));
+                    }
+                }
+            }
+        }
+        for name in duplicated {
+            by_model.remove(&name);
+        }
+        Ok(by_model.into_iter().map(|(name, (_, files))| (name, fingerprint(&files))).collect())
+    }
+
     /// Reads one model: its config and versions (a listing and the config file; no model file is fetched).
     /// `config` (Triton's load override: the config and its text) stands in for `config.pbtxt`.
     pub async fn read_model(
@@ -384,6 +426,12 @@ mod tests {
         assert_ne!(before.versions[1].fingerprint, after.versions[1].fingerprint);
         assert_ne!(before.fingerprint, after.fingerprint);
         assert_eq!(repo.fingerprint("m").await.unwrap(), after.fingerprint);
+        write(&root.join("other/1/model.onnx"), b"x");
+        let all = repo.fingerprints().await.unwrap();
+        assert_eq!(all["m"], after.fingerprint, "one listing gives the same fingerprints as one per model");
+        assert_eq!(all["other"], repo.fingerprint("other").await.unwrap());
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        assert_eq!(repo.fingerprints().await.unwrap()["empty"], repo.fingerprint("empty").await.unwrap());
         write(&root.join("m/config.pbtxt"), b"max_batch_size: 2");
         let configured = repo.read_model("m", None).await.unwrap();
         assert_ne!(configured.versions[0].fingerprint, after.versions[0].fingerprint);

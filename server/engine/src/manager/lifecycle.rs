@@ -425,17 +425,19 @@ impl ModelManager {
         // Only names and fingerprints: holding entries would hold their versions, which retiring waits out.
         let current: BTreeMap<String, (bool, Option<u64>)> =
             self.models.read().iter().map(|(n, e)| (n.clone(), (e.is_wanted(), e.source_fingerprint))).collect();
+        // One recursive listing per root for every model's fingerprint (not one per model).
+        let prints = match self.repository.fingerprints().await {
+            Ok(prints) => prints,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the model repository's files; keeping the models as they are");
+                return;
+            }
+        };
         let mut to_load = Vec::new();
         for name in &names {
             let changed = match current.get(name) {
                 None | Some((_, None)) => true,
-                Some((_, Some(before))) => match self.repository.fingerprint(name).await {
-                    Ok(now) => now != *before,
-                    Err(e) => {
-                        tracing::warn!(model = %name, error = %e, "cannot poll model; keeping it as it is");
-                        false
-                    }
-                },
+                Some((_, Some(before))) => prints.get(name).is_none_or(|now| now != before),
             };
             if changed {
                 to_load.push(name.clone());
