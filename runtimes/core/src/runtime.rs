@@ -147,6 +147,12 @@ pub trait RuntimeLoader: Send + Sync {
         self.platform().split('_').next().unwrap_or_else(|| self.platform())
     }
 
+    /// Whether the model file carries no signature, so the config's `input`/`output` are the signature
+    /// (TorchScript): then a config without `max_batch_size` means 0, as in Triton, not "batch if you can".
+    fn signature_from_config(&self) -> bool {
+        false
+    }
+
     /// Whether a version directory holding `files` (names relative to it) is a model of this platform, when
     /// no config names the platform.
     fn recognizes(&self, files: &[String]) -> bool {

@@ -43,6 +43,10 @@ impl RuntimeLoader for TorchLoader {
         "pytorch"
     }
 
+    fn signature_from_config(&self) -> bool {
+        true
+    }
+
     fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Runtime>, RuntimeError> {
         let load_error = |reason: String| RuntimeError::Load { path: spec.model_path.clone(), reason };
         let signature = spec.declared.clone();

@@ -174,9 +174,9 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
     }
     let rows: Vec<usize> = live.iter().map(|e| e.items).collect();
     let total: usize = rows.iter().sum();
-    // For a joined batch, each request's own inputs are kept (cheap handles on their bytes): if the runtime
-    // refuses the batch as invalid input, each request is run alone so one bad request fails only itself.
-    let mut per_request: Option<Vec<Vec<Tensor>>> = None;
+    // For a joined batch, the requests' own inputs (by input, then request) are kept until it has run: if the
+    // runtime refuses the batch as invalid input, each request is run alone so one bad request fails only itself.
+    let mut kept_columns: Option<Vec<Vec<Tensor>>> = None;
     let (inputs, replies) = if live.len() == 1 {
         let mut live = live;
         let Some(entry) = live.pop() else { return };
@@ -193,8 +193,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
         }
         match columns.iter().map(|c| Tensor::concat(c)).collect::<Result<Vec<_>, _>>() {
             Ok(inputs) => {
-                per_request =
-                    Some((0..replies.len()).map(|r| columns.iter().map(|c| c[r].clone()).collect()).collect());
+                kept_columns = Some(columns);
                 (inputs, replies)
             }
             Err(e) => {
@@ -211,8 +210,8 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.infer(inputs)));
     let infer_time = started.elapsed();
     let output_started = Instant::now();
-    if let (Some(requests), Ok(Err(RuntimeError::InvalidInput(_)))) = (per_request, &outcome) {
-        run_each_alone(runtime, requests, replies);
+    if let (Some(columns), Ok(Err(RuntimeError::InvalidInput(_)))) = (kept_columns, &outcome) {
+        run_each_alone(runtime, columns, replies);
         return;
     }
     let result = match outcome {
@@ -246,10 +245,11 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
 /// their answers.
 fn run_each_alone(
     runtime: &mut dyn Runtime,
-    requests: Vec<Vec<Tensor>>,
+    columns: Vec<Vec<Tensor>>,
     replies: Vec<tokio::sync::oneshot::Sender<crate::batcher::BatchResult>>,
 ) {
-    for (inputs, reply) in requests.into_iter().zip(replies) {
+    for (r, reply) in replies.into_iter().enumerate() {
+        let inputs: Vec<Tensor> = columns.iter().map(|column| column[r].clone()).collect();
         let result = match std::panic::catch_unwind(AssertUnwindSafe(|| runtime.infer(inputs))) {
             Ok(Ok(outputs)) => Ok(outputs),
             Ok(Err(RuntimeError::InvalidInput(message))) => Err(InferError::InvalidInput(message)),

@@ -215,9 +215,9 @@ impl Repository {
     /// values as [`Repository::fingerprint`], without a listing per model). Names held by several roots are
     /// left out: loading them fails anyway.
     pub async fn fingerprints(&self) -> Result<BTreeMap<String, u64>, RepositoryError> {
-        let mut by_model: BTreeMap<String, (usize, Vec<FileInfo>)> = BTreeMap::new();
+        let mut by_model: BTreeMap<String, Vec<FileInfo>> = BTreeMap::new();
         let mut duplicated = Vec::new();
-        for (index, root) in self.roots.iter().enumerate() {
+        for root in &self.roots {
             let listed = root.files.list_files("").await?;
             let mut found: BTreeMap<String, Vec<FileInfo>> = BTreeMap::new();
             match &root.single_model {
@@ -242,7 +242,7 @@ impl Repository {
                 match by_model.entry(name) {
                     std::collections::btree_map::Entry::Occupied(seen) => duplicated.push(seen.key().clone()),
                     std::collections::btree_map::Entry::Vacant(slot) => {
-                        slot.insert((index, files));
+                        slot.insert(files);
                     }
                 }
             }
@@ -250,7 +250,7 @@ impl Repository {
         for name in duplicated {
             by_model.remove(&name);
         }
-        Ok(by_model.into_iter().map(|(name, (_, files))| (name, fingerprint(&files))).collect())
+        Ok(by_model.into_iter().map(|(name, files)| (name, fingerprint(&files))).collect())
     }
 
     /// Reads one model: its config and versions (a listing and the config file; no model file is fetched).

@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec;
-use super::status::{self, code_name, to_status};
+use super::status::{self, code_name, code_of, to_status};
 use crate::load_parameters;
 use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 
@@ -30,6 +30,39 @@ impl InferenceService {
 }
 
 /// Protobuf sends "not given" as an empty string.
+/// What the request metrics need of one gRPC inference, taken before the request is consumed.
+struct Observed {
+    start: std::time::Instant,
+    model: String,
+    version: String,
+    bytes_in: usize,
+}
+
+impl Observed {
+    fn start(request: &pb::ModelInferRequest) -> Self {
+        Observed {
+            start: std::time::Instant::now(),
+            model: request.model_name.clone(),
+            version: request.model_version.clone(),
+            bytes_in: prost::Message::encoded_len(request),
+        }
+    }
+
+    fn finish(self, manager: &ferroserve_engine::ModelManager, error: Option<&InferError>, bytes_out: usize) {
+        let code = error.map_or(tonic::Code::Ok, code_of);
+        let record = crate::metrics::RequestRecord {
+            protocol: "grpc",
+            model: &self.model,
+            version: non_empty(&self.version),
+            code: code_name(code),
+            elapsed: self.start.elapsed(),
+            bytes_in: self.bytes_in,
+            bytes_out,
+        };
+        crate::metrics::record(manager, &record);
+    }
+}
+
 fn non_empty(v: &str) -> Option<&str> {
     (!v.is_empty()).then_some(v)
 }
@@ -109,28 +142,13 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let start = std::time::Instant::now();
-        let request = request.into_inner();
-        let (model, version) = (request.model_name.clone(), request.model_version.clone());
-        let bytes_in = prost::Message::encoded_len(&request);
-        let result = match codec::decode_request(request) {
+        let observed = Observed::start(request.get_ref());
+        let result = match codec::decode_request(request.into_inner()) {
             Ok(r) => self.state.manager.infer(r).await.map(codec::encode_response),
             Err(e) => Err(e),
         };
-        let (code, bytes_out) = match &result {
-            Ok(response) => (tonic::Code::Ok, prost::Message::encoded_len(response)),
-            Err(e) => (to_status(e.clone()).code(), 0),
-        };
-        let record = crate::metrics::RequestRecord {
-            protocol: "grpc",
-            model: &model,
-            version: non_empty(&version),
-            code: code_name(code),
-            elapsed: start.elapsed(),
-            bytes_in,
-            bytes_out,
-        };
-        crate::metrics::record(&self.state.manager, &record);
+        let bytes_out = result.as_ref().map_or(0, prost::Message::encoded_len);
+        observed.finish(&self.state.manager, result.as_ref().err(), bytes_out);
         result.map(Response::new).map_err(to_status)
     }
 
@@ -170,25 +188,13 @@ impl GrpcInferenceService for InferenceService {
                 let manager = manager.clone();
                 let tx = tx.clone();
                 running.spawn(async move {
-                    let start = std::time::Instant::now();
+                    let observed = Observed::start(&request);
                     let id = request.id.clone();
-                    let (model, version) = (request.model_name.clone(), request.model_version.clone());
-                    let bytes_in = prost::Message::encoded_len(&request);
                     let reply = match codec::decode_request(request) {
                         Ok(r) => manager.infer(r).await,
                         Err(e) => Err(e),
                     };
-                    let code = reply.as_ref().err().map_or(tonic::Code::Ok, |e| to_status(e.clone()).code());
-                    let record = crate::metrics::RequestRecord {
-                        protocol: "grpc",
-                        model: &model,
-                        version: non_empty(&version),
-                        code: code_name(code),
-                        elapsed: start.elapsed(),
-                        bytes_in,
-                        bytes_out: 0,
-                    };
-                    crate::metrics::record(&manager, &record);
+                    observed.finish(&manager, reply.as_ref().err(), 0);
                     let message = match reply {
                         Ok(r) => pb::ModelStreamInferResponse {
                             error_message: String::new(),

@@ -136,13 +136,14 @@ pub(super) fn build_version(
     .map_err(|e| e.to_string())?;
     // Where the config is the signature (TorchScript), a missing max_batch_size means 0, as in Triton: the
     // declared dims are the whole shape, not dims to batch over.
-    let declared_only = source.config.max_batch_size.is_none() && loader.platform() == "pytorch_libtorch";
-    let source = &if declared_only {
-        let mut source = source.clone();
-        source.config.max_batch_size = Some(0);
-        source
+    let unbatched;
+    let source = if source.config.max_batch_size.is_none() && loader.signature_from_config() {
+        let mut copy = source.clone();
+        copy.config.max_batch_size = Some(0);
+        unbatched = copy;
+        &unbatched
     } else {
-        source.clone()
+        source
     };
     let (signature, mut config, reshapes) = complete_config(source, loader.platform(), signature, groups, options)?;
     config.backend = Some(loader.backend().to_string());
