@@ -187,7 +187,7 @@ pub async fn run(
     let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc_server = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(grpc::status::oversized_request_as_resource_exhausted))
-        .layer(request_id::layers::<tonic::body::Body>())
+        .layer(request_id::RequestIdLayer)
         .add_service(health_service)
         .add_service(grpc::inference_server(state, config.max_message_bytes))
         .serve_with_incoming_shutdown(incoming, grpc_stop);

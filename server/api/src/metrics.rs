@@ -56,6 +56,13 @@ fn process_usage() -> Option<(f64, u64)> {
     Some((ticks as f64 / 100.0, pages * 4096))
 }
 
+/// An HTTP status as a `code` label (a static string, so recording a request allocates nothing).
+pub fn http_code(status: http::StatusCode) -> &'static str {
+    static CODES: OnceLock<Vec<String>> = OnceLock::new();
+    let codes = CODES.get_or_init(|| (0..600).map(|c| c.to_string()).collect());
+    codes.get(usize::from(status.as_u16())).map_or("other", String::as_str)
+}
+
 /// One answered inference request, as the transports report it.
 #[derive(Debug)]
 pub struct RequestRecord<'a> {
@@ -66,7 +73,7 @@ pub struct RequestRecord<'a> {
     /// Version named in the request, if any.
     pub version: Option<&'a str>,
     /// The status code (`200`, `404`, ... or a gRPC code name).
-    pub code: &'a str,
+    pub code: &'static str,
     /// Time in the server.
     pub elapsed: Duration,
     /// Request body bytes.
@@ -75,24 +82,15 @@ pub struct RequestRecord<'a> {
     pub bytes_out: usize,
 }
 
-/// Records a request. Labels stay bounded: a model the server does not know is counted with empty `model` and
-/// `version`, and the version is the one that served (the newest ready when the request named none).
+/// Records a request against the version that served it (cached handles: no label allocation), or, when none
+/// did, under the model's name if the server knows it and empty labels if not.
 pub fn record(manager: &ModelManager, r: &RequestRecord<'_>) {
-    let (model, version) = match manager.version(r.model, r.version) {
-        Ok(v) => (v.name.clone(), v.version.to_string()),
+    let seconds = r.elapsed.as_secs_f64();
+    match manager.version(r.model, r.version) {
+        Ok(v) => v.stats.metrics.record_request(r.protocol, r.code, seconds, r.bytes_in as u64, r.bytes_out as u64),
         Err(InferError::NotReady(_)) if manager.entry(r.model).is_ok() => {
-            (r.model.to_string(), r.version.unwrap_or_default().chars().take(20).collect())
+            names::record_unrouted_request(r.model, r.protocol, r.code, seconds, r.bytes_in as u64)
         }
-        Err(_) => (String::new(), String::new()),
-    };
-    let labels = [("model", model), ("version", version), ("protocol", r.protocol.to_string())];
-    metrics::histogram!(names::REQUEST_DURATION, &labels).record(r.elapsed.as_secs_f64());
-    let with = |extra: (&'static str, String)| {
-        let mut all = labels.to_vec();
-        all.push(extra);
-        all
-    };
-    metrics::counter!(names::REQUESTS, &with(("code", r.code.to_string()))).increment(1);
-    metrics::counter!(names::PAYLOAD_BYTES, &with(("direction", "in".into()))).increment(r.bytes_in as u64);
-    metrics::counter!(names::PAYLOAD_BYTES, &with(("direction", "out".into()))).increment(r.bytes_out as u64);
+        Err(_) => names::record_unrouted_request("", r.protocol, r.code, seconds, r.bytes_in as u64),
+    }
 }

@@ -59,9 +59,24 @@ pub fn describe() {
     describe_gauge!(MODEL_STATE, "1 for the model's current state");
 }
 
-/// The engine-side metric handles of one model version, registered once when the version is built.
+/// The request families of one version for one protocol and status code.
+#[derive(Debug, Clone)]
+struct RequestHandles {
+    protocol: &'static str,
+    code: &'static str,
+    requests: Counter,
+    duration: Histogram,
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+/// The engine-side metric handles of one model version, registered once when the version is built; request
+/// handles are registered on first use per (protocol, code) and reused, so the request path does no label
+/// allocation or registry lookup.
 #[derive(Debug, Clone)]
 pub struct VersionMetrics {
+    labels: [(&'static str, String); 2],
+    requests: std::sync::Arc<parking_lot::RwLock<Vec<RequestHandles>>>,
     pub(crate) queue: Histogram,
     pub(crate) compute: Histogram,
     pub(crate) batch: Histogram,
@@ -76,6 +91,7 @@ impl VersionMetrics {
     pub fn new(model: &str, version: u64) -> Self {
         let labels = [("model", model.to_string()), ("version", version.to_string())];
         VersionMetrics {
+            requests: Default::default(),
             queue: histogram!(QUEUE_DURATION, &labels),
             compute: histogram!(COMPUTE_DURATION, &labels),
             batch: histogram!(BATCH_SIZE, &labels),
@@ -83,12 +99,39 @@ impl VersionMetrics {
             executions: counter!(EXECUTIONS, &labels),
             in_flight: gauge!(IN_FLIGHT, &labels),
             queue_depth: gauge!(QUEUE_DEPTH, &labels),
+            labels,
         }
+    }
+
+    /// Records one answered request of this version.
+    pub fn record_request(
+        &self,
+        protocol: &'static str,
+        code: &'static str,
+        seconds: f64,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        let cached = self.requests.read().iter().find(|h| h.protocol == protocol && h.code == code).cloned();
+        let handles = match cached {
+            Some(h) => h,
+            None => {
+                let h = request_handles(&self.labels[0].1, &self.labels[1].1, protocol, code);
+                self.requests.write().push(h.clone());
+                h
+            }
+        };
+        handles.requests.increment(1);
+        handles.duration.record(seconds);
+        handles.bytes_in.increment(bytes_in);
+        handles.bytes_out.increment(bytes_out);
     }
 
     /// No-op handles (tests, and stats created without a model).
     pub fn detached() -> Self {
         VersionMetrics {
+            labels: [("model", String::new()), ("version", String::new())],
+            requests: Default::default(),
             queue: Histogram::noop(),
             compute: Histogram::noop(),
             batch: Histogram::noop(),
@@ -97,6 +140,32 @@ impl VersionMetrics {
             in_flight: Gauge::noop(),
             queue_depth: Gauge::noop(),
         }
+    }
+}
+
+/// Records a request that reached no version (unknown model or version, or a model not ready): under
+/// empty `model`/`version` when the model is unknown, so client-chosen names never become label values.
+pub fn record_unrouted_request(model: &str, protocol: &'static str, code: &'static str, seconds: f64, bytes_in: u64) {
+    let h = request_handles(model, "", protocol, code);
+    h.requests.increment(1);
+    h.duration.record(seconds);
+    h.bytes_in.increment(bytes_in);
+}
+
+fn request_handles(model: &str, version: &str, protocol: &'static str, code: &'static str) -> RequestHandles {
+    let base = [("model", model.to_string()), ("version", version.to_string()), ("protocol", protocol.to_string())];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut all: Vec<(&'static str, String)> = base.to_vec();
+        all.push((extra.0, extra.1.to_string()));
+        all
+    };
+    RequestHandles {
+        protocol,
+        code,
+        requests: counter!(REQUESTS, &with(("code", code))),
+        duration: histogram!(REQUEST_DURATION, &base),
+        bytes_in: counter!(PAYLOAD_BYTES, &with(("direction", "in"))),
+        bytes_out: counter!(PAYLOAD_BYTES, &with(("direction", "out"))),
     }
 }
 

@@ -51,7 +51,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(RequestDecompressionLayer::new())
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::map_response(json_errors))
-        .layer(crate::request_id::layers::<axum::body::Body>())
+        .layer(crate::request_id::RequestIdLayer)
         .with_state(state)
 }
 

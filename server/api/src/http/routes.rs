@@ -134,7 +134,7 @@ async fn run_infer(
         protocol: "http",
         model,
         version,
-        code: code.as_str(),
+        code: crate::metrics::http_code(code),
         elapsed: start.elapsed(),
         bytes_in,
         bytes_out,
