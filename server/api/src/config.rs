@@ -143,6 +143,32 @@ pub struct Config {
     /// Log format. Levels come from RUST_LOG (default `info`).
     #[arg(long = "log-format", env = "FERROSERVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Export traces over OTLP to this collector (base URL, e.g. `http://otel-collector:4318`, or `:4317` with
+    /// `--otlp-protocol grpc`). Also read from `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the full traces URL) and
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`. Unset: no tracing, and requests pay nothing for it.
+    #[arg(long = "otlp-endpoint")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport.
+    #[arg(long = "otlp-protocol", env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum, default_value_t = OtlpProtocol::HttpProtobuf)]
+    pub otlp_protocol: OtlpProtocol,
+
+    /// Fraction of requests without a sampled-or-not `traceparent` that are traced (a caller's `traceparent`
+    /// decides for its own requests). Default 1, or `OTEL_TRACES_SAMPLER_ARG` when `OTEL_TRACES_SAMPLER` is a
+    /// ratio sampler.
+    #[arg(long = "trace-sample-ratio", env = "FERROSERVE_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
+}
+
+/// `--otlp-protocol`, named as `OTEL_EXPORTER_OTLP_PROTOCOL` names them.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (collector port 4317).
+    Grpc,
+    /// OTLP protobuf over HTTP (collector port 4318, path `/v1/traces`).
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
 }
 
 /// `--model-control-mode`.

@@ -16,6 +16,7 @@ pub mod raw;
 pub mod request_id;
 pub mod shutdown;
 pub mod state;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;

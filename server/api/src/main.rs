@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use ferroserve::Config;
-use tracing_subscriber::EnvFilter;
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -10,15 +9,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
-    // Colours only on a terminal: log collectors (kubectl logs, files) would show the escape codes.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    if config.log_format == ferroserve::config::LogFormat::Json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    // Held to the end: dropping it flushes the trace spans not yet exported.
+    let _telemetry = ferroserve::telemetry::init(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ferroserve-io").build()?;
     runtime.block_on(async {
         let shutdown = ferroserve::shutdown::install()?;

@@ -1,6 +1,7 @@
 //! Request ids: every HTTP and gRPC request carries one, the client's `x-request-id` or a generated one. It is
 //! echoed in the response headers (gRPC: response metadata) and is the `id` field of the request's tracing
-//! span, so every log line written while handling the request names it.
+//! span, so every log line written while handling the request names it. The span is also the root of the
+//! request's exported trace when tracing is on and the request is sampled ([`crate::telemetry`]).
 //!
 //! One small layer for both transports (a boxed future per request, no body wrapping): it costs a counter
 //! increment and a span, which the throughput benches cannot tell from nothing.
@@ -68,10 +69,16 @@ where
                 id
             }
         };
-        let span = tracing::info_span!("request", id = id.to_str().unwrap_or_default());
-        let answer = self.inner.call(request).instrument(span);
+        let span = crate::telemetry::request_span(
+            request.headers(),
+            id.to_str().unwrap_or_default(),
+            request.method(),
+            request.uri().path(),
+        );
+        let answer = self.inner.call(request).instrument(span.clone());
         Box::pin(async move {
             let mut response = answer.await?;
+            crate::telemetry::record_status(&span, response.status());
             response.headers_mut().insert(HEADER, id);
             Ok(response)
         })

@@ -174,6 +174,10 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
     }
     let rows: Vec<usize> = live.iter().map(|e| e.items).collect();
     let total: usize = rows.iter().sum();
+    // Sampled requests close their queue span and open one for this execution, kept open until answered.
+    let requests = live.len();
+    let executing: Vec<tracing::Span> =
+        live.iter_mut().filter_map(|e| e.payload.trace.take()).map(|t| t.execute(total, requests)).collect();
     // For a joined batch, the requests' own inputs (by input, then request) are kept until it has run: if the
     // runtime refuses the batch as invalid input, each request is run alone so one bad request fails only itself.
     let mut kept_columns: Option<Vec<Vec<Tensor>>> = None;
@@ -212,6 +216,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
     let output_started = Instant::now();
     if let (Some(columns), Ok(Err(RuntimeError::InvalidInput(_)))) = (kept_columns, &outcome) {
         run_each_alone(runtime, columns, replies);
+        drop(executing);
         return;
     }
     let result = match outcome {
@@ -226,6 +231,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
             Err(InferError::Internal("model execution failed".into()))
         }
     };
+    drop(executing); // before the replies, so a request's execute span ends before its encode span starts
     match result {
         Ok(per_request) => {
             for (reply, outputs) in replies.into_iter().zip(per_request) {

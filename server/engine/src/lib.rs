@@ -22,6 +22,7 @@ pub mod request;
 mod reshape;
 mod setup;
 pub mod stats;
+pub mod trace;
 pub mod validate;
 
 pub use error::InferError;

@@ -113,7 +113,7 @@ impl ModelVersion {
             enqueued: start,
             deadline,
             priority,
-            payload: Pending::new(validated.inputs, reply),
+            payload: Pending::traced(validated.inputs, reply, crate::trace::QueuedTrace::start()),
         })?;
         let answered = match deadline {
             None => outputs.await,

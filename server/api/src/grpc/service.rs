@@ -143,8 +143,14 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let observed = Observed::start(request.get_ref());
-        let result = match codec::decode_request(request.into_inner()) {
-            Ok(r) => self.state.manager.infer(r).await.map(codec::encode_response),
+        let decoded = ferroserve_engine::trace_span!("decode").in_scope(|| codec::decode_request(request.into_inner()));
+        let result = match decoded {
+            Ok(r) => self
+                .state
+                .manager
+                .infer(r)
+                .await
+                .map(|r| ferroserve_engine::trace_span!("encode").in_scope(|| codec::encode_response(r))),
             Err(e) => Err(e),
         };
         let bytes_out = result.as_ref().map_or(0, prost::Message::encoded_len);
@@ -162,57 +168,66 @@ impl GrpcInferenceService for InferenceService {
         let manager = self.state.manager.clone();
         let mut stopping = self.state.stopping.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ModelStreamInferResponse, Status>>(64);
-        tokio::spawn(async move {
-            // Requests on one stream run concurrently; responses carry the request id to match them up.
-            // On shutdown the stream stops taking requests, answers those in flight, then ends, so that a
-            // client holding a stream open does not hold up the drain.
-            let mut running = tokio::task::JoinSet::new();
-            let mut ended_by: Option<Status> = None;
-            loop {
-                let message = tokio::select! {
-                    m = incoming.next() => m,
-                    _ = stopping.wait_for(|s| *s) => break,
-                };
-                let request = match message {
-                    Some(Ok(r)) => r,
-                    Some(Err(unreadable)) => {
-                        // A message that could not be read (over the size limit, corrupt) ends the stream with
-                        // its error once the requests in flight are answered; a client that went away gets
-                        // nothing, as no one is listening.
-                        tracing::debug!(status = %unreadable, "stream ended by an unreadable message or the client");
-                        ended_by = Some(status::inbound_message_error(unreadable));
-                        break;
-                    }
-                    None => break,
-                };
-                let manager = manager.clone();
-                let tx = tx.clone();
-                running.spawn(async move {
-                    let observed = Observed::start(&request);
-                    let id = request.id.clone();
-                    let reply = match codec::decode_request(request) {
-                        Ok(r) => manager.infer(r).await,
-                        Err(e) => Err(e),
+        let stream_span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                // Requests on one stream run concurrently; responses carry the request id to match them up.
+                // On shutdown the stream stops taking requests, answers those in flight, then ends, so that a
+                // client holding a stream open does not hold up the drain.
+                let mut running = tokio::task::JoinSet::new();
+                let mut ended_by: Option<Status> = None;
+                loop {
+                    let message = tokio::select! {
+                        m = incoming.next() => m,
+                        _ = stopping.wait_for(|s| *s) => break,
                     };
-                    observed.finish(&manager, reply.as_ref().err(), 0);
-                    let message = match reply {
-                        Ok(r) => pb::ModelStreamInferResponse {
-                            error_message: String::new(),
-                            infer_response: Some(codec::encode_response(r)),
-                        },
-                        Err(e) => pb::ModelStreamInferResponse {
-                            error_message: e.to_string(),
-                            infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
-                        },
+                    let request = match message {
+                        Some(Ok(r)) => r,
+                        Some(Err(unreadable)) => {
+                            // A message that could not be read (over the size limit, corrupt) ends the stream with
+                            // its error once the requests in flight are answered; a client that went away gets
+                            // nothing, as no one is listening.
+                            tracing::debug!(status = %unreadable, "stream ended by an unreadable message or the client");
+                            ended_by = Some(status::inbound_message_error(unreadable));
+                            break;
+                        }
+                        None => break,
                     };
-                    let _ = tx.send(Ok(message)).await;
-                });
-            }
-            while running.join_next().await.is_some() {}
-            if let Some(status) = ended_by {
-                let _ = tx.send(Err(status)).await;
-            }
-        });
+                    let manager = manager.clone();
+                    let tx = tx.clone();
+                    // Each stream request runs in the stream's span (its request id, and its trace when sampled).
+                    let span = tracing::Span::current();
+                    running.spawn(tracing::Instrument::instrument(
+                        async move {
+                            let observed = Observed::start(&request);
+                            let id = request.id.clone();
+                            let reply = match codec::decode_request(request) {
+                                Ok(r) => manager.infer(r).await,
+                                Err(e) => Err(e),
+                            };
+                            observed.finish(&manager, reply.as_ref().err(), 0);
+                            let message = match reply {
+                                Ok(r) => pb::ModelStreamInferResponse {
+                                    error_message: String::new(),
+                                    infer_response: Some(codec::encode_response(r)),
+                                },
+                                Err(e) => pb::ModelStreamInferResponse {
+                                    error_message: e.to_string(),
+                                    infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
+                                },
+                            };
+                            let _ = tx.send(Ok(message)).await;
+                        },
+                        span,
+                    ));
+                }
+                while running.join_next().await.is_some() {}
+                if let Some(status) = ended_by {
+                    let _ = tx.send(Err(status)).await;
+                }
+            },
+            stream_span,
+        ));
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(stream)))
     }

@@ -157,6 +157,7 @@ async fn decode_run_encode(
                 .map_err(|_| InferError::invalid("Inference-Header-Content-Length is not valid text".to_string()))?,
         ),
     };
+    let decoding = ferroserve_engine::trace_span!("decode").entered();
     let (json, binary) = codec::split_body(header_length, body)?;
     if json.len() > state.max_json_bytes {
         return Err(InferError::invalid(format!(
@@ -168,8 +169,9 @@ async fn decode_run_encode(
         .into());
     }
     let (request, format) = codec::decode_request(model, version, &json, binary)?;
+    drop(decoding);
     let response = state.manager.infer(request).await?;
-    let encoded = codec::encode_response(&response, &format)?;
+    let encoded = ferroserve_engine::trace_span!("encode").in_scope(|| codec::encode_response(&response, &format))?;
     let mut http = Response::new(Body::from(encoded.body));
     let headers = http.headers_mut();
     match encoded.json_length {

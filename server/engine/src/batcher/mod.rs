@@ -36,12 +36,23 @@ pub struct Pending {
     pub reply: oneshot::Sender<BatchResult>,
     /// Set by [`Batcher::submit`], so the caller can [`cancel`](Batcher::cancel) it.
     ticket: Ticket,
+    /// The request's spans when its trace is sampled.
+    pub trace: Option<crate::trace::QueuedTrace>,
 }
 
 impl Pending {
+    /// A request to submit, with the spans of its trace when sampled.
+    pub fn traced(
+        inputs: Vec<Tensor>,
+        reply: oneshot::Sender<BatchResult>,
+        trace: Option<crate::trace::QueuedTrace>,
+    ) -> Self {
+        Pending { trace, ..Pending::new(inputs, reply) }
+    }
+
     /// A request to submit.
     pub fn new(inputs: Vec<Tensor>, reply: oneshot::Sender<BatchResult>) -> Self {
-        Pending { inputs, reply, ticket: Ticket(0) }
+        Pending { inputs, reply, ticket: Ticket(0), trace: None }
     }
 }
 
