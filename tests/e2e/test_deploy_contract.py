@@ -1,6 +1,7 @@
 """The container contract, without Kubernetes: the binary started as KServe starts the ServingRuntime's container
 (its args with `{{.Name}}` filled in, its env, `PORT`, the model in the model dir) accepts every argument,
 reaches ready and serves; and the InferenceServices name that runtime and formats it declares."""
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import time
 import urllib.request
 
 import numpy as np
+import pytest
 import tritonclient.http as httpclient
 import yaml
 
@@ -96,3 +98,39 @@ def test_the_runtime_container_starts_as_kserve_starts_it():
     # FERROSERVE_LOG_FORMAT=json from the manifest: every log line is a JSON object.
     lines = [l for l in err.splitlines() if l.strip()]
     assert lines and all(l.startswith("{") for l in lines), err[:500]
+
+
+def final_stage(path):
+    """The instructions of a Dockerfile's last stage, as (INSTRUCTION, arguments) with continuations joined."""
+    with open(path) as f:
+        text = re.sub(r"\\\n", " ", f.read())
+    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
+    last_from = max(i for i, l in enumerate(lines) if l.upper().startswith("FROM "))
+    return [tuple(l.split(None, 1)) for l in lines[last_from:]]
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
+def test_the_images_run_ferroserve_as_pid_1_non_root_with_arguments_it_accepts(dockerfile):
+    """No Docker engine here: the images are checked as written. The final stage runs as a numeric non-root user
+    (runAsNonRoot needs a number), execs the binary directly (exec form: SIGTERM reaches ferroserve, which
+    drains), points ORT_DYLIB_PATH and the binary at paths the stage copies in, and its default arguments are
+    ones the binary accepts."""
+    stage = final_stage(os.path.join(DEPLOY, dockerfile))
+    instructions = [i for i, _ in stage]
+    user = [a for i, a in stage if i == "USER"]
+    assert user and re.fullmatch(r"[1-9]\d*(:\d+)?", user[-1]), user
+    entrypoint = json.loads([a for i, a in stage if i == "ENTRYPOINT"][-1])
+    cmd = json.loads([a for i, a in stage if i == "CMD"][-1])
+    copied = [a.split()[-1] for i, a in stage if i == "COPY"]
+    assert any(entrypoint[0].startswith(dest) for dest in copied), (entrypoint, copied)
+    env = " ".join(a for i, a in stage if i == "ENV")
+    ort = re.search(r"ORT_DYLIB_PATH=(\S+)", env).group(1)
+    assert any(ort.startswith(dest) for dest in copied), (ort, copied)
+    assert instructions.index("USER") > max(i for i, x in enumerate(instructions) if x in ("RUN", "COPY"))
+    # The default arguments parse (`--help` after them: a refused argument exits 2 before help is printed).
+    out = subprocess.run([binary()] + cmd + ["--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    # The build installs the wheels the tests pin, so image and tests use the same native libraries.
+    with open(os.path.join(DEPLOY, dockerfile)) as f:
+        text = f.read()
+    assert "tests/requirements.txt" in text and "tests/requirements-nodeps.txt" in text

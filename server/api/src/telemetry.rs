@@ -72,7 +72,12 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_location(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.target() == ferroserve_engine::trace::TARGET));
+        // A target filter is decided once per call site, so the log-only spans and events of unsampled requests
+        // never reach this layer (a closure filter would be asked again for every span).
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(ferroserve_engine::trace::TARGET, tracing::Level::TRACE),
+        );
     tracing_subscriber::registry().with(logs).with(traces).try_init()?;
     let ratio = sample_ratio(config);
     let _ = SAMPLING.set(Sampling { ratio, propagator: TraceContextPropagator::new() });
@@ -115,7 +120,7 @@ pub fn request_span(headers: &HeaderMap, id: &str, method: &http::Method, path: 
 /// Records the response status on a sampled request's span (5xx marks it as an error).
 pub fn record_status(span: &Span, status: http::StatusCode) {
     if span.metadata().is_some_and(|m| m.target() == ferroserve_engine::trace::TARGET) {
-        span.record("http.response.status_code", status.as_u16());
+        span.record("http.response.status_code", i64::from(status.as_u16()));
         if status.is_server_error() {
             span.record("otel.status_code", "ERROR");
         }
