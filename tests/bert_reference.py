@@ -25,6 +25,20 @@ def load_safetensors(path):
     return out
 
 
+def save_safetensors(path, tensors):
+    """Writes FP32 arrays in the safetensors format (8-byte header length, JSON header, data)."""
+    header, chunks, offset = {}, [], 0
+    for name, array in tensors.items():
+        data = np.ascontiguousarray(array, dtype=np.float32).tobytes()
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks))
+
+
 class WordPiece:
     """BERT's uncased basic tokenizer + greedy longest-match WordPiece."""
 
@@ -99,6 +113,18 @@ class BertEncoder:
             self.w = {k.split("bert.", 1)[-1]: v for k, v in self.w.items()}
 
     def embed_ids(self, ids):
+        pooled = self.states(ids).mean(0)
+        return pooled / np.linalg.norm(pooled)
+
+    def classify_ids(self, ids, head):
+        """BertForSequenceClassification's logits: the [CLS] state through the pooler (dense + tanh) and the
+        classifier, with `head` holding `pooler.dense.{weight,bias}` and `classifier.{weight,bias}`."""
+        cls = self.states(ids)[0]
+        pooled = np.tanh(cls @ head["pooler.dense.weight"].T + head["pooler.dense.bias"])
+        return pooled @ head["classifier.weight"].T + head["classifier.bias"]
+
+    def states(self, ids):
+        """The encoder's last hidden states, [len(ids), hidden]."""
         c, w = self.config, self.w
         eps = c["layer_norm_eps"]
         n = len(ids)
@@ -122,8 +148,7 @@ class BertEncoder:
             h = gelu(lin(x, "intermediate.dense"))
             x = layer_norm(lin(h, "output.dense") + x, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"],
                            eps)
-        pooled = x.mean(0)
-        return pooled / np.linalg.norm(pooled)
+        return x
 
     def embed(self, text):
         return self.embed_ids(self.tokenizer.encode(text))

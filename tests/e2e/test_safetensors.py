@@ -12,7 +12,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from bert_reference import BertEncoder
+import json
+
+from bert_reference import BertEncoder, load_safetensors, save_safetensors
 from server import Server
 
 TEXTS = ["hello world", "A man is eating food.", "The quick brown fox jumps over the lazy dog!",
@@ -46,6 +48,33 @@ def repository():
     shutil.copytree(model_dir(), os.path.join(root, "minilm_batched", "1"))
     with open(os.path.join(root, "minilm_batched", "config.pbtxt"), "w") as f:
         f.write("max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n")
+    # Text as a rank-1 `[batch]` BYTES tensor, for a model without batching that declares it so.
+    shutil.copytree(model_dir(), os.path.join(root, "minilm_rank1", "1"))
+    with open(os.path.join(root, "minilm_rank1", "config.pbtxt"), "w") as f:
+        f.write('backend: "candle"\nmax_batch_size: 0\n'
+                'input [ { name: "TEXT" data_type: TYPE_STRING dims: [ -1 ] } ]\n'
+                'output [ { name: "EMBEDDING" data_type: TYPE_FP32 dims: [ -1, 384 ] } ]\n')
+    # A sequence classifier: MiniLM's encoder under `bert.` with a pooler and a three-label classifier head
+    # (seeded random weights), as Hugging Face saves BertForSequenceClassification; text in, logits out.
+    classifier = os.path.join(root, "sentiment", "1")
+    os.makedirs(classifier)
+    weights = {"bert." + k: v for k, v in load_safetensors(os.path.join(model_dir(), "model.safetensors")).items()}
+    rng = np.random.default_rng(11)
+    head = {"pooler.dense.weight": rng.standard_normal((384, 384)) * 0.05, "pooler.dense.bias": rng.standard_normal(384) * 0.05,
+            "classifier.weight": rng.standard_normal((3, 384)) * 0.5, "classifier.bias": rng.standard_normal(3) * 0.1}
+    head = {k: v.astype(np.float32) for k, v in head.items()}
+    weights.update({"bert.pooler.dense.weight": head["pooler.dense.weight"], "bert.pooler.dense.bias": head["pooler.dense.bias"],
+                    "classifier.weight": head["classifier.weight"], "classifier.bias": head["classifier.bias"]})
+    save_safetensors(os.path.join(classifier, "model.safetensors"), weights)
+    with open(os.path.join(model_dir(), "config.json")) as f:
+        config = json.load(f)
+    config.update(architectures=["BertForSequenceClassification"], id2label={"0": "neg", "1": "neu", "2": "pos"})
+    with open(os.path.join(classifier, "config.json"), "w") as f:
+        json.dump(config, f)
+    for name in ("tokenizer.json", "vocab.txt", "sentence_bert_config.json"):
+        shutil.copy(os.path.join(model_dir(), name), classifier)
+    with open(os.path.join(root, "classifier_head.json"), "w") as f:
+        json.dump({k: v.tolist() for k, v in head.items()}, f)
     yield root
     shutil.rmtree(root)
 
@@ -154,3 +183,35 @@ def test_batched_requests_each_get_their_own_answer_and_a_bad_one_fails_alone(se
     stats = httpclient.InferenceServerClient(server.http_addr).get_inference_statistics("minilm_batched")
     executions = stats["model_stats"][0]["execution_count"]
     assert executions < len(texts) + len(texts), "concurrent requests were batched"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_sequence_classifier_answers_logits_as_numpy_computes_them(server, repository, reference, protocol):
+    _, encoder = reference
+    with open(os.path.join(repository, "classifier_head.json")) as f:
+        head = {k: np.array(v, dtype=np.float32) for k, v in json.load(f).items()}
+    texts = TEXTS[:4]
+    want = np.stack([encoder.classify_ids(encoder.tokenizer.encode(t), head) for t in texts])
+    mod = httpclient if protocol == "http" else grpcclient
+    client = mod.InferenceServerClient(server.http_addr if protocol == "http" else server.grpc_addr)
+    meta = client.get_model_metadata("sentiment")
+    outputs = meta["outputs"] if protocol == "http" else [{"name": o.name, "shape": list(o.shape)} for o in meta.outputs]
+    assert [(o["name"], [int(d) for d in o["shape"]]) for o in outputs] == [("LOGITS", [-1, 3])]
+    text = mod.InferInput("TEXT", [len(texts), 1], "BYTES")
+    text.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+    got = client.infer("sentiment", [text]).as_numpy("LOGITS")
+    assert got.shape == (4, 3)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert len({int(i) for i in got.argmax(1)}) > 1  # the head separates these texts: not a constant answer
+    client.close()
+
+
+def test_rank_1_text_when_the_config_declares_it(server, reference):
+    want, _ = reference
+    client = grpcclient.InferenceServerClient(server.grpc_addr)
+    assert [int(d) for d in client.get_model_metadata("minilm_rank1").inputs[0].shape] == [-1]
+    texts = TEXTS[:3]
+    text = grpcclient.InferInput("TEXT", [len(texts)], "BYTES")
+    text.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+    check(client.infer("minilm_rank1", [text]).as_numpy("EMBEDDING"), [want[t] for t in texts])
+    client.close()

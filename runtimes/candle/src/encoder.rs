@@ -1,12 +1,13 @@
-//! A BERT-family sentence encoder: token vectors from candle-transformers' BERT, pooled and normalised as
-//! the model's sentence-transformers files say.
+//! A BERT-family model on candle-transformers' BERT: a sentence encoder (token vectors pooled and normalised as
+//! the model's sentence-transformers files say) or a sequence classifier (the `[CLS]` vector through the
+//! pooler and classifier: one logit per label).
 
 use candle_core::{DType, IndexOp, Tensor as CTensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Linear, Module, VarBuilder};
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use ferroserve_runtime::{DataType, LoadSpec, ModelSignature, Runtime, RuntimeError, Tensor, TensorSpec};
 
-use crate::files::{ModelFiles, Pooling, load_error};
+use crate::files::{Head, ModelFiles, Pooling, load_error};
 use crate::text::{TextEncoder, Tokens};
 
 /// What the model takes in.
@@ -21,13 +22,21 @@ enum Feed {
     },
 }
 
-/// One instance of a sentence encoder.
+/// What the encoder's token vectors become.
+enum Output {
+    /// A sentence embedding `[rows, hidden]`.
+    Embedding { pooling: Pooling, normalize: bool },
+    /// Logits `[rows, labels]`: `classifier(tanh(pooler([CLS])))`, as `BertForSequenceClassification`.
+    Logits { pooler: Linear, classifier: Linear },
+}
+
+/// One instance of a BERT model.
 pub(crate) struct Encoder {
     model: BertModel,
     feed: Feed,
-    pooling: Pooling,
-    normalize: bool,
-    hidden: usize,
+    output: Output,
+    /// Values per output row (hidden size, or number of labels).
+    width: usize,
     vocab: usize,
     /// Longest sequence the position embeddings cover.
     max_positions: usize,
@@ -58,7 +67,24 @@ impl Encoder {
             .map_err(|e| load_error(&config_path, format!("not a BERT config: {e}")))?;
         // The weights are memory-mapped and read-only: nothing mutates the files while they are mapped.
         let vb = load_weights(&files, device)?;
-        let model = BertModel::load(vb, &config).map_err(|e| load_error(&spec.model_path, e.to_string()))?;
+        let model = BertModel::load(vb.clone(), &config).map_err(|e| load_error(&spec.model_path, e.to_string()))?;
+        let hidden = config.hidden_size;
+        let (output, width, default_name) = match &files.head {
+            Head::Embedding => {
+                (Output::Embedding { pooling: files.pooling, normalize: files.normalize }, hidden, "EMBEDDING")
+            }
+            Head::SequenceClassification { labels } => {
+                let encoder = if vb.contains_tensor("bert.pooler.dense.weight") { vb.pp("bert") } else { vb.clone() };
+                let layer = |vb: VarBuilder, out: usize, what: &str| {
+                    candle_nn::linear(hidden, out, vb).map_err(|e| {
+                        load_error(&spec.model_path, format!("a sequence classifier needs its {what} weights: {e}"))
+                    })
+                };
+                let pooler = layer(encoder.pp("pooler").pp("dense"), hidden, "pooler")?;
+                let classifier = layer(vb.pp("classifier"), labels.len(), "classifier")?;
+                (Output::Logits { pooler, classifier }, labels.len(), "LOGITS")
+            }
+        };
 
         let declared = |name: &str| spec.declared.inputs.iter().any(|t| t.name == name);
         let token_spec = |name: &str| TensorSpec { name: name.into(), datatype: DataType::Int64, dims: vec![-1, -1] };
@@ -73,32 +99,32 @@ impl Encoder {
             let path = files.tokenizer.clone().ok_or_else(|| {
                 load_error(&spec.version_dir, "text input needs tokenizer.json in the version directory")
             })?;
-            let name = spec
-                .declared
-                .inputs
-                .iter()
-                .find(|t| t.datatype == DataType::Bytes)
-                .map_or_else(|| "TEXT".to_string(), |t| t.name.clone());
-            let text = TensorSpec { name, datatype: DataType::Bytes, dims: vec![-1, 1] };
+            let declared_text = spec.declared.inputs.iter().find(|t| t.datatype == DataType::Bytes);
+            let name = declared_text.map_or_else(|| "TEXT".to_string(), |t| t.name.clone());
+            // One string per row: `[batch, 1]`, or `[batch]` when the config declares the text input rank 1
+            // (a model without batching whose dims are `[ -1 ]`).
+            let dims = match declared_text.map(|t| t.dims.as_slice()) {
+                Some([rows]) if *rows == -1 || *rows > 0 => vec![*rows],
+                _ => vec![-1, 1],
+            };
+            let text = TensorSpec { name, datatype: DataType::Bytes, dims };
             (Feed::Text(Box::new(TextEncoder::load(&path, files.max_length)?)), vec![text])
         };
-        let output = spec
+        let output_name = spec
             .declared
             .outputs
             .iter()
             .find(|t| t.datatype == DataType::Fp32)
-            .map_or_else(|| "EMBEDDING".to_string(), |t| t.name.clone());
-        let hidden = config.hidden_size;
+            .map_or_else(|| default_name.to_string(), |t| t.name.clone());
         let signature = ModelSignature {
             inputs,
-            outputs: vec![TensorSpec { name: output, datatype: DataType::Fp32, dims: vec![-1, hidden as i64] }],
+            outputs: vec![TensorSpec { name: output_name, datatype: DataType::Fp32, dims: vec![-1, width as i64] }],
         };
         Ok(Encoder {
             model,
             feed,
-            pooling: files.pooling,
-            normalize: files.normalize,
-            hidden,
+            output,
+            width,
             vocab: config.vocab_size,
             max_positions: config.max_position_embeddings,
             type_vocab: config.type_vocab_size,
@@ -179,7 +205,14 @@ impl Encoder {
         let type_ids = CTensor::from_vec(tokens.type_ids, shape, &self.device)?;
         let mask = CTensor::from_vec(tokens.mask, shape, &self.device)?;
         let states = self.model.forward(&ids, &type_ids, Some(&mask))?; // [rows, len, hidden]
-        let pooled = match self.pooling {
+        let (pooling, normalize) = match &self.output {
+            Output::Embedding { pooling, normalize } => (*pooling, *normalize),
+            Output::Logits { pooler, classifier } => {
+                let pooled = pooler.forward(&states.i((.., 0))?)?.tanh()?;
+                return classifier.forward(&pooled)?.flatten_all()?.to_vec1::<f32>();
+            }
+        };
+        let pooled = match pooling {
             Pooling::Cls => states.i((.., 0))?,
             Pooling::Mean => {
                 let weights = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // [rows, len, 1]
@@ -188,7 +221,7 @@ impl Encoder {
                 summed.broadcast_div(&counts)?
             }
         };
-        let pooled = if self.normalize {
+        let pooled = if normalize {
             let norms = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
             pooled.broadcast_div(&norms)?
         } else {
@@ -235,8 +268,8 @@ impl Runtime for Encoder {
         let tokens = self.tokens(&inputs)?;
         let rows = tokens.rows;
         let values = if rows == 0 || tokens.len == 0 { Vec::new() } else { self.embed(tokens).map_err(exec)? };
-        let tensor = Tensor::from_f32(vec![rows, self.hidden], &values)
-            .map_err(|e| RuntimeError::Execution(format!("embedding has the wrong size: {e}")))?;
+        let tensor = Tensor::from_f32(vec![rows, self.width], &values)
+            .map_err(|e| RuntimeError::Execution(format!("the output has the wrong size: {e}")))?;
         Ok(vec![tensor])
     }
 }

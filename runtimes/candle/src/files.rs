@@ -16,6 +16,16 @@ pub(crate) enum Pooling {
     Cls,
 }
 
+/// What the model puts on top of the encoder, from `config.json`'s `architectures`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Head {
+    /// None: token vectors, pooled into a sentence embedding (`BertModel`, sentence-transformers).
+    Embedding,
+    /// `BertForSequenceClassification`: the `[CLS]` vector through the pooler (dense + tanh) and the classifier,
+    /// one logit per label (labels in `id2label` order).
+    SequenceClassification { labels: Vec<String> },
+}
+
 /// What the directory says about the model besides its weights.
 #[derive(Debug)]
 pub(crate) struct ModelFiles {
@@ -23,6 +33,8 @@ pub(crate) struct ModelFiles {
     pub(crate) config: String,
     /// `model_type` from `config.json`.
     pub(crate) model_type: String,
+    /// What the model outputs.
+    pub(crate) head: Head,
     /// The weight files (one, or the shards an index names).
     pub(crate) weights: Vec<PathBuf>,
     /// `tokenizer.json`, when present.
@@ -40,6 +52,10 @@ struct ArchitectureHead {
     max_position_embeddings: Option<usize>,
     #[serde(default)]
     architectures: Vec<String>,
+    /// Label names by class index (as text, as Hugging Face writes them).
+    #[serde(default)]
+    id2label: std::collections::BTreeMap<String, String>,
+    num_labels: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -97,12 +113,20 @@ impl ModelFiles {
         let model_type = head.model_type.unwrap_or_else(|| "bert".into());
         // A head this runtime does not run would be silently dropped (candle's BERT loads the encoder alone):
         // refuse it rather than serve embeddings where logits are expected.
-        if let Some(head) = head.architectures.iter().find(|a| !a.ends_with("Model")) {
-            return Err(load_error(
-                &config_path,
-                format!("architecture `{head}` is not supported yet (BERT encoders only)"),
-            ));
-        }
+        let model_head = match head.architectures.iter().find(|a| !a.ends_with("Model")) {
+            None => Head::Embedding,
+            Some(a) if a == "BertForSequenceClassification" => {
+                Head::SequenceClassification { labels: labels(&head.id2label, head.num_labels, &config_path)? }
+            }
+            Some(a) => {
+                return Err(load_error(
+                    &config_path,
+                    format!(
+                        "architecture `{a}` is not supported yet (BERT encoders and BertForSequenceClassification)"
+                    ),
+                ));
+            }
+        };
 
         let index_path = dir.join("model.safetensors.index.json");
         let weights = if model_path.is_file() {
@@ -147,6 +171,45 @@ impl ModelFiles {
         let position_limit = head.max_position_embeddings.unwrap_or(512);
         let max_length = sentence.and_then(|s| s.max_seq_length).unwrap_or(position_limit).min(position_limit);
         let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.is_file());
-        Ok(ModelFiles { config, model_type, weights, tokenizer, pooling, normalize, max_length })
+        Ok(ModelFiles { config, model_type, head: model_head, weights, tokenizer, pooling, normalize, max_length })
+    }
+}
+
+/// Label names in class order: `id2label` when it names every class `0..n` (n = `num_labels` or its size), else
+/// `LABEL_i` as Hugging Face names them by default. A classifier has at least one class (default 2).
+fn labels(
+    id2label: &std::collections::BTreeMap<String, String>,
+    num_labels: Option<usize>,
+    config_path: &Path,
+) -> Result<Vec<String>, RuntimeError> {
+    let n = num_labels.unwrap_or(if id2label.is_empty() { 2 } else { id2label.len() });
+    if n == 0 || n > 1 << 20 {
+        return Err(load_error(config_path, format!("num_labels {n} is not a usable number of classes")));
+    }
+    let mut out: Vec<String> = (0..n).map(|i| format!("LABEL_{i}")).collect();
+    for (index, label) in id2label {
+        let i: usize =
+            index.parse().ok().filter(|&i| i < n).ok_or_else(|| {
+                load_error(config_path, format!("id2label key `{index}` is not a class index below {n}"))
+            })?;
+        out[i] = label.clone();
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_follow_id2label_and_default_to_hugging_face_names() {
+        let path = Path::new("config.json");
+        let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(labels(&map(&[]), None, path).unwrap(), ["LABEL_0", "LABEL_1"]);
+        assert_eq!(labels(&map(&[("1", "pos"), ("0", "neg")]), None, path).unwrap(), ["neg", "pos"]);
+        assert_eq!(labels(&map(&[("0", "a")]), Some(3), path).unwrap(), ["a", "LABEL_1", "LABEL_2"]);
+        assert!(labels(&map(&[("7", "x")]), Some(2), path).is_err());
+        assert!(labels(&map(&[("x", "x")]), None, path).is_err());
+        assert!(labels(&map(&[]), Some(0), path).is_err());
     }
 }
