@@ -1,11 +1,14 @@
 """MiniLM (all-MiniLM-L6-v2), CPU, 128-token sequences: raw in-process rows/s per runtime beside ferroserve's
 served rows/s over HTTP and gRPC at c=32, in one run.
 
-    scripts/setup && cargo build --release -p ferroserve -p ferroserve-benches --bins \\
+    scripts/setup && export LIBTORCH=$(scripts/torch-lib) ORT_DYLIB_PATH=$(scripts/ort-lib) \\
+        && cargo build --release -p ferroserve -p ferroserve-benches -p ferroserve-runtime-torch --bins \\
+             --features ferroserve-benches/torch \\
         && .venv/bin/python benches/minilm.py [--seconds 10] [--st-python PATH]
 
-Serves the same weights twice: as ONNX (graph built from the safetensors by models/bert_to_onnx.py; ONNX
-Runtime) and as safetensors (candle), both taking token ids, with dynamic batching up to 32. Reports:
+Serves the same weights three times: as ONNX (graph built from the safetensors by models/bert_to_onnx.py; ONNX
+Runtime), as TorchScript (traced through libtorch by bert-to-torchscript) and as safetensors (candle), all taking
+token ids, with dynamic batching up to 32. Reports:
   raw    - `encoder_throughput`: one instance in-process, batch 1 and 32 (the runtime's own ceiling);
   served - `ferroserve-bench` at concurrency 32 with batch-1 requests; the server batches them, and its
            statistics give the batch size it formed, so served rows/s is compared with raw rows/s at batch 32;
@@ -46,6 +49,10 @@ def prepare(work):
     open(os.path.join(repo, "minilm_onnx", "config.pbtxt"), "w").write(CONFIG.replace("BACKEND", ""))
     shutil.copytree(src, os.path.join(repo, "minilm_candle", "1"))
     open(os.path.join(repo, "minilm_candle", "config.pbtxt"), "w").write(CONFIG.replace("BACKEND", 'backend: "candle"\n'))
+    subprocess.run([os.path.join(RELEASE, "bert-to-torchscript"), src, os.path.join(repo, "minilm_torch", "1", "model.pt")],
+                   check=True)
+    open(os.path.join(repo, "minilm_torch", "config.pbtxt"), "w").write(
+        CONFIG.replace("BACKEND", 'platform: "pytorch_libtorch"\n'))
     ids = [101] + [2000 + (i * 37) % 20000 for i in range(1, SEQ - 1)] + [102]
     data = os.path.join(work, "input.json")
     json.dump({"data": [{"input_ids": {"content": ids, "shape": [SEQ]},
@@ -97,7 +104,7 @@ def main():
     work = tempfile.mkdtemp(prefix="ferroserve-minilm-")
     try:
         repo, data = prepare(work)
-        for runtime, model in (("onnx", "minilm_onnx"), ("candle", "minilm_candle")):
+        for runtime, model in (("onnx", "minilm_onnx"), ("torch", "minilm_torch"), ("candle", "minilm_candle")):
             d = os.path.join(repo, model, "1")
             print(f"raw {runtime}: batch 1 {raw(runtime, d, 1, args.seconds):.1f} rows/s, "
                   f"batch 32 {raw(runtime, d, 32, args.seconds):.1f} rows/s")
@@ -113,7 +120,7 @@ def main():
                         break
                 except Exception:
                     time.sleep(0.1)
-            for model in ("minilm_onnx", "minilm_candle"):
+            for model in ("minilm_onnx", "minilm_torch", "minilm_candle"):
                 for protocol, addr in (("http-binary", http), ("grpc", grpc)):
                     print(f"--- served {model} over {protocol}, c=32, batch-1 requests")
                     print(served(model, addr, protocol, data, args.seconds))

@@ -1,8 +1,8 @@
 //! Raw in-process throughput of a sentence encoder taking token ids (`input_ids`, `attention_mask`), on ONNX
-//! Runtime or candle: one thread, batch-B inferences of S tokens for a fixed time. The ceiling that served
+//! Runtime, candle or libtorch (TorchScript, with the `torch` feature): one thread, batch-B inferences of S tokens for a fixed time. The ceiling that served
 //! throughput of the same model is compared against (benches/minilm.py runs both side by side).
 //!
-//! `encoder_throughput --runtime onnx|candle --dir VERSION_DIR [--batch B] [--seq S] [--seconds N]
+//! `encoder_throughput --runtime onnx|candle|torch --dir VERSION_DIR [--batch B] [--seq S] [--seconds N]
 //!  [--intra-op-threads T]`
 
 use std::path::PathBuf;
@@ -35,7 +35,9 @@ fn main() -> anyhow::Result<()> {
     let (loader, file): (Box<dyn RuntimeLoader>, &str) = match runtime_name.as_str() {
         "onnx" => (Box::new(ferroserve_runtime_onnx::OnnxLoader::new(&ort_dylib()?)?), "model.onnx"),
         "candle" => (Box::new(ferroserve_runtime_candle::CandleLoader), "model.safetensors"),
-        other => anyhow::bail!("unknown runtime {other} (onnx or candle)"),
+        #[cfg(feature = "torch")]
+        "torch" => (Box::new(ferroserve_runtime_torch::TorchLoader::default()), "model.pt"),
+        other => anyhow::bail!("unknown runtime {other} (onnx, candle, or torch in a build with the torch feature)"),
     };
     let spec = LoadSpec { declared, max_batch_size: batch as u32, ..LoadSpec::new(dir.join(file), Device::Cpu, intra) };
     let mut runtime = loader.load(&spec)?;
