@@ -20,6 +20,7 @@ pub mod pbtxt;
 pub mod repository;
 pub mod request;
 mod reshape;
+pub mod routing;
 mod setup;
 pub mod stats;
 pub mod trace;

@@ -35,6 +35,25 @@ pub const LOAD_DURATION: &str = "ferroserve_model_load_duration_seconds";
 /// 1 for the state a model is in (`state` label: READY, LOADING, UNLOADING, UNAVAILABLE), else 0.
 pub const MODEL_STATE: &str = "ferroserve_model_state";
 
+/// Shadow copies of requests, by model, (shadow) version and outcome (`ok`, `error`, `dropped`).
+pub const SHADOW_REQUESTS: &str = "ferroserve_shadow_requests_total";
+/// Latency of shadow requests.
+pub const SHADOW_DURATION: &str = "ferroserve_shadow_duration_seconds";
+/// Per shadow request: the largest absolute difference from the primary's outputs.
+pub const SHADOW_ABS_DIFF: &str = "ferroserve_shadow_max_abs_difference";
+/// Per shadow request with floating-point outputs: the largest relative error against the primary's.
+pub const SHADOW_REL_ERROR: &str = "ferroserve_shadow_relative_error";
+/// Canaries the guard took out of a split.
+pub const ROLLBACKS: &str = "ferroserve_traffic_rollbacks_total";
+/// The weight of each version in its model's split (absent under `latest`).
+pub const TRAFFIC_WEIGHT: &str = "ferroserve_traffic_weight";
+
+/// Histogram buckets for shadow divergence: 1e-9 to 1e3, two per decade.
+pub const DIVERGENCE_BUCKETS: &[f64] = &[
+    1e-9, 3e-9, 1e-8, 3e-8, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0,
+    10.0, 100.0, 1000.0,
+];
+
 /// Histogram buckets for durations: 10 µs to 30 s, about three per decade.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -57,6 +76,24 @@ pub fn describe() {
     describe_gauge!(QUEUE_DEPTH, "Requests waiting in the queue");
     describe_histogram!(LOAD_DURATION, Unit::Seconds, "Model load duration");
     describe_gauge!(MODEL_STATE, "1 for the model's current state");
+    describe_counter!(SHADOW_REQUESTS, "Shadow copies of requests, by outcome");
+    describe_histogram!(SHADOW_DURATION, Unit::Seconds, "Shadow request latency");
+    describe_histogram!(SHADOW_ABS_DIFF, "Largest absolute output difference, shadow vs primary, per request");
+    describe_histogram!(SHADOW_REL_ERROR, "Largest relative output error, shadow vs primary, per request");
+    describe_counter!(ROLLBACKS, "Canaries rolled back by the traffic guard");
+    describe_gauge!(TRAFFIC_WEIGHT, "Weight of each version in its model's traffic split");
+}
+
+/// Publishes a model's split weights.
+pub fn record_traffic(model: &str, policy: &crate::routing::TrafficPolicy) {
+    for (version, weight) in &policy.split {
+        gauge!(TRAFFIC_WEIGHT, "model" => model.to_string(), "version" => version.to_string()).set(f64::from(*weight));
+    }
+}
+
+/// Counts a rollback of `version`.
+pub fn record_rollback(model: &str, version: u64) {
+    counter!(ROLLBACKS, "model" => model.to_string(), "version" => version.to_string()).increment(1);
 }
 
 /// The request families of one version for one protocol and status code.

@@ -2,9 +2,10 @@
 
 use std::pin::Pin;
 
-use ferroserve_engine::InferError;
 use ferroserve_engine::config::{InstanceKind, ModelConfig as EngineConfig, TensorConfig, VersionPolicy};
+use ferroserve_engine::manager::traffic::RouteKeys;
 use ferroserve_engine::stats::StatsSnapshot;
+use ferroserve_engine::{InferError, ModelManager};
 use ferroserve_proto as pb;
 use ferroserve_proto::grpc_inference_service_server::GrpcInferenceService;
 use futures::Stream;
@@ -48,12 +49,20 @@ impl Observed {
         }
     }
 
-    fn finish(self, manager: &ferroserve_engine::ModelManager, error: Option<&InferError>, bytes_out: usize) {
+    /// Records the request; `served` is the version routing sent it to when the request named none.
+    fn finish(
+        self,
+        manager: &ferroserve_engine::ModelManager,
+        served: Option<u64>,
+        error: Option<&InferError>,
+        bytes_out: usize,
+    ) {
         let code = error.map_or(tonic::Code::Ok, code_of);
+        let served = served.map(|v| v.to_string());
         let record = crate::metrics::RequestRecord {
             protocol: "grpc",
             model: &self.model,
-            version: non_empty(&self.version),
+            version: non_empty(&self.version).or(served.as_deref()),
             code: code_name(code),
             elapsed: self.start.elapsed(),
             bytes_in: self.bytes_in,
@@ -143,18 +152,19 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let observed = Observed::start(request.get_ref());
+        let keys = route_keys(&self.state, &request.get_ref().model_name, request.metadata());
         let decoded = ferroserve_engine::trace_span!("decode").in_scope(|| codec::decode_request(request.into_inner()));
-        let result = match decoded {
-            Ok(r) => self
-                .state
-                .manager
-                .infer(r)
-                .await
-                .map(|r| ferroserve_engine::trace_span!("encode").in_scope(|| codec::encode_response(r))),
-            Err(e) => Err(e),
+        let (served, result) = match decoded {
+            Ok(r) => {
+                let (served, answer) = self.state.manager.infer_routed(r, keys).await;
+                let encoded =
+                    answer.map(|r| ferroserve_engine::trace_span!("encode").in_scope(|| codec::encode_response(r)));
+                (served, encoded)
+            }
+            Err(e) => (None, Err(e)),
         };
         let bytes_out = result.as_ref().map_or(0, prost::Message::encoded_len);
-        observed.finish(&self.state.manager, result.as_ref().err(), bytes_out);
+        observed.finish(&self.state.manager, served, result.as_ref().err(), bytes_out);
         result.map(Response::new).map_err(to_status)
     }
 
@@ -164,6 +174,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let metadata = request.metadata().clone();
         let mut incoming = request.into_inner();
         let manager = self.state.manager.clone();
         let mut stopping = self.state.stopping.clone();
@@ -195,17 +206,18 @@ impl GrpcInferenceService for InferenceService {
                     };
                     let manager = manager.clone();
                     let tx = tx.clone();
+                    let keys = route_keys_from(&manager, &request.model_name, &metadata);
                     // Each stream request runs in the stream's span (its request id, and its trace when sampled).
                     let span = tracing::Span::current();
                     running.spawn(tracing::Instrument::instrument(
                         async move {
                             let observed = Observed::start(&request);
                             let id = request.id.clone();
-                            let reply = match codec::decode_request(request) {
-                                Ok(r) => manager.infer(r).await,
-                                Err(e) => Err(e),
+                            let (served, reply) = match codec::decode_request(request) {
+                                Ok(r) => manager.infer_routed(r, keys).await,
+                                Err(e) => (None, Err(e)),
                             };
-                            observed.finish(&manager, reply.as_ref().err(), 0);
+                            observed.finish(&manager, served, reply.as_ref().err(), 0);
                             let message = match reply {
                                 Ok(r) => pb::ModelStreamInferResponse {
                                     error_message: String::new(),
@@ -426,4 +438,17 @@ fn stats_to_proto(name: &str, version: u64, s: &StatsSnapshot) -> pb::ModelStati
             })
             .collect(),
     }
+}
+
+/// The pin and sticky values a model's traffic policy reads from the call's metadata.
+fn route_keys(state: &AppState, model: &str, metadata: &tonic::metadata::MetadataMap) -> RouteKeys {
+    route_keys_from(&state.manager, model, metadata)
+}
+
+fn route_keys_from(manager: &ModelManager, model: &str, metadata: &tonic::metadata::MetadataMap) -> RouteKeys {
+    let (pin, sticky) = manager.route_headers(model);
+    let value = |name: Option<String>| {
+        name.and_then(|n| metadata.get(n.as_str()).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string()))
+    };
+    RouteKeys { pin: value(pin), sticky: value(sticky) }
 }

@@ -5,6 +5,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use ferroserve_engine::manager::traffic::RouteKeys;
 use ferroserve_engine::{IndexState, InferError};
 use serde_json::{Value, json};
 
@@ -125,7 +126,8 @@ async fn run_infer(
 ) -> ApiResult<Response> {
     let start = std::time::Instant::now();
     let bytes_in = body.len();
-    let result = decode_run_encode(state, model, version, headers, body).await;
+    let (served, result) = decode_run_encode(state, model, version, headers, body).await;
+    let served = served.map(|v| v.to_string());
     let (code, bytes_out) = match &result {
         Ok(response) => (StatusCode::OK, http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as usize),
         Err(e) => (super::error::status_of(&e.0), 0),
@@ -133,7 +135,7 @@ async fn run_infer(
     let record = crate::metrics::RequestRecord {
         protocol: "http",
         model,
-        version,
+        version: version.or(served.as_deref()),
         code: crate::metrics::http_code(code),
         elapsed: start.elapsed(),
         bytes_in,
@@ -149,6 +151,19 @@ async fn decode_run_encode(
     version: Option<&str>,
     headers: &HeaderMap,
     body: Bytes,
+) -> (Option<u64>, ApiResult<Response>) {
+    let mut served = None;
+    let result = decode_route_encode(state, model, version, headers, body, &mut served).await;
+    (served, result)
+}
+
+async fn decode_route_encode(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+    served: &mut Option<u64>,
 ) -> ApiResult<Response> {
     let header_length = match headers.get(HEADER_LENGTH) {
         None => None,
@@ -170,7 +185,10 @@ async fn decode_run_encode(
     }
     let (request, format) = codec::decode_request(model, version, &json, binary)?;
     drop(decoding);
-    let response = state.manager.infer(request).await?;
+    let keys = route_keys(state, model, headers);
+    let (version, answer) = state.manager.infer_routed(request, keys).await;
+    *served = version;
+    let response = answer?;
     let encoded = ferroserve_engine::trace_span!("encode").in_scope(|| codec::encode_response(&response, &format))?;
     let mut http = Response::new(Body::from(encoded.body));
     let headers = http.headers_mut();
@@ -274,4 +292,13 @@ pub(crate) async fn no_shared_memory() -> ApiError {
 
 pub(crate) async fn not_found() -> ApiError {
     ApiError(InferError::NotFound("no such endpoint".into()))
+}
+
+/// The pin and sticky header values the model's traffic policy reads, if it reads any.
+fn route_keys(state: &AppState, model: &str, headers: &HeaderMap) -> RouteKeys {
+    let (pin, sticky) = state.manager.route_headers(model);
+    let value = |name: Option<String>| {
+        name.and_then(|n| headers.get(n.as_str()).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string()))
+    };
+    RouteKeys { pin: value(pin), sticky: value(sticky) }
 }

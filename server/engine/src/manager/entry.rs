@@ -79,6 +79,8 @@ pub struct ModelEntry {
     /// Fingerprint of the whole model directory when it was last read, for polling; `None` when it could not
     /// be read (the next poll tries again).
     pub(crate) source_fingerprint: Option<u64>,
+    /// How requests that name no version are spread over the ready versions.
+    pub traffic: Arc<super::traffic::Traffic>,
 }
 
 impl ModelEntry {
@@ -91,6 +93,7 @@ impl ModelEntry {
             last_failure: None,
             built_from: BTreeMap::new(),
             source_fingerprint: None,
+            traffic: Arc::default(),
         }
     }
 

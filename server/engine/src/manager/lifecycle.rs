@@ -178,7 +178,7 @@ impl ModelManager {
         }
     }
 
-    fn lifecycle_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn lifecycle_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         Arc::clone(self.lifecycles.lock().entry(name.to_string()).or_default())
     }
 
@@ -238,6 +238,11 @@ impl ModelManager {
             Err(reason) => return Err(self.fail(name, current, Failure::in_files(reason, source.fingerprint))),
         };
 
+        let traffic = match self.policy_for(name, &source.config.parameters, current.as_deref().map(|c| &*c.traffic)) {
+            Ok(traffic) => traffic,
+            Err(reason) => return Err(self.fail(name, current, Failure::in_files(reason, source.fingerprint))),
+        };
+
         // Keep the versions whose files and config did not change; build the rest.
         let mut kept: BTreeMap<u64, Arc<ModelVersion>> = BTreeMap::new();
         let mut to_build = Vec::new();
@@ -282,7 +287,7 @@ impl ModelManager {
             return Err(error);
         }
 
-        let mut entry = ModelEntry { phase: ModelPhase::Loaded, ..ModelEntry::loading(name) };
+        let mut entry = ModelEntry { phase: ModelPhase::Loaded, traffic, ..ModelEntry::loading(name) };
         entry.source_fingerprint = Some(source.fingerprint);
         for (version, model) in &kept {
             entry.versions.insert(*version, VersionState::Ready(Arc::clone(model)));
@@ -334,7 +339,7 @@ impl ModelManager {
         if transient { InferError::NotReady(message) } else { InferError::InvalidInput(message) }
     }
 
-    fn swap(&self, name: &str, entry: ModelEntry) {
+    pub(super) fn swap(&self, name: &str, entry: ModelEntry) {
         let (state, _) = entry.state();
         for s in [IndexState::Ready, IndexState::Loading, IndexState::Unloading, IndexState::Unavailable] {
             let labels = [("model", name.to_string()), ("state", s.as_str().to_string())];

@@ -10,6 +10,8 @@
 mod build;
 pub mod entry;
 mod lifecycle;
+mod shadow;
+pub mod traffic;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -73,6 +75,8 @@ pub struct ModelManager {
     repository_failure: Mutex<Option<String>>,
     /// The readiness every health endpoint reports, republished after every change.
     readiness: watch::Sender<bool>,
+    /// Traffic policies set through the API (or by a rollback), which outlive reloads until cleared.
+    traffic_overrides: Mutex<HashMap<String, crate::routing::TrafficPolicy>>,
 }
 
 impl std::fmt::Debug for ModelManager {
@@ -101,6 +105,7 @@ impl ModelManager {
             shutting_down: AtomicBool::new(false),
             repository_failure: Mutex::new(None),
             readiness: watch::channel(false).0,
+            traffic_overrides: Mutex::new(HashMap::new()),
         }
     }
 
