@@ -7,8 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".inference.ModelInferRequest.raw_input_contents")
         .bytes(".inference.ModelInferResponse.raw_output_contents")
-        .compile_protos(&["proto/inference.proto"], &["proto"])?;
+        .compile_protos(&["proto/inference.proto", "proto/traffic.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/inference.proto");
+    println!("cargo:rerun-if-changed=proto/traffic.proto");
     Ok(())
 }
 

@@ -232,3 +232,50 @@ def test_a_failing_canary_is_rolled_back(server):
     assert metric(text, "ferroserve_traffic_rollbacks_total", model="guarded", version="2") == 1
     assert metric(text, "ferroserve_traffic_weight", model="guarded", version="2") == 0
     client.close()
+
+
+def _field(number, text):
+    """One length-delimited protobuf field (what these messages are made of)."""
+    data = text.encode()
+    out, n = bytes([number << 3 | 2]), len(data)
+    while n >= 0x80:
+        out += bytes([n & 0x7F | 0x80])
+        n >>= 7
+    return out + bytes([n]) + data
+
+
+def _state(message):
+    """TrafficState.state_json out of its wire bytes."""
+    assert message[0] == 0x0A
+    n, shift, i = 0, 0, 1
+    while True:
+        b = message[i]
+        n |= (b & 0x7F) << shift
+        i += 1
+        shift += 7
+        if b < 0x80:
+            return json.loads(message[i:i + n])
+
+
+def test_traffic_control_over_grpc(server):
+    import grpc
+
+    channel = grpc.insecure_channel(server.grpc_addr)
+    call = lambda rpc: channel.unary_unary(f"/ferroserve.traffic.v1.TrafficControl/{rpc}",  # noqa: E731
+                                           request_serializer=lambda b: b, response_deserializer=_state)
+    state = call("GetTraffic")(_field(1, "split"))
+    assert state["policy"]["split"] == {"1": 90, "2": 10} and state["source"] == "config"
+    state = call("SetTraffic")(_field(1, "live") + _field(2, json.dumps({"pinned_version": 1})))
+    assert state["routing"] == "pinned:1" and state["source"] == "admin"
+    client = httpclient.InferenceServerClient(server.http_addr)
+    assert {http_infer(client, "live") for _ in range(20)} == {1}
+    with pytest.raises(grpc.RpcError) as e:
+        call("SetTraffic")(_field(1, "live") + _field(2, '{"split": {"5": 1}}'))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no version 5" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        call("GetTraffic")(_field(1, "nope"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert call("ResetTraffic")(_field(1, "live"))["routing"] == "latest"
+    assert {http_infer(client, "live") for _ in range(20)} == {2}
+    client.close()
+    channel.close()

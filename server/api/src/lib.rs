@@ -17,6 +17,7 @@ pub mod request_id;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+mod traffic;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -190,6 +191,7 @@ pub async fn run(
         .layer(tower::util::MapResponseLayer::new(grpc::status::oversized_request_as_resource_exhausted))
         .layer(request_id::RequestIdLayer)
         .add_service(health_service)
+        .add_service(grpc::traffic_server(state.clone()))
         .add_service(grpc::inference_server(state, config.max_message_bytes))
         .serve_with_incoming_shutdown(incoming, grpc_stop);
 

@@ -1,11 +1,14 @@
-//! The gRPC front end (tonic): `inference.GRPCInferenceService` and `grpc.health.v1.Health`.
+//! The gRPC front end (tonic): `inference.GRPCInferenceService`, `grpc.health.v1.Health` and
+//! `ferroserve.traffic.v1.TrafficControl`.
 
 pub mod codec;
 pub mod health;
 mod service;
 pub mod status;
+mod traffic;
 
 pub use service::InferenceService;
+pub use traffic::{TrafficService, traffic_server};
 
 use ferroserve_proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 

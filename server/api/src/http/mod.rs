@@ -3,7 +3,6 @@
 pub mod codec;
 pub mod error;
 mod routes;
-mod traffic;
 mod v1;
 mod views;
 
@@ -32,7 +31,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v2/models/{model}/ready", get(routes::model_ready))
         .route("/v2/models/{model}/config", get(routes::model_config))
         .route("/v2/models/{model}/stats", get(routes::model_stats))
-        .route("/v2/models/{model}/traffic", get(traffic::get).put(traffic::put).delete(traffic::reset))
+        .route(
+            "/v2/models/{model}/traffic",
+            get(routes::traffic_get).put(routes::traffic_put).delete(routes::traffic_reset),
+        )
         .route("/v2/models/{model}/infer", post(routes::infer))
         .route("/v2/models/{model}/versions/{version}", get(routes::version_metadata))
         .route("/v2/models/{model}/versions/{version}/ready", get(routes::version_ready))

@@ -281,6 +281,25 @@ pub(crate) async fn repository_unload(
     Ok(Json(json!({})))
 }
 
+/// `GET /v2/models/{m}/traffic`: the model's traffic policy in force (see `crate::traffic`).
+pub(crate) async fn traffic_get(State(state): State<AppState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(crate::traffic::get(&state, &model)?))
+}
+
+/// `PUT /v2/models/{m}/traffic`: replaces it.
+pub(crate) async fn traffic_put(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(crate::traffic::set(&state, &model, &body).await?))
+}
+
+/// `DELETE /v2/models/{m}/traffic`: back to the config's policy.
+pub(crate) async fn traffic_reset(State(state): State<AppState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(crate::traffic::reset(&state, &model).await?))
+}
+
 /// Any other path.
 /// The system and CUDA shared-memory extensions (`/v2/systemsharedmemory/...`, `/v2/cudasharedmemory/...`)
 /// are not offered; clients that try them (perf_analyzer `--shared-memory`) are told so plainly.

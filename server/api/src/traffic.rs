@@ -1,12 +1,10 @@
-//! `GET/PUT/DELETE /v2/models/{m}/traffic`: read and change how a model's traffic is spread over its versions
-//! at run time (see `ferroserve_engine::routing`). PUT takes the policy object GET shows under `policy`; DELETE
-//! returns to the policy of the model's config. A change never drops or re-queues a request.
+//! Traffic control between model versions at run time (see `ferroserve_engine::routing`), shared by HTTP
+//! (`GET/PUT/DELETE /v2/models/{m}/traffic`) and gRPC (`ferroserve.traffic.v1.TrafficControl`): one JSON form
+//! of the policy and of the state. Setting takes the object the state shows under `policy`; resetting returns
+//! to the policy of the model's config. A change never drops or re-queues a request.
 
 use std::collections::BTreeMap;
 
-use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
 use ferroserve_engine::InferError;
 use ferroserve_engine::manager::traffic::Traffic;
 use ferroserve_engine::routing::guard::GuardPolicy;
@@ -14,10 +12,7 @@ use ferroserve_engine::routing::{DEFAULT_SHADOW_BUDGET, Shadow, TrafficPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::error::ApiError;
 use crate::state::AppState;
-
-type ApiResult<T> = Result<T, ApiError>;
 
 /// The policy as JSON (both directions).
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -144,27 +139,23 @@ fn view(model: &str, traffic: &Traffic, ready: &[u64]) -> Value {
     })
 }
 
-/// `GET /v2/models/{m}/traffic`.
-pub(crate) async fn get(State(state): State<AppState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
-    let (traffic, ready) = state.manager.traffic(&model)?;
-    Ok(Json(view(&model, &traffic, &ready)))
+/// The state of a model's traffic.
+pub(crate) fn get(state: &AppState, model: &str) -> Result<Value, InferError> {
+    let (traffic, ready) = state.manager.traffic(model)?;
+    Ok(view(model, &traffic, &ready))
 }
 
-/// `PUT /v2/models/{m}/traffic`: replaces the policy.
-pub(crate) async fn put(
-    State(state): State<AppState>,
-    Path(model): Path<String>,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    let view: PolicyView = serde_json::from_slice(&body)
+/// Replaces a model's policy with the JSON `body`.
+pub(crate) async fn set(state: &AppState, model: &str, body: &[u8]) -> Result<Value, InferError> {
+    let view: PolicyView = serde_json::from_slice(body)
         .map_err(|e| InferError::invalid(format!("the traffic policy is not valid JSON of the expected shape: {e}")))?;
     let policy = view.into_policy()?;
-    state.manager.set_traffic(&model, Some(policy)).await?;
-    get(State(state), Path(model)).await
+    state.manager.set_traffic(model, Some(policy)).await?;
+    get(state, model)
 }
 
-/// `DELETE /v2/models/{m}/traffic`: back to the config's policy.
-pub(crate) async fn reset(State(state): State<AppState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
-    state.manager.set_traffic(&model, None).await?;
-    get(State(state), Path(model)).await
+/// Returns a model to its config's policy.
+pub(crate) async fn reset(state: &AppState, model: &str) -> Result<Value, InferError> {
+    state.manager.set_traffic(model, None).await?;
+    get(state, model)
 }
