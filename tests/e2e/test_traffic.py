@@ -279,3 +279,13 @@ def test_traffic_control_over_grpc(server):
     assert {http_infer(client, "live") for _ in range(20)} == {2}
     client.close()
     channel.close()
+
+
+def test_v1_predict_follows_the_split(server):
+    served = []
+    for _ in range(300):
+        req = urllib.request.Request(f"{server.http_url}/v1/models/split:predict", method="POST",
+                                     data=json.dumps({"instances": [7]}).encode())
+        with urllib.request.urlopen(req) as r:
+            served.append(json.loads(r.read())["predictions"][0] - 7)  # OUT - IN = the version that computed it
+    assert set(served) == {1, 2} and 0.02 < served.count(2) / 300 < 0.22, served.count(2)

@@ -314,7 +314,7 @@ pub(crate) async fn not_found() -> ApiError {
 }
 
 /// The pin and sticky header values the model's traffic policy reads, if it reads any.
-fn route_keys(state: &AppState, model: &str, headers: &HeaderMap) -> RouteKeys {
+pub(super) fn route_keys(state: &AppState, model: &str, headers: &HeaderMap) -> RouteKeys {
     let (pin, sticky) = state.manager.route_headers(model);
     let value = |name: Option<String>| {
         name.and_then(|n| headers.get(n.as_str()).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string()))

@@ -34,6 +34,7 @@ pub(crate) async fn status(State(state): State<AppState>, Path(model): Path<Stri
 pub(crate) async fn post(
     State(state): State<AppState>,
     Path(rest): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let Some(model) = rest.strip_suffix(":predict") else {
@@ -59,7 +60,9 @@ pub(crate) async fn post(
         inputs,
         outputs: Vec::new(),
     };
-    let response = version.infer(request).await?;
+    // Inputs are read with the newest version's signature; the model's traffic policy then picks the version.
+    let (_, answer) = state.manager.infer_routed(request, super::routes::route_keys(&state, model, &headers)).await;
+    let response = answer?;
     let outputs: Vec<(String, Value)> = response.outputs.iter().map(|o| (o.name.clone(), nested(&o.tensor))).collect();
     let predictions = match outputs.as_slice() {
         [(_, single)] => single.clone(),
