@@ -14,6 +14,7 @@ fn policy() -> BatchPolicy {
         max_delay: Duration::from_micros(100),
         max_queue_size: 100_000,
         priority_levels: 1,
+        window: ferroserve_engine::batcher::state::Window::Fixed,
     }
 }
 
@@ -38,7 +39,7 @@ fn bench(c: &mut Criterion) {
             // Return the state so that dropping the rest of the queue is not timed.
             |mut s| {
                 let n = match s.next_batch(now, false) {
-                    Decision::Run(batch) => batch.len(),
+                    Decision::Run(batch, _) => batch.len(),
                     _ => 0,
                 };
                 (s, n)

@@ -14,7 +14,9 @@ from tritonclient.utils import InferenceServerException
 
 from server import REPOSITORY, Server
 
-# A long batching window so that concurrent requests surely meet in one batch.
+# A long, fixed batching window (Triton's behaviour, not the adaptive default) so that concurrent requests surely
+# meet in one batch.
+FIXED = 'parameters { key: "batch_window" value: { string_value: "fixed" } }\n'
 CONFIGS = {
     "mlp": 'max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n',
     "mixed": 'max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n',
@@ -35,7 +37,7 @@ def batching_server():
         os.makedirs(os.path.join(root, name, "1"))
         shutil.copy(os.path.join(REPOSITORY, source, "1", "model.onnx"), os.path.join(root, name, "1", "model.onnx"))
         with open(os.path.join(root, name, "config.pbtxt"), "w") as f:
-            f.write(config)
+            f.write(config + FIXED)
     s = Server(repository=root)
     yield s
     assert s.stop() == 0
@@ -151,3 +153,45 @@ def test_bad_priority_is_rejected(batching_server):
     i.set_data_from_numpy(np.zeros((1, 16), dtype=np.float32))
     # Models without priority levels ignore the parameter, as Triton does.
     assert client.infer("mlp", [i], priority=3).as_numpy("OUTPUT0").shape == (1, 4)
+
+
+def test_the_adaptive_window_does_not_hold_a_lone_request(tmp_path):
+    """With the default (adaptive) window, a 200 ms `max_queue_delay` is an upper bound: sequential requests run
+    at once (the model is idle and nothing else is arriving), and the statistics say why each batch ran; the same
+    config with `batch_window: fixed` waits out the window, as Triton does; a misspelled window fails the load."""
+    import time
+
+    import urllib.request
+
+    for name, extra in (("adaptive", ""), ("fixed", FIXED),
+                        ("typo", 'parameters { key: "batch_window" value: { string_value: "sometimes" } }\n')):
+        os.makedirs(tmp_path / name / "1")
+        shutil.copy(os.path.join(REPOSITORY, "mlp", "1", "model.onnx"), tmp_path / name / "1" / "model.onnx")
+        (tmp_path / name / "config.pbtxt").write_text(
+            "max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n" + extra)
+    s = Server(repository=str(tmp_path), wait_ready=False)
+    try:
+        client = httpclient.InferenceServerClient(s.http_addr)
+        for _ in range(100):
+            if client.is_model_ready("adaptive") and client.is_model_ready("fixed"):
+                break
+            time.sleep(0.1)
+        x = np.ones((1, 16), dtype=np.float32)
+        took = {}
+        for name in ("adaptive", "fixed"):
+            start = time.perf_counter()
+            for _ in range(3):
+                infer(client, name, {"INPUT0": x})
+            took[name] = (time.perf_counter() - start) / 3
+        assert took["adaptive"] < 0.1 < 0.2 <= took["fixed"] + 0.01, took  # the window is 200 ms
+        stats = client.get_inference_statistics("adaptive")["model_stats"][0]
+        assert stats["batch_reasons"]["adaptive"] == 3 and stats["batch_reasons"]["window"] == 0
+        assert client.get_inference_statistics("fixed")["model_stats"][0]["batch_reasons"]["window"] == 3
+        with urllib.request.urlopen(s.http_url + "/metrics") as r:
+            text = r.read().decode()
+        assert 'ferroserve_batches_total{model="adaptive",version="1",reason="adaptive"} 3' in text
+        index = {m["name"]: m for m in client.get_model_repository_index()}
+        assert index["typo"]["state"] == "UNAVAILABLE" and "batch_window" in index["typo"]["reason"]
+        client.close()
+    finally:
+        s.stop()

@@ -91,7 +91,8 @@ def test_errors_under_load_are_counted_and_reported():
     shutil.copy(os.path.join(REPOSITORY, "mlp", "1", "model.onnx"), os.path.join(root, "mlp", "1", "model.onnx"))
     with open(os.path.join(root, "mlp", "config.pbtxt"), "w") as f:
         f.write("max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 200000 "
-                "default_queue_policy { max_queue_size: 2 } }\n")
+                "default_queue_policy { max_queue_size: 2 } }\n"
+                'parameters { key: "batch_window" value: { string_value: "fixed" } }\n')
     s = Server(repository=root)
     try:
         d = tempfile.mkdtemp()

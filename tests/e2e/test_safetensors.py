@@ -47,7 +47,8 @@ def repository():
     # Text in, with the dynamic batcher joining concurrent requests (tokenized and padded as one batch).
     shutil.copytree(model_dir(), os.path.join(root, "minilm_batched", "1"))
     with open(os.path.join(root, "minilm_batched", "config.pbtxt"), "w") as f:
-        f.write("max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n")
+        f.write("max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n"
+                'parameters { key: "batch_window" value: { string_value: "fixed" } }\n')
     # Text as a rank-1 `[batch]` BYTES tensor, for a model without batching that declares it so.
     shutil.copytree(model_dir(), os.path.join(root, "minilm_rank1", "1"))
     with open(os.path.join(root, "minilm_rank1", "config.pbtxt"), "w") as f:

@@ -144,12 +144,15 @@ fn catch_load(loader: &dyn RuntimeLoader, spec: &LoadSpec) -> Result<Box<dyn Run
 }
 
 fn serve(mut runtime: Box<dyn Runtime>, batcher: &Batcher, stats: &ModelStats) {
-    while let Some(batch) = batcher.take() {
+    while let Some((batch, reason)) = batcher.take() {
+        stats.record_batch_reason(reason);
+        let started = Instant::now();
         // A panic outside the model call (joining or splitting tensors) must not kill the instance: callers
         // of that batch get an error (their reply senders drop), the instance goes on.
         if std::panic::catch_unwind(AssertUnwindSafe(|| execute(runtime.as_mut(), batch, stats))).is_err() {
             tracing::error!("an instance panicked while preparing or answering a batch; it keeps serving");
         }
+        batcher.record_execution(started.elapsed());
     }
 }
 
@@ -384,6 +387,7 @@ mod tests {
             max_delay: delay,
             max_queue_size,
             priority_levels: 1,
+            window: crate::batcher::state::Window::Fixed,
         });
         assert_eq!(signature.inputs[0].name, "x");
         Harness { pool, started, open, runs }
@@ -440,6 +444,7 @@ mod tests {
             max_delay: Duration::from_micros(50),
             max_queue_size: 100_000,
             priority_levels: 2,
+            window: crate::batcher::state::Window::Fixed,
         }));
         let threads: Vec<_> = (0..8)
             .map(|t| {

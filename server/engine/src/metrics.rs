@@ -48,6 +48,9 @@ pub const ROLLBACKS: &str = "ferroserve_traffic_rollbacks_total";
 /// The weight of each version in its model's split (absent under `latest`).
 pub const TRAFFIC_WEIGHT: &str = "ferroserve_traffic_weight";
 
+/// Batches by why they ran (`reason`: unbatched, full, preferred, window, adaptive, flush).
+pub const BATCHES: &str = "ferroserve_batches_total";
+
 /// Histogram buckets for shadow divergence: 1e-9 to 1e3, two per decade.
 pub const DIVERGENCE_BUCKETS: &[f64] = &[
     1e-9, 3e-9, 1e-8, 3e-8, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0,
@@ -82,6 +85,7 @@ pub fn describe() {
     describe_histogram!(SHADOW_REL_ERROR, "Largest relative output error, shadow vs primary, per request");
     describe_counter!(ROLLBACKS, "Canaries rolled back by the traffic guard");
     describe_gauge!(TRAFFIC_WEIGHT, "Weight of each version in its model's traffic split");
+    describe_counter!(BATCHES, "Batches executed, by why they ran");
 }
 
 /// Publishes a model's split weights.
@@ -121,6 +125,7 @@ pub struct VersionMetrics {
     pub(crate) executions: Counter,
     pub(crate) in_flight: Gauge,
     pub(crate) queue_depth: Gauge,
+    pub(crate) batch_reasons: [Counter; crate::batcher::state::RunReason::ALL.len()],
 }
 
 impl VersionMetrics {
@@ -136,6 +141,9 @@ impl VersionMetrics {
             executions: counter!(EXECUTIONS, &labels),
             in_flight: gauge!(IN_FLIGHT, &labels),
             queue_depth: gauge!(QUEUE_DEPTH, &labels),
+            batch_reasons: crate::batcher::state::RunReason::ALL.map(|r| {
+                counter!(BATCHES, "model" => labels[0].1.clone(), "version" => labels[1].1.clone(), "reason" => r.as_str())
+            }),
             labels,
         }
     }
@@ -176,6 +184,7 @@ impl VersionMetrics {
             executions: Counter::noop(),
             in_flight: Gauge::noop(),
             queue_depth: Gauge::noop(),
+            batch_reasons: std::array::from_fn(|_| Counter::noop()),
         }
     }
 }

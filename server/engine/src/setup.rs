@@ -4,7 +4,10 @@
 
 use ferroserve_runtime::{Device, ModelSignature};
 
-use crate::batcher::state::BatchPolicy;
+use crate::batcher::state::{BatchPolicy, Window};
+
+/// The config `parameters` key choosing the batching window: `adaptive` (default) or `fixed` (Triton's).
+pub(crate) const BATCH_WINDOW_KEY: &str = "batch_window";
 use crate::config::{InstanceGroup, InstanceKind, ModelConfig, TensorConfig, VersionPolicy};
 use crate::manager::EngineOptions;
 use crate::model::Scheduling;
@@ -13,7 +16,13 @@ use crate::reshape::Reshapes;
 
 /// The batcher policy and request scheduling of a version: dynamic batching only when the config asks for
 /// it (as in Triton), otherwise one request per execution; the queue is bounded either way.
-pub(crate) fn batch_policy(config: &ModelConfig, options: &EngineOptions) -> (BatchPolicy, Scheduling) {
+pub(crate) fn batch_policy(config: &ModelConfig, options: &EngineOptions) -> Result<(BatchPolicy, Scheduling), String> {
+    let window = match config.parameters.get(BATCH_WINDOW_KEY) {
+        None => Window::default(),
+        Some(text) => Window::parse(text).ok_or_else(|| {
+            format!("parameters `{BATCH_WINDOW_KEY}` is `{text}`; it takes `adaptive` (the default) or `fixed`")
+        })?,
+    };
     let batching = config.dynamic_batching.as_ref();
     let max_queue_size =
         batching.map(|b| b.max_queue_size as usize).filter(|&n| n > 0).unwrap_or(options.default_queue_capacity);
@@ -25,6 +34,7 @@ pub(crate) fn batch_policy(config: &ModelConfig, options: &EngineOptions) -> (Ba
         max_delay: std::time::Duration::from_micros(batching.map_or(0, |b| b.max_queue_delay_microseconds)),
         max_queue_size,
         priority_levels: batching.map_or(1, |b| b.priority_levels.max(1) as usize),
+        window,
     };
     let scheduling = Scheduling {
         priority_levels: batching.map_or(0, |b| b.priority_levels),
@@ -34,7 +44,7 @@ pub(crate) fn batch_policy(config: &ModelConfig, options: &EngineOptions) -> (Ba
             .filter(|&us| us > 0)
             .map(std::time::Duration::from_micros),
     };
-    (policy, scheduling)
+    Ok((policy, scheduling))
 }
 
 pub(crate) fn select_versions(source: &ModelSource) -> Vec<u64> {
@@ -276,7 +286,7 @@ mod tests {
     fn batching_only_when_configured() {
         let options = EngineOptions::default();
         let plain = ModelConfig { max_batch_size: Some(32), ..Default::default() };
-        let (policy, scheduling) = batch_policy(&plain, &options);
+        let (policy, scheduling) = batch_policy(&plain, &options).unwrap();
         assert_eq!((policy.max_batch_size, policy.max_queue_size), (0, options.default_queue_capacity));
         assert!(scheduling.default_timeout.is_none());
         let batching = ModelConfig {
@@ -291,7 +301,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let (policy, scheduling) = batch_policy(&batching, &options);
+        let (policy, scheduling) = batch_policy(&batching, &options).unwrap();
         assert_eq!((policy.max_batch_size, policy.max_queue_size, policy.priority_levels), (32, 7, 3));
         assert_eq!(scheduling.default_timeout, Some(std::time::Duration::from_micros(500)));
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+use crate::batcher::state::RunReason;
 use crate::metrics::VersionMetrics;
 
 /// A count and a total duration.
@@ -65,6 +66,8 @@ pub struct ModelStats {
     execution_count: AtomicU64,
     last_inference_ms: AtomicU64,
     batches: Mutex<BTreeMap<u64, BatchStat>>,
+    /// Batches by why they ran, indexed by [`RunReason::index`].
+    batch_reasons: [AtomicU64; RunReason::ALL.len()],
 }
 
 /// A consistent-enough copy of [`ModelStats`] for reporting.
@@ -90,6 +93,8 @@ pub struct StatsSnapshot {
     pub compute_output: (u64, u64),
     /// Per batch size.
     pub batches: Vec<(u64, BatchStat)>,
+    /// Batches by why they ran, in [`RunReason::ALL`] order.
+    pub batch_reasons: [u64; RunReason::ALL.len()],
 }
 
 impl Default for ModelStats {
@@ -113,7 +118,14 @@ impl ModelStats {
             execution_count: AtomicU64::new(0),
             last_inference_ms: AtomicU64::new(0),
             batches: Mutex::new(BTreeMap::new()),
+            batch_reasons: Default::default(),
         }
+    }
+
+    /// Records why a batch ran.
+    pub fn record_batch_reason(&self, reason: RunReason) {
+        self.batch_reasons[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.metrics.batch_reasons[reason.index()].increment(1);
     }
 
     /// Records one execution of `batch_size` items.
@@ -156,6 +168,7 @@ impl ModelStats {
             compute_infer: self.compute_infer.read(),
             compute_output: self.compute_output.read(),
             batches: self.batches.lock().iter().map(|(k, v)| (*k, *v)).collect(),
+            batch_reasons: std::array::from_fn(|i| self.batch_reasons[i].load(Ordering::Relaxed)),
         }
     }
 }

@@ -144,5 +144,10 @@ pub(crate) fn model_stats(name: &str, version: u64, s: &StatsSnapshot) -> Value 
             "compute_output": duration((b.count, b.compute_output_ns)),
         })).collect::<Vec<_>>(),
         "memory_usage": [],
+        // ferroserve's own: why batches ran (`full`, `preferred`, `window`, `adaptive`, `unbatched`, `flush`).
+        "batch_reasons": ferroserve_engine::batcher::state::RunReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_string(), json!(s.batch_reasons[r.index()])))
+            .collect::<serde_json::Map<String, Value>>(),
     })
 }

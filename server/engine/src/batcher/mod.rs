@@ -22,7 +22,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
 use crate::InferError;
-use state::{BatchPolicy, BatchState, Decision, Entry};
+use state::{BatchPolicy, BatchState, Decision, Entry, RunReason};
 
 /// What a caller gets back.
 pub type BatchResult = Result<Vec<Tensor>, InferError>;
@@ -140,7 +140,7 @@ impl Batcher {
 
     /// The next batch to run, blocking until one is ready (called by instance threads, never on the async
     /// runtime). `None` once the queue is closed and drained: the instance should exit.
-    pub fn take(&self) -> Option<Batch> {
+    pub fn take(&self) -> Option<(Batch, RunReason)> {
         let mut queue = self.shared.queue.lock();
         let mut spins = 0;
         loop {
@@ -163,7 +163,7 @@ impl Batcher {
             let decision = queue.state.next_batch(now, closed);
             self.shared.depth.set(queue.state.len() as f64);
             match decision {
-                Decision::Run(batch) => return Some(batch),
+                Decision::Run(batch, reason) => return Some((batch, reason)),
                 Decision::Idle if closed => return None,
                 Decision::Idle => {
                     // Under load the next request is usually microseconds away (its handler is already
@@ -186,6 +186,11 @@ impl Batcher {
         }
     }
 
+    /// Tells the adaptive window how long a batch took to execute.
+    pub fn record_execution(&self, took: std::time::Duration) {
+        self.shared.queue.lock().state.record_execution(took);
+    }
+
     /// Refuses new requests and wakes every instance so they drain the queue and exit.
     pub fn close(&self) {
         self.shared.queue.lock().closed = true;
@@ -206,6 +211,7 @@ pub(crate) mod tests {
             max_delay: delay,
             max_queue_size: 4,
             priority_levels: 1,
+            window: state::Window::Fixed,
         }
     }
 
@@ -233,7 +239,7 @@ pub(crate) mod tests {
         let batcher = Batcher::new("t:1".into(), policy(8, Duration::ZERO));
         let taker = {
             let batcher = batcher.clone();
-            std::thread::spawn(move || batcher.take().map(|b| values(&b)))
+            std::thread::spawn(move || batcher.take().map(|(b, _)| values(&b)))
         };
         // Wait until the taker sleeps on the empty queue, so the arrival has to wake it.
         while batcher.shared.queue.lock().idle == 0 {
@@ -255,7 +261,7 @@ pub(crate) mod tests {
             batcher.submit(entry).unwrap();
             receivers.push(rx);
         }
-        let batch = batcher.take().unwrap();
+        let (batch, _) = batcher.take().unwrap();
         assert!(start.elapsed() >= window, "a partial batch waits for the window");
         assert_eq!(values(&batch), vec![1.0, 2.0, 3.0]);
     }
@@ -272,7 +278,7 @@ pub(crate) mod tests {
         let (extra, _rx) = job(9.0);
         assert!(matches!(batcher.submit(extra), Err(InferError::Overloaded(_))));
         drop(kept.remove(1)); // the caller of request 1 goes away
-        assert_eq!(values(&batcher.take().unwrap()), vec![0.0, 2.0, 3.0]);
+        assert_eq!(values(&batcher.take().unwrap().0), vec![0.0, 2.0, 3.0]);
     }
 
     #[test]
@@ -282,7 +288,7 @@ pub(crate) mod tests {
         let (second, _rx2) = job(2.0);
         let first = batcher.submit(first).unwrap();
         let second = batcher.submit(second).unwrap();
-        assert_eq!(values(&batcher.take().unwrap()), vec![1.0]);
+        assert_eq!(values(&batcher.take().unwrap().0), vec![1.0]);
         assert!(!batcher.cancel(first), "taken by an instance: too late");
         assert!(batcher.cancel(second));
         assert!(!batcher.cancel(second));
@@ -298,7 +304,7 @@ pub(crate) mod tests {
         batcher.close();
         let (late, _late_rx) = job(2.0);
         assert!(matches!(batcher.submit(late), Err(InferError::NotReady(_))));
-        assert_eq!(values(&batcher.take().unwrap()), vec![1.0]);
+        assert_eq!(values(&batcher.take().unwrap().0), vec![1.0]);
         assert!(batcher.take().is_none(), "a closed, empty queue tells instances to exit");
     }
 

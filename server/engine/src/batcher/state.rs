@@ -5,8 +5,13 @@
 //! - requests are taken by priority level (0 first), then in arrival order;
 //! - a batch holds only requests whose non-batch dims match the first one (ragged requests never mix),
 //!   up to `max_batch_size` items (batch dim 0 summed);
-//! - a batch runs at once when full or when it reaches a preferred size; otherwise when the oldest request
-//!   has waited `max_delay`;
+//! - a batch runs at once when full or when it reaches a preferred size;
+//! - otherwise, under the [`Window::Fixed`] policy (Triton's), when the oldest request has waited `max_delay`;
+//!   under the default [`Window::Adaptive`] one, `max_delay` is only an upper bound: a partial batch waits only
+//!   while another request is expected before this batch could finish executing (the recent gap between
+//!   arrivals that found requests already queued is shorter than a batch's execution time), and no longer than
+//!   two such gaps after the last arrival. An idle model, or one whose clients wait for each answer before
+//!   sending again (concurrency 1), never waits;
 //! - queued requests past their deadline are taken out for a timeout reply.
 
 use std::collections::VecDeque;
@@ -25,6 +30,118 @@ pub struct BatchPolicy {
     pub max_queue_size: usize,
     /// Number of priority levels (queues), at least 1; level 0 runs first.
     pub priority_levels: usize,
+    /// How long a partial batch waits.
+    pub window: Window,
+}
+
+/// How long a partial batch waits for more requests (config `parameters` key `batch_window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Window {
+    /// While waiting is likely to pay, never past `max_delay` (the default).
+    #[default]
+    Adaptive,
+    /// Until the oldest request has waited `max_delay`, as Triton does.
+    Fixed,
+}
+
+impl Window {
+    /// The config spelling: `adaptive` or `fixed`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "adaptive" => Some(Window::Adaptive),
+            "fixed" => Some(Window::Fixed),
+            _ => None,
+        }
+    }
+}
+
+/// Why a batch ran: reported per version in the statistics extension and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunReason {
+    /// The model does not batch: one request per execution.
+    Unbatched,
+    /// `max_batch_size` items (or the largest preferred size) were queued.
+    Full,
+    /// A preferred batch size was reached.
+    Preferred,
+    /// The oldest request waited `max_delay`.
+    Window,
+    /// The adaptive window judged further waiting not worth it (idle model, or arrivals stopped).
+    Adaptive,
+    /// Draining on shutdown.
+    Flush,
+}
+
+impl RunReason {
+    /// Every reason, in the order [`RunReason::index`] numbers them.
+    pub const ALL: [RunReason; 6] = [
+        RunReason::Unbatched,
+        RunReason::Full,
+        RunReason::Preferred,
+        RunReason::Window,
+        RunReason::Adaptive,
+        RunReason::Flush,
+    ];
+
+    /// Lower-case name, as metrics and statistics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunReason::Unbatched => "unbatched",
+            RunReason::Full => "full",
+            RunReason::Preferred => "preferred",
+            RunReason::Window => "window",
+            RunReason::Adaptive => "adaptive",
+            RunReason::Flush => "flush",
+        }
+    }
+
+    /// Position in [`RunReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How long arrival and execution history lasts (exponential decay).
+const HISTORY_SECS: f64 = 0.25;
+/// Arrivals (decayed) that must have found requests waiting before the adaptive window waits at all.
+const MIN_ARRIVALS: f64 = 4.0;
+/// Weight of the newest execution time in its moving average.
+const EXECUTION_WEIGHT: f64 = 0.1;
+
+/// What the adaptive window knows of the recent past: arrivals that found requests already queued, the time
+/// the queue was non-empty (both decaying), the last arrival, and a batch's execution time.
+#[derive(Debug, Clone, Default)]
+struct History {
+    busy_arrivals: f64,
+    busy_secs: f64,
+    updated: Option<Instant>,
+    last_arrival: Option<Instant>,
+    execution_secs: Option<f64>,
+}
+
+impl History {
+    /// Moves the clock to `now` (never backwards); `queued`: whether requests waited over that time.
+    fn advance(&mut self, now: Instant, queued: bool) {
+        let Some(then) = self.updated else {
+            self.updated = Some(now);
+            return;
+        };
+        if now <= then {
+            return;
+        }
+        let dt = (now - then).as_secs_f64();
+        let keep = (-dt / HISTORY_SECS).exp();
+        self.busy_arrivals *= keep;
+        self.busy_secs = self.busy_secs * keep + if queued { dt } else { 0.0 };
+        self.updated = Some(now);
+    }
+
+    /// Expected gap between arrivals while requests wait, once a few arrivals have been seen waiting. (Time
+    /// spent waiting without arrivals lengthens it, so a wait that re-reads it converges: to at most twice the
+    /// first estimate with four or more arrivals behind it.)
+    fn gap(&self) -> Option<f64> {
+        (self.busy_arrivals >= MIN_ARRIVALS && self.busy_secs > 0.0).then(|| self.busy_secs / self.busy_arrivals)
+    }
 }
 
 /// A queued request as the state sees it.
@@ -47,8 +164,8 @@ pub struct Entry<T> {
 /// What a free instance should do next.
 #[derive(Debug)]
 pub enum Decision<T> {
-    /// Run these requests as one batch, in this order.
-    Run(Vec<Entry<T>>),
+    /// Run these requests as one batch, in this order, for this reason.
+    Run(Vec<Entry<T>>, RunReason),
     /// Nothing is ready; look again at this time (or sooner if something arrives).
     WaitUntil(Instant),
     /// The queue is empty (or nothing can be decided until something changes).
@@ -61,6 +178,7 @@ pub struct BatchState<T> {
     policy: BatchPolicy,
     queues: Vec<VecDeque<Entry<T>>>,
     len: usize,
+    history: History,
 }
 
 impl<T> BatchState<T> {
@@ -69,7 +187,7 @@ impl<T> BatchState<T> {
         policy.priority_levels = policy.priority_levels.max(1);
         policy.preferred_batch_sizes.sort_unstable();
         let queues = (0..policy.priority_levels).map(|_| VecDeque::new()).collect();
-        BatchState { policy, queues, len: 0 }
+        BatchState { policy, queues, len: 0, history: History::default() }
     }
 
     /// The policy in force.
@@ -93,9 +211,22 @@ impl<T> BatchState<T> {
             return Err(entry);
         }
         entry.priority = entry.priority.min(self.queues.len() - 1);
+        let queued = self.len > 0;
+        self.history.advance(entry.enqueued, queued);
+        if queued {
+            self.history.busy_arrivals += 1.0;
+        }
+        self.history.last_arrival = Some(self.history.last_arrival.map_or(entry.enqueued, |t| t.max(entry.enqueued)));
         self.queues[entry.priority].push_back(entry);
         self.len += 1;
         Ok(())
+    }
+
+    /// Records how long a batch took to execute (the adaptive window compares arrival gaps with it).
+    pub fn record_execution(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let average = self.history.execution_secs.map_or(secs, |e| e + EXECUTION_WEIGHT * (secs - e));
+        self.history.execution_secs = Some(average);
     }
 
     /// Takes out every request for which `remove` is true (callers gone away).
@@ -138,6 +269,7 @@ impl<T> BatchState<T> {
 
     /// Decides the next batch at time `now`. `flush`: ignore the delay (draining on shutdown).
     pub fn next_batch(&mut self, now: Instant, flush: bool) -> Decision<T> {
+        self.history.advance(now, self.len > 0);
         let Some(head) = self.queues.iter().find_map(|q| q.front()) else { return Decision::Idle };
         if self.policy.max_batch_size == 0 {
             // No batching: one request per execution, always ready.
@@ -145,7 +277,7 @@ impl<T> BatchState<T> {
             return match entry {
                 Some(e) => {
                     self.len -= 1;
-                    Decision::Run(vec![e])
+                    Decision::Run(vec![e], RunReason::Unbatched)
                 }
                 None => Decision::Idle,
             };
@@ -174,19 +306,42 @@ impl<T> BatchState<T> {
         // The longest prefix that ends exactly on a preferred size.
         let preferred_prefix = sums.iter().rposition(|s| self.policy.preferred_batch_sizes.contains(s));
         let due = head_since + self.policy.max_delay;
+        let wait_until = match self.policy.window {
+            Window::Fixed => due,
+            Window::Adaptive => self.adaptive_until(head_since, due),
+        };
         let take = if full {
-            Some(preferred_prefix.filter(|_| total != max).map_or(picked.len(), |i| i + 1))
+            let reason = if total == max { RunReason::Full } else { RunReason::Preferred };
+            Some((preferred_prefix.filter(|_| total != max).map_or(picked.len(), |i| i + 1), reason))
         } else if let Some(i) = preferred_prefix {
-            Some(i + 1)
-        } else if flush || now >= due {
-            Some(picked.len())
+            Some((i + 1, RunReason::Preferred))
+        } else if flush {
+            Some((picked.len(), RunReason::Flush))
+        } else if now >= due {
+            Some((picked.len(), RunReason::Window))
+        } else if now >= wait_until {
+            Some((picked.len(), RunReason::Adaptive))
         } else {
             None
         };
         match take {
-            Some(n) => Decision::Run(self.take(&picked[..n])),
-            None => Decision::WaitUntil(self.earliest_deadline().map_or(due, |d| d.min(due))),
+            Some((n, reason)) => Decision::Run(self.take(&picked[..n]), reason),
+            None => Decision::WaitUntil(self.earliest_deadline().map_or(wait_until, |d| d.min(wait_until))),
         }
+    }
+
+    /// Until when the adaptive window lets a partial batch wait: while another arrival is expected before this
+    /// batch could finish executing, up to two expected gaps after the last arrival, never past `due`. With no
+    /// such expectation (an idle model, or clients that wait for each answer), not at all.
+    fn adaptive_until(&self, head_since: Instant, due: Instant) -> Instant {
+        let (Some(gap), Some(execution)) = (self.history.gap(), self.history.execution_secs) else {
+            return head_since;
+        };
+        if gap >= execution {
+            return head_since;
+        }
+        let last = self.history.last_arrival.map_or(head_since, |t| t.max(head_since));
+        (last + Duration::from_secs_f64(2.0 * gap)).min(due)
     }
 
     fn take(&mut self, picked: &[(usize, usize)]) -> Vec<Entry<T>> {
@@ -228,6 +383,7 @@ mod tests {
             max_delay: Duration::from_micros(delay_us),
             max_queue_size: 100,
             priority_levels: 1,
+            window: Window::Fixed,
         }
     }
 
@@ -237,7 +393,7 @@ mod tests {
 
     fn ids(d: Decision<u32>) -> Vec<u32> {
         match d {
-            Decision::Run(b) => b.into_iter().map(|e| e.payload).collect(),
+            Decision::Run(b, _) => b.into_iter().map(|e| e.payload).collect(),
             other => panic!("expected a batch, got {other:?}"),
         }
     }
@@ -351,13 +507,141 @@ mod tests {
             }
             let mut seen = Vec::new();
             let later = t0 + Duration::from_secs(1);
-            while let Decision::Run(batch) = s.next_batch(later, false) {
+            while let Decision::Run(batch, _) = s.next_batch(later, false) {
                 proptest::prop_assert!(batch.iter().map(|e| e.items).sum::<usize>() <= max);
                 proptest::prop_assert!(batch.iter().all(|e| e.key == batch[0].key));
                 seen.extend(batch.into_iter().map(|e| e.payload));
             }
             seen.sort_unstable();
             proptest::prop_assert_eq!(seen, (0..items.len()).collect::<Vec<_>>());
+        }
+    }
+
+    fn adaptive(max: usize, delay_us: u64) -> BatchPolicy {
+        BatchPolicy { window: Window::Adaptive, ..policy(max, delay_us) }
+    }
+
+    fn reason(d: &Decision<u32>) -> Option<RunReason> {
+        match d {
+            Decision::Run(_, r) => Some(*r),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_idle_model_runs_a_lone_request_at_once() {
+        let t0 = Instant::now();
+        let mut s = BatchState::new(adaptive(8, 2_000));
+        s.push(entry(1, 1, t0)).unwrap();
+        let d = s.next_batch(t0, false);
+        assert_eq!(reason(&d), Some(RunReason::Adaptive));
+        assert_eq!(ids(d), vec![1]);
+    }
+
+    #[test]
+    fn closed_loop_clients_at_concurrency_one_never_wait() {
+        // Each request arrives only after the previous one ran: none ever finds the queue occupied.
+        let t0 = Instant::now();
+        let mut s = BatchState::new(adaptive(8, 2_000));
+        for i in 0..1000u32 {
+            let at = t0 + Duration::from_micros(u64::from(i) * 150);
+            s.push(entry(i, 1, at)).unwrap();
+            assert_eq!(ids(s.next_batch(at, false)), vec![i]);
+            s.record_execution(Duration::from_micros(20));
+        }
+    }
+
+    #[test]
+    fn sustained_arrivals_faster_than_an_execution_grow_full_batches() {
+        // Arrivals every 10 us, executions of 200 us: while one batch runs, the next fills.
+        let t0 = Instant::now();
+        let mut s = BatchState::new(adaptive(8, 2_000));
+        let mut t = t0;
+        let mut sizes = Vec::new();
+        let mut next_id = 0u32;
+        for _ in 0..200 {
+            for _ in 0..3 {
+                t += Duration::from_micros(10);
+                s.push(entry(next_id, 1, t)).unwrap();
+                next_id += 1;
+            }
+            match s.next_batch(t, false) {
+                Decision::Run(b, _) => {
+                    sizes.push(b.len());
+                    s.record_execution(Duration::from_micros(200));
+                }
+                Decision::WaitUntil(until) => assert!(until <= t + Duration::from_micros(2_000)),
+                Decision::Idle => {}
+            }
+        }
+        let tail = &sizes[sizes.len() - 20..];
+        assert!(tail.iter().all(|&n| n == 8), "{sizes:?}");
+    }
+
+    #[test]
+    fn the_adaptive_wait_stops_when_arrivals_stop() {
+        let t0 = Instant::now();
+        let mut s = BatchState::new(adaptive(64, 100_000));
+        // A history of arrivals 10 us apart while requests waited, and executions of 1 ms.
+        for i in 0..50u32 {
+            s.push(entry(i, 1, t0 + Duration::from_micros(u64::from(i) * 10))).unwrap();
+        }
+        s.record_execution(Duration::from_millis(1));
+        let last = t0 + Duration::from_micros(490);
+        let Decision::WaitUntil(mut until) = s.next_batch(last, false) else { panic!("expected a wait") };
+        assert!(until <= last + Duration::from_micros(25) && until > last, "{:?}", until - last);
+        // Each look lengthens the expected gap a little (no arrivals): the wait still ends within a few gaps.
+        let d = loop {
+            match s.next_batch(until, false) {
+                Decision::WaitUntil(later) => {
+                    assert!(later > until);
+                    until = later;
+                }
+                d => break d,
+            }
+        };
+        assert!(until <= last + Duration::from_micros(50), "{:?}", until - last);
+        assert_eq!(reason(&d), Some(RunReason::Adaptive));
+        assert_eq!(ids(d).len(), 50);
+    }
+
+    proptest::proptest! {
+        /// Whatever the arrivals and execution times, the adaptive window never waits past `max_delay`, and
+        /// every request runs.
+        #[test]
+        fn adaptive_never_waits_past_the_bound(
+            gaps in proptest::collection::vec(0u64..500, 1..60),
+            exec_us in 1u64..5_000,
+            delay_us in 1u64..3_000,
+        ) {
+            let t0 = Instant::now();
+            let mut s = BatchState::new(adaptive(16, delay_us));
+            let mut t = t0;
+            let mut ran = 0usize;
+            for (i, gap) in gaps.iter().enumerate() {
+                t += Duration::from_micros(*gap);
+                s.push(entry(i as u32, 1, t)).unwrap();
+                loop {
+                    match s.next_batch(t, false) {
+                        Decision::Run(b, _) => {
+                            ran += b.len();
+                            s.record_execution(Duration::from_micros(exec_us));
+                        }
+                        Decision::WaitUntil(until) => {
+                            let head = s.queues.iter().find_map(|q| q.front()).map(|e| e.enqueued).unwrap();
+                            proptest::prop_assert!(until <= head + Duration::from_micros(delay_us));
+                            break;
+                        }
+                        Decision::Idle => break,
+                    }
+                }
+            }
+            // Time passes: everything left runs by the bound.
+            let end = t + Duration::from_micros(delay_us);
+            while let Decision::Run(b, _) = s.next_batch(end, false) {
+                ran += b.len();
+            }
+            proptest::prop_assert_eq!(ran, gaps.len());
         }
     }
 }

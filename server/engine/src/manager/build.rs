@@ -148,7 +148,7 @@ pub(super) fn build_version(
     let (signature, mut config, reshapes) = complete_config(source, loader.platform(), signature, groups, options)?;
     config.backend = Some(loader.backend().to_string());
     config.default_model_filename.get_or_insert_with(|| file.to_string());
-    let (policy, scheduling) = batch_policy(&config, options);
+    let (policy, scheduling) = batch_policy(&config, options)?;
     let pool = loaded.serve(policy);
     Ok(ModelVersion::new(VersionParts {
         name: source.name.clone(),
