@@ -8,10 +8,11 @@
 //! - a batch runs at once when full or when it reaches a preferred size;
 //! - otherwise, under the [`Window::Fixed`] policy (Triton's), when the oldest request has waited `max_delay`;
 //!   under the default [`Window::Adaptive`] one, `max_delay` is only an upper bound: a partial batch waits only
-//!   while another request is expected before this batch could finish executing (the recent gap between
-//!   arrivals that found requests already queued is shorter than a batch's execution time), and no longer than
-//!   two such gaps after the last arrival. An idle model, or one whose clients wait for each answer before
-//!   sending again (concurrency 1), never waits;
+//!   when requests arrive much faster than a batch executes (the recent gap between arrivals that found
+//!   requests already queued is an eighth of a batch's execution time or less), for at most one such gap after
+//!   the last arrival and half an execution. Otherwise it runs at once, and what arrives while it executes
+//!   forms the next batch. An idle model, or one whose clients wait for each answer before sending again
+//!   (concurrency 1), never waits;
 //! - queued requests past their deadline are taken out for a timeout reply.
 
 use std::collections::VecDeque;
@@ -105,6 +106,8 @@ impl RunReason {
 const HISTORY_SECS: f64 = 0.25;
 /// Arrivals (decayed) that must have found requests waiting before the adaptive window waits at all.
 const MIN_ARRIVALS: f64 = 4.0;
+/// The adaptive window waits only when at least this many arrivals are expected during one execution.
+const ARRIVALS_PER_EXECUTION: f64 = 8.0;
 /// Weight of the newest execution time in its moving average.
 const EXECUTION_WEIGHT: f64 = 0.1;
 
@@ -330,18 +333,22 @@ impl<T> BatchState<T> {
         }
     }
 
-    /// Until when the adaptive window lets a partial batch wait: while another arrival is expected before this
-    /// batch could finish executing, up to two expected gaps after the last arrival, never past `due`. With no
-    /// such expectation (an idle model, or clients that wait for each answer), not at all.
+    /// Until when the adaptive window lets a partial batch wait: only when arrivals come much faster than a
+    /// batch executes (at least [`ARRIVALS_PER_EXECUTION`] expected during one execution), for at most one
+    /// expected gap after the last arrival and half an execution after the oldest request, never past `due`.
+    /// With no such expectation (an idle model, or clients that wait for each answer), not at all: requests
+    /// that arrive while a batch executes form the next batch anyway.
     fn adaptive_until(&self, head_since: Instant, due: Instant) -> Instant {
         let (Some(gap), Some(execution)) = (self.history.gap(), self.history.execution_secs) else {
             return head_since;
         };
-        if gap >= execution {
+        if gap * ARRIVALS_PER_EXECUTION > execution {
             return head_since;
         }
         let last = self.history.last_arrival.map_or(head_since, |t| t.max(head_since));
-        (last + Duration::from_secs_f64(2.0 * gap)).min(due)
+        (last + Duration::from_secs_f64(gap))
+            .min(head_since + Duration::from_secs_f64(execution / 2.0))
+            .min(due)
     }
 
     fn take(&mut self, picked: &[(usize, usize)]) -> Vec<Entry<T>> {
