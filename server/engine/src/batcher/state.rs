@@ -346,9 +346,7 @@ impl<T> BatchState<T> {
             return head_since;
         }
         let last = self.history.last_arrival.map_or(head_since, |t| t.max(head_since));
-        (last + Duration::from_secs_f64(gap))
-            .min(head_since + Duration::from_secs_f64(execution / 2.0))
-            .min(due)
+        (last + Duration::from_secs_f64(gap)).min(head_since + Duration::from_secs_f64(execution / 2.0)).min(due)
     }
 
     fn take(&mut self, picked: &[(usize, usize)]) -> Vec<Entry<T>> {
