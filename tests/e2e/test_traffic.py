@@ -178,6 +178,8 @@ def test_changing_weights_under_load_fails_no_request(server):
     assert set(served[mark + 8:]) == {2}  # after the last change, everything goes to 2 (in-flight ones aside)
     view = traffic(server, "live", "DELETE")
     assert view["source"] == "config" and view["routing"] == "latest"
+    text = scrape(server)  # versions that left the split show weight 0, not their last weight
+    assert metric(text, "ferroserve_traffic_weight", model="live", version="2") == 0
 
 
 def test_bad_policies_are_refused(server):

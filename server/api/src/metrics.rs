@@ -86,7 +86,14 @@ pub struct RequestRecord<'a> {
 /// did, under the model's name if the server knows it and empty labels if not.
 pub fn record(manager: &ModelManager, r: &RequestRecord<'_>) {
     let seconds = r.elapsed.as_secs_f64();
-    match manager.version(r.model, r.version) {
+    // A request that reached no version (refused before routing: undecodable, or a pin naming no version) is
+    // counted at model level, not under whichever version is newest.
+    let Some(version) = r.version else {
+        let model = if manager.entry(r.model).is_ok() { r.model } else { "" };
+        names::record_unrouted_request(model, r.protocol, r.code, seconds, r.bytes_in as u64);
+        return;
+    };
+    match manager.version(r.model, Some(version)) {
         Ok(v) => v.stats.metrics.record_request(r.protocol, r.code, seconds, r.bytes_in as u64, r.bytes_out as u64),
         Err(InferError::NotReady(_)) if manager.entry(r.model).is_ok() => {
             names::record_unrouted_request(r.model, r.protocol, r.code, seconds, r.bytes_in as u64)

@@ -130,6 +130,7 @@ pub fn record_status(span: &Span, status: http::StatusCode) {
 /// Health probes and scrapes, which a cluster sends every few seconds: never traced.
 fn is_probe(path: &str) -> bool {
     path.starts_with("/v2/health/")
+        || (path.starts_with("/v1/models") && !path.ends_with(":predict"))
         || path == "/metrics"
         || path.starts_with("/grpc.health.v1.Health/")
         || path == "/inference.GRPCInferenceService/ServerLive"

@@ -88,8 +88,16 @@ pub fn describe() {
     describe_counter!(BATCHES, "Batches executed, by why they ran");
 }
 
-/// Publishes a model's split weights.
-pub fn record_traffic(model: &str, policy: &crate::routing::TrafficPolicy) {
+/// Publishes a model's split weights; versions of the `previous` split that left it go to 0.
+pub fn record_traffic(
+    model: &str,
+    policy: &crate::routing::TrafficPolicy,
+    previous: Option<&crate::routing::TrafficPolicy>,
+) {
+    let gone = previous.into_iter().flat_map(|p| p.split.keys()).filter(|v| !policy.split.contains_key(v));
+    for version in gone {
+        gauge!(TRAFFIC_WEIGHT, "model" => model.to_string(), "version" => version.to_string()).set(0.0);
+    }
     for (version, weight) in &policy.split {
         gauge!(TRAFFIC_WEIGHT, "model" => model.to_string(), "version" => version.to_string()).set(f64::from(*weight));
     }

@@ -18,6 +18,9 @@ use crate::request::{InferRequest, InferResponse};
 use crate::routing::guard::GuardState;
 use crate::routing::{TrafficPolicy, choose, sticky_draw};
 
+/// Rollbacks remembered per model (the newest).
+const MAX_ROLLBACKS_KEPT: usize = 32;
+
 /// Where the policy in force came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicySource {
@@ -137,10 +140,11 @@ impl ModelManager {
         };
         let traffic = Arc::clone(&entry.traffic);
         if traffic.policy.is_latest() {
-            return match entry.latest_ready().cloned() {
-                Some(v) => (Some(v.version), v.infer(request).await),
-                None => (None, Err(super::not_ready(&entry))),
+            let Some(version) = entry.latest_ready().cloned() else {
+                return (None, Err(super::not_ready(&entry)));
             };
+            drop(entry); // hold only the version that serves, so a reload can retire the others
+            return (Some(version.version), version.infer(request).await);
         }
         let ready: Vec<u64> = entry.ready_versions().map(|v| v.version).collect();
         let draw = match &keys.sticky {
@@ -169,7 +173,7 @@ impl ModelManager {
     #[allow(clippy::too_many_arguments)]
     fn watch_canary(
         self: &Arc<Self>,
-        traffic: &Traffic,
+        traffic: &Arc<Traffic>,
         guard: &crate::routing::guard::GuardPolicy,
         ready: &[u64],
         chosen: u64,
@@ -186,8 +190,8 @@ impl ModelManager {
             return;
         }
         drop(state);
-        let (manager, model) = (Arc::clone(self), model.to_string());
-        tokio::spawn(async move { manager.roll_back(&model, chosen, reason).await });
+        let (manager, model, judged) = (Arc::clone(self), model.to_string(), Arc::clone(traffic));
+        tokio::spawn(async move { manager.roll_back(&model, &judged, chosen, reason).await });
     }
 
     /// A copy of `request` for the shadow version, when the policy asks for one, the dice say so, the shadow
@@ -240,7 +244,6 @@ impl ModelManager {
                         entry.versions.keys().collect::<Vec<_>>()
                     )));
                 }
-                self.traffic_overrides.lock().insert(name.to_string(), p.clone());
                 (p, PolicySource::Admin)
             }
             None => {
@@ -250,17 +253,24 @@ impl ModelManager {
             }
         };
         let traffic = Arc::new(Traffic::new(policy, source, entry.traffic.rollbacks.clone()));
+        if source == PolicySource::Admin {
+            self.traffic_overrides.lock().insert(name.to_string(), traffic.policy.clone());
+        }
         self.swap(name, super::ModelEntry { traffic: Arc::clone(&traffic), ..(*entry).clone() });
-        crate::metrics::record_traffic(name, &traffic.policy);
+        crate::metrics::record_traffic(name, &traffic.policy, Some(&entry.traffic.policy));
         tracing::info!(model = name, policy = %traffic.policy, source = source.as_str(), "traffic policy changed");
         Ok(traffic)
     }
 
-    /// Takes a canary's weight to 0 and says why.
-    async fn roll_back(self: Arc<Self>, name: &str, canary: u64, reason: String) {
+    /// Takes a canary's weight to 0 and says why, unless the policy it was judged under has been replaced
+    /// meanwhile (a reload or a new policy starts a fresh judgement).
+    async fn roll_back(self: Arc<Self>, name: &str, judged: &Arc<Traffic>, canary: u64, reason: String) {
         let lock = self.lifecycle_lock(name);
         let _serialized = lock.lock().await;
         let Ok(entry) = self.entry(name) else { return };
+        if !Arc::ptr_eq(&entry.traffic, judged) {
+            return;
+        }
         if entry.traffic.policy.split.get(&canary).is_none_or(|&w| w == 0) {
             return;
         }
@@ -271,10 +281,13 @@ impl ModelManager {
         }
         let mut rollbacks = entry.traffic.rollbacks.clone();
         rollbacks.push(Rollback { version: canary, reason: reason.clone(), at: SystemTime::now() });
+        if rollbacks.len() > MAX_ROLLBACKS_KEPT {
+            rollbacks.drain(..rollbacks.len() - MAX_ROLLBACKS_KEPT);
+        }
         self.traffic_overrides.lock().insert(name.to_string(), policy.clone());
         let traffic = Arc::new(Traffic::new(policy, PolicySource::Rollback, rollbacks));
         self.swap(name, super::ModelEntry { traffic: Arc::clone(&traffic), ..(*entry).clone() });
-        crate::metrics::record_traffic(name, &traffic.policy);
+        crate::metrics::record_traffic(name, &traffic.policy, Some(&entry.traffic.policy));
         crate::metrics::record_rollback(name, canary);
         tracing::warn!(model = name, version = canary, %reason, "canary rolled back: its weight is now 0");
     }
@@ -292,7 +305,7 @@ impl ModelManager {
             return Ok(Arc::new(Traffic::new(p, source, rollbacks)));
         }
         let policy = TrafficPolicy::from_parameters(parameters).map_err(|e| e.to_string())?;
-        crate::metrics::record_traffic(name, &policy);
+        crate::metrics::record_traffic(name, &policy, previous.map(|t| &t.policy));
         Ok(Arc::new(Traffic::new(policy, PolicySource::Config, rollbacks)))
     }
 }

@@ -65,6 +65,8 @@ pub mod keys {
 
 /// Default number of shadow requests in flight per model.
 pub const DEFAULT_SHADOW_BUDGET: usize = 8;
+/// Largest shadow budget a policy may set.
+pub const MAX_SHADOW_BUDGET: usize = 10_000;
 
 impl TrafficPolicy {
     /// The policy a model's config parameters describe (no keys: `latest`).
@@ -102,8 +104,8 @@ impl TrafficPolicy {
             if !(0.0..=1.0).contains(&s.fraction) {
                 return Err(PolicyError(format!("shadow fraction {} is not between 0 and 1", s.fraction)));
             }
-            if s.budget == 0 {
-                return Err(PolicyError("a shadow budget must be at least 1".into()));
+            if s.budget == 0 || s.budget > MAX_SHADOW_BUDGET {
+                return Err(PolicyError(format!("a shadow budget must be from 1 to {MAX_SHADOW_BUDGET}")));
             }
         }
         if let Some(g) = &self.guard {

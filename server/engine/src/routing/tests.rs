@@ -84,6 +84,7 @@ fn bad_policies_are_refused_with_the_reason() {
         (keys::SHADOW, "2:1.5"),
         (keys::SHADOW, "2"),
         (keys::SHADOW, "2:0.1:0"),
+        (keys::SHADOW, "2:0.1:4611686018427387904"),
         (keys::GUARD, "error_rate=2"),
         (keys::GUARD, "p99_ratio=0.5"),
         (keys::GUARD, "colour=blue"),
