@@ -2,10 +2,9 @@
 
 use std::pin::Pin;
 
+use ferroserve_engine::InferError;
 use ferroserve_engine::config::{InstanceKind, ModelConfig as EngineConfig, TensorConfig, VersionPolicy};
-use ferroserve_engine::manager::traffic::RouteKeys;
 use ferroserve_engine::stats::StatsSnapshot;
-use ferroserve_engine::{InferError, ModelManager};
 use ferroserve_proto as pb;
 use ferroserve_proto::grpc_inference_service_server::GrpcInferenceService;
 use futures::Stream;
@@ -152,7 +151,11 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let observed = Observed::start(request.get_ref());
-        let keys = route_keys(&self.state, &request.get_ref().model_name, request.metadata());
+        let metadata = request.metadata();
+        let keys = self
+            .state
+            .manager
+            .route_keys(&request.get_ref().model_name, |h| metadata.get(h).and_then(|v| v.to_str().ok()));
         let decoded = ferroserve_engine::trace_span!("decode").in_scope(|| codec::decode_request(request.into_inner()));
         let (served, result) = match decoded {
             Ok(r) => {
@@ -206,7 +209,8 @@ impl GrpcInferenceService for InferenceService {
                     };
                     let manager = manager.clone();
                     let tx = tx.clone();
-                    let keys = route_keys_from(&manager, &request.model_name, &metadata);
+                    let keys =
+                        manager.route_keys(&request.model_name, |h| metadata.get(h).and_then(|v| v.to_str().ok()));
                     // Each stream request runs in the stream's span (its request id, and its trace when sampled).
                     let span = tracing::Span::current();
                     running.spawn(tracing::Instrument::instrument(
@@ -438,17 +442,4 @@ fn stats_to_proto(name: &str, version: u64, s: &StatsSnapshot) -> pb::ModelStati
             })
             .collect(),
     }
-}
-
-/// The pin and sticky values a model's traffic policy reads from the call's metadata.
-fn route_keys(state: &AppState, model: &str, metadata: &tonic::metadata::MetadataMap) -> RouteKeys {
-    route_keys_from(&state.manager, model, metadata)
-}
-
-fn route_keys_from(manager: &ModelManager, model: &str, metadata: &tonic::metadata::MetadataMap) -> RouteKeys {
-    let (pin, sticky) = manager.route_headers(model);
-    let value = |name: Option<String>| {
-        name.and_then(|n| metadata.get(n.as_str()).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string()))
-    };
-    RouteKeys { pin: value(pin), sticky: value(sticky) }
 }

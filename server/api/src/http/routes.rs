@@ -5,7 +5,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ferroserve_engine::manager::traffic::RouteKeys;
 use ferroserve_engine::{IndexState, InferError};
 use serde_json::{Value, json};
 
@@ -185,7 +184,7 @@ async fn decode_route_encode(
     }
     let (request, format) = codec::decode_request(model, version, &json, binary)?;
     drop(decoding);
-    let keys = route_keys(state, model, headers);
+    let keys = state.manager.route_keys(model, |h| headers.get(h).and_then(|v| v.to_str().ok()));
     let (version, answer) = state.manager.infer_routed(request, keys).await;
     *served = version;
     let response = answer?;
@@ -311,13 +310,4 @@ pub(crate) async fn no_shared_memory() -> ApiError {
 
 pub(crate) async fn not_found() -> ApiError {
     ApiError(InferError::NotFound("no such endpoint".into()))
-}
-
-/// The pin and sticky header values the model's traffic policy reads, if it reads any.
-pub(super) fn route_keys(state: &AppState, model: &str, headers: &HeaderMap) -> RouteKeys {
-    let (pin, sticky) = state.manager.route_headers(model);
-    let value = |name: Option<String>| {
-        name.and_then(|n| headers.get(n.as_str()).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string()))
-    };
-    RouteKeys { pin: value(pin), sticky: value(sticky) }
 }

@@ -61,7 +61,8 @@ pub(crate) async fn post(
         outputs: Vec::new(),
     };
     // Inputs are read with the newest version's signature; the model's traffic policy then picks the version.
-    let (_, answer) = state.manager.infer_routed(request, super::routes::route_keys(&state, model, &headers)).await;
+    let keys = state.manager.route_keys(model, |h| headers.get(h).and_then(|v| v.to_str().ok()));
+    let (_, answer) = state.manager.infer_routed(request, keys).await;
     let response = answer?;
     let outputs: Vec<(String, Value)> = response.outputs.iter().map(|o| (o.name.clone(), nested(&o.tensor))).collect();
     let predictions = match outputs.as_slice() {

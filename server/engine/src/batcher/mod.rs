@@ -78,6 +78,8 @@ struct Shared {
     /// Requests waiting, for `/metrics` (set whenever the queue changes).
     depth: metrics::Gauge,
     queue: Mutex<Queue>,
+    /// The latest batch execution time in nanoseconds not yet given to the state (0 = none).
+    last_execution_ns: std::sync::atomic::AtomicU64,
     /// Instances with nothing ready to run sleep here.
     work: Condvar,
 }
@@ -102,7 +104,16 @@ impl Batcher {
     /// As [`Batcher::new`], keeping `depth` set to the number of queued requests.
     pub fn observed(label: String, policy: BatchPolicy, depth: metrics::Gauge) -> Self {
         let queue = Queue { state: BatchState::new(policy), idle: 0, closed: false, next_ticket: 1 };
-        Batcher { shared: Arc::new(Shared { label, depth, queue: Mutex::new(queue), work: Condvar::new() }) }
+        let last_execution_ns = std::sync::atomic::AtomicU64::new(0);
+        Batcher {
+            shared: Arc::new(Shared {
+                label,
+                depth,
+                queue: Mutex::new(queue),
+                last_execution_ns,
+                work: Condvar::new(),
+            }),
+        }
     }
 
     /// Queues a request, or refuses it at once: `Overloaded` when the queue is full, `NotReady` once closed.
@@ -142,6 +153,10 @@ impl Batcher {
     /// runtime). `None` once the queue is closed and drained: the instance should exit.
     pub fn take(&self) -> Option<(Batch, RunReason)> {
         let mut queue = self.shared.queue.lock();
+        let executed = self.shared.last_execution_ns.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if executed > 0 {
+            queue.state.record_execution(std::time::Duration::from_nanos(executed));
+        }
         let mut spins = 0;
         loop {
             let now = Instant::now();
@@ -186,9 +201,11 @@ impl Batcher {
         }
     }
 
-    /// Tells the adaptive window how long a batch took to execute.
+    /// Tells the adaptive window how long a batch took to execute. Left for the next [`Batcher::take`] to hand
+    /// over under the lock it takes anyway, so an execution costs no extra lock.
     pub fn record_execution(&self, took: std::time::Duration) {
-        self.shared.queue.lock().state.record_execution(took);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.shared.last_execution_ns.store(nanos, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Refuses new requests and wakes every instance so they drain the queue and exit.

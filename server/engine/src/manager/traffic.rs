@@ -109,12 +109,13 @@ pub struct RouteKeys {
 }
 
 impl ModelManager {
-    /// The header names a model's policy reads (pin, sticky), so the API looks up only those.
-    pub fn route_headers(&self, name: &str) -> (Option<String>, Option<String>) {
-        match self.models.read().get(name) {
-            Some(e) => (e.traffic.policy.pin_header.clone(), e.traffic.policy.sticky_header.clone()),
-            None => (None, None),
-        }
+    /// The pin and sticky values of one request, read through `header` (HTTP headers or gRPC metadata) for
+    /// the header names the model's policy uses; nothing is read for a model that uses none.
+    pub fn route_keys<'h>(&self, name: &str, header: impl Fn(&str) -> Option<&'h str>) -> RouteKeys {
+        let models = self.models.read();
+        let Some(policy) = models.get(name).map(|e| &e.traffic.policy) else { return RouteKeys::default() };
+        let read = |h: &Option<String>| h.as_deref().and_then(&header).map(|v| v.trim().to_string());
+        RouteKeys { pin: read(&policy.pin_header), sticky: read(&policy.sticky_header) }
     }
 
     /// Runs one request: a named version (URL, gRPC field or pin header) serves it; otherwise the model's
