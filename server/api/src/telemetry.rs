@@ -58,13 +58,18 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let logs = match config.log_format {
-        LogFormat::Json => text.json().with_filter(filter).boxed(),
-        LogFormat::Text => text.with_filter(filter).boxed(),
+        LogFormat::Json => text.json().boxed(),
+        LogFormat::Text => text.boxed(),
     };
+    // The level filter is global (not per layer): disabled call sites, such as the HTTP/2 stack's many trace
+    // events, are then switched off once and cost nothing per request.
     let Some(exporter) = exporter(config)? else {
-        tracing_subscriber::registry().with(logs).try_init()?;
+        tracing_subscriber::registry().with(filter).with(logs).try_init()?;
         return Ok(Telemetry::default());
     };
+    // With export on, the sampled requests' spans pass the global filter at any level; only the exporter's
+    // layer keeps them (the logs show them only as the context of log lines).
+    let filter = filter.add_directive(format!("{}=trace", ferroserve_engine::trace::TARGET).parse()?);
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name()).build();
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
     let traces = tracing_opentelemetry::layer()
@@ -78,7 +83,7 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
             tracing_subscriber::filter::Targets::new()
                 .with_target(ferroserve_engine::trace::TARGET, tracing::Level::TRACE),
         );
-    tracing_subscriber::registry().with(logs).with(traces).try_init()?;
+    tracing_subscriber::registry().with(filter).with(logs).with(traces).try_init()?;
     let ratio = sample_ratio(config);
     let _ = SAMPLING.set(Sampling { ratio, propagator: TraceContextPropagator::new() });
     ferroserve_engine::trace::enable();
