@@ -12,6 +12,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import yaml
 
@@ -46,6 +47,23 @@ def test_inference_services_use_the_runtime_and_a_format_it_declares():
         model = svc["spec"]["predictor"]["model"]
         assert model["runtime"] == rt["metadata"]["name"]
         assert model["modelFormat"]["name"] in formats
+
+
+def http_port_argument(container):
+    return next(int(a.split("=", 1)[1]) for a in container["args"] if a.startswith("--http_port="))
+
+
+def test_one_port_named_h2c_carries_both_protocols():
+    """Knative allows one container port; named h2c, it carries gRPC as well as REST (to ferroserve's HTTP port)."""
+    container = runtime()["spec"]["containers"][0]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("h2c", http_port_argument(container))]
+    assert "grpc-v2" in runtime()["spec"]["protocolVersions"]
+    assert container["readinessProbe"]["httpGet"]["port"] == http_port_argument(container)
+    declaring = [d for d in manifests() if d["kind"] == "InferenceService" and d["spec"]["predictor"]["model"].get("ports")]
+    assert declaring, "an example InferenceService spells the one port out"
+    for svc in declaring:
+        ports = svc["spec"]["predictor"]["model"]["ports"]
+        assert [(p["name"], p["containerPort"]) for p in ports] == [("h2c", http_port_argument(container))], svc
 
 
 def test_the_runtime_container_starts_as_kserve_starts_it():
@@ -90,6 +108,12 @@ def test_the_runtime_container_starts_as_kserve_starts_it():
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}{annotations['prometheus.kserve.io/path']}") as r:
             assert b"ferroserve_requests_total" in r.read()
         client.close()
+        # gRPC on the same (h2c) port, as Knative forwards it.
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+        inp = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+        inp.set_data_from_numpy(np.ones((1, 16), dtype=np.float32))
+        assert grpc.infer("mlp-isvc", [inp]).as_numpy("OUTPUT0").shape == (1, 4)
+        grpc.close()
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=60)

@@ -1,4 +1,5 @@
-"""The KServe Python SDK against ferroserve: InferenceRESTClient (v1 and v2) and InferenceGRPCClient.
+"""The KServe Python SDK against ferroserve: InferenceRESTClient (v1 and v2) and InferenceGRPCClient, the
+latter on the gRPC port and on the HTTP port (which serves gRPC too).
 
 Runs in its own pytest process: the SDK's gRPC stubs and tritonclient's register the same proto package.
 """
@@ -73,11 +74,17 @@ def test_rest_error_status(server):
     assert err.value.response.status_code == 400
 
 
-def test_grpc(server, reference):
+def grpc_address(server, port):
+    """The gRPC port, or the HTTP port, which serves the same gRPC service (one Knative port for both)."""
+    return server.grpc_addr if port == "grpc" else server.http_addr
+
+
+@pytest.mark.parametrize("port", ["grpc", "http"])
+def test_grpc(server, reference, port):
     x = np.random.default_rng(5).standard_normal((2, 16)).astype(np.float32)
 
     async def go():
-        client = InferenceGRPCClient(server.grpc_addr, retries=2)
+        client = InferenceGRPCClient(grpc_address(server, port), retries=2)
         try:
             assert await client.is_server_ready()
             assert await client.is_model_ready("mlp")
@@ -89,9 +96,10 @@ def test_grpc(server, reference):
     np.testing.assert_allclose(response.outputs[0].as_numpy(), mlp_numpy(reference["mlp"], x), rtol=1e-5, atol=1e-5)
 
 
-def test_grpc_bytes(server):
+@pytest.mark.parametrize("port", ["grpc", "http"])
+def test_grpc_bytes(server, port):
     async def go():
-        client = InferenceGRPCClient(server.grpc_addr, retries=2)
+        client = InferenceGRPCClient(grpc_address(server, port), retries=2)
         try:
             inp = InferInput(name="TEXT", shape=[2], datatype="BYTES")
             inp.set_data_from_numpy(np.array([b"kserve", b"sdk"], dtype=np.object_))

@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: flags and environment;
 //! - [`http`], [`grpc`]: the two transports, each mapping [`ferroserve_engine::InferError`] exactly once;
+//! - [`shared_port`]: the HTTP port serves the gRPC service too (one Knative port for both protocols);
 //! - [`json_data`], [`raw`]: tensor codecs shared by the transports;
 //! - [`shutdown`]: signal handling and the drain sequence.
 
@@ -14,6 +15,7 @@ mod load_parameters;
 pub mod metrics;
 pub mod raw;
 pub mod request_id;
+pub mod shared_port;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
@@ -131,8 +133,6 @@ pub async fn run(
     tracing::info!(http = %addrs.http, grpc = %addrs.grpc, "listening");
     on_bound(addrs);
 
-    let health_service = grpc::health::health_server(manager.clone());
-
     // Load models in the background (the server is live meanwhile); readiness turns true when done. A
     // repository that cannot be read at start-up ends the process (as Triton does), except in poll mode, where
     // the server stays live, not ready, and polling loads the models once the repository can be read.
@@ -175,25 +175,23 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
-    let http_app = http::router(state.clone(), config.max_message_bytes);
+    // One gRPC service, mounted on both ports.
+    let grpc_routes = grpc::routes(state.clone(), config.max_message_bytes);
+    let http_app = shared_port::SharedPort::new(http::router(state, config.max_message_bytes), grpc_routes.clone());
     let http_stop = shutdown::wait_for(stop_rx.clone());
     let http_server = async move {
         use axum::serve::ListenerExt;
         let listener = http_listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, http_app).with_graceful_shutdown(http_stop).await
+        let app = axum::ServiceExt::<::http::Request<axum::body::Body>>::into_make_service(http_app);
+        axum::serve(listener, app).with_graceful_shutdown(http_stop).await
     };
 
     let grpc_stop = shutdown::wait_for(stop_rx.clone());
     let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let grpc_server = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(grpc::status::oversized_request_as_resource_exhausted))
-        .layer(request_id::RequestIdLayer)
-        .add_service(health_service)
-        .add_service(grpc::traffic_server(state.clone()))
-        .add_service(grpc::inference_server(state, config.max_message_bytes))
-        .serve_with_incoming_shutdown(incoming, grpc_stop);
+    let grpc_server =
+        tonic::transport::Server::builder().add_routes(grpc_routes).serve_with_incoming_shutdown(incoming, grpc_stop);
 
     let servers = async {
         tokio::try_join!(async { http_server.await.context("HTTP server failed") }, async {

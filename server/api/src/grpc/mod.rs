@@ -2,6 +2,7 @@
 //! `ferroserve.traffic.v1.TrafficControl`.
 
 pub mod codec;
+pub mod deadline;
 pub mod health;
 mod service;
 pub mod status;
@@ -13,6 +14,22 @@ pub use traffic::{TrafficService, traffic_server};
 use ferroserve_proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 
 use crate::state::AppState;
+
+/// Every gRPC service this server offers (inference, health, traffic control) with the layers every gRPC
+/// call passes through, as one routable service. The dedicated gRPC port and the HTTP port (for requests
+/// whose content-type is `application/grpc`) both serve clones of this one value, so limits, deadlines,
+/// request ids, errors and metrics are the same whichever port a call came in on.
+pub fn routes(state: AppState, max_message_bytes: usize) -> tonic::service::Routes {
+    let router = tonic::service::Routes::new(health::health_server(state.manager.clone()))
+        .add_service(traffic_server(state.clone()))
+        .add_service(inference_server(state, max_message_bytes))
+        .prepare()
+        .into_axum_router()
+        .layer(deadline::DeadlineLayer)
+        .layer(crate::request_id::RequestIdLayer)
+        .layer(tower::util::MapResponseLayer::new(status::oversized_request_as_resource_exhausted::<axum::body::Body>));
+    tonic::service::Routes::from(router)
+}
 
 /// The inference service with message limits of `max_message_bytes` in both directions. Requests may be
 /// gzip- or deflate-compressed (tritonclient's `compression_algorithm`). Replies are never compressed: gRPC
