@@ -3,6 +3,7 @@
 #   binaries (ferroserve, ferroserve-bench, ort_throughput).
 # start_server REPO [ARGS...]: starts a release ferroserve on free loopback ports, waits until it is ready,
 #   and sets $server (pid), $http and $grpc (host:port). The caller's EXIT trap should kill $server.
+#   $SERVER_BIN, when set, is the binary to start instead of target/release/ferroserve (a baseline build).
 build_release() {
   scripts/setup
   export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort-lib)}"
@@ -13,7 +14,7 @@ start_server() {
   local repo=$1 out
   shift
   out=$(mktemp)
-  target/release/ferroserve --host 127.0.0.1 --http_port 0 --grpc_port 0 --model-repository "$repo" "$@" \
+  "${SERVER_BIN:-target/release/ferroserve}" --host 127.0.0.1 --http_port 0 --grpc_port 0 --model-repository "$repo" "$@" \
     > "$out" 2> "$out.log" &
   server=$!
   for _ in $(seq 100); do grep -q listening "$out" 2>/dev/null && break; sleep 0.1; done

@@ -110,6 +110,15 @@ pub struct Config {
     #[arg(long = "max-message-bytes", env = "FERROSERVE_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Bearer token the admin endpoints (model load/unload, traffic changes; HTTP and gRPC) require as
+    /// `Authorization: Bearer <token>`. Without it (and without --disable-admin-api) they are open to anyone.
+    #[arg(long = "admin-token", env = "FERROSERVE_ADMIN_TOKEN", value_parser = parse_admin_token, hide_env_values = true)]
+    pub admin_token: Option<AdminToken>,
+
+    /// Refuse every admin call (model load/unload, traffic changes) with 403 / PERMISSION_DENIED.
+    #[arg(long = "disable-admin-api", env = "FERROSERVE_DISABLE_ADMIN_API", conflicts_with = "admin_token")]
+    pub disable_admin_api: bool,
+
     /// Largest JSON part of an HTTP request, in bytes (JSON tensor data takes far more memory than binary).
     #[arg(long = "max-json-bytes", env = "FERROSERVE_MAX_JSON_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_json_bytes: usize,
@@ -205,6 +214,24 @@ pub enum ModelSources {
     },
 }
 
+/// `--admin-token`: a secret, so its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// A token is at least 8 visible ASCII characters: an empty or blank one would let everyone in.
+fn parse_admin_token(value: &str) -> Result<AdminToken, String> {
+    if value.len() < 8 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the admin token must be at least 8 visible ASCII characters (no spaces)".into());
+    }
+    Ok(AdminToken(value.to_string()))
+}
+
 /// Where KServe's storage initializer puts a model.
 const KSERVE_MODEL_DIR: &str = "/mnt/models";
 
@@ -266,6 +293,16 @@ impl Config {
         options.part_size = self.download_part_bytes.max(1);
         options.max_retries = self.storage_retries;
         options
+    }
+
+    /// Who may call the admin endpoints.
+    pub fn admin_policy(&self) -> crate::admin::AdminPolicy {
+        use crate::admin::AdminPolicy;
+        match (&self.admin_token, self.disable_admin_api) {
+            (_, true) => AdminPolicy::Disabled,
+            (Some(token), false) => AdminPolicy::Token(token.0.as_bytes().to_vec()),
+            (None, false) => AdminPolicy::Open,
+        }
     }
 
     /// Engine defaults from the flags.

@@ -7,6 +7,7 @@
 //! - [`json_data`], [`raw`]: tensor codecs shared by the transports;
 //! - [`shutdown`]: signal handling and the drain sequence.
 
+pub mod admin;
 pub mod config;
 pub mod grpc;
 pub mod http;
@@ -99,6 +100,7 @@ pub async fn run(
         manager: manager.clone(),
         max_json_bytes: config.max_json_bytes,
         stopping: stop_rx.clone(),
+        admin: Arc::new(config.admin_policy()),
         metrics: if config.allow_metrics { metrics::install() } else { None },
     };
 

@@ -23,6 +23,8 @@ pub struct AppState {
     pub max_json_bytes: usize,
     /// Turns true when the server stops accepting work; long-lived streams end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Who may call the admin endpoints (model load/unload, traffic changes).
+    pub admin: Arc<crate::admin::AdminPolicy>,
     /// The Prometheus exporter behind `/metrics` (`None`: no recorder could be installed).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }

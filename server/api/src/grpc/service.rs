@@ -297,6 +297,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        crate::admin::check_grpc(&self.state, &request)?;
         let request = request.into_inner();
         let config = load_parameters::from_grpc(&request.parameters).map_err(to_status)?;
         self.state.manager.request_load(&request.model_name, config).await.map_err(to_status)?;
@@ -307,6 +308,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        crate::admin::check_grpc(&self.state, &request)?;
         self.state.manager.request_unload(&request.into_inner().model_name).await.map_err(to_status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }

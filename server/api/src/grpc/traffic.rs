@@ -29,6 +29,7 @@ impl TrafficControl for TrafficService {
     }
 
     async fn set_traffic(&self, request: Request<pb::SetTrafficRequest>) -> Result<Response<pb::TrafficState>, Status> {
+        crate::admin::check_grpc(&self.state, &request)?;
         let r = request.into_inner();
         crate::traffic::set(&self.state, &r.model, r.policy_json.as_bytes()).await.map(answer).map_err(to_status)
     }
@@ -37,6 +38,7 @@ impl TrafficControl for TrafficService {
         &self,
         request: Request<pb::ResetTrafficRequest>,
     ) -> Result<Response<pb::TrafficState>, Status> {
+        crate::admin::check_grpc(&self.state, &request)?;
         crate::traffic::reset(&self.state, &request.get_ref().model).await.map(answer).map_err(to_status)
     }
 }

@@ -117,7 +117,7 @@ mod tests {
             Arc::new(ModelManager::new(repository, Vec::new(), EngineOptions::default(), ModelControlMode::None));
         manager.start(StartupModels::All).await.unwrap();
         let (_tx, stopping) = tokio::sync::watch::channel(false);
-        router(AppState { manager, max_json_bytes: 1024, stopping, metrics: None }, 4096)
+        router(AppState { manager, max_json_bytes: 1024, stopping, admin: Default::default(), metrics: None }, 4096)
     }
 
     async fn call(method: &str, uri: &str, body: &'static str) -> (StatusCode, serde_json::Value) {

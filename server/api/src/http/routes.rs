@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::codec::{self, HEADER_LENGTH};
 use super::error::ApiError;
 use super::views;
+use crate::admin::AdminAccess;
 use crate::load_parameters;
 use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 
@@ -262,6 +263,7 @@ pub(crate) async fn repository_index(State(state): State<AppState>, body: Bytes)
 /// `POST /v2/repository/models/{m}/load`: (re)loads a model from the repository; the body may carry Triton's
 /// `{"parameters": {"config": "<model config JSON>"}}` override.
 pub(crate) async fn repository_load(
+    _: AdminAccess,
     State(state): State<AppState>,
     Path(model): Path<String>,
     body: Bytes,
@@ -273,6 +275,7 @@ pub(crate) async fn repository_load(
 
 /// `POST /v2/repository/models/{m}/unload`.
 pub(crate) async fn repository_unload(
+    _: AdminAccess,
     State(state): State<AppState>,
     Path(model): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -287,6 +290,7 @@ pub(crate) async fn traffic_get(State(state): State<AppState>, Path(model): Path
 
 /// `PUT /v2/models/{m}/traffic`: replaces it.
 pub(crate) async fn traffic_put(
+    _: AdminAccess,
     State(state): State<AppState>,
     Path(model): Path<String>,
     body: Bytes,
@@ -295,7 +299,11 @@ pub(crate) async fn traffic_put(
 }
 
 /// `DELETE /v2/models/{m}/traffic`: back to the config's policy.
-pub(crate) async fn traffic_reset(State(state): State<AppState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+pub(crate) async fn traffic_reset(
+    _: AdminAccess,
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(crate::traffic::reset(&state, &model).await?))
 }
 

@@ -132,6 +132,7 @@ impl ModelManager {
         config: Option<(ModelConfig, String)>,
     ) -> Result<(), InferError> {
         self.require_explicit("load")?;
+        check_model_name(name)?;
         // In a task of its own: a caller that goes away (a client timeout) must not stop a lifecycle step
         // half-way and leave the model `Loading` for good.
         let (manager, name) = (Arc::clone(self), name.to_string());
@@ -147,6 +148,7 @@ impl ModelManager {
     /// The repository API's unload: only in explicit mode (as in Triton).
     pub async fn request_unload(self: &Arc<Self>, name: &str) -> Result<(), InferError> {
         self.require_explicit("unload")?;
+        check_model_name(name)?;
         let (manager, name) = (Arc::clone(self), name.to_string());
         tokio::spawn(async move {
             let result = manager.unload_model(&name).await;
@@ -455,5 +457,43 @@ impl ModelManager {
             let _ = self.unload_model(&name).await;
         }
         self.load_many(to_load).await;
+    }
+}
+
+/// A name the repository API accepts: one directory name of a repository, so no name can reach outside the
+/// repository or into the download cache (empty, `.`, `..`, separators and control characters are refused, as
+/// are names longer than a file name may be). Names are only ever matched against a listing too; this makes the
+/// refusal a clear 400 instead of a "not found".
+pub(crate) fn check_model_name(name: &str) -> Result<(), InferError> {
+    let bad = name.is_empty()
+        || name.len() > 255
+        || name == "."
+        || name == ".."
+        || name.chars().any(|c| c == '/' || c == '\\' || c.is_control());
+    if bad {
+        let shown: String = name.chars().take(64).collect();
+        return Err(InferError::invalid(format!(
+            "`{}` is not a model name: one directory name of the repository, without `/`, `\\` or control \
+             characters, not `.` or `..`, at most 255 bytes",
+            shown.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::check_model_name;
+
+    #[test]
+    fn names_that_could_leave_the_repository_are_refused() {
+        for good in ["mlp", "my-model_v2", "a.b", "模型", "..x"] {
+            assert!(check_model_name(good).is_ok(), "{good}");
+        }
+        let long = "x".repeat(256);
+        for bad in ["", ".", "..", "../etc", "a/b", "a\\b", "/abs", "a\0b", "a\nb", long.as_str()] {
+            let e = check_model_name(bad).unwrap_err().to_string();
+            assert!(e.contains("not a model name"), "{bad:?}: {e}");
+        }
     }
 }
