@@ -110,6 +110,17 @@ pub struct Config {
     #[arg(long = "max-message-bytes", env = "FERROSERVE_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Memory that requests in flight may hold, in bytes, across all models and both protocols (0 = no
+    /// limit). Each request is charged its body (JSON tensor data 8 times over: it expands when decoded) before
+    /// it is read; past the budget, requests get 429 / RESOURCE_EXHAUSTED at once.
+    #[arg(long = "max-inflight-bytes", env = "FERROSERVE_MAX_INFLIGHT_BYTES", default_value_t = 1 << 30)]
+    pub max_inflight_bytes: usize,
+
+    /// Longest an inference request may take, queue and execution together, in seconds (0 = no limit; a
+    /// model's queue timeout and a gRPC caller's deadline still apply): past it, 504 / DEADLINE_EXCEEDED.
+    #[arg(long = "request-timeout-secs", env = "FERROSERVE_REQUEST_TIMEOUT_SECS", default_value_t = 0)]
+    pub request_timeout_secs: u64,
+
     /// Bearer token the admin endpoints (model load/unload, traffic changes; HTTP and gRPC) require as
     /// `Authorization: Bearer <token>`. Without it (and without --disable-admin-api) they are open to anyone.
     #[arg(long = "admin-token", env = "FERROSERVE_ADMIN_TOKEN", value_parser = parse_admin_token, hide_env_values = true)]

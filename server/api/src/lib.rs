@@ -8,6 +8,7 @@
 //! - [`shutdown`]: signal handling and the drain sequence.
 
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod grpc;
 pub mod http;
@@ -101,6 +102,8 @@ pub async fn run(
         max_json_bytes: config.max_json_bytes,
         stopping: stop_rx.clone(),
         admin: Arc::new(config.admin_policy()),
+        budget: admission::MemoryBudget::new(config.max_inflight_bytes),
+        request_timeout: (config.request_timeout_secs > 0).then(|| Duration::from_secs(config.request_timeout_secs)),
         metrics: if config.allow_metrics { metrics::install() } else { None },
     };
 

@@ -23,6 +23,10 @@ pub struct AppState {
     pub max_json_bytes: usize,
     /// Turns true when the server stops accepting work; long-lived streams end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Memory held by requests in flight, across both protocols (`--max-inflight-bytes`).
+    pub budget: Arc<crate::admission::MemoryBudget>,
+    /// Longest an inference request may take (`--request-timeout-secs`), if limited.
+    pub request_timeout: Option<std::time::Duration>,
     /// Who may call the admin endpoints (model load/unload, traffic changes).
     pub admin: Arc<crate::admin::AdminPolicy>,
     /// The Prometheus exporter behind `/metrics` (`None`: no recorder could be installed).

@@ -3,8 +3,19 @@
 //! It produces an untyped tree ([`Node`]); [`crate::config`] maps the fields it knows onto typed structs.
 //! Supported: `name: value`, `name { ... }`, `name: { ... }`, lists `[a, b]`, repeated fields, `#` comments,
 //! single- or double-quoted strings with escapes, and optional `,`/`;` separators.
+//!
+//! Input is untrusted (a repository anyone with write access fills, or a load request's override), so the
+//! parser bounds it: at most [`MAX_INPUT_BYTES`] of text and [`MAX_DEPTH`] levels of `{`/`<`/`[` nesting (the
+//! parser recurses once per level, so an unbounded depth would overflow the stack). Real Triton configs are a
+//! few KiB and nest about 6 levels.
 
 use std::fmt;
+
+/// The deepest nesting of messages and lists (`{`, `<`, `[`) a document may have; the document itself is level 0.
+pub const MAX_DEPTH: usize = 64;
+
+/// The largest document [`parse`] accepts, in bytes of UTF-8 text (1 MiB).
+pub const MAX_INPUT_BYTES: usize = 1 << 20;
 
 /// A parsed text-format value.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,8 +46,21 @@ impl fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 /// Parses a whole document as the fields of one message.
+///
+/// Fails on a syntax error, on text longer than [`MAX_INPUT_BYTES`], or on nesting deeper than [`MAX_DEPTH`].
 pub fn parse(text: &str) -> Result<Node, ParseError> {
-    let mut parser = Parser { chars: text.chars().collect(), pos: 0, line: 1 };
+    if text.len() > MAX_INPUT_BYTES {
+        // The line where the limit falls, so an editor can find it.
+        let line = text.as_bytes()[..MAX_INPUT_BYTES].iter().filter(|&&b| b == b'\n').count() + 1;
+        return Err(ParseError {
+            line,
+            message: format!(
+                "text is {} bytes, over the limit of {MAX_INPUT_BYTES} bytes (1 MiB); the limit is reached on this line",
+                text.len()
+            ),
+        });
+    }
+    let mut parser = Parser { chars: text.chars().collect(), pos: 0, line: 1, depth: 0 };
     let fields = parser.fields(None)?;
     Ok(Node::Message(fields))
 }
@@ -83,11 +107,31 @@ struct Parser {
     chars: Vec<char>,
     pos: usize,
     line: usize,
+    /// How many `{`/`<`/`[` enclose the current position.
+    depth: usize,
 }
 
 impl Parser {
     fn error<T>(&self, message: impl Into<String>) -> Result<T, ParseError> {
         Err(ParseError { line: self.line, message: message.into() })
+    }
+
+    /// 1-based column of the current position (in characters), for errors on long lines.
+    fn column(&self) -> usize {
+        let line_start = self.chars[..self.pos].iter().rposition(|&c| c == '\n').map_or(0, |i| i + 1);
+        self.pos - line_start + 1
+    }
+
+    /// Enters the `{`/`<`/`[` at the current position, or fails if that would nest deeper than [`MAX_DEPTH`].
+    fn open(&mut self, open: char) -> Result<(), ParseError> {
+        if self.depth >= MAX_DEPTH {
+            let column = self.column();
+            return self
+                .error(format!("`{open}` at column {column} nests deeper than the limit of {MAX_DEPTH} levels"));
+        }
+        self.depth += 1;
+        self.pos += 1;
+        Ok(())
     }
 
     fn skip_space(&mut self) {
@@ -158,20 +202,25 @@ impl Parser {
     fn value(&mut self) -> Result<Node, ParseError> {
         match self.peek() {
             Some('{') => {
-                self.pos += 1;
-                Ok(Node::Message(self.fields(Some('}'))?))
+                self.open('{')?;
+                let fields = self.fields(Some('}'))?;
+                self.depth -= 1;
+                Ok(Node::Message(fields))
             }
             Some('<') => {
-                self.pos += 1;
-                Ok(Node::Message(self.fields(Some('>'))?))
+                self.open('<')?;
+                let fields = self.fields(Some('>'))?;
+                self.depth -= 1;
+                Ok(Node::Message(fields))
             }
             Some('[') => {
-                self.pos += 1;
+                self.open('[')?;
                 let mut items = Vec::new();
                 loop {
                     match self.peek() {
                         Some(']') => {
                             self.pos += 1;
+                            self.depth -= 1;
                             return Ok(Node::List(items));
                         }
                         Some(',') => self.pos += 1,
@@ -252,5 +301,65 @@ mod tests {
         assert_eq!(err.line, 2);
         assert!(parse("input { name: \"x\"").is_err());
         assert!(parse("name: \"unterminated").is_err());
+    }
+
+    /// `depth` nested `a {`, closed again.
+    fn nested(depth: usize) -> String {
+        format!("{}{}", "a {".repeat(depth), "}".repeat(depth))
+    }
+
+    #[test]
+    fn nesting_at_the_limit_parses() {
+        let mut doc = parse(&nested(MAX_DEPTH)).unwrap();
+        for _ in 0..MAX_DEPTH {
+            doc = doc.get("a").unwrap().clone();
+        }
+        assert_eq!(doc, Node::Message(Vec::new()));
+        // Lists and `<...>` count the same, and levels closed earlier are given back.
+        let lists = format!("a: {}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(parse(&lists).is_ok());
+        let angles = format!("{}{}", "a <".repeat(MAX_DEPTH), ">".repeat(MAX_DEPTH));
+        assert!(parse(&angles).is_ok());
+        let siblings = format!("{} {}", nested(MAX_DEPTH), nested(MAX_DEPTH));
+        assert!(parse(&siblings).is_ok());
+    }
+
+    #[test]
+    fn nesting_past_the_limit_fails_with_its_position() {
+        let err = parse(&nested(MAX_DEPTH + 1)).unwrap_err();
+        assert_eq!(err.line, 1);
+        // The 65th `{` is the last character of the 65th `a {`.
+        let column = 3 * (MAX_DEPTH + 1);
+        assert_eq!(err.message, format!("`{{` at column {column} nests deeper than the limit of 64 levels"));
+
+        let lists = format!("x: 1\na: {}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        let err = parse(&lists).unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(err.message.starts_with(&format!("`[` at column {} nests deeper", 4 + MAX_DEPTH)), "{err}");
+        assert!(err.to_string().contains("limit of 64 levels"), "{err}");
+    }
+
+    #[test]
+    fn very_deep_nesting_fails_without_overflowing_the_stack() {
+        for text in [
+            "a {".repeat(100_000),
+            format!("a: {}", "[".repeat(100_000)),
+            format!("a: {}", "{ b: [".repeat(50_000)),
+            "a <".repeat(100_000),
+        ] {
+            let err = parse(&text).unwrap_err();
+            assert!(err.message.contains("nests deeper than the limit of 64 levels"), "{err}");
+        }
+    }
+
+    #[test]
+    fn oversize_input_fails() {
+        let at_limit = format!("a: 1{}", " ".repeat(MAX_INPUT_BYTES - 4));
+        assert!(parse(&at_limit).is_ok());
+        let over = format!("a: 1\nb: 2\n{}", " ".repeat(MAX_INPUT_BYTES));
+        let err = parse(&over).unwrap_err();
+        assert_eq!(err.line, 3);
+        assert!(err.message.contains(&format!("{} bytes", over.len())), "{err}");
+        assert!(err.message.contains("over the limit of 1048576 bytes (1 MiB)"), "{err}");
     }
 }

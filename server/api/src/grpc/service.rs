@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::codec;
 use super::status::{self, code_name, code_of, to_status};
-use crate::load_parameters;
 use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
+use crate::{admission, load_parameters};
 
 /// The gRPC service; cheap to clone.
 #[derive(Clone, Debug)]
@@ -29,7 +29,9 @@ impl InferenceService {
     }
 }
 
-/// Protobuf sends "not given" as an empty string.
+/// Requests of one `ModelStreamInfer` stream that may run at once; the stream is not read past it.
+const MAX_IN_FLIGHT_PER_STREAM: usize = 128;
+
 /// What the request metrics need of one gRPC inference, taken before the request is consumed.
 struct Observed {
     start: std::time::Instant,
@@ -151,18 +153,29 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let observed = Observed::start(request.get_ref());
+        // Charged before decoding, held until the answer is built; a refusal is recorded like any error.
+        let charge = self.state.budget.reserve(admission::grpc_cost(observed.bytes_in));
         let metadata = request.metadata();
         let keys = self
             .state
             .manager
             .route_keys(&request.get_ref().model_name, |h| metadata.get(h).and_then(|v| v.to_str().ok()));
-        let decoded = ferroserve_engine::trace_span!("decode").in_scope(|| codec::decode_request(request.into_inner()));
+        let decoded = charge.and_then(|charge| {
+            ferroserve_engine::trace_span!("decode")
+                .in_scope(|| codec::decode_request(request.into_inner()))
+                .map(|r| (charge, r))
+        });
         let (served, result) = match decoded {
-            Ok(r) => {
-                let (served, answer) = self.state.manager.infer_routed(r, keys).await;
-                let encoded =
-                    answer.map(|r| ferroserve_engine::trace_span!("encode").in_scope(|| codec::encode_response(r)));
-                (served, encoded)
+            Ok((_charge, r)) => {
+                let routed = self.state.manager.infer_routed(r, keys);
+                match admission::within_request_timeout(self.state.request_timeout, routed).await {
+                    Ok((served, answer)) => {
+                        let encoded = answer
+                            .map(|r| ferroserve_engine::trace_span!("encode").in_scope(|| codec::encode_response(r)));
+                        (served, encoded)
+                    }
+                    Err(timeout) => (None, Err(timeout)),
+                }
             }
             Err(e) => (None, Err(e)),
         };
@@ -180,6 +193,8 @@ impl GrpcInferenceService for InferenceService {
         let metadata = request.metadata().clone();
         let mut incoming = request.into_inner();
         let manager = self.state.manager.clone();
+        let budget = self.state.budget.clone();
+        let request_timeout = self.state.request_timeout;
         let mut stopping = self.state.stopping.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ModelStreamInferResponse, Status>>(64);
         let stream_span = tracing::Span::current();
@@ -191,9 +206,14 @@ impl GrpcInferenceService for InferenceService {
                 let mut running = tokio::task::JoinSet::new();
                 let mut ended_by: Option<Status> = None;
                 loop {
+                    // Finished requests are reaped as they end (not kept until the stream ends), and at most
+                    // MAX_IN_FLIGHT_PER_STREAM run at once: past that the stream is not read, so HTTP/2 flow
+                    // control holds the client back, and a client that never reads its answers parks at most
+                    // that many.
                     let message = tokio::select! {
-                        m = incoming.next() => m,
                         _ = stopping.wait_for(|s| *s) => break,
+                        Some(_) = running.join_next(), if !running.is_empty() => continue,
+                        m = incoming.next(), if running.len() < MAX_IN_FLIGHT_PER_STREAM => m,
                     };
                     let request = match message {
                         Some(Ok(r)) => r,
@@ -208,6 +228,7 @@ impl GrpcInferenceService for InferenceService {
                         None => break,
                     };
                     let manager = manager.clone();
+                    let budget = budget.clone();
                     let tx = tx.clone();
                     let keys =
                         manager.route_keys(&request.model_name, |h| metadata.get(h).and_then(|v| v.to_str().ok()));
@@ -217,9 +238,16 @@ impl GrpcInferenceService for InferenceService {
                         async move {
                             let observed = Observed::start(&request);
                             let id = request.id.clone();
-                            let (served, reply) = match codec::decode_request(request) {
-                                Ok(r) => manager.infer_routed(r, keys).await,
-                                Err(e) => (None, Err(e)),
+                            let charge = budget.reserve(admission::grpc_cost(observed.bytes_in));
+                            let (served, reply) = match (charge, codec::decode_request(request)) {
+                                (Err(e), _) | (Ok(_), Err(e)) => (None, Err(e)),
+                                (Ok(_charge), Ok(r)) => {
+                                    let routed = manager.infer_routed(r, keys);
+                                    match admission::within_request_timeout(request_timeout, routed).await {
+                                        Ok(done) => done,
+                                        Err(timeout) => (None, Err(timeout)),
+                                    }
+                                }
                             };
                             observed.finish(&manager, served, reply.as_ref().err(), 0);
                             let message = match reply {

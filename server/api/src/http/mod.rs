@@ -21,6 +21,8 @@ pub fn metrics_router(state: AppState) -> Router {
 
 /// Builds the router; `max_body_bytes` bounds a request body (after decompression).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let admission =
+        axum::middleware::from_fn_with_state((state.budget.clone(), max_body_bytes), crate::admission::admit_http);
     Router::new()
         .route("/metrics", get(routes::metrics))
         .route("/v2/health/live", get(routes::live))
@@ -52,6 +54,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/models/{model}", get(v1::status).post(v1::post))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(admission)
         .layer(RequestDecompressionLayer::new())
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::map_response(json_errors))
@@ -117,7 +120,18 @@ mod tests {
             Arc::new(ModelManager::new(repository, Vec::new(), EngineOptions::default(), ModelControlMode::None));
         manager.start(StartupModels::All).await.unwrap();
         let (_tx, stopping) = tokio::sync::watch::channel(false);
-        router(AppState { manager, max_json_bytes: 1024, stopping, admin: Default::default(), metrics: None }, 4096)
+        router(
+            AppState {
+                manager,
+                max_json_bytes: 1024,
+                stopping,
+                admin: Default::default(),
+                budget: crate::admission::MemoryBudget::new(0),
+                request_timeout: None,
+                metrics: None,
+            },
+            4096,
+        )
     }
 
     async fn call(method: &str, uri: &str, body: &'static str) -> (StatusCode, serde_json::Value) {

@@ -126,7 +126,11 @@ async fn run_infer(
 ) -> ApiResult<Response> {
     let start = std::time::Instant::now();
     let bytes_in = body.len();
-    let (served, result) = decode_run_encode(state, model, version, headers, body).await;
+    let work = decode_run_encode(state, model, version, headers, body);
+    let (served, result) = match crate::admission::within_request_timeout(state.request_timeout, work).await {
+        Ok(done) => done,
+        Err(timeout) => (None, Err(timeout.into())),
+    };
     let served = served.map(|v| v.to_string());
     let (code, bytes_out) = match &result {
         Ok(response) => (StatusCode::OK, http_body::Body::size_hint(response.body()).exact().unwrap_or(0) as usize),

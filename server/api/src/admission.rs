@@ -1,0 +1,234 @@
+//! A bound on the memory that requests in flight may hold, whatever their number: each request is charged an
+//! estimate of what it will hold (its body, the tensors decoded from it, its answer) before it is read, and
+//! refused with 429 / RESOURCE_EXHAUSTED at once when the budget (`--max-inflight-bytes`) has no room. Queue
+//! limits count requests; this counts bytes, so a burst of large requests cannot exhaust memory however few
+//! they are.
+//!
+//! HTTP: a request with a `Content-Length` is charged before its body is read; one without (chunked) is read
+//! first (bounded by the body limit) and charged its real size. The charge is held until the response body has
+//! been sent. gRPC: a message is charged once tonic has decoded it (its size is bounded by the message limit),
+//! and held until the answer is built.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ferroserve_engine::InferError;
+use http_body_util::BodyExt;
+
+use crate::http::error::ApiError;
+
+/// How many bytes of memory one byte of JSON tensor data may become: the decoder keeps up to 16 bytes per
+/// number before packing it, and a number takes at least two bytes of JSON (`1,`).
+pub const JSON_EXPANSION: usize = 8;
+
+/// The server-wide budget of bytes held by requests in flight.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+/// Bytes charged to the budget, given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<MemoryBudget>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes; 0 means no limit.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self { limit: if limit == 0 { usize::MAX } else { limit }, used: AtomicUsize::new(0) })
+    }
+
+    /// Bytes charged right now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Charges `bytes`, or refuses: Overloaded (429 / RESOURCE_EXHAUSTED) when the budget is full now, invalid
+    /// input (400) when the request alone is larger than the whole budget (retrying could never help).
+    pub fn reserve(self: &Arc<Self>, bytes: usize) -> Result<Reservation, InferError> {
+        if bytes > self.limit {
+            return Err(InferError::invalid(format!(
+                "the request needs about {bytes} bytes of memory in flight, more than the server's whole budget of \
+                 {} bytes (--max-inflight-bytes); send tensors with the binary data extension or split the request",
+                self.limit
+            )));
+        }
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            if used.saturating_add(bytes) > self.limit {
+                return Err(InferError::Overloaded(format!(
+                    "the server is holding {used} bytes of requests in flight and this one needs about {bytes} more, \
+                     past its budget of {} bytes (--max-inflight-bytes); retry later",
+                    self.limit
+                )));
+            }
+            match self.used.compare_exchange_weak(used, used + bytes, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(Reservation { budget: Arc::clone(self), bytes }),
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
+/// Runs `work` within the server-wide request timeout (`--request-timeout-secs`), when there is one: past it
+/// the work is dropped (a queued request leaves its queue) and the caller gets 504 / DEADLINE_EXCEEDED.
+pub async fn within_request_timeout<T>(
+    limit: Option<std::time::Duration>,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, InferError> {
+    match limit {
+        None => Ok(work.await),
+        Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| {
+            InferError::Timeout(format!(
+                "the request did not finish within the server's request timeout of {} s (--request-timeout-secs)",
+                limit.as_secs_f64()
+            ))
+        }),
+    }
+}
+
+/// What a gRPC inference message of `encoded` bytes is charged: the message, and the answer built from it.
+pub fn grpc_cost(encoded: usize) -> usize {
+    encoded.saturating_mul(2)
+}
+
+/// What an HTTP request of `length` body bytes, of which the first `json_length` are JSON, is charged.
+pub fn http_cost(length: usize, json_length: usize) -> usize {
+    let json = json_length.min(length);
+    json.saturating_mul(JSON_EXPANSION).saturating_add(length - json)
+}
+
+fn header_number(request: &Request, name: &str) -> Option<usize> {
+    request.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok())
+}
+
+/// The HTTP middleware: charges every request that has a body, holding the charge until its answer is sent.
+pub async fn admit_http(
+    State((budget, max_body_bytes)): State<(Arc<MemoryBudget>, usize)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let json_length = header_number(&request, crate::http::codec::HEADER_LENGTH);
+    let (request, length) = match header_number(&request, "content-length") {
+        Some(0) => return next.run(request).await,
+        Some(length) => (request, length),
+        None => {
+            // No declared length: read the body (bounded) to learn it, then charge it.
+            let (parts, body) = request.into_parts();
+            match axum::body::to_bytes(body, max_body_bytes).await {
+                Ok(bytes) if bytes.is_empty() => return next.run(Request::from_parts(parts, Body::empty())).await,
+                Ok(bytes) => {
+                    let length = bytes.len();
+                    (Request::from_parts(parts, Body::from(bytes)), length)
+                }
+                Err(e) => {
+                    return ApiError(InferError::invalid(format!(
+                        "cannot read the request body (at most {max_body_bytes} bytes, --max-message-bytes): {e}"
+                    )))
+                    .into_response();
+                }
+            }
+        }
+    };
+    let reservation = match budget.reserve(http_cost(length, json_length.unwrap_or(length))) {
+        Ok(r) => r,
+        Err(e) => return refuse(request, e, max_body_bytes).await,
+    };
+    let response = next.run(request).await;
+    // The charge lives as long as the response body, which hyper drops once it is sent.
+    response.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            let _held = &reservation;
+            frame
+        }))
+    })
+}
+
+/// Answers a refused request. Its body is read and thrown away first (a chunk at a time, up to the body limit,
+/// so nothing is held): an HTTP/1.1 client that is still sending when the answer comes would see its connection
+/// reset and a broken pipe instead of the 429. A client that asked `Expect: 100-continue` has sent nothing yet
+/// and gets the answer at once.
+async fn refuse(request: Request, error: InferError, max_body_bytes: usize) -> Response {
+    let waits_for_continue = request
+        .headers()
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !waits_for_continue {
+        let mut body = request.into_body();
+        let mut drained = 0usize;
+        while drained <= max_body_bytes {
+            match body.frame().await {
+                Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+                Some(Err(_)) | None => break,
+            }
+        }
+    }
+    ApiError(error).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserves_up_to_the_limit_and_gives_back_on_drop() {
+        let budget = MemoryBudget::new(100);
+        let a = budget.reserve(60).unwrap();
+        let b = budget.reserve(40).unwrap();
+        assert_eq!(budget.used(), 100);
+        assert!(matches!(budget.reserve(1), Err(InferError::Overloaded(_))));
+        drop(a);
+        assert_eq!(budget.used(), 40);
+        let c = budget.reserve(60).unwrap();
+        drop((b, c));
+        assert_eq!(budget.used(), 0);
+        let e = budget.reserve(101).unwrap_err();
+        assert!(matches!(e, InferError::InvalidInput(_)) && e.to_string().contains("--max-inflight-bytes"), "{e}");
+    }
+
+    #[test]
+    fn zero_means_no_limit() {
+        let budget = MemoryBudget::new(0);
+        let _big = budget.reserve(usize::MAX / 2).unwrap();
+        let _more = budget.reserve(usize::MAX / 4).unwrap();
+    }
+
+    #[test]
+    fn json_costs_more_than_binary() {
+        assert_eq!(http_cost(100, 100), 800);
+        assert_eq!(http_cost(100, 10), 80 + 90);
+        assert_eq!(http_cost(100, 1000), 800);
+        assert_eq!(http_cost(usize::MAX, usize::MAX), usize::MAX);
+    }
+
+    #[test]
+    fn concurrent_reservations_never_overshoot() {
+        let budget = MemoryBudget::new(1000);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        if let Ok(r) = budget.reserve(300) {
+                            assert!(budget.used() <= 1000);
+                            drop(r);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(budget.used(), 0);
+    }
+}

@@ -1,0 +1,151 @@
+"""Overload is refused at once instead of queued: a server-wide budget of bytes held by requests in flight
+(`--max-inflight-bytes`) answers 429 / RESOURCE_EXHAUSTED past it, a request larger than the whole budget 400 /
+INVALID_ARGUMENT, and the server takes new work again as soon as the held requests finish. A server-wide request
+timeout (`--request-timeout-secs`) answers 504 / DEADLINE_EXCEEDED. Streams answer every request however many
+are sent."""
+import concurrent.futures
+import os
+import queue
+import re
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from server import REPOSITORY, Server
+
+MB = 1 << 20
+WINDOW = 'parameters { key: "batch_window" value: { string_value: "fixed" } }\n'
+
+
+def slow_repository(delay_us):
+    """`strings` and `mlp` behind a fixed batching window of `delay_us`: a request is held in flight that long."""
+    root = tempfile.mkdtemp()
+    for name, batch in (("strings", 32), ("mlp", 64)):
+        os.makedirs(os.path.join(root, name, "1"))
+        shutil.copy(os.path.join(REPOSITORY, name, "1", "model.onnx"), os.path.join(root, name, "1", "model.onnx"))
+        with open(os.path.join(REPOSITORY, name, "config.pbtxt")) as f:
+            # The example's own dynamic_batching block (one level of nesting) gives way to a fixed window.
+            config = re.sub(r"dynamic_batching \{(?:[^{}]|\{[^{}]*\})*\}", "", f.read())
+        with open(os.path.join(root, name, "config.pbtxt"), "w") as f:
+            f.write(config + f"\ndynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}\n" + WINDOW)
+    return root
+
+
+def text_input(module, size):
+    inp = module.InferInput("TEXT", [1, 1], "BYTES")
+    data = np.array([[b"x" * size]], dtype=np.object_)
+    if module is httpclient:
+        inp.set_data_from_numpy(data, binary_data=True)
+    else:
+        inp.set_data_from_numpy(data)
+    return inp
+
+
+@pytest.fixture(scope="module")
+def budgeted():
+    root = slow_repository(1_500_000)
+    s = Server("--max-inflight-bytes", str(40 * MB), repository=root)
+    yield s
+    assert s.stop() == 0
+    shutil.rmtree(root)
+
+
+def http_infer(server, size):
+    client = httpclient.InferenceServerClient(server.http_addr, connection_timeout=60, network_timeout=60)
+    try:
+        return client.infer("strings", [text_input(httpclient, size)]).as_numpy("ECHO")[0][0]
+    finally:
+        client.close()
+
+
+def test_past_the_budget_requests_are_refused_at_once_and_taken_again_after(budgeted):
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        held = [pool.submit(http_infer, budgeted, 12 * MB) for _ in range(3)]  # 36 MB of 40 held 1.5 s
+        time.sleep(0.5)
+        started = time.monotonic()
+        with pytest.raises(InferenceServerException) as err:
+            http_infer(budgeted, 8 * MB)
+        assert time.monotonic() - started < 1.0, "refused at once, not queued"
+        assert "--max-inflight-bytes" in str(err.value)
+        client = grpcclient.InferenceServerClient(budgeted.grpc_addr)
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("strings", [text_input(grpcclient, 4 * MB)])
+        assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        # Small requests still fit.
+        small = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+        small.set_data_from_numpy(np.zeros((1, 16), dtype=np.float32))
+        assert client.infer("mlp", [small]).as_numpy("OUTPUT0").shape == (1, 4)
+        client.close()
+        assert all(len(f.result(timeout=30)) == 12 * MB for f in held)
+    # The held requests are done: the same large request is admitted now.
+    assert len(http_infer(budgeted, 12 * MB)) == 12 * MB
+
+
+def test_a_request_larger_than_the_whole_budget_is_a_client_error(budgeted):
+    import urllib.error
+    import urllib.request
+    # 6 MB of JSON is charged 8 times over (48 MB): more than the whole budget, so 400 rather than 429.
+    body = b'{"inputs":[{"name":"TEXT","shape":[1,1],"datatype":"BYTES","data":["' + b"y" * (6 * MB) + b'"]}]}'
+    req = urllib.request.Request(budgeted.http_url + "/v2/models/strings/infer", data=body, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 400 and b"--max-inflight-bytes" in err.value.read()
+    client = grpcclient.InferenceServerClient(budgeted.grpc_addr)
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("strings", [text_input(grpcclient, 24 * MB)])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    client.close()
+
+
+def test_request_timeout_answers_504_and_deadline_exceeded():
+    root = slow_repository(3_000_000)
+    s = Server("--request-timeout-secs", "1", repository=root)
+    try:
+        x = np.zeros((1, 16), dtype=np.float32)
+        client = httpclient.InferenceServerClient(s.http_addr)
+        inp = httpclient.InferInput("INPUT0", [1, 16], "FP32")
+        inp.set_data_from_numpy(x)
+        started = time.monotonic()
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("mlp", [inp])
+        assert 0.9 < time.monotonic() - started < 2.5
+        assert err.value.status() == "504" and "--request-timeout-secs" in err.value.message()
+        client.close()
+        gclient = grpcclient.InferenceServerClient(s.grpc_addr)
+        ginp = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+        ginp.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException) as err:
+            gclient.infer("mlp", [ginp])
+        assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        gclient.close()
+    finally:
+        assert s.stop() == 0
+        shutil.rmtree(root)
+
+
+def test_a_stream_answers_many_more_requests_than_it_runs_at_once(server):
+    """More requests than the per-stream in-flight cap (128): all are answered, none lost to the cap."""
+    client = grpcclient.InferenceServerClient(server.grpc_addr)
+    results = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        n = 600
+        for i in range(n):
+            inp = grpcclient.InferInput("IN", [1], "INT32")
+            inp.set_data_from_numpy(np.array([i], dtype=np.int32))
+            client.async_stream_infer("add_version", [inp], model_version="1", request_id=str(i))
+        seen = {}
+        for _ in range(n):
+            result, error = results.get(timeout=30)
+            assert error is None, error
+            seen[int(result.get_response().id)] = int(result.as_numpy("OUT")[0])
+        assert seen == {i: i + 1 for i in range(n)}
+    finally:
+        client.stop_stream()
+        client.close()
