@@ -281,3 +281,30 @@ def test_mlp_large_matches_numpy(client):
     inp = httpclient.InferInput("INPUT0", list(ref["INPUT0"].shape), "FP32")
     inp.set_data_from_numpy(ref["INPUT0"])
     np.testing.assert_allclose(client.infer("mlp_large", [inp]).as_numpy("OUTPUT0"), ref["OUTPUT0"], rtol=1e-4, atol=1e-4)
+
+
+def test_non_finite_floats_travel_as_json_tokens(server, client):
+    """NaN and ±Infinity in JSON: tritonclient writes them as bare tokens (Python's json), the server reads them,
+    and writes such outputs back as tokens (as Triton does); the JSON answer equals the binary one bit for bit."""
+    x = np.zeros((4, 16), dtype=np.float32)
+    x[0, 0], x[1, 3], x[2, 5] = np.nan, np.inf, -np.inf
+    answers = {}
+    for binary in (False, True):
+        inp = httpclient.InferInput("INPUT0", [4, 16], "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)
+        answers[binary] = client.infer("mlp", [inp], outputs=[out]).as_numpy("OUTPUT0")
+    assert not np.isfinite(answers[True]).all(), "the model should pass non-finite values through"
+    np.testing.assert_array_equal(answers[False], answers[True])
+    body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32",
+                                   "data": [float("nan")] + [0.0] * 15}]})
+    assert "NaN" in body
+    status, _, data = raw(server, "POST", "/v2/models/mlp/infer", body.encode())
+    assert status == 200, data
+    assert b"NaN" in data and b"null" not in data
+    assert np.isnan(json.loads(data)["outputs"][0]["data"]).any()
+    # A token where a number cannot be is still a 400, and a "NaN" string stays a string (refused for FP32).
+    for bad in ('{"inputs": [{"name": "INPUT0", "shape": [1, NaN], "datatype": "FP32", "data": []}]}',
+                '{"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": ["NaN"]}]}'):
+        assert raw(server, "POST", "/v2/models/mlp/infer", bad.encode())[0] == 400, bad
+

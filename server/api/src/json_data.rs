@@ -114,6 +114,16 @@ impl<'de> de::Deserialize<'de> for FlatData {
 /// Nesting deeper than this is refused (tensors of such rank are not real; a deep stack is an attack).
 const MAX_DEPTH: usize = 64;
 
+/// The float a marker of [`non_finite_tokens_as_markers`] stands for.
+fn non_finite_marker(v: &str) -> Option<f64> {
+    match v {
+        NAN_TEXT => Some(f64::NAN),
+        INFINITY_TEXT => Some(f64::INFINITY),
+        NEG_INFINITY_TEXT => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
 struct Flatten<'a> {
     out: &'a mut FlatData,
     depth: usize,
@@ -152,10 +162,16 @@ impl<'de> Visitor<'de> for Flatten<'_> {
         self.push(JsonScalar::Float(v))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.push(JsonScalar::Str(v.to_owned()))
+        match non_finite_marker(v) {
+            Some(f) => self.push(JsonScalar::Float(f)),
+            None => self.push(JsonScalar::Str(v.to_owned())),
+        }
     }
     fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
-        self.push(JsonScalar::Str(v))
+        match non_finite_marker(&v) {
+            Some(f) => self.push(JsonScalar::Float(f)),
+            None => self.push(JsonScalar::Str(v)),
+        }
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         if self.depth >= MAX_DEPTH {
@@ -167,6 +183,58 @@ impl<'de> Visitor<'de> for Flatten<'_> {
         while seq.next_element_seed(Flatten { out: &mut *self.out, depth: self.depth + 1 })?.is_some() {}
         Ok(())
     }
+}
+
+/// The strings [`non_finite_tokens_as_markers`] puts where the bare tokens were; `\0` cannot start a number.
+const NAN_TEXT: &str = "\0NaN";
+const INFINITY_TEXT: &str = "\0Infinity";
+const NEG_INFINITY_TEXT: &str = "\0-Infinity";
+
+/// JSON itself has no NaN or Infinity, but Python's `json` (tritonclient, the KServe SDK) writes the bare
+/// tokens `NaN`, `Infinity` and `-Infinity` for such floats, and Triton reads them. serde_json does not, so a
+/// body that holds one of them outside a string is rewritten first: each token becomes a string marker that the
+/// `data` parser turns back into the float. `None` when there is nothing to rewrite (the common case, found by
+/// one scan for the letters). Tokens inside strings are left alone.
+pub fn non_finite_tokens_as_markers(json: &[u8]) -> Option<Vec<u8>> {
+    let has = |needle: &[u8]| json.windows(needle.len()).any(|w| w == needle);
+    if !has(b"NaN") && !has(b"Infinity") {
+        return None;
+    }
+    let mut out = Vec::with_capacity(json.len() + 16);
+    let (mut i, mut in_string, mut escaped) = (0, false, false);
+    while i < json.len() {
+        let b = json[i];
+        if in_string {
+            out.push(b);
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        let rest = &json[i..];
+        let token = [(&b"-Infinity"[..], NEG_INFINITY_TEXT), (b"Infinity", INFINITY_TEXT), (b"NaN", NAN_TEXT)]
+            .into_iter()
+            .find(|(t, _)| rest.starts_with(t));
+        match token {
+            Some((t, marker)) => {
+                out.push(b'"');
+                out.extend_from_slice(b"\\u0000");
+                out.extend_from_slice(&marker.as_bytes()[1..]);
+                out.push(b'"');
+                i += t.len();
+            }
+            None => {
+                in_string = b == b'"';
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// Multiplies out a client-supplied shape, refusing negative dims and overflow.
@@ -285,12 +353,72 @@ fn describe(v: &JsonNumber) -> String {
     }
 }
 
-/// Serializes a tensor's elements as a flat JSON array, straight from its raw bytes.
+/// Serializes a tensor's elements as a flat JSON array, straight from its raw bytes. NaN and ±Infinity become
+/// `null` (all plain JSON allows); [`TokenDataView`] writes them as Triton does.
 pub struct DataView<'a>(pub &'a Tensor);
+
+/// As [`DataView`], but NaN, Infinity and -Infinity are written as those bare tokens, as Triton writes them
+/// (rapidjson's NaN/Inf flags) and as Python's `json` (tritonclient, the KServe SDK) reads them back. It needs a
+/// serde_json serializer built with [`NonFiniteTokens`]: the values travel as out-of-band `i128` markers.
+pub struct TokenDataView<'a>(pub &'a Tensor);
 
 impl serde::Serialize for DataView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let tensor = self.0;
+        serialize_data(self.0, serializer, false)
+    }
+}
+
+impl serde::Serialize for TokenDataView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_data(self.0, serializer, true)
+    }
+}
+
+/// `i128` values no response field can hold (every integer tensor type fits in 64 bits), so the formatter can
+/// tell a non-finite float's marker from a number.
+const NAN_MARKER: i128 = i128::MIN;
+const INFINITY_MARKER: i128 = i128::MIN + 1;
+const NEG_INFINITY_MARKER: i128 = i128::MIN + 2;
+
+/// A float element: itself when finite; a marker when non-finite and tokens were asked for.
+struct Float {
+    value: f64,
+    single: bool,
+    tokens: bool,
+}
+
+impl serde::Serialize for Float {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let v = self.value;
+        match (v.is_finite(), self.tokens) {
+            (false, true) if v.is_nan() => serializer.serialize_i128(NAN_MARKER),
+            (false, true) if v > 0.0 => serializer.serialize_i128(INFINITY_MARKER),
+            (false, true) => serializer.serialize_i128(NEG_INFINITY_MARKER),
+            // f32 through serialize_f32, so it prints with f32's shortest form (0.1, not 0.10000000149011612).
+            _ if self.single => serializer.serialize_f32(v as f32),
+            _ => serializer.serialize_f64(v),
+        }
+    }
+}
+
+/// The serde_json formatter for [`TokenDataView`]: compact JSON, with the non-finite markers written as the
+/// tokens `NaN`, `Infinity` and `-Infinity`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NonFiniteTokens;
+
+impl serde_json::ser::Formatter for NonFiniteTokens {
+    fn write_i128<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, value: i128) -> std::io::Result<()> {
+        match value {
+            NAN_MARKER => writer.write_all(b"NaN"),
+            INFINITY_MARKER => writer.write_all(b"Infinity"),
+            NEG_INFINITY_MARKER => writer.write_all(b"-Infinity"),
+            other => serde_json::ser::CompactFormatter.write_i128(writer, other),
+        }
+    }
+}
+
+fn serialize_data<S: Serializer>(tensor: &Tensor, serializer: S, tokens: bool) -> Result<S::Ok, S::Error> {
+    {
         let mut seq = serializer.serialize_seq(Some(tensor.element_count()))?;
         match tensor.data() {
             TensorData::Strings(items) => {
@@ -322,8 +450,19 @@ impl serde::Serialize for DataView<'_> {
                     DataType::Int16 => each!(i16, 2),
                     DataType::Int32 => each!(i32, 4),
                     DataType::Int64 => each!(i64, 8),
-                    DataType::Fp32 => each!(f32, 4),
-                    DataType::Fp64 => each!(f64, 8),
+                    DataType::Fp32 => {
+                        for c in bytes.chunks_exact(4) {
+                            let value = f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                            seq.serialize_element(&Float { value, single: true, tokens })?;
+                        }
+                    }
+                    DataType::Fp64 => {
+                        for c in bytes.chunks_exact(8) {
+                            let mut a = [0u8; 8];
+                            a.copy_from_slice(c);
+                            seq.serialize_element(&Float { value: f64::from_le_bytes(a), single: false, tokens })?;
+                        }
+                    }
                     // The codecs send these in binary; keep JSON valid if one slips through.
                     DataType::Fp16 => each!(u16, 2),
                     DataType::Bf16 => each!(u16, 2),
@@ -341,6 +480,41 @@ mod tests {
 
     fn flat(json: &str) -> FlatData {
         serde_json::from_str::<FlatData>(json).unwrap()
+    }
+
+    #[test]
+    fn non_finite_tokens_read_back_as_floats_and_strings_stay_strings() {
+        let text = br#"{"a": [NaN, Infinity, -Infinity, 1.5], "s": ["NaN", "x\"NaN", "-Infinity"]}"#;
+        let rewritten = non_finite_tokens_as_markers(text).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
+        assert_eq!(v["s"], serde_json::json!(["NaN", "x\"NaN", "-Infinity"]));
+        let FlatData::Numbers(n) = serde_json::from_value::<FlatData>(v["a"].clone()).unwrap() else { panic!() };
+        assert!(matches!(n[0], JsonNumber::Float(f) if f.is_nan()));
+        assert_eq!(
+            &n[1..],
+            [JsonNumber::Float(f64::INFINITY), JsonNumber::Float(f64::NEG_INFINITY), JsonNumber::Float(1.5)]
+        );
+        assert_eq!(non_finite_tokens_as_markers(br#"{"a": [1, 2], "b": "plain"}"#), None);
+    }
+
+    #[test]
+    fn non_finite_floats_write_as_tokens_only_when_asked() {
+        let t = Tensor::new(
+            DataType::Fp32,
+            vec![4],
+            TensorData::Fixed(Bytes::from(
+                [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.1]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            )),
+        )
+        .unwrap();
+        assert_eq!(serde_json::to_string(&DataView(&t)).unwrap(), "[null,null,null,0.1]");
+        let mut out = Vec::new();
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, NonFiniteTokens);
+        serde::Serialize::serialize(&TokenDataView(&t), &mut ser).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "[NaN,Infinity,-Infinity,0.1]");
     }
 
     #[test]

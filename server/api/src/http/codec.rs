@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::{BufMut, Bytes, BytesMut};
 use ferroserve_engine::request::refuse_shared_memory;
 use ferroserve_engine::{InferError, InferInput, InferRequest, InferResponse, Parameter, Parameters, RequestedOutput};
-use ferroserve_runtime::DataType;
+use ferroserve_runtime::{DataType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::json_data::{DataView, FlatData, concrete_shape, tensor_from_json};
+use crate::json_data::{FlatData, NonFiniteTokens, TokenDataView, concrete_shape, tensor_from_json};
 use crate::raw::{tensor_from_raw, tensor_to_raw};
 
 /// The header that splits the JSON part from the binary part of a body.
@@ -122,7 +122,9 @@ pub fn decode_request(
     json: &[u8],
     mut binary: Bytes,
 ) -> Result<(InferRequest, ResponseFormat), InferError> {
-    let request: JsonRequest = serde_json::from_slice(json)
+    // Python clients write NaN and ±Infinity as bare tokens; they are read as those floats.
+    let rewritten = crate::json_data::non_finite_tokens_as_markers(json);
+    let request: JsonRequest = serde_json::from_slice(rewritten.as_deref().unwrap_or(json))
         .map_err(|e| InferError::invalid(format!("malformed inference request JSON: {e}")))?;
     let parameters = parameters_from_json(request.parameters)?;
     let mut format = ResponseFormat {
@@ -224,7 +226,7 @@ struct JsonOutput<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     parameters: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<DataView<'a>>,
+    data: Option<TokenDataView<'a>>,
 }
 
 /// An encoded response body: JSON alone, or JSON plus binary with the JSON length.
@@ -236,13 +238,23 @@ pub struct EncodedResponse {
     pub json_length: Option<usize>,
 }
 
+/// Whether every element of a BYTES tensor is UTF-8 text (other types are always representable).
+fn is_utf8_text(tensor: &Tensor) -> bool {
+    match tensor.data() {
+        TensorData::Strings(items) => items.iter().all(|s| std::str::from_utf8(s).is_ok()),
+        TensorData::Fixed(_) => true,
+    }
+}
+
 /// Encodes a v2 inference response.
 pub fn encode_response(response: &InferResponse, format: &ResponseFormat) -> Result<EncodedResponse, InferError> {
     let mut binary_parts = Vec::new();
     let mut outputs = Vec::with_capacity(response.outputs.len());
     for output in &response.outputs {
         let tensor = &output.tensor;
-        let binary = format.binary(&output.name, tensor.datatype());
+        // BYTES that are not UTF-8 text cannot be a JSON string without loss: such an output goes in binary
+        // (which Triton's clients and the KServe SDK read whatever was asked), never mangled.
+        let binary = format.binary(&output.name, tensor.datatype()) || !is_utf8_text(tensor);
         let (parameters, data) = if binary {
             let raw = tensor_to_raw(tensor);
             let mut p = serde_json::Map::new();
@@ -250,7 +262,7 @@ pub fn encode_response(response: &InferResponse, format: &ResponseFormat) -> Res
             binary_parts.push(raw);
             (Some(p), None)
         } else {
-            (None, Some(DataView(tensor)))
+            (None, Some(TokenDataView(tensor)))
         };
         outputs.push(JsonOutput {
             name: &output.name,
@@ -268,7 +280,9 @@ pub fn encode_response(response: &InferResponse, format: &ResponseFormat) -> Res
     };
     let binary_len: usize = binary_parts.iter().map(Bytes::len).sum();
     let mut body = BytesMut::with_capacity(256 + binary_len);
-    serde_json::to_writer((&mut body).writer(), &json)
+    // NaN and ±Infinity go out as bare tokens, as Triton writes them and Python's json reads them.
+    let mut serializer = serde_json::Serializer::with_formatter((&mut body).writer(), NonFiniteTokens);
+    serde::Serialize::serialize(&json, &mut serializer)
         .map_err(|e| InferError::Internal(format!("cannot encode the response: {e}")))?;
     if binary_parts.is_empty() {
         return Ok(EncodedResponse { body: body.freeze(), json_length: None });
@@ -286,6 +300,43 @@ mod tests {
     use ferroserve_runtime::Tensor;
 
     use super::*;
+
+    #[test]
+    fn bytes_that_are_not_utf8_go_out_binary_and_non_finite_floats_as_tokens() {
+        let strings = Tensor::new(
+            DataType::Bytes,
+            vec![2],
+            TensorData::Strings(vec![Bytes::from_static(b"\xff\xfe"), Bytes::from_static(b"ok")]),
+        )
+        .unwrap();
+        let text = Tensor::new(DataType::Bytes, vec![1], TensorData::Strings(vec![Bytes::from_static(b"ok")])).unwrap();
+        let floats = Tensor::new(
+            DataType::Fp64,
+            vec![2],
+            TensorData::Fixed(Bytes::from([f64::NAN, -1.5].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())),
+        )
+        .unwrap();
+        let response = InferResponse {
+            model_name: "m".into(),
+            model_version: "1".into(),
+            id: None,
+            outputs: vec![
+                InferOutput { name: "raw".into(), tensor: strings },
+                InferOutput { name: "text".into(), tensor: text },
+                InferOutput { name: "f".into(), tensor: floats },
+            ],
+        };
+        let encoded = encode_response(&response, &ResponseFormat::default()).unwrap();
+        let json_length = encoded.json_length.expect("the non-UTF-8 output goes in binary");
+        let head = std::str::from_utf8(&encoded.body[..json_length]).unwrap();
+        assert!(
+            head.contains(r#""name":"raw","datatype":"BYTES","shape":[2],"parameters":{"binary_data_size":12}"#),
+            "{head}"
+        );
+        assert!(head.contains(r#""name":"text","datatype":"BYTES","shape":[1],"data":["ok"]"#), "{head}");
+        assert!(head.contains(r#""data":[NaN,-1.5]"#), "{head}");
+        assert_eq!(&encoded.body[json_length..], b"\x02\0\0\0\xff\xfe\x02\0\0\0ok");
+    }
 
     #[test]
     fn decodes_json_and_binary_inputs() {
