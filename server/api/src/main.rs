@@ -12,7 +12,7 @@ fn main() -> anyhow::Result<()> {
     // Held to the end: dropping it flushes the trace spans not yet exported.
     let _telemetry = ferroserve::telemetry::init(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ferroserve-io").build()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let shutdown = ferroserve::shutdown::install()?;
         ferroserve::run(config, shutdown, |addrs| {
             // A machine-readable line for scripts and tests that start the server on port 0.
@@ -27,5 +27,9 @@ fn main() -> anyhow::Result<()> {
             let _ = out.flush();
         })
         .await
-    })
+    });
+    // `run` has drained within --drain-timeout-secs; a model load still running on a blocking thread (a session
+    // being built) must not hold the exit, as dropping the runtime would wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
