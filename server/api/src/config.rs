@@ -121,6 +121,19 @@ pub struct Config {
     #[arg(long = "request-timeout-secs", env = "FERROSERVE_REQUEST_TIMEOUT_SECS", default_value_t = 0)]
     pub request_timeout_secs: u64,
 
+    /// PEM certificate chain for TLS on the HTTP and gRPC ports (with --tls-key). Reloaded on SIGHUP and when
+    /// the file changes.
+    #[arg(long = "tls-cert", env = "FERROSERVE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long = "tls-key", env = "FERROSERVE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: clients must present a certificate signed by one of them (mutual TLS).
+    #[arg(long = "tls-client-ca", env = "FERROSERVE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Bearer token the admin endpoints (model load/unload, traffic changes; HTTP and gRPC) require as
     /// `Authorization: Bearer <token>`. Without it (and without --disable-admin-api) they are open to anyone.
     #[arg(long = "admin-token", env = "FERROSERVE_ADMIN_TOKEN", value_parser = parse_admin_token, hide_env_values = true)]
@@ -304,6 +317,18 @@ impl Config {
         options.part_size = self.download_part_bytes.max(1);
         options.max_retries = self.storage_retries;
         options
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// Who may call the admin endpoints.

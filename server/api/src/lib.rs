@@ -21,6 +21,7 @@ pub mod shared_port;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 mod traffic;
 
 use std::future::Future;
@@ -183,20 +184,49 @@ pub async fn run(
     // One gRPC service, mounted on both ports.
     let grpc_routes = grpc::routes(state.clone(), config.max_message_bytes);
     let http_app = shared_port::SharedPort::new(http::router(state, config.max_message_bytes), grpc_routes.clone());
+    // TLS on both ports when --tls-cert/--tls-key are given, reloaded on SIGHUP and when the files change.
+    let tls = match config.tls_files() {
+        Some(files) => {
+            let settings = tls::TlsSettings::load(files).context("cannot start TLS")?;
+            settings.watch();
+            Some(settings)
+        }
+        None => None,
+    };
     let http_stop = shutdown::wait_for(stop_rx.clone());
+    let http_tls = tls.clone();
     let http_server = async move {
         use axum::serve::ListenerExt;
-        let listener = http_listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         let app = axum::ServiceExt::<::http::Request<axum::body::Body>>::into_make_service(http_app);
-        axum::serve(listener, app).with_graceful_shutdown(http_stop).await
+        match http_tls {
+            Some(settings) => {
+                let listener = tls::TlsListener::new(http_listener, settings)?;
+                axum::serve(listener, app).with_graceful_shutdown(http_stop).await
+            }
+            None => {
+                let listener = http_listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(listener, app).with_graceful_shutdown(http_stop).await
+            }
+        }
     };
 
     let grpc_stop = shutdown::wait_for(stop_rx.clone());
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let grpc_server =
-        tonic::transport::Server::builder().add_routes(grpc_routes).serve_with_incoming_shutdown(incoming, grpc_stop);
+    let grpc_server = async move {
+        let server = tonic::transport::Server::builder().add_routes(grpc_routes);
+        match tls {
+            Some(settings) => {
+                let incoming = tls::TlsListener::new(grpc_listener, settings)?.into_stream();
+                server.serve_with_incoming_shutdown(incoming, grpc_stop).await?;
+            }
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+                server.serve_with_incoming_shutdown(incoming, grpc_stop).await?;
+            }
+        }
+        anyhow::Ok(())
+    };
 
     let servers = async {
         tokio::try_join!(async { http_server.await.context("HTTP server failed") }, async {
