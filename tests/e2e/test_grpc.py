@@ -114,7 +114,7 @@ def test_errors(stub):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "needs 2 elements" in msg
     mixed = req(contents=[1, 2], raw=b"\0" * 8)
     code, msg = status_of(stub, mixed)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "one or the other" in msg
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "must not be specified when using raw_input_contents" in msg
     two_raw = req(raw=b"\0" * 8)
     two_raw.raw_input_contents.append(b"\0" * 8)
     assert status_of(stub, two_raw)[0] == grpc.StatusCode.INVALID_ARGUMENT

@@ -180,8 +180,8 @@ def mlp_body(**override):
 
 @pytest.mark.parametrize("path,body,status,needle", [
     ("/v2/models/nope/infer", mlp_body(), 404, "unknown model"),
-    ("/v2/models/mlp/versions/9/infer", mlp_body(), 404, "unknown version"),
-    ("/v2/models/mlp/versions/abc/infer", mlp_body(), 404, "unknown version"),
+    ("/v2/models/mlp/versions/9/infer", mlp_body(), 404, "Request for unknown model: 'mlp' version 9 is not found"),
+    ("/v2/models/mlp/versions/abc/infer", mlp_body(), 404, "Request for unknown model: 'mlp' version abc is not found"),
     (MLP, mlp_body(name="WRONG"), 400, "unexpected inference input `WRONG`"),
     (MLP, mlp_body(datatype="FP64"), 400, "datatype FP64, the model expects FP32"),
     (MLP, mlp_body(datatype="NOPE"), 400, "unknown datatype"),

@@ -121,7 +121,7 @@ def test_a_pin_header_chooses_the_version(server):
     client = httpclient.InferenceServerClient(server.http_addr)
     for v in (1, 2):
         assert {http_infer(client, "pinned", headers={"x-model-version": str(v)}) for _ in range(30)} == {v}
-    with pytest.raises(Exception, match="unknown version"):
+    with pytest.raises(Exception, match="'pinned' version 7 is not found"):
         http_infer(client, "pinned", headers={"x-model-version": "7"})
     grpc = grpcclient.InferenceServerClient(server.grpc_addr)
     inp = grpcclient.InferInput("IN", [1], "INT32")

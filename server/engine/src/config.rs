@@ -2,7 +2,10 @@
 //!
 //! A model directory may hold a `config.pbtxt`; everything in it is optional, and what is missing is
 //! completed from the model file's own signature (as Triton's auto-complete does). Unknown top-level fields
-//! are logged and ignored so that an existing Triton repository loads unchanged.
+//! are logged and ignored so that an existing Triton repository loads unchanged, except those that change
+//! what a request means and that ferroserve cannot honour (`sequence_batching`, `ensemble_scheduling`,
+//! `model_transaction_policy { decoupled: true }`): those fail the config (and so the model's load) with the
+//! reason, rather than loading a model that would refuse every request or leave a streaming client waiting.
 
 use std::collections::BTreeMap;
 
@@ -129,7 +132,39 @@ const KNOWN_FIELDS: &[&str] = &[
     "optimization",
     "model_warmup",
     "response_cache",
+    // Only `decoupled: false` (the default) is accepted; see `refuse_unsupported`.
+    "model_transaction_policy",
 ];
+
+/// Refuses the fields whose behaviour ferroserve does not implement and cannot ignore: a model that asks for
+/// them would answer wrongly (or never), so its load fails with a reason that names the field.
+fn refuse_unsupported(doc: &Node) -> Result<(), ConfigError> {
+    if doc.get("sequence_batching").is_some() {
+        return Err(ConfigError(
+            "`sequence_batching` is not supported by ferroserve (it has no sequence batcher for stateful models); \
+             remove it to serve the model without sequence state"
+                .into(),
+        ));
+    }
+    if doc.get("ensemble_scheduling").is_some() {
+        return Err(ConfigError(
+            "`ensemble_scheduling` is not supported by ferroserve (it does not run ensembles); serve the steps as \
+             separate models and chain them in the client"
+                .into(),
+        ));
+    }
+    let decoupled = doc.get("model_transaction_policy").and_then(|p| p.get("decoupled")).and_then(Node::scalar);
+    match decoupled {
+        None => Ok(()),
+        Some(v) if ["false", "False", "f", "0"].contains(&v) => Ok(()),
+        Some(v) if ["true", "True", "t", "1"].contains(&v) => Err(ConfigError(
+            "`model_transaction_policy { decoupled: true }` is not supported by ferroserve (every request gets \
+             exactly one response)"
+                .into(),
+        )),
+        Some(v) => Err(ConfigError(format!("`model_transaction_policy.decoupled` must be true or false, got `{v}`"))),
+    }
+}
 
 impl ModelConfig {
     /// Parses the text of a `config.pbtxt`.
@@ -141,6 +176,7 @@ impl ModelConfig {
     /// Reads a parsed config tree: from `config.pbtxt`, or from the JSON form Triton's load request takes in
     /// `parameters.config` (objects as messages, arrays as lists, every scalar as its text).
     pub fn from_tree(doc: &pbtxt::Node) -> Result<Self, ConfigError> {
+        refuse_unsupported(doc)?;
         for field in doc.field_names() {
             if !KNOWN_FIELDS.contains(&field) {
                 tracing::warn!(field, "config.pbtxt field not supported by ferroserve, ignored");
@@ -297,5 +333,33 @@ mod tests {
         assert!(ModelConfig::from_pbtxt("instance_group [{ count: 0 }]").is_err());
         assert!(ModelConfig::from_pbtxt("version_policy { latest { num_versions: 0 } }").is_err());
         assert!(ModelConfig::from_pbtxt("").unwrap().max_batch_size.is_none());
+    }
+
+    #[test]
+    fn refuses_what_ferroserve_cannot_honour_naming_the_field() {
+        let refused = [
+            ("sequence_batching { max_sequence_idle_microseconds: 5000000 }", "`sequence_batching`"),
+            ("sequence_batching: {}", "`sequence_batching`"),
+            (
+                "platform: \"ensemble\" ensemble_scheduling { step [{ model_name: \"a\" model_version: -1 }] }",
+                "`ensemble_scheduling`",
+            ),
+            ("model_transaction_policy { decoupled: true }", "`model_transaction_policy { decoupled: true }`"),
+            ("model_transaction_policy: { decoupled: True }", "`model_transaction_policy { decoupled: true }`"),
+        ];
+        for (text, field) in refused {
+            let error = ModelConfig::from_pbtxt(text).unwrap_err().to_string();
+            assert!(error.contains(field) && error.contains("not supported by ferroserve"), "{text}: {error}");
+        }
+        // The default transaction policy is what ferroserve does: accepted.
+        assert!(ModelConfig::from_pbtxt("model_transaction_policy { decoupled: false }").is_ok());
+        assert!(ModelConfig::from_pbtxt("model_transaction_policy {}").is_ok());
+        assert!(ModelConfig::from_pbtxt("model_transaction_policy { decoupled: maybe }").is_err());
+        // The JSON form of a load request's `parameters.config` goes through the same tree.
+        let tree = pbtxt::Node::Message(vec![(
+            "model_transaction_policy".into(),
+            pbtxt::Node::Message(vec![("decoupled".into(), pbtxt::Node::Scalar("true".into()))]),
+        )]);
+        assert!(ModelConfig::from_tree(&tree).is_err());
     }
 }

@@ -52,9 +52,10 @@ pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, InferE
     let use_raw = !raw.is_empty();
     if use_raw {
         if let Some(mixed) = request.inputs.iter().find(|i| has_contents(&i.contents)) {
+            // Triton's own words, which client scripts match on.
             return Err(InferError::invalid(format!(
-                "input `{}` has `contents` while the request also has raw_input_contents; use one or the other",
-                mixed.name
+                "contents field must not be specified when using raw_input_contents for '{}' for model '{}'",
+                mixed.name, request.model_name
             )));
         }
         if raw.len() != request.inputs.len() {
@@ -245,7 +246,12 @@ mod tests {
             raw_input_contents: vec![Bytes::from_static(&[0, 0, 0, 0])],
             ..Default::default()
         };
-        assert!(decode_request(mixed).unwrap_err().to_string().contains("one or the other"));
+        assert!(
+            decode_request(mixed)
+                .unwrap_err()
+                .to_string()
+                .contains("must not be specified when using raw_input_contents")
+        );
         let range = ModelInferRequest {
             inputs: vec![input(
                 "a",

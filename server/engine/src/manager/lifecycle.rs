@@ -217,7 +217,11 @@ impl ModelManager {
             Err(RepositoryError::UnknownModel(_))
                 if current.as_ref().is_none_or(|c| c.phase == ModelPhase::Unloaded) =>
             {
-                return Err(InferError::NotFound(format!("model `{name}` is not in the model repository")));
+                // Triton's wording (clients match on its start); ferroserve's reason after it.
+                return Err(InferError::NotFound(format!(
+                    "failed to load '{name}', failed to poll from model repository: '{name}' is not in the model \
+                     repository"
+                )));
             }
             Err(e) => {
                 // A fault in the files is retried by polling only once they change; an unreachable store on
@@ -318,7 +322,7 @@ impl ModelManager {
             Ok(())
         } else {
             tracing::error!(model = name, %reason, "model failed to load");
-            Err(InferError::InvalidInput(format!("failed to load model `{name}`: {reason}")))
+            Err(InferError::InvalidInput(format!("failed to load '{name}': {reason}")))
         }
     }
 
@@ -337,7 +341,7 @@ impl ModelManager {
             _ => ModelEntry::failed(name, reason.clone(), print),
         };
         self.swap(name, entry);
-        let message = format!("failed to load model `{name}`: {reason}");
+        let message = format!("failed to load '{name}': {reason}");
         if transient { InferError::NotReady(message) } else { InferError::InvalidInput(message) }
     }
 

@@ -203,12 +203,7 @@ impl ModelManager {
 
     /// The entry for `name`, or `NotFound` (also for unloaded models: they no longer answer).
     pub fn entry(&self, name: &str) -> Result<Arc<ModelEntry>, InferError> {
-        self.models
-            .read()
-            .get(name)
-            .filter(|e| e.is_wanted())
-            .cloned()
-            .ok_or_else(|| InferError::NotFound(format!("unknown model: `{name}`")))
+        self.models.read().get(name).filter(|e| e.is_wanted()).cloned().ok_or_else(|| unknown_model(name))
     }
 
     /// Whether a model (or one version) is ready; `NotFound` for unknown names or versions.
@@ -266,8 +261,14 @@ fn parse_version(name: &str, version: &str) -> Result<u64, InferError> {
     version.parse::<u64>().map_err(|_| unknown_version(name, version))
 }
 
+/// Triton's wording, which client scripts match on.
+fn unknown_model(name: &str) -> InferError {
+    InferError::NotFound(format!("Request for unknown model: '{name}' is not found"))
+}
+
+/// Triton's wording, which client scripts match on.
 fn unknown_version(name: &str, version: &str) -> InferError {
-    InferError::NotFound(format!("unknown version `{version}` of model `{name}`"))
+    InferError::NotFound(format!("Request for unknown model: '{name}' version {version} is not found"))
 }
 
 #[cfg(test)]

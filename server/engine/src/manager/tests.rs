@@ -355,3 +355,81 @@ async fn a_format_this_build_cannot_load_names_the_missing_feature() {
     assert!(reasons.iter().filter(|r| r.contains("cargo feature `torch`")).count() == 2, "{reasons:?}");
     assert_eq!(answer(&f.manager, "ok").await.unwrap(), 2.0, "the others load");
 }
+
+#[tokio::test]
+async fn unknown_models_and_versions_are_worded_as_triton_words_them() {
+    let f = fixture("wording", ModelControlMode::Explicit);
+    write(&f.root.join("m/1/model.add"), "1");
+    f.manager.start(StartupModels::All).await.unwrap();
+    let error = answer(&f.manager, "nope").await.unwrap_err();
+    assert_eq!(error, InferError::NotFound("Request for unknown model: 'nope' is not found".into()));
+    for version in ["9", "abc"] {
+        let error = f.manager.infer(request("m", Some(version))).await.unwrap_err();
+        let expected = format!("Request for unknown model: 'm' version {version} is not found");
+        assert_eq!(error, InferError::NotFound(expected));
+        assert!(f.manager.model_ready("m", Some(version)).unwrap_err().to_string().contains("is not found"));
+    }
+    assert_eq!(
+        f.manager.model_ready("nope", None).unwrap_err().to_string(),
+        "Request for unknown model: 'nope' is not found"
+    );
+    // An unloaded model answers as an unknown one and stays in the index, unavailable, with the reason.
+    f.manager.request_unload("m").await.unwrap();
+    assert_eq!(answer(&f.manager, "m").await.unwrap_err().to_string(), "Request for unknown model: 'm' is not found");
+    let rows = f.manager.index(false).await;
+    assert_eq!(
+        rows.iter().map(|r| (r.name.as_str(), r.state, r.reason.as_str())).collect::<Vec<_>>(),
+        [("m", IndexState::Unavailable, "unloaded")]
+    );
+}
+
+#[tokio::test]
+async fn load_failures_start_with_triton_wording() {
+    let f = fixture("load-wording", ModelControlMode::Explicit);
+    write(&f.root.join("m/1/model.add"), "not a number");
+    f.manager.start(StartupModels::Named(vec![])).await.unwrap();
+    match f.manager.request_load("zzz", None).await {
+        Err(InferError::NotFound(m)) => {
+            assert!(m.starts_with("failed to load 'zzz', failed to poll from model repository"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match f.manager.request_load("m", None).await {
+        Err(InferError::InvalidInput(m)) => {
+            assert!(m.starts_with("failed to load 'm': ") && m.contains("not a number"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn configs_ferroserve_cannot_honour_fail_the_load_with_the_reason() {
+    let f = fixture("unsupported", ModelControlMode::Explicit);
+    let configs = [
+        ("seq", "sequence_batching { max_sequence_idle_microseconds: 5000000 }", "`sequence_batching`"),
+        ("ens", "ensemble_scheduling { step [{ model_name: \"m\" model_version: -1 }] }", "`ensemble_scheduling`"),
+        ("dec", "model_transaction_policy { decoupled: true }", "`model_transaction_policy { decoupled: true }`"),
+    ];
+    for (name, config, _) in configs {
+        write(&f.root.join(format!("{name}/1/model.add")), "1");
+        write(&f.root.join(format!("{name}/config.pbtxt")), config);
+    }
+    write(&f.root.join("ok/1/model.add"), "1");
+    write(&f.root.join("ok/config.pbtxt"), "model_transaction_policy { decoupled: false }");
+    f.manager.start(StartupModels::Named(vec![])).await.unwrap();
+    f.manager.request_load("ok", None).await.unwrap();
+    for (name, _, field) in configs {
+        let message = match f.manager.request_load(name, None).await {
+            Err(InferError::InvalidInput(m)) => m,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert!(message.starts_with(&format!("failed to load '{name}': ")), "{message}");
+        assert!(message.contains(field) && message.contains("not supported by ferroserve"), "{message}");
+        let row = f.manager.index(false).await.into_iter().find(|r| r.name == name).unwrap();
+        assert_eq!(row.state, IndexState::Unavailable);
+        assert!(row.reason.contains(field) && row.reason.contains("not supported by ferroserve"), "{}", row.reason);
+        assert!(matches!(answer(&f.manager, name).await, Err(InferError::NotReady(m)) if m.contains(field)));
+    }
+    assert_eq!(f.loader.loads.load(Ordering::SeqCst), 1, "only `ok` was built");
+    assert_eq!(answer(&f.manager, "ok").await.unwrap(), 2.0);
+}
