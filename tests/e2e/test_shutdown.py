@@ -125,3 +125,60 @@ def test_shutdown_is_bounded_while_a_model_is_still_loading():
         listener.close()
         for conn in held:
             conn.close()
+
+
+def test_sigterm_under_grpc_stream_load_fails_no_accepted_request():
+    """Two streams sending continuously when SIGTERM comes: every answer that arrives is a correct one (no request
+    the server took fails); the streams then end, and the process exits 0."""
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    s = Server()
+    clients, answers, errors = [], queue.Queue(), []
+    stop = threading.Event()
+
+    def stream(addr):
+        client = grpcclient.InferenceServerClient(addr)
+        clients.append(client)
+
+        def callback(result, error):
+            if error is not None:
+                errors.append(error)
+            else:
+                answers.put((int(result.get_response().id), int(result.as_numpy("OUT")[0])))
+
+        client.start_stream(callback=callback)
+        i = 0
+        while not stop.is_set() and i < 200_000:
+            inp = grpcclient.InferInput("IN", [1], "INT32")
+            inp.set_data_from_numpy(np.array([i], dtype=np.int32))
+            try:
+                client.async_stream_infer("add_version", [inp], model_version="1", request_id=str(i))
+            except Exception:  # noqa: BLE001 (the stream has ended: shutdown)
+                break
+            i += 1
+            if i % 32 == 0:
+                time.sleep(0.001)
+
+    threads = [threading.Thread(target=stream, args=(a,)) for a in (s.grpc_addr, s.http_addr)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    code = s.stop(timeout=20)
+    stop.set()
+    for t in threads:
+        t.join(timeout=20)
+    for c in clients:
+        c.stop_stream()
+        c.close()
+    assert code == 0, s.logs()
+    got = []
+    while not answers.empty():
+        got.append(answers.get())
+    assert len(got) > 100, len(got)
+    assert all(out == i + 1 for i, out in got), [g for g in got if g[1] != g[0] + 1][:5]
+    # An error may only be the stream's end after the drain, never a failed request.
+    codes = {str(e.status()) for e in errors}
+    assert codes <= {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"}, [str(e) for e in errors][:5]
