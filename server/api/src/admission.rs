@@ -128,17 +128,24 @@ pub async fn admit_http(
         None => {
             // No declared length: read the body (bounded) to learn it, then charge it.
             let (parts, body) = request.into_parts();
-            match axum::body::to_bytes(body, max_body_bytes).await {
+            match http_body_util::Limited::new(body, max_body_bytes).collect().await.map(|c| c.to_bytes()) {
                 Ok(bytes) if bytes.is_empty() => return next.run(Request::from_parts(parts, Body::empty())).await,
                 Ok(bytes) => {
                     let length = bytes.len();
                     (Request::from_parts(parts, Body::from(bytes)), length)
                 }
+                // Too long: 413, as the body limit answers a request that declared its length.
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    let message =
+                        format!("the request body is larger than {max_body_bytes} bytes (--max-message-bytes)");
+                    return (
+                        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                        axum::Json(serde_json::json!({"error": message})),
+                    )
+                        .into_response();
+                }
                 Err(e) => {
-                    return ApiError(InferError::invalid(format!(
-                        "cannot read the request body (at most {max_body_bytes} bytes, --max-message-bytes): {e}"
-                    )))
-                    .into_response();
+                    return ApiError(InferError::invalid(format!("cannot read the request body: {e}"))).into_response();
                 }
             }
         }
