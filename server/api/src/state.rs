@@ -11,8 +11,15 @@ pub const SERVER_NAME: &str = "ferroserve";
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Protocol extensions this server really implements (listed in server metadata).
-pub const EXTENSIONS: &[&str] =
-    &["binary_tensor_data", "model_repository", "model_configuration", "statistics", "parameters", "schedule_policy"];
+pub const EXTENSIONS: &[&str] = &[
+    "classification",
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "parameters",
+    "schedule_policy",
+];
 
 /// Cheap to clone; every handler gets one.
 #[derive(Clone, Debug)]

@@ -65,6 +65,9 @@ pub struct TensorConfig {
     /// `reshape { shape: [...] }`: the model's own dims (batch dim excluded), when they differ from `dims`
     /// with the same elements, e.g. `dims: [1]` on clients for a model input of shape `[batch]`.
     pub reshape: Option<Vec<i64>>,
+    /// `label_filename` of an output: a file in the model directory with one class label per line, used by
+    /// the classification extension (read at load time; see [`crate::repository`]).
+    pub label_filename: Option<String>,
 }
 
 /// `dynamic_batching { ... }`; the scheduler that uses it comes with the batcher.
@@ -240,7 +243,9 @@ fn tensor_config(node: &Node) -> Result<TensorConfig, ConfigError> {
         ),
     };
     let reshape = node.get("reshape").map(|r| numbers(r, "shape")).transpose()?;
-    Ok(TensorConfig { name, datatype, dims: numbers(node, "dims")?, reshape })
+    // Triton's JSON form writes `label_filename: ""` for an output without labels.
+    let label_filename = string(node, "label_filename").filter(|f| !f.is_empty());
+    Ok(TensorConfig { name, datatype, dims: numbers(node, "dims")?, reshape, label_filename })
 }
 
 fn version_policy(node: &Node) -> Result<VersionPolicy, ConfigError> {
@@ -303,7 +308,7 @@ mod tests {
             platform: "onnxruntime_onnx"
             max_batch_size: 64
             input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [16] }]
-            output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] }]
+            output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] label_filename: "labels.txt" }]
             version_policy: { specific { versions: [1, 3] } }
             instance_group [{ count: 2 kind: KIND_CPU }]
             dynamic_batching {
@@ -318,6 +323,8 @@ mod tests {
         assert_eq!(config.max_batch_size, Some(64));
         assert_eq!(config.inputs[0].datatype, Some(DataType::Fp32));
         assert_eq!(config.inputs[0].dims, vec![16]);
+        assert_eq!(config.outputs[0].label_filename.as_deref(), Some("labels.txt"));
+        assert_eq!(config.inputs[0].label_filename, None);
         assert_eq!(config.version_policy, VersionPolicy::Specific(vec![1, 3]));
         assert_eq!(config.instance_groups[0], InstanceGroup { count: 2, kind: InstanceKind::Cpu, gpus: vec![] });
         let batching = config.dynamic_batching.unwrap();

@@ -5,10 +5,12 @@
 //! - [`manager`] loads models, tracks readiness and routes a request to a version;
 //! - [`batcher`] queues a version's requests and forms dynamic batches (pure [`batcher::state`] + shared queue);
 //! - [`instance`] runs each version on N runtime instances, each on its own thread, fed by the batcher;
+//! - [`classify`] answers Triton's classification extension (an output's top classes as BYTES);
 //! - [`validate`] checks requests against the model signature, and `reshape` applies config reshapes;
 //! - [`InferError`] is the single error taxonomy the API maps to HTTP and gRPC status codes.
 
 pub mod batcher;
+pub mod classify;
 pub mod config;
 mod error;
 pub mod files;

@@ -1,5 +1,6 @@
 //! A loaded model version: its signature, effective configuration, instance pool and statistics.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use crate::batcher::state::Entry;
 use crate::config::ModelConfig;
 use crate::instance::InstancePool;
 use crate::metrics::InFlight;
+use crate::repository::Labels;
 use crate::request::{InferOutput, InferRequest, InferResponse, Parameters};
 use crate::reshape::Reshapes;
 use crate::stats::ModelStats;
@@ -47,6 +49,7 @@ pub struct ModelVersion {
     pub stats: Arc<ModelStats>,
     scheduling: Scheduling,
     reshapes: Reshapes,
+    labels: BTreeMap<String, Labels>,
     pool: InstancePool,
 }
 
@@ -59,6 +62,7 @@ pub(crate) struct VersionParts {
     pub(crate) config: ModelConfig,
     pub(crate) scheduling: Scheduling,
     pub(crate) reshapes: Reshapes,
+    pub(crate) labels: BTreeMap<String, Labels>,
     pub(crate) stats: Arc<ModelStats>,
     pub(crate) pool: InstancePool,
 }
@@ -76,6 +80,7 @@ impl ModelVersion {
             stats: parts.stats,
             scheduling: parts.scheduling,
             reshapes: parts.reshapes,
+            labels: parts.labels,
             pool: parts.pool,
         }
     }
@@ -100,6 +105,8 @@ impl ModelVersion {
         let priority = self.priority_index(&request.parameters)?;
         let batched = self.max_batch_size > 0;
         let mut request = request;
+        // Checked before the model runs: a bad class count or a BYTES output costs no inference.
+        let classes = crate::classify::requested(&self.signature, &request.outputs)?;
         let (inputs, model_shaped) =
             self.reshapes.accept_model_shapes(&self.signature, std::mem::take(&mut request.inputs))?;
         request.inputs = inputs;
@@ -169,8 +176,39 @@ impl ModelVersion {
                 return Err(InferError::Internal("the model's output does not fit its configured reshape".into()));
             }
         };
+        let outputs = match self.classify(outputs, &classes, batched) {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                self.stats.fail.record(start.elapsed());
+                return Err(e);
+            }
+        };
         self.stats.success.record(start.elapsed());
         Ok(InferResponse { model_name: self.name.clone(), model_version: self.version.to_string(), id, outputs })
+    }
+
+    /// Replaces each output asked for with the `classification` parameter by its top classes (this request's
+    /// own outputs: a batch the request shared with others was already split back).
+    fn classify(
+        &self,
+        outputs: Vec<InferOutput>,
+        classes: &BTreeMap<String, usize>,
+        batched: bool,
+    ) -> Result<Vec<InferOutput>, InferError> {
+        if classes.is_empty() {
+            return Ok(outputs);
+        }
+        outputs
+            .into_iter()
+            .map(|output| match classes.get(&output.name) {
+                None => Ok(output),
+                Some(&count) => {
+                    let labels = self.labels.get(&output.name).map(|l| &l[..]);
+                    let tensor = crate::classify::top_classes(&output.name, &output.tensor, count, batched, labels)?;
+                    Ok(InferOutput { name: output.name, tensor })
+                }
+            })
+            .collect()
     }
 
     /// The queue deadline from the `timeout` parameter (microseconds) or the model's default.

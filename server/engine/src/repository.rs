@@ -10,6 +10,9 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use crate::config::{ConfigError, ModelConfig};
 use crate::files::{FileInfo, Files, FilesError};
@@ -40,11 +43,16 @@ pub struct ModelSource {
     pub config: ModelConfig,
     /// Versions found, ascending.
     pub versions: Vec<VersionSource>,
+    /// Class labels of the outputs whose config names a `label_filename`, by output name.
+    pub labels: BTreeMap<String, Labels>,
     /// Changes whenever any file of the model changes.
     pub fingerprint: u64,
     /// Which root holds the model.
     root: usize,
 }
+
+/// The labels of one output: line `i` of its label file is the label of class index `i`.
+pub type Labels = Arc<[Bytes]>;
 
 impl ModelSource {
     /// A source with the given config and empty versions, for unit tests of what is derived from it.
@@ -64,6 +72,7 @@ impl ModelSource {
                     rel: format!("{name}/{version}"),
                 })
                 .collect(),
+            labels: BTreeMap::new(),
             fingerprint: 0,
             root: 0,
         }
@@ -96,6 +105,16 @@ pub enum RepositoryError {
         model: String,
         /// What was wrong.
         source: ConfigError,
+    },
+    /// An output's `label_filename` cannot be used.
+    #[error("model `{model}`: output `{output}`: {reason}")]
+    Labels {
+        /// Model name.
+        model: String,
+        /// Output whose config names the file.
+        output: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The config names another model.
     #[error("model `{model}`: config.pbtxt says name `{config_name}`; it must match the directory")]
@@ -289,7 +308,9 @@ impl Repository {
                 config
             }
         };
-        let config_print = match (override_config, config_info) {
+        let location = if dir.is_empty() { root.describe() } else { format!("{}/{dir}", root.describe()) };
+        let (labels, label_files) = read_labels(root, name, &config, &prefix, &listed, &location).await?;
+        let mut config_print = match (override_config, config_info) {
             (Some((_, text)), _) => {
                 let mut hasher = std::hash::DefaultHasher::new();
                 text.hash(&mut hasher);
@@ -298,6 +319,12 @@ impl Repository {
             (None, Some(info)) => fingerprint(std::slice::from_ref(info)),
             (None, None) => 0,
         };
+        if !label_files.is_empty() {
+            // A changed label file changes what every version answers: they are rebuilt like for a new config.
+            let mut hasher = std::hash::DefaultHasher::new();
+            (config_print, fingerprint(&label_files)).hash(&mut hasher);
+            config_print = hasher.finish();
+        }
         let mut by_version: BTreeMap<u64, Vec<FileInfo>> = BTreeMap::new();
         let mut flat = Vec::new();
         for file in &listed {
@@ -323,12 +350,12 @@ impl Repository {
             // KServe's storage initializer puts the model file straight into the model dir.
             versions.push(version_source(1, dir.clone(), flat, config_print));
         }
-        let location = if dir.is_empty() { root.describe() } else { format!("{}/{dir}", root.describe()) };
         Ok(ModelSource {
             name: name.to_string(),
             location,
             config,
             versions,
+            labels,
             fingerprint: fingerprint(&listed),
             root: index,
         })
@@ -349,6 +376,55 @@ impl Repository {
             .map(|v| (v.version, if v.rel.is_empty() { local.clone() } else { local.join(&v.rel) }))
             .collect())
     }
+}
+
+/// Reads the label file of every output whose config names one, from the model directory (beside
+/// `config.pbtxt`, as in Triton) through the root's storage: local or object storage alike. Returns the labels by
+/// output name and the listing entries of the files read (for fingerprints). A named file that is missing, or a
+/// name that leaves the model directory, fails the model's load.
+async fn read_labels(
+    root: &Root,
+    model: &str,
+    config: &ModelConfig,
+    prefix: &str,
+    listed: &[FileInfo],
+    location: &str,
+) -> Result<(BTreeMap<String, Labels>, Vec<FileInfo>), RepositoryError> {
+    let mut labels = BTreeMap::new();
+    let mut files = Vec::new();
+    for output in &config.outputs {
+        let Some(file) = output.label_filename.as_deref() else { continue };
+        let refuse =
+            |reason: String| RepositoryError::Labels { model: model.to_string(), output: output.name.clone(), reason };
+        let inside = !file.starts_with('/')
+            && !file.contains('\\')
+            && file.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+        if !inside {
+            return Err(refuse(format!(
+                "label_filename `{file}` must be a relative path inside the model directory {location}"
+            )));
+        }
+        let rel = format!("{prefix}{file}");
+        let missing = || refuse(format!("label_filename `{file}` does not exist in {location}"));
+        let info = listed.iter().find(|f| f.path == rel).ok_or_else(missing)?;
+        let bytes = root.files.read(&rel).await?.ok_or_else(missing)?;
+        labels.insert(output.name.clone(), parse_labels(&bytes));
+        files.push(info.clone());
+    }
+    Ok((labels, files))
+}
+
+/// One label per line, as Triton reads a label file (`std::getline`: no entry after a final newline); a line's
+/// trailing `\r` (a file written on Windows) is not part of its label.
+pub fn parse_labels(bytes: &[u8]) -> Labels {
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Arc::from(Vec::new());
+    }
+    body.split(|&b| b == b'\n')
+        .map(|line| Bytes::copy_from_slice(line.strip_suffix(b"\r").unwrap_or(line)))
+        .collect::<Vec<_>>()
+        .into()
 }
 
 fn version_source(version: u64, rel: String, listed: Vec<FileInfo>, config_print: u64) -> VersionSource {
@@ -481,6 +557,72 @@ mod tests {
         assert!(dirs[&2].starts_with(&cache));
         assert_eq!(std::fs::read(dirs[&2].join("model.onnx")).unwrap(), b"two");
         assert!(!dirs[&2].parent().unwrap().join("1/model.onnx").exists(), "version 1 was not asked for");
+        std::fs::remove_dir_all(cache).unwrap();
+    }
+
+    const LABELLED: &[u8] =
+        b"output [ { name: \"OUT\" data_type: TYPE_FP32 dims: [ 3 ] label_filename: \"labels.txt\" } ]";
+
+    fn label_text(labels: &Labels) -> Vec<&[u8]> {
+        labels.iter().map(|l| &l[..]).collect()
+    }
+
+    #[test]
+    fn label_files_are_read_one_label_per_line() {
+        assert_eq!(label_text(&parse_labels(b"cat\ndog\r\n\nbird\n")), [&b"cat"[..], b"dog", b"", b"bird"]);
+        assert_eq!(label_text(&parse_labels(b"cat\ndog")), [&b"cat"[..], b"dog"]);
+        assert!(parse_labels(b"").is_empty());
+    }
+
+    #[tokio::test]
+    async fn reads_label_files_beside_the_config() {
+        let root = temp_dir("labels");
+        write(&root.join("m/1/model.onnx"), b"");
+        write(&root.join("m/config.pbtxt"), LABELLED);
+        write(&root.join("m/labels.txt"), b"zero\none\ntwo\n");
+        let repo = local(&root);
+        let m = repo.read_model("m", None).await.unwrap();
+        assert_eq!(label_text(&m.labels["OUT"]), [&b"zero"[..], b"one", b"two"]);
+        assert_eq!(m.versions[0].files, ["model.onnx"], "the label file is the model's, not a version's");
+        // New labels change what the versions answer: their fingerprint changes as for a new config.
+        write(&root.join("m/labels.txt"), b"zero\none\ntwo\nthree\n");
+        let relabelled = repo.read_model("m", None).await.unwrap();
+        assert_ne!(relabelled.versions[0].fingerprint, m.versions[0].fingerprint);
+        // A missing file fails the model's load, naming the output and the file.
+        std::fs::remove_file(root.join("m/labels.txt")).unwrap();
+        let error = repo.read_model("m", None).await.unwrap_err().to_string();
+        assert!(error.contains("output `OUT`") && error.contains("`labels.txt` does not exist"), "{error}");
+        // The same for a load's config override; and a name outside the model directory is refused.
+        let escaping = ModelConfig::from_pbtxt(
+            "output [ { name: \"OUT\" data_type: TYPE_FP32 dims: [ 3 ] label_filename: \"../m/config.pbtxt\" } ]",
+        )
+        .unwrap();
+        let error = repo.read_model("m", Some((&escaping, ""))).await.unwrap_err().to_string();
+        assert!(error.contains("inside the model directory"), "{error}");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn reads_label_files_through_an_object_store() {
+        use object_store::ObjectStore;
+        let store = std::sync::Arc::new(object_store::memory::InMemory::new());
+        for (path, bytes) in [
+            ("repo/m/config.pbtxt", LABELLED),
+            ("repo/m/labels.txt", b"zero\none\ntwo"),
+            ("repo/m/1/model.onnx", b""),
+            ("repo/n/config.pbtxt", LABELLED),
+            ("repo/n/1/model.onnx", b""),
+        ] {
+            store.put_opts(&path.into(), bytes.to_vec().into(), Default::default()).await.unwrap();
+        }
+        let cache = temp_dir("labels-cache");
+        let options = ferroserve_storage::StorageOptions { cache_dir: cache.clone(), ..Default::default() };
+        let storage = ferroserve_storage::Storage::from_store(store, "repo", "memory://repo", options);
+        let repo = Repository::new(vec![Root::models(Files::new(storage))]);
+        let m = repo.read_model("m", None).await.unwrap();
+        assert_eq!(label_text(&m.labels["OUT"]), [&b"zero"[..], b"one", b"two"]);
+        let error = repo.read_model("n", None).await.unwrap_err().to_string();
+        assert!(error.contains("`labels.txt` does not exist in memory://repo/n"), "{error}");
         std::fs::remove_dir_all(cache).unwrap();
     }
 

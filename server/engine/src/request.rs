@@ -77,7 +77,8 @@ pub struct InferInput {
 pub struct RequestedOutput {
     /// Output name.
     pub name: String,
-    /// Output parameters (`binary_data`, ...), read by the codecs.
+    /// Output parameters: `binary_data` (read by the codecs), `classification` (read by the engine, see
+    /// [`crate::classify`]), ...
     pub parameters: Parameters,
 }
 

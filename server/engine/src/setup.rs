@@ -171,6 +171,7 @@ pub(crate) fn complete_config(
                 datatype: Some(s.datatype),
                 dims: s.dims[skip..].to_vec(),
                 reshape: declared.iter().find(|d| d.name == s.name).and_then(|d| d.reshape.clone()),
+                label_filename: declared.iter().find(|d| d.name == s.name).and_then(|d| d.label_filename.clone()),
             })
             .collect()
     };
@@ -259,6 +260,7 @@ mod tests {
                 datatype: Some(DataType::Fp32),
                 dims: vec![16],
                 reshape: None,
+                label_filename: None,
             }],
             ..Default::default()
         };
@@ -271,12 +273,19 @@ mod tests {
                 datatype: Some(DataType::Int8),
                 dims: vec![],
                 reshape: None,
+                label_filename: None,
             }],
             ..Default::default()
         };
         assert!(complete_config(&source(wrong_type, &[1]), "p", signature(-1), vec![], &options).is_err());
         let unknown = ModelConfig {
-            outputs: vec![TensorConfig { name: "zz".into(), datatype: None, dims: vec![], reshape: None }],
+            outputs: vec![TensorConfig {
+                name: "zz".into(),
+                datatype: None,
+                dims: vec![],
+                reshape: None,
+                label_filename: None,
+            }],
             ..Default::default()
         };
         assert!(complete_config(&source(unknown, &[1]), "p", signature(-1), vec![], &options).is_err());
@@ -320,7 +329,13 @@ mod tests {
         let options = EngineOptions::default();
         let tensor = |dims: Vec<i64>, reshape: Vec<i64>| ModelConfig {
             max_batch_size: Some(8),
-            inputs: vec![TensorConfig { name: "x".into(), datatype: None, dims, reshape: Some(reshape) }],
+            inputs: vec![TensorConfig {
+                name: "x".into(),
+                datatype: None,
+                dims,
+                reshape: Some(reshape),
+                label_filename: None,
+            }],
             ..Default::default()
         };
         // The model's x is [batch, -1]: clients send [batch, 2, 3], the model gets [batch, 6].

@@ -87,12 +87,6 @@ pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, InferE
         .map(|o| {
             let parameters = parameters_from_proto(o.parameters);
             refuse_shared_memory("output", &o.name, &parameters)?;
-            if parameters.contains_key("classification") {
-                return Err(InferError::Unsupported(format!(
-                    "output `{}`: the classification extension is not supported",
-                    o.name
-                )));
-            }
             Ok(RequestedOutput { name: o.name, parameters })
         })
         .collect::<Result<_, _>>()?;

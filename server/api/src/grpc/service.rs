@@ -382,6 +382,7 @@ fn config_to_proto(config: &EngineConfig, name: &str) -> pb::ModelConfig {
                 name: t.name.clone(),
                 data_type: data_type(t.datatype),
                 dims: t.dims.clone(),
+                label_filename: t.label_filename.clone().unwrap_or_default(),
                 reshape: t.reshape.clone().map(|shape| pb::ModelTensorReshape { shape }),
             })
             .collect()

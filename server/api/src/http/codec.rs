@@ -184,12 +184,6 @@ pub fn decode_request(
     for output in request.outputs.unwrap_or_default() {
         let params = parameters_from_json(output.parameters)?;
         refuse_shared_memory("output", &output.name, &params)?;
-        if params.contains_key("classification") {
-            return Err(InferError::Unsupported(format!(
-                "output `{}`: the classification extension is not supported",
-                output.name
-            )));
-        }
         if let Some(b) = params.get("binary_data") {
             let b = b.as_bool().ok_or_else(|| {
                 InferError::invalid(format!("output `{}`: binary_data must be true or false", output.name))

@@ -51,7 +51,7 @@ fn tensor_configs(tensors: &[TensorConfig], input: bool) -> Vec<Value> {
                 v["allow_ragged_batch"] = json!(false);
                 v["optional"] = json!(false);
             } else {
-                v["label_filename"] = json!("");
+                v["label_filename"] = json!(t.label_filename.as_deref().unwrap_or_default());
             }
             v
         })

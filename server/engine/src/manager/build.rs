@@ -158,6 +158,7 @@ pub(super) fn build_version(
         config,
         scheduling,
         reshapes,
+        labels: source.labels.clone(),
         stats,
         pool,
     }))

@@ -433,3 +433,77 @@ async fn configs_ferroserve_cannot_honour_fail_the_load_with_the_reason() {
     assert_eq!(f.loader.loads.load(Ordering::SeqCst), 1, "only `ok` was built");
     assert_eq!(answer(&f.manager, "ok").await.unwrap(), 2.0);
 }
+
+fn classified(model: &str, values: &[f32], count: i64) -> InferRequest {
+    let mut request = request(model, None);
+    request.inputs[0].tensor = Tensor::from_f32(vec![values.len()], values).unwrap();
+    let mut parameters = crate::request::Parameters::new();
+    parameters.insert("classification".into(), crate::request::Parameter::Int(count));
+    request.outputs = vec![crate::request::RequestedOutput { name: "x".into(), parameters }];
+    request
+}
+
+fn texts(response: &InferResponse) -> (Vec<usize>, Vec<String>) {
+    let tensor = &response.outputs[0].tensor;
+    assert_eq!(tensor.datatype(), DataType::Bytes);
+    let strings = tensor.as_strings().unwrap().iter().map(|s| String::from_utf8(s.to_vec()).unwrap()).collect();
+    (tensor.shape().to_vec(), strings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn classification_uses_the_label_file_and_each_request_gets_its_own_rows_of_a_batch() {
+    let f = fixture("classify", ModelControlMode::Explicit);
+    write(&f.root.join("whole/1/model.add"), "10");
+    write(
+        &f.root.join("whole/config.pbtxt"),
+        "max_batch_size: 0\noutput [ { name: \"x\" label_filename: \"l.txt\" } ]",
+    );
+    write(&f.root.join("whole/l.txt"), "zero\none\ntwo\n");
+    write(&f.root.join("batched/1/model.add"), "10");
+    write(
+        &f.root.join("batched/config.pbtxt"),
+        "max_batch_size: 8\ndynamic_batching { preferred_batch_size: [3] max_queue_delay_microseconds: 2000000 }\n\
+         parameters { key: \"batch_window\" value: { string_value: \"fixed\" } }\n\
+         output [ { name: \"x\" label_filename: \"l.txt\" } ]",
+    );
+    write(&f.root.join("batched/l.txt"), "only\n");
+    write(&f.root.join("unlabelled/1/model.add"), "10");
+    write(&f.root.join("unlabelled/config.pbtxt"), "output [ { name: \"x\" label_filename: \"nope.txt\" } ]");
+    f.manager.start(StartupModels::Named(vec![])).await.unwrap();
+    f.manager.request_load("whole", None).await.unwrap();
+    f.manager.request_load("batched", None).await.unwrap();
+
+    // A model that does not batch: the whole output is one item; N beyond the classes is clamped.
+    let answer = f.manager.infer(classified("whole", &[3.0, 1.0, 2.5], 2)).await.unwrap();
+    assert_eq!(texts(&answer), (vec![2], vec!["13.000000:0:zero".into(), "12.500000:2:two".into()]));
+    let answer = f.manager.infer(classified("whole", &[3.0, 1.0, 2.5], 10)).await.unwrap();
+    assert_eq!(texts(&answer).0, vec![3]);
+    assert_eq!(texts(&answer).1[2], "11.000000:1:one");
+    let bad = f.manager.infer(classified("whole", &[1.0], 0)).await.unwrap_err();
+    assert!(matches!(bad, InferError::InvalidInput(m) if m.contains("positive integer")));
+
+    // Two requests batched together: each classifies its own rows.
+    let (one, two) = tokio::join!(
+        f.manager.infer(classified("batched", &[5.0], 3)),
+        f.manager.infer(classified("batched", &[1.0, 2.0], 3)),
+    );
+    assert_eq!(texts(&one.unwrap()), (vec![1, 1], vec!["15.000000:0:only".into()]));
+    assert_eq!(texts(&two.unwrap()), (vec![2, 1], vec!["11.000000:0:only".into(), "12.000000:0:only".into()]));
+    let version = f.manager.version("batched", None).unwrap();
+    // Statistics are recorded just after the answers go out.
+    for _ in 0..200 {
+        if version.stats.snapshot().inference_count == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats = version.stats.snapshot();
+    assert_eq!((stats.inference_count, stats.execution_count), (3, 1), "the two requests ran as one batch");
+
+    // A label file that is not there fails the load, naming it.
+    let message = match f.manager.request_load("unlabelled", None).await {
+        Err(InferError::InvalidInput(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    assert!(message.contains("`nope.txt` does not exist"), "{message}");
+}
