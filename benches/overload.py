@@ -78,9 +78,10 @@ def main():
     parser.add_argument("--factor", type=float, default=10)
     parser.add_argument("--budget-mib", type=int, default=1024)
     parser.add_argument("--small-rate", type=float, default=200)
+    parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "ferroserve"))
     args = parser.parse_args()
 
-    binary = os.path.join(ROOT, "target", "release", "ferroserve")
+    binary = args.binary
     env = dict(os.environ, RUST_LOG="warn")
     proc = subprocess.Popen([binary, "--host", "127.0.0.1", "--http_port", "0", "--grpc_port", "0",
                              "--model-repository", os.path.join(ROOT, "models", "repository"),
