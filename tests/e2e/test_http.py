@@ -308,3 +308,12 @@ def test_non_finite_floats_travel_as_json_tokens(server, client):
                 '{"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": ["NaN"]}]}'):
         assert raw(server, "POST", "/v2/models/mlp/infer", bad.encode())[0] == 400, bad
 
+
+
+def test_infer_answers_carry_content_length_not_chunked(server):
+    """hyper sends Content-Length when the body knows its size; a wrapper that loses the size hint turns every answer
+    chunked (and slower): the in-flight memory charge's wrapper must keep it."""
+    body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]})
+    status, headers, data = raw(server, "POST", "/v2/models/mlp/infer", body.encode())
+    assert status == 200
+    assert headers.get("content-length") == str(len(data)) and "transfer-encoding" not in headers, headers

@@ -156,12 +156,35 @@ pub async fn admit_http(
     };
     let response = next.run(request).await;
     // The charge lives as long as the response body, which hyper drops once it is sent.
-    response.map(|body| {
-        Body::new(body.map_frame(move |frame| {
-            let _held = &reservation;
-            frame
-        }))
-    })
+    response.map(|body| Body::new(Held { body, _reservation: reservation }))
+}
+
+/// A response body that holds its request's charge until it is dropped. It forwards `size_hint`, so hyper
+/// still sends `Content-Length` rather than chunked encoding (a wrapper that loses the hint costs a chunked
+/// response and an extra write per request).
+struct Held {
+    body: Body,
+    _reservation: Reservation,
+}
+
+impl http_body::Body for Held {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Answers a refused request. Its body is read and thrown away first (a chunk at a time, up to the body limit,
@@ -189,6 +212,17 @@ async fn refuse(request: Request, error: InferError, max_body_bytes: usize) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_held_body_keeps_its_exact_size_and_gives_the_charge_back_when_dropped() {
+        use http_body::Body as _;
+        let budget = MemoryBudget::new(100);
+        let held = Held { body: Body::from("0123456789"), _reservation: budget.reserve(10).unwrap() };
+        assert_eq!(held.size_hint().exact(), Some(10));
+        assert_eq!(budget.used(), 10);
+        drop(held);
+        assert_eq!(budget.used(), 0);
+    }
 
     #[test]
     fn reserves_up_to_the_limit_and_gives_back_on_drop() {
