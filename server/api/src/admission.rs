@@ -59,9 +59,22 @@ impl MemoryBudget {
     /// Charges `bytes`, or refuses: Overloaded (429 / RESOURCE_EXHAUSTED) when the budget is full now, invalid
     /// input (400) when the request alone is larger than the whole budget (retrying could never help).
     pub fn reserve(self: &Arc<Self>, bytes: usize) -> Result<Reservation, InferError> {
-        if bytes > self.limit {
+        let mut reservation = Reservation { budget: Arc::clone(self), bytes: 0 };
+        reservation.grow(bytes)?;
+        Ok(reservation)
+    }
+
+    /// Adds `bytes` to the count, or refuses as [`MemoryBudget::reserve`] does. `held` is what the same request
+    /// already holds: the request as a whole, not only this part, must fit in the budget, or the answer is 400.
+    /// With no limit nothing is counted (so no sum can overflow).
+    fn charge(&self, held: usize, bytes: usize) -> Result<usize, InferError> {
+        if self.limit == usize::MAX {
+            return Ok(0);
+        }
+        let whole = held.saturating_add(bytes);
+        if whole > self.limit {
             return Err(InferError::invalid(format!(
-                "the request needs about {bytes} bytes of memory in flight, more than the server's whole budget of \
+                "the request needs about {whole} bytes of memory in flight, more than the server's whole budget of \
                  {} bytes (--max-inflight-bytes); send tensors with the binary data extension or split the request",
                 self.limit
             )));
@@ -76,10 +89,18 @@ impl MemoryBudget {
                 )));
             }
             match self.used.compare_exchange_weak(used, used + bytes, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok(Reservation { budget: Arc::clone(self), bytes }),
+                Ok(_) => return Ok(bytes),
                 Err(now) => used = now,
             }
         }
+    }
+}
+
+impl Reservation {
+    /// Charges `bytes` more to the same reservation (a body read frame by frame).
+    pub fn grow(&mut self, bytes: usize) -> Result<(), InferError> {
+        self.bytes += self.budget.charge(self.bytes, bytes)?;
+        Ok(())
     }
 }
 
@@ -122,37 +143,54 @@ pub async fn admit_http(
     next: Next,
 ) -> Response {
     let json_length = header_number(&request, crate::http::codec::HEADER_LENGTH);
-    let (request, length) = match header_number(&request, "content-length") {
+    let too_large = || {
+        let message = format!("the request body is larger than {max_body_bytes} bytes (--max-message-bytes)");
+        (axum::http::StatusCode::PAYLOAD_TOO_LARGE, axum::Json(serde_json::json!({"error": message}))).into_response()
+    };
+    let (request, reservation) = match header_number(&request, "content-length") {
         Some(0) => return next.run(request).await,
-        Some(length) => (request, length),
+        Some(length) if length > max_body_bytes => return too_large(),
+        Some(length) => match budget.reserve(http_cost(length, json_length.unwrap_or(length))) {
+            Ok(r) => (request, r),
+            Err(e) => return refuse(request, e, max_body_bytes).await,
+        },
         None => {
-            // No declared length: read the body (bounded) to learn it, then charge it.
-            let (parts, body) = request.into_parts();
-            match http_body_util::Limited::new(body, max_body_bytes).collect().await.map(|c| c.to_bytes()) {
-                Ok(bytes) if bytes.is_empty() => return next.run(Request::from_parts(parts, Body::empty())).await,
-                Ok(bytes) => {
-                    let length = bytes.len();
-                    (Request::from_parts(parts, Body::from(bytes)), length)
-                }
-                // Too long: 413, as the body limit answers a request that declared its length.
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    let message =
-                        format!("the request body is larger than {max_body_bytes} bytes (--max-message-bytes)");
-                    return (
-                        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                        axum::Json(serde_json::json!({"error": message})),
-                    )
-                        .into_response();
-                }
-                Err(e) => {
-                    return ApiError(InferError::invalid(format!("cannot read the request body: {e}"))).into_response();
+            // No declared length (chunked, or decompressed on the way in): charged frame by frame as it is read,
+            // so a body that would pass the budget is refused before it is all in memory.
+            let (parts, mut body) = request.into_parts();
+            let mut reservation = match budget.reserve(0) {
+                Ok(r) => r,
+                Err(e) => return ApiError(e).into_response(),
+            };
+            let mut collected = bytes::BytesMut::new();
+            let mut charged = 0;
+            loop {
+                match body.frame().await {
+                    None => break,
+                    Some(Err(e)) => {
+                        return ApiError(InferError::invalid(format!("cannot read the request body: {e}")))
+                            .into_response();
+                    }
+                    Some(Ok(frame)) => {
+                        let Ok(data) = frame.into_data() else { continue };
+                        if collected.len() + data.len() > max_body_bytes {
+                            return too_large();
+                        }
+                        collected.extend_from_slice(&data);
+                        let cost = http_cost(collected.len(), json_length.unwrap_or(collected.len()));
+                        if let Err(e) = reservation.grow(cost - charged) {
+                            drop(collected);
+                            return refuse(Request::from_parts(parts, body), e, max_body_bytes).await;
+                        }
+                        charged = cost;
+                    }
                 }
             }
+            if collected.is_empty() {
+                return next.run(Request::from_parts(parts, Body::empty())).await;
+            }
+            (Request::from_parts(parts, Body::from(collected.freeze())), reservation)
         }
-    };
-    let reservation = match budget.reserve(http_cost(length, json_length.unwrap_or(length))) {
-        Ok(r) => r,
-        Err(e) => return refuse(request, e, max_body_bytes).await,
     };
     let response = next.run(request).await;
     // The charge lives as long as the response body, which hyper drops once it is sent.
@@ -241,10 +279,28 @@ mod tests {
     }
 
     #[test]
-    fn zero_means_no_limit() {
+    fn zero_means_no_limit_and_nothing_overflows() {
         let budget = MemoryBudget::new(0);
-        let _big = budget.reserve(usize::MAX / 2).unwrap();
-        let _more = budget.reserve(usize::MAX / 4).unwrap();
+        let _big = budget.reserve(usize::MAX).unwrap();
+        let mut more = budget.reserve(usize::MAX).unwrap();
+        more.grow(usize::MAX).unwrap();
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_reservation_grows_until_the_budget_is_full() {
+        let budget = MemoryBudget::new(100);
+        let mut r = budget.reserve(0).unwrap();
+        r.grow(60).unwrap();
+        // Past the whole budget for this one request: a client error, not overload.
+        assert!(matches!(r.grow(41), Err(InferError::InvalidInput(_))));
+        r.grow(30).unwrap();
+        // Another request's share: overload while this one holds 90.
+        let mut other = budget.reserve(5).unwrap();
+        assert!(matches!(other.grow(10), Err(InferError::Overloaded(_))));
+        assert_eq!(budget.used(), 95);
+        drop((r, other));
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

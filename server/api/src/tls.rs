@@ -24,6 +24,10 @@ use tokio_rustls::server::TlsStream;
 /// How long a client has to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Handshakes in progress at once per port; connections beyond it are closed at once, so a flood of silent
+/// connections cannot use up the process's file descriptors.
+const MAX_PENDING_HANDSHAKES: usize = 1024;
+
 /// How often the files' modification times are compared.
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -179,6 +183,7 @@ impl TlsListener {
     pub fn new(tcp: TcpListener, settings: Arc<TlsSettings>) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, accepted) = mpsc::channel(64);
+        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = tokio::select! {
@@ -194,10 +199,15 @@ impl TlsListener {
                     // The server stopped listening: stop accepting, so new connections are refused.
                     _ = tx.closed() => break,
                 };
+                let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many TLS handshakes in progress; connection closed");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let acceptor = settings.acceptor();
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;

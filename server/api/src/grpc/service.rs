@@ -238,14 +238,17 @@ impl GrpcInferenceService for InferenceService {
                         async move {
                             let observed = Observed::start(&request);
                             let id = request.id.clone();
+                            // Charged before decoding (a refused request is not decoded) and held until its
+                            // answer has been handed to the stream.
                             let charge = budget.reserve(admission::grpc_cost(observed.bytes_in));
-                            let (served, reply) = match (charge, codec::decode_request(request)) {
-                                (Err(e), _) | (Ok(_), Err(e)) => (None, Err(e)),
-                                (Ok(_charge), Ok(r)) => {
+                            let decoded = charge.and_then(|c| codec::decode_request(request).map(|r| (c, r)));
+                            let (_charge, (served, reply)) = match decoded {
+                                Err(e) => (None, (None, Err(e))),
+                                Ok((charge, r)) => {
                                     let routed = manager.infer_routed(r, keys);
                                     match admission::within_request_timeout(request_timeout, routed).await {
-                                        Ok(done) => done,
-                                        Err(timeout) => (None, Err(timeout)),
+                                        Ok(done) => (Some(charge), done),
+                                        Err(timeout) => (Some(charge), (None, Err(timeout))),
                                     }
                                 }
                             };
