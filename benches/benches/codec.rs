@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferroserve::http::codec::{ResponseFormat, decode_request, encode_response, split_body};
+use ferroserve::shm::SharedMemory;
 use ferroserve_benches::{binary_request, json_request};
 use ferroserve_engine::{InferOutput, InferResponse};
 
@@ -16,7 +17,11 @@ fn bench(c: &mut Criterion) {
 
     let json = Bytes::from(json_request(ELEMENTS));
     group.bench_function("decode_json", |b| {
-        b.iter(|| decode_request("m", None, &json, Bytes::new()).map(|r| r.0.inputs.len()).unwrap_or(0))
+        b.iter(|| {
+            decode_request("m", None, &json, Bytes::new(), &SharedMemory::default())
+                .map(|r| r.0.inputs.len())
+                .unwrap_or(0)
+        })
     });
 
     let (header_len, body) = binary_request(ELEMENTS);
@@ -25,11 +30,12 @@ fn bench(c: &mut Criterion) {
     group.bench_function("decode_binary", |b| {
         b.iter(|| {
             let (head, tail) = split_body(Some(&len), body.clone()).unwrap_or_default();
-            decode_request("m", None, &head, tail).map(|r| r.0.inputs.len()).unwrap_or(0)
+            decode_request("m", None, &head, tail, &SharedMemory::default()).map(|r| r.0.inputs.len()).unwrap_or(0)
         })
     });
 
-    let (request, _) = decode_request("m", None, &json, Bytes::new()).unwrap_or_else(|e| panic!("{e}"));
+    let (request, _) =
+        decode_request("m", None, &json, Bytes::new(), &SharedMemory::default()).unwrap_or_else(|e| panic!("{e}"));
     let tensor = request.inputs[0].tensor.clone();
     let response = InferResponse {
         model_name: "m".into(),

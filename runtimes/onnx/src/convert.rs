@@ -2,10 +2,13 @@
 //!
 //! Bytes arriving from the network are not aligned for `f32`, so inputs are collected into typed vectors
 //! (one copy) rather than reinterpreted in place. Outputs are copied once out of ONNX Runtime's buffer.
+//! BYTES go through [`crate::strings`], which carries any bytes (NUL, non-UTF-8) unchanged.
 
 use bytes::Bytes;
 use ferroserve_runtime::{DataType, RuntimeError, Tensor, TensorData};
 use ort::value::{DynValue, TensorElementType};
+
+use crate::strings;
 
 /// Our data type for an ONNX element type, if the protocol has one.
 pub(crate) fn datatype_of(ty: TensorElementType) -> Option<DataType> {
@@ -63,19 +66,7 @@ pub(crate) fn to_value(tensor: Tensor) -> Result<DynValue, RuntimeError> {
         }
         DataType::Bytes => {
             let items = tensor.as_strings().ok_or_else(|| layout_error(datatype))?;
-            // ONNX strings are UTF-8 and NUL-terminated inside ONNX Runtime.
-            let strings = items
-                .iter()
-                .enumerate()
-                .map(|(i, s)| match std::str::from_utf8(s) {
-                    Ok(text) if !text.contains('\0') => Ok(text.to_owned()),
-                    _ => Err(RuntimeError::InvalidInput(format!(
-                        "BYTES element {i} is not valid UTF-8 text without NUL bytes, as ONNX strings must be"
-                    ))),
-                })
-                .collect::<Result<Vec<String>, _>>()?;
-            let strings: std::sync::Arc<[String]> = strings.into();
-            ort::value::Tensor::from_string_array((shape, strings)).map_err(ort_error)?.into_dyn()
+            strings::to_string_value(&shape, items)?
         }
     })
 }
@@ -87,8 +78,8 @@ fn layout_error(datatype: DataType) -> RuntimeError {
 /// Copies an `ort` output value into one of our tensors.
 pub(crate) fn from_value(value: &DynValue) -> Result<Tensor, RuntimeError> {
     let exec = |e: ort::Error| RuntimeError::Execution(e.to_string());
-    let ty = match value.dtype() {
-        ort::value::ValueType::Tensor { ty, .. } => *ty,
+    let (ty, value_shape) = match value.dtype() {
+        ort::value::ValueType::Tensor { ty, shape, .. } => (*ty, shape),
         other => return Err(RuntimeError::Unsupported(format!("output of type {other:?}"))),
     };
     let datatype = datatype_of(ty).ok_or_else(|| RuntimeError::Unsupported(format!("output element type {ty:?}")))?;
@@ -115,10 +106,7 @@ pub(crate) fn from_value(value: &DynValue) -> Result<Tensor, RuntimeError> {
             let (shape, data) = value.try_extract_tensor::<bool>().map_err(exec)?;
             (dims(shape), TensorData::Fixed(data.iter().map(|&b| u8::from(b)).collect::<Vec<u8>>().into()))
         }
-        DataType::Bytes => {
-            let (shape, strings) = value.try_extract_strings().map_err(exec)?;
-            (dims(shape), TensorData::Strings(strings.into_iter().map(Bytes::from).collect()))
-        }
+        DataType::Bytes => (dims(value_shape), TensorData::Strings(strings::strings_of(value)?)),
     };
     Tensor::new(datatype, shape, data).map_err(|e| RuntimeError::Execution(e.to_string()))
 }

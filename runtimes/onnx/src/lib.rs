@@ -5,6 +5,7 @@
 //! [`Runtime`] contract: each instance thread owns its session; parallelism comes from more instances.
 
 mod convert;
+mod strings;
 
 use std::path::Path;
 
@@ -124,7 +125,10 @@ impl Runtime for OnnxRuntime {
             .map(convert::to_value)
             .map(|v| v.map(ort::session::SessionInputValue::from))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut outputs = self.session.run(&values[..]).map_err(|e| RuntimeError::Execution(e.to_string()))?;
+        let mut outputs = match self.session.run(&values[..]) {
+            Ok(outputs) => outputs,
+            Err(e) => return Err(run_error(&self.signature, &values, e)),
+        };
         let mut result = Vec::with_capacity(self.signature.outputs.len());
         for spec in &self.signature.outputs {
             let value = outputs
@@ -134,4 +138,28 @@ impl Runtime for OnnxRuntime {
         }
         Ok(result)
     }
+}
+
+/// What a failed run means for the caller.
+///
+/// BYTES reach the model unchanged, so a client can send bytes that a string kernel refuses (StringNormalizer on
+/// text that is not UTF-8, say); ONNX Runtime reports that as a plain failure. When an input holds such bytes,
+/// the failure is put down to it: `InvalidInput`, naming the input and element, so the engine runs a batch's
+/// requests again one by one and refuses only the offending one. Checked only once a run has failed, so the
+/// inputs are not scanned on the way in.
+fn run_error(
+    signature: &ModelSignature,
+    values: &[ort::session::SessionInputValue<'_>],
+    error: ort::Error,
+) -> RuntimeError {
+    for (spec, value) in signature.inputs.iter().zip(values) {
+        if let Some(index) = strings::first_non_utf8(value) {
+            tracing::debug!(input = %spec.name, index, error = %error, "the model failed on BYTES that are not UTF-8");
+            return RuntimeError::InvalidInput(format!(
+                "`{}` element {index} is not UTF-8 text, and the model cannot take it",
+                spec.name
+            ));
+        }
+    }
+    RuntimeError::Execution(error.to_string())
 }

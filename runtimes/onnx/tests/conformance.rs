@@ -1,5 +1,6 @@
 //! Runtime conformance checks on the ONNX backend with the committed example models: signature, dtype
-//! round trips, outputs against the numpy references, and batch-vs-single invariance.
+//! round trips, outputs against the numpy references, and batch-vs-single invariance; and BYTES (NUL,
+//! non-UTF-8, empty, 1 MiB) through a STRING Identity model in tests/models, unchanged.
 //!
 //! Needs `ORT_DYLIB_PATH` (scripts/test sets it from the `onnxruntime` wheel); without it these tests fail
 //! with that message rather than pass vacuously.
@@ -100,8 +101,77 @@ fn strings_in_and_out() {
             .unwrap();
     let out = strings.infer(vec![text]).unwrap();
     assert_eq!(out[0].as_strings().unwrap(), &[Bytes::from_static(b"AB C"), Bytes::new()]);
-    let bad = Tensor::new(DataType::Bytes, vec![1], TensorData::Strings(vec![Bytes::from_static(b"\xff")])).unwrap();
-    assert!(matches!(strings.infer(vec![bad]), Err(ferroserve_runtime::RuntimeError::InvalidInput(_))));
+    // NUL is valid UTF-8: it reaches StringNormalizer and comes back in both outputs.
+    let nul = Tensor::new(DataType::Bytes, vec![1], TensorData::Strings(vec![Bytes::from_static(b"he\0llo")])).unwrap();
+    let out = strings.infer(vec![nul]).unwrap();
+    assert_eq!(out[0].as_strings().unwrap(), &[Bytes::from_static(b"HE\0LLO")]);
+    assert_eq!(out[1].as_strings().unwrap(), &[Bytes::from_static(b"he\0llo")]);
+    // Non-UTF-8 reaches ONNX Runtime too, whose StringNormalizer refuses it: the input is blamed, alone or in a
+    // batch, and the instance still serves.
+    for items in [vec![Bytes::from_static(b"\xff")], vec![Bytes::from_static(b"ok"), Bytes::from_static(b"a\xc3(")]] {
+        let bad = Tensor::new(DataType::Bytes, vec![items.len()], TensorData::Strings(items.clone())).unwrap();
+        let error = strings.infer(vec![bad]).expect_err("StringNormalizer refuses non-UTF-8");
+        let ferroserve_runtime::RuntimeError::InvalidInput(message) = error else { panic!("{error:?}") };
+        let index = items.len() - 1;
+        assert!(message.contains(&format!("`TEXT` element {index} is not UTF-8")), "{message}");
+    }
+    let text = Tensor::new(DataType::Bytes, vec![1], TensorData::Strings(vec![Bytes::from_static(b"x")])).unwrap();
+    assert_eq!(strings.infer(vec![text]).unwrap()[0].as_strings().unwrap(), &[Bytes::from_static(b"X")]);
+}
+
+/// The STRING Identity model of tests/models (see make_bytes_identity.py there): IN [batch, n] -> OUT.
+fn bytes_identity() -> Box<dyn Runtime> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/models/bytes_identity.onnx");
+    loader().load(&LoadSpec::new(path, Device::Cpu, 1)).expect("model loads")
+}
+
+fn bytes_tensor(shape: Vec<usize>, items: Vec<Bytes>) -> Tensor {
+    Tensor::new(DataType::Bytes, shape, TensorData::Strings(items)).expect("a BYTES tensor")
+}
+
+/// Elements ONNX Runtime's C-string entry points would mangle: inner and trailing NUL, non-UTF-8, empty, and
+/// 1 MiB holding every byte value.
+fn awkward_elements() -> Vec<Bytes> {
+    let large: Vec<u8> = (0..1usize << 20).map(|i| (i.wrapping_mul(131) >> 3) as u8).collect();
+    assert!(large.contains(&0) && large.contains(&0xff));
+    vec![
+        Bytes::from_static(b"he\0llo"),
+        Bytes::from_static(b"\xff\xfe"),
+        Bytes::new(),
+        Bytes::from(large),
+        Bytes::from_static(b"\0"),
+        Bytes::from_static(b"caf\xc3\xa9\0"),
+    ]
+}
+
+#[test]
+fn bytes_round_trip_unchanged_batched() {
+    let mut identity = bytes_identity();
+    let items = awkward_elements();
+    let out = identity.infer(vec![bytes_tensor(vec![2, 3], items.clone())]).expect("the batch runs");
+    assert_eq!(out[0].datatype(), DataType::Bytes);
+    assert_eq!(out[0].shape(), &[2, 3]);
+    let got = out[0].as_strings().expect("BYTES out");
+    assert_eq!(got.len(), items.len());
+    for (i, (got, want)) in got.iter().zip(&items).enumerate() {
+        assert!(got == want, "element {i}: {} bytes back for {} sent", got.len(), want.len());
+    }
+}
+
+#[test]
+fn bytes_round_trip_unchanged_single_and_in_batches() {
+    let mut identity = bytes_identity();
+    for (i, item) in awkward_elements().into_iter().enumerate() {
+        let out = identity.infer(vec![bytes_tensor(vec![1, 1], vec![item.clone()])]).expect("a single row runs");
+        assert_eq!(out[0].shape(), &[1, 1]);
+        assert!(out[0].as_strings().unwrap() == [item], "element {i} alone");
+    }
+    let rows: Vec<Vec<Tensor>> =
+        awkward_elements().chunks(2).map(|pair| vec![bytes_tensor(vec![1, 2], pair.to_vec())]).collect();
+    suite::batch_matches_single_rows(identity.as_mut(), &rows, 0.0);
+    let empty = identity.infer(vec![bytes_tensor(vec![0, 2], Vec::new())]).expect("an empty batch runs");
+    assert_eq!(empty[0].shape(), &[0, 2]);
+    assert_eq!(empty[0].as_strings().map(<[Bytes]>::len), Some(0));
 }
 
 #[test]

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod raw;
 pub mod request_id;
 pub mod shared_port;
+pub mod shm;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
@@ -106,6 +107,7 @@ pub async fn run(
         budget: admission::MemoryBudget::new(config.max_inflight_bytes),
         request_timeout: (config.request_timeout_secs > 0).then(|| Duration::from_secs(config.request_timeout_secs)),
         metrics: if config.allow_metrics { metrics::install() } else { None },
+        shm: Arc::new(shm::SharedMemory::default()),
     };
 
     let http_listener = TcpListener::bind((config.host, config.http_port))

@@ -19,6 +19,7 @@ pub const EXTENSIONS: &[&str] = &[
     "statistics",
     "parameters",
     "schedule_policy",
+    "system_shared_memory",
 ];
 
 /// Cheap to clone; every handler gets one.
@@ -38,4 +39,6 @@ pub struct AppState {
     pub admin: Arc<crate::admin::AdminPolicy>,
     /// The Prometheus exporter behind `/metrics` (`None`: no recorder could be installed).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Registered system shared-memory regions (Triton's extension).
+    pub shm: Arc<crate::shm::SharedMemory>,
 }

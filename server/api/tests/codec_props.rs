@@ -11,6 +11,7 @@ use ferroserve::grpc::codec as grpc;
 use ferroserve::http::codec::{ResponseFormat, decode_request, encode_response, split_body};
 use ferroserve::json_data::{DataView, FlatData, concrete_shape, tensor_from_json};
 use ferroserve::raw::{tensor_from_raw, tensor_to_raw};
+use ferroserve::shm::SharedMemory;
 use ferroserve_engine::{InferOutput, InferResponse};
 use ferroserve_proto::ModelInferRequest;
 use ferroserve_proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
@@ -221,7 +222,7 @@ fn client_input(name: &str, tensor: &Tensor, binary: bool, nest: bool, tail: &mu
 #[test]
 fn fp64_json_data_decodes_to_the_exact_double() {
     let json = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP64","data":[-1.5330618282623167e156, 0.1]}]}"#;
-    let (decoded, _) = decode_request("m", None, json, Bytes::new()).unwrap();
+    let (decoded, _) = decode_request("m", None, json, Bytes::new(), &SharedMemory::default()).unwrap();
     let expected = [-1.5330618282623167e156_f64, 0.1].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
     assert_eq!(decoded.inputs[0].tensor.as_fixed().unwrap(), &expected[..]);
 }
@@ -249,7 +250,7 @@ proptest! {
         json in prop::collection::vec(any::<u8>(), 0..128),
         binary in prop::collection::vec(any::<u8>(), 0..32),
     ) {
-        let _ = decode_request("m", None, &json, Bytes::from(binary));
+        let _ = decode_request("m", None, &json, Bytes::from(binary), &SharedMemory::default());
     }
 
     /// Near-valid request JSON with any header length and tail: never a panic, and what decodes is coherent.
@@ -263,7 +264,7 @@ proptest! {
         body.extend_from_slice(&tail);
         // With no header, the tail is read as part of the JSON (as a server would).
         let Ok((head, binary)) = split_body(header.as_deref(), Bytes::from(body)) else { return Ok(()) };
-        if let Ok((decoded, _)) = decode_request("m", Some("1"), &head, binary) {
+        if let Ok((decoded, _)) = decode_request("m", Some("1"), &head, binary, &SharedMemory::default()) {
             for input in &decoded.inputs {
                 let t = &input.tensor;
                 let count = t.shape().iter().product::<usize>();
@@ -313,7 +314,7 @@ proptest! {
         body.extend_from_slice(&tail);
 
         let (head, binary) = split_body(header.as_deref(), body.freeze()).unwrap();
-        let (decoded, _format) = decode_request("m", Some("1"), &head, binary)
+        let (decoded, _format) = decode_request("m", Some("1"), &head, binary, &SharedMemory::default())
             .map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&json))))?;
         prop_assert_eq!(decoded.id, id);
         let tensors: Vec<Tensor> = decoded.inputs.iter().map(|i| i.tensor.clone()).collect();
@@ -430,7 +431,7 @@ proptest! {
     #[test]
     fn grpc_decode_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         if let Ok(request) = <ModelInferRequest as prost::Message>::decode(&bytes[..]) {
-            let _ = grpc::decode_request(request);
+            let _ = grpc::decode_request(request, &SharedMemory::default());
         }
     }
 
@@ -453,7 +454,7 @@ proptest! {
             raw_input_contents: raw,
             ..Default::default()
         };
-        let _ = grpc::decode_request(request);
+        let _ = grpc::decode_request(request, &SharedMemory::default());
     }
 
     /// A gRPC request with raw contents decodes to its tensors, and a response's raw contents read back.
@@ -476,7 +477,7 @@ proptest! {
             raw_input_contents: tensors.iter().map(tensor_to_raw).collect(),
             ..Default::default()
         };
-        let decoded = grpc::decode_request(request).unwrap();
+        let (decoded, _) = grpc::decode_request(request, &SharedMemory::default()).unwrap();
         prop_assert_eq!(decoded.id, (!id.is_empty()).then_some(id));
         prop_assert_eq!(decoded.inputs.iter().map(|i| i.tensor.clone()).collect::<Vec<_>>(), tensors.clone());
 
@@ -486,7 +487,7 @@ proptest! {
             id: None,
             outputs: tensors.iter().map(|t| InferOutput { name: "o".into(), tensor: t.clone() }).collect(),
         };
-        let encoded = grpc::encode_response(response);
+        let encoded = grpc::encode_response(response, &Default::default()).unwrap();
         for ((output, raw), original) in encoded.outputs.iter().zip(&encoded.raw_output_contents).zip(&tensors) {
             let shape = concrete_shape("o", &output.shape).unwrap();
             let datatype = DataType::parse(&output.datatype).unwrap();

@@ -41,26 +41,6 @@ impl Parameter {
 /// Named parameters, sorted by name for stable output.
 pub type Parameters = BTreeMap<String, Parameter>;
 
-/// Refuses a tensor placed in (or asked into) a shared-memory region: the server has no shared-memory
-/// extension, so the data is not in the request and a reply there would never be read. Clients such as
-/// perf_analyzer with `--shared-memory` then get the reason instead of a confusing shape error.
-pub fn refuse_shared_memory(kind: &str, name: &str, parameters: &Parameters) -> Result<(), crate::InferError> {
-    match parameters.get("shared_memory_region") {
-        None => Ok(()),
-        Some(region) => {
-            let region = match region {
-                Parameter::String(s) => s.clone(),
-                other => format!("{other:?}"),
-            };
-            // Triton answers an unregistered region with a client error; here no region can be registered.
-            Err(crate::InferError::InvalidInput(format!(
-                "{kind} `{name}` uses shared-memory region `{region}`, but this server has no shared-memory \
-                 extension; send the tensor data in the request"
-            )))
-        }
-    }
-}
-
 /// One input tensor of a request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InferInput {

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use ferroserve_engine::request::refuse_shared_memory;
 use ferroserve_engine::{InferError, InferInput, InferRequest, InferResponse, Parameter, Parameters, RequestedOutput};
 use ferroserve_proto::infer_parameter::ParameterChoice;
 use ferroserve_proto::model_infer_request::InferInputTensor;
@@ -16,6 +15,7 @@ use ferroserve_runtime::{DataType, Tensor, TensorData};
 
 use crate::json_data::concrete_shape;
 use crate::raw::{tensor_from_raw, tensor_to_raw};
+use crate::shm::{OutputSlots, SharedMemory};
 
 /// Converts protobuf parameters to engine parameters.
 pub fn parameters_from_proto(map: HashMap<String, InferParameter>) -> Parameters {
@@ -46,10 +46,21 @@ fn has_contents(contents: &Option<InferTensorContents>) -> bool {
     })
 }
 
-/// Decodes a gRPC inference request.
-pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, InferError> {
+/// Decodes a gRPC inference request, reading inputs that name a shared-memory region from `shm`, and
+/// returns it with the outputs to be written into shared memory.
+///
+/// `raw_input_contents` holds one entry per input that is not in shared memory, in input order (what
+/// tritonclient sends and Triton reads).
+pub fn decode_request(
+    request: ModelInferRequest,
+    shm: &SharedMemory,
+) -> Result<(InferRequest, OutputSlots), InferError> {
     let raw = request.raw_input_contents;
     let use_raw = !raw.is_empty();
+    let mut slots = Vec::with_capacity(request.inputs.len());
+    for input in &request.inputs {
+        slots.push(shm.slot(&input.name, &parameters_from_proto(input.parameters.clone()))?);
+    }
     if use_raw {
         if let Some(mixed) = request.inputs.iter().find(|i| has_contents(&i.contents)) {
             // Triton's own words, which client scripts match on.
@@ -58,46 +69,55 @@ pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, InferE
                 mixed.name, request.model_name
             )));
         }
-        if raw.len() != request.inputs.len() {
+        let in_request = slots.iter().filter(|s| s.is_none()).count();
+        if raw.len() != in_request {
             return Err(InferError::invalid(format!(
-                "the request has {} inputs but {} raw_input_contents entries; they must match one to one",
-                request.inputs.len(),
+                "the request has {in_request} inputs outside shared memory but {} raw_input_contents entries; they \
+                 must match one to one",
                 raw.len()
             )));
         }
     }
+    let mut raw = raw.into_iter();
     let mut inputs = Vec::with_capacity(request.inputs.len());
-    for (index, input) in request.inputs.into_iter().enumerate() {
+    for (input, slot) in request.inputs.into_iter().zip(slots) {
         let InferInputTensor { name, datatype, shape, parameters, contents } = input;
         let parameters = parameters_from_proto(parameters);
-        refuse_shared_memory("input", &name, &parameters)?;
         let dt = DataType::parse(&datatype)
             .ok_or_else(|| InferError::invalid(format!("input `{name}` has unknown datatype `{datatype}`")))?;
         let dims = concrete_shape(&name, &shape)?;
-        let tensor = if use_raw {
-            tensor_from_raw(&name, dt, dims, raw[index].clone())?
-        } else {
-            tensor_from_contents(&name, dt, dims, contents.unwrap_or_default())?
+        let tensor = match slot {
+            Some(slot) => {
+                if has_contents(&contents) {
+                    return Err(InferError::invalid(format!(
+                        "input `{name}` names a shared memory region and also carries contents; give one"
+                    )));
+                }
+                tensor_from_raw(&name, dt, dims, slot.read(&name)?)?
+            }
+            None if use_raw => tensor_from_raw(&name, dt, dims, raw.next().unwrap_or_default())?,
+            None => tensor_from_contents(&name, dt, dims, contents.unwrap_or_default())?,
         };
         inputs.push(InferInput { name, tensor, parameters });
     }
-    let outputs = request
-        .outputs
-        .into_iter()
-        .map(|o| {
-            let parameters = parameters_from_proto(o.parameters);
-            refuse_shared_memory("output", &o.name, &parameters)?;
-            Ok(RequestedOutput { name: o.name, parameters })
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(InferRequest {
+    let mut shm_outputs = OutputSlots::new();
+    let mut outputs = Vec::with_capacity(request.outputs.len());
+    for o in request.outputs {
+        let parameters = parameters_from_proto(o.parameters);
+        if let Some(slot) = shm.slot(&o.name, &parameters)? {
+            shm_outputs.insert(o.name.clone(), slot);
+        }
+        outputs.push(RequestedOutput { name: o.name, parameters });
+    }
+    let request = InferRequest {
         model_name: request.model_name,
         model_version: (!request.model_version.is_empty()).then_some(request.model_version),
         id: (!request.id.is_empty()).then_some(request.id),
         parameters: parameters_from_proto(request.parameters),
         inputs,
         outputs,
-    })
+    };
+    Ok((request, shm_outputs))
 }
 
 fn tensor_from_contents(
@@ -168,28 +188,53 @@ fn tensor_from_contents(
     Tensor::new(datatype, shape, data).map_err(|e| InferError::invalid(format!("input `{name}`: {e}")))
 }
 
-/// Encodes an engine response with raw output contents.
-pub fn encode_response(response: InferResponse) -> ModelInferResponse {
+/// Encodes an engine response with raw output contents, writing the outputs in `shm_outputs` into their
+/// shared-memory regions instead. Every output keeps a `raw_output_contents` entry (empty for one in shared
+/// memory), so clients can find an output's contents by its position, as with Triton.
+pub fn encode_response(response: InferResponse, shm_outputs: &OutputSlots) -> Result<ModelInferResponse, InferError> {
     let mut outputs = Vec::with_capacity(response.outputs.len());
     let mut raw = Vec::with_capacity(response.outputs.len());
     for output in response.outputs {
-        raw.push(tensor_to_raw(&output.tensor));
+        let contents = tensor_to_raw(&output.tensor);
+        let mut parameters = HashMap::new();
+        match shm_outputs.get(&output.name) {
+            Some(slot) => {
+                slot.write(&output.name, &contents)?;
+                for (key, value) in slot.response_parameters(contents.len()) {
+                    parameters.insert(key.to_string(), proto_parameter(value));
+                }
+                raw.push(Bytes::new());
+            }
+            None => raw.push(contents),
+        }
         outputs.push(InferOutputTensor {
             name: output.name,
             datatype: output.tensor.datatype().as_str().to_string(),
             shape: output.tensor.shape().iter().map(|&d| d as i64).collect(),
-            parameters: HashMap::new(),
+            parameters,
             contents: None,
         });
     }
-    ModelInferResponse {
+    Ok(ModelInferResponse {
         model_name: response.model_name,
         model_version: response.model_version,
         id: response.id.unwrap_or_default(),
         parameters: HashMap::new(),
         outputs,
         raw_output_contents: raw,
-    }
+    })
+}
+
+/// An engine parameter as a protobuf one.
+fn proto_parameter(p: Parameter) -> InferParameter {
+    let choice = match p {
+        Parameter::Bool(b) => ParameterChoice::BoolParam(b),
+        Parameter::Int(i) => ParameterChoice::Int64Param(i),
+        Parameter::Uint(u) => ParameterChoice::Uint64Param(u),
+        Parameter::Double(d) => ParameterChoice::DoubleParam(d),
+        Parameter::String(s) => ParameterChoice::StringParam(s),
+    };
+    InferParameter { parameter_choice: Some(choice) }
 }
 
 #[cfg(test)]
@@ -212,7 +257,7 @@ mod tests {
             )],
             ..Default::default()
         };
-        let req = decode_request(typed).unwrap();
+        let req = decode_request(typed, &SharedMemory::default()).unwrap().0;
         assert_eq!(req.inputs[0].tensor.as_fixed().unwrap().as_ref(), &[0xfe, 0xff, 0x2c, 0x01]);
         assert_eq!(req.model_version, None);
 
@@ -222,7 +267,10 @@ mod tests {
             raw_input_contents: vec![Bytes::from_static(&[0, 0, 128, 63])],
             ..Default::default()
         };
-        assert_eq!(decode_request(raw).unwrap().inputs[0].tensor.to_f32_vec().unwrap(), vec![1.0]);
+        assert_eq!(
+            decode_request(raw, &SharedMemory::default()).unwrap().0.inputs[0].tensor.to_f32_vec().unwrap(),
+            vec![1.0]
+        );
     }
 
     #[test]
@@ -241,7 +289,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            decode_request(mixed)
+            decode_request(mixed, &SharedMemory::default())
                 .unwrap_err()
                 .to_string()
                 .contains("must not be specified when using raw_input_contents")
@@ -255,7 +303,9 @@ mod tests {
             )],
             ..Default::default()
         };
-        assert!(decode_request(range).unwrap_err().to_string().contains("out of range for INT8"));
+        assert!(
+            decode_request(range, &SharedMemory::default()).unwrap_err().to_string().contains("out of range for INT8")
+        );
         let count = ModelInferRequest {
             inputs: vec![input(
                 "a",
@@ -265,6 +315,6 @@ mod tests {
             )],
             ..Default::default()
         };
-        assert!(decode_request(count).unwrap_err().to_string().contains("needs 2 elements"));
+        assert!(decode_request(count, &SharedMemory::default()).unwrap_err().to_string().contains("needs 2 elements"));
     }
 }

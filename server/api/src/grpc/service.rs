@@ -162,16 +162,18 @@ impl GrpcInferenceService for InferenceService {
             .route_keys(&request.get_ref().model_name, |h| metadata.get(h).and_then(|v| v.to_str().ok()));
         let decoded = charge.and_then(|charge| {
             ferroserve_engine::trace_span!("decode")
-                .in_scope(|| codec::decode_request(request.into_inner()))
+                .in_scope(|| codec::decode_request(request.into_inner(), &self.state.shm))
                 .map(|r| (charge, r))
         });
         let (served, result) = match decoded {
-            Ok((_charge, r)) => {
+            Ok((_charge, (r, shm_outputs))) => {
                 let routed = self.state.manager.infer_routed(r, keys);
                 match admission::within_request_timeout(self.state.request_timeout, routed).await {
                     Ok((served, answer)) => {
-                        let encoded = answer
-                            .map(|r| ferroserve_engine::trace_span!("encode").in_scope(|| codec::encode_response(r)));
+                        let encoded = answer.and_then(|r| {
+                            ferroserve_engine::trace_span!("encode")
+                                .in_scope(|| codec::encode_response(r, &shm_outputs))
+                        });
                         (served, encoded)
                     }
                     Err(timeout) => (None, Err(timeout)),
@@ -194,6 +196,7 @@ impl GrpcInferenceService for InferenceService {
         let mut incoming = request.into_inner();
         let manager = self.state.manager.clone();
         let budget = self.state.budget.clone();
+        let shm = self.state.shm.clone();
         let request_timeout = self.state.request_timeout;
         let mut stopping = self.state.stopping.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ModelStreamInferResponse, Status>>(64);
@@ -229,6 +232,7 @@ impl GrpcInferenceService for InferenceService {
                     };
                     let manager = manager.clone();
                     let budget = budget.clone();
+                    let shm = shm.clone();
                     let tx = tx.clone();
                     let keys =
                         manager.route_keys(&request.model_name, |h| metadata.get(h).and_then(|v| v.to_str().ok()));
@@ -241,13 +245,16 @@ impl GrpcInferenceService for InferenceService {
                             // Charged before decoding (a refused request is not decoded) and held until its
                             // answer has been handed to the stream.
                             let charge = budget.reserve(admission::grpc_cost(observed.bytes_in));
-                            let decoded = charge.and_then(|c| codec::decode_request(request).map(|r| (c, r)));
+                            let decoded = charge.and_then(|c| codec::decode_request(request, &shm).map(|r| (c, r)));
                             let (_charge, (served, reply)) = match decoded {
                                 Err(e) => (None, (None, Err(e))),
-                                Ok((charge, r)) => {
+                                Ok((charge, (r, shm_outputs))) => {
                                     let routed = manager.infer_routed(r, keys);
                                     match admission::within_request_timeout(request_timeout, routed).await {
-                                        Ok(done) => (Some(charge), done),
+                                        Ok((served, answer)) => (
+                                            Some(charge),
+                                            (served, answer.and_then(|r| codec::encode_response(r, &shm_outputs))),
+                                        ),
                                         Err(timeout) => (Some(charge), (None, Err(timeout))),
                                     }
                                 }
@@ -256,7 +263,7 @@ impl GrpcInferenceService for InferenceService {
                             let message = match reply {
                                 Ok(r) => pb::ModelStreamInferResponse {
                                     error_message: String::new(),
-                                    infer_response: Some(codec::encode_response(r)),
+                                    infer_response: Some(r),
                                 },
                                 Err(e) => pb::ModelStreamInferResponse {
                                     error_message: e.to_string(),
@@ -343,6 +350,75 @@ impl GrpcInferenceService for InferenceService {
         self.state.manager.request_unload(&request.into_inner().model_name).await.map_err(to_status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
+
+    async fn system_shared_memory_status(
+        &self,
+        request: Request<pb::SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
+        use pb::system_shared_memory_status_response::RegionStatus;
+        let regions = self.state.shm.status(&request.into_inner().name).map_err(to_status)?;
+        let regions = regions
+            .into_iter()
+            .map(|r| {
+                let status =
+                    RegionStatus { name: r.name.clone(), key: r.key, offset: r.offset, byte_size: r.byte_size };
+                (r.name, status)
+            })
+            .collect();
+        Ok(Response::new(pb::SystemSharedMemoryStatusResponse { regions }))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        request: Request<pb::SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
+        crate::admin::check_grpc(&self.state, &request)?;
+        let r = request.into_inner();
+        let spec = crate::shm::RegionSpec { name: r.name, key: r.key, offset: r.offset, byte_size: r.byte_size };
+        self.state.shm.register(spec).map_err(to_status)?;
+        Ok(Response::new(pb::SystemSharedMemoryRegisterResponse {}))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        request: Request<pb::SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
+        crate::admin::check_grpc(&self.state, &request)?;
+        self.state.shm.unregister(&request.into_inner().name);
+        Ok(Response::new(pb::SystemSharedMemoryUnregisterResponse {}))
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        request: Request<pb::CudaSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
+        // There is never a CUDA region (see the HTTP routes): none listed, and none found by name.
+        match request.into_inner().name.as_str() {
+            "" => Ok(Response::new(pb::CudaSharedMemoryStatusResponse::default())),
+            name => Err(to_status(crate::shm::unknown_cuda_region(name))),
+        }
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
+        Err(no_cuda_shared_memory())
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        request: Request<pb::CudaSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
+        // Nothing to unregister; Triton's example programs call this before they start.
+        crate::admin::check_grpc(&self.state, &request)?;
+        Ok(Response::new(pb::CudaSharedMemoryUnregisterResponse {}))
+    }
+}
+
+/// The CUDA shared-memory extension is not offered: its calls say so, with what to use instead.
+fn no_cuda_shared_memory() -> Status {
+    to_status(InferError::Unsupported(crate::shm::NO_CUDA_SHARED_MEMORY.into()))
 }
 
 fn data_type(t: Option<ferroserve_runtime::DataType>) -> i32 {

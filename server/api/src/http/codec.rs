@@ -8,13 +8,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ferroserve_engine::request::refuse_shared_memory;
 use ferroserve_engine::{InferError, InferInput, InferRequest, InferResponse, Parameter, Parameters, RequestedOutput};
 use ferroserve_runtime::{DataType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::json_data::{FlatData, NonFiniteTokens, TokenDataView, concrete_shape, tensor_from_json};
 use crate::raw::{tensor_from_raw, tensor_to_raw};
+use crate::shm::{OutputSlots, SharedMemory};
 
 /// The header that splits the JSON part from the binary part of a body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -55,12 +55,14 @@ pub struct ResponseFormat {
     all_binary: bool,
     /// Per requested output: `binary_data` if stated.
     per_output: HashMap<String, bool>,
+    /// Outputs the client asked to be written into a shared-memory region instead of the body.
+    shm_outputs: OutputSlots,
 }
 
 impl ResponseFormat {
     /// Every output in binary (what `binary_data_output: true` asks for).
     pub fn all_binary() -> Self {
-        ResponseFormat { all_binary: true, per_output: HashMap::new() }
+        ResponseFormat { all_binary: true, ..ResponseFormat::default() }
     }
 
     fn binary(&self, name: &str, datatype: DataType) -> bool {
@@ -95,6 +97,17 @@ pub fn parameters_from_json(map: Option<serde_json::Map<String, serde_json::Valu
     Ok(out)
 }
 
+/// An engine parameter as JSON.
+fn json_parameter(p: Parameter) -> serde_json::Value {
+    match p {
+        Parameter::Bool(b) => b.into(),
+        Parameter::Int(i) => i.into(),
+        Parameter::Uint(u) => u.into(),
+        Parameter::Double(d) => d.into(),
+        Parameter::String(s) => s.into(),
+    }
+}
+
 /// Splits a body into its JSON header and binary tail using the header-length value, if any.
 pub fn split_body(header_length: Option<&str>, body: Bytes) -> Result<(Bytes, Bytes), InferError> {
     match header_length {
@@ -115,12 +128,13 @@ pub fn split_body(header_length: Option<&str>, body: Bytes) -> Result<(Bytes, By
     }
 }
 
-/// Decodes a v2 inference request body.
+/// Decodes a v2 inference request body. Inputs that name a shared-memory region are read from `shm`.
 pub fn decode_request(
     model_name: &str,
     model_version: Option<&str>,
     json: &[u8],
     mut binary: Bytes,
+    shm: &SharedMemory,
 ) -> Result<(InferRequest, ResponseFormat), InferError> {
     // Python clients write NaN and ±Infinity as bare tokens; they are read as those floats.
     let rewritten = crate::json_data::non_finite_tokens_as_markers(json);
@@ -130,6 +144,7 @@ pub fn decode_request(
     let mut format = ResponseFormat {
         all_binary: parameters.get("binary_data_output").and_then(Parameter::as_bool).unwrap_or(false),
         per_output: HashMap::new(),
+        shm_outputs: HashMap::new(),
     };
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
@@ -138,21 +153,28 @@ pub fn decode_request(
         })?;
         let shape = concrete_shape(&input.name, &input.shape)?;
         let params = parameters_from_json(input.parameters)?;
-        refuse_shared_memory("input", &input.name, &params)?;
+        let slot = shm.slot(&input.name, &params)?;
         let binary_size = match params.get("binary_data_size") {
             None => None,
             Some(p) => Some(p.as_u64().ok_or_else(|| {
                 InferError::invalid(format!("input `{}`: binary_data_size must be a non-negative integer", input.name))
             })?),
         };
-        let tensor = match (binary_size, input.data) {
-            (Some(_), Some(_)) => {
+        let tensor = match (slot, binary_size, input.data) {
+            (Some(slot), None, None) => tensor_from_raw(&input.name, datatype, shape, slot.read(&input.name)?)?,
+            (Some(_), _, _) => {
+                return Err(InferError::invalid(format!(
+                    "input `{}` names a shared memory region and also carries data; give one",
+                    input.name
+                )));
+            }
+            (None, Some(_), Some(_)) => {
                 return Err(InferError::invalid(format!(
                     "input `{}` has both `data` and binary_data_size; give one",
                     input.name
                 )));
             }
-            (Some(size), None) => {
+            (None, Some(size), None) => {
                 let size = usize::try_from(size).unwrap_or(usize::MAX);
                 if size > binary.len() {
                     return Err(InferError::invalid(format!(
@@ -164,8 +186,8 @@ pub fn decode_request(
                 let raw = binary.split_to(size);
                 tensor_from_raw(&input.name, datatype, shape, raw)?
             }
-            (None, Some(data)) => tensor_from_json(&input.name, datatype, shape, data)?,
-            (None, None) => {
+            (None, None, Some(data)) => tensor_from_json(&input.name, datatype, shape, data)?,
+            (None, None, None) => {
                 return Err(InferError::invalid(format!(
                     "input `{}` has neither `data` nor binary_data_size",
                     input.name
@@ -183,7 +205,9 @@ pub fn decode_request(
     let mut outputs = Vec::new();
     for output in request.outputs.unwrap_or_default() {
         let params = parameters_from_json(output.parameters)?;
-        refuse_shared_memory("output", &output.name, &params)?;
+        if let Some(slot) = shm.slot(&output.name, &params)? {
+            format.shm_outputs.insert(output.name.clone(), slot);
+        }
         if let Some(b) = params.get("binary_data") {
             let b = b.as_bool().ok_or_else(|| {
                 InferError::invalid(format!("output `{}`: binary_data must be true or false", output.name))
@@ -249,7 +273,12 @@ pub fn encode_response(response: &InferResponse, format: &ResponseFormat) -> Res
         // BYTES that are not UTF-8 text cannot be a JSON string without loss: such an output goes in binary
         // (which Triton's clients and the KServe SDK read whatever was asked), never mangled.
         let binary = format.binary(&output.name, tensor.datatype()) || !is_utf8_text(tensor);
-        let (parameters, data) = if binary {
+        let (parameters, data) = if let Some(slot) = format.shm_outputs.get(&output.name) {
+            let raw = tensor_to_raw(tensor);
+            slot.write(&output.name, &raw)?;
+            let p = slot.response_parameters(raw.len()).into_iter().map(|(k, v)| (k.to_string(), json_parameter(v)));
+            (Some(p.collect()), None)
+        } else if binary {
             let raw = tensor_to_raw(tensor);
             let mut p = serde_json::Map::new();
             p.insert("binary_data_size".into(), raw.len().into());
@@ -343,7 +372,7 @@ mod tests {
         body.put_f32_le(2.0);
         let len = json.len().to_string();
         let (head, tail) = split_body(Some(&len), body.freeze()).unwrap();
-        let (req, format) = decode_request("m", Some("1"), &head, tail).unwrap();
+        let (req, format) = decode_request("m", Some("1"), &head, tail, &SharedMemory::default()).unwrap();
         assert_eq!(req.id.as_deref(), Some("7"));
         assert_eq!(req.inputs[0].tensor.to_f32_vec().unwrap(), vec![1.0, 2.0]);
         assert_eq!(req.inputs[1].tensor.shape(), &[1, 2]);
@@ -355,7 +384,9 @@ mod tests {
     #[test]
     fn rejects_malformed_bodies() {
         let err = |json: &str, tail: &'static [u8]| {
-            decode_request("m", None, json.as_bytes(), Bytes::from_static(tail)).unwrap_err().to_string()
+            decode_request("m", None, json.as_bytes(), Bytes::from_static(tail), &SharedMemory::default())
+                .unwrap_err()
+                .to_string()
         };
         assert!(err("{", b"").contains("malformed"));
         assert!(
@@ -385,7 +416,11 @@ mod tests {
                 InferOutput { name: "b".into(), tensor: Tensor::from_f32(vec![1], &[3.0]).unwrap() },
             ],
         };
-        let format = ResponseFormat { all_binary: false, per_output: HashMap::from([("b".to_string(), true)]) };
+        let format = ResponseFormat {
+            all_binary: false,
+            per_output: HashMap::from([("b".to_string(), true)]),
+            ..ResponseFormat::default()
+        };
         let encoded = encode_response(&response, &format).unwrap();
         let n = encoded.json_length.unwrap();
         let head: serde_json::Value = serde_json::from_slice(&encoded.body[..n]).unwrap();

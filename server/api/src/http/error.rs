@@ -31,7 +31,9 @@ pub fn status_of(error: &InferError) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(&self.0);
-        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        // Only faults of our own are errors in the log; a client asking for something not offered (501), a
+        // model not ready (503) or a deadline passed (504) is the client's to act on.
+        if matches!(self.0, InferError::Internal(_)) {
             tracing::error!(kind = self.0.kind(), error = %self.0, "request failed");
         } else {
             tracing::debug!(kind = self.0.kind(), error = %self.0, "request rejected");

@@ -46,10 +46,17 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v2/repository/index", post(routes::repository_index))
         .route("/v2/repository/models/{model}/load", post(routes::repository_load))
         .route("/v2/repository/models/{model}/unload", post(routes::repository_unload))
-        .route("/v2/systemsharedmemory", any(routes::no_shared_memory))
-        .route("/v2/systemsharedmemory/{*rest}", any(routes::no_shared_memory))
-        .route("/v2/cudasharedmemory", any(routes::no_shared_memory))
-        .route("/v2/cudasharedmemory/{*rest}", any(routes::no_shared_memory))
+        .route("/v2/systemsharedmemory/status", get(routes::shm_status))
+        .route("/v2/systemsharedmemory/unregister", post(routes::shm_unregister_all))
+        .route("/v2/systemsharedmemory/region/{name}/status", get(routes::shm_region_status))
+        .route("/v2/systemsharedmemory/region/{name}/register", post(routes::shm_register))
+        .route("/v2/systemsharedmemory/region/{name}/unregister", post(routes::shm_unregister))
+        .route("/v2/cudasharedmemory/status", get(routes::cuda_shm_status))
+        .route("/v2/cudasharedmemory/region/{name}/status", get(routes::cuda_shm_region_status))
+        .route("/v2/cudasharedmemory/unregister", post(routes::cuda_shm_unregister))
+        .route("/v2/cudasharedmemory/region/{name}/unregister", post(routes::cuda_shm_unregister))
+        .route("/v2/cudasharedmemory", any(routes::no_cuda_shared_memory))
+        .route("/v2/cudasharedmemory/{*rest}", any(routes::no_cuda_shared_memory))
         .route("/v1/models", get(v1::list))
         .route("/v1/models/{model}", get(v1::status).post(v1::post))
         .fallback(routes::not_found)
@@ -129,6 +136,7 @@ mod tests {
                 budget: crate::admission::MemoryBudget::new(0),
                 request_timeout: None,
                 metrics: None,
+                shm: Default::default(),
             },
             4096,
         )
@@ -175,15 +183,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn shared_memory_endpoints_say_they_are_not_supported() {
-        for (method, uri) in [
-            ("POST", "/v2/systemsharedmemory/region/r0/register"),
-            ("GET", "/v2/systemsharedmemory/status"),
-            ("POST", "/v2/cudasharedmemory/region/r0/unregister"),
-        ] {
-            let (status, body) = call(method, uri, "{}").await;
-            assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{uri}");
-            assert!(body["error"].as_str().unwrap().contains("shared-memory"), "{uri}");
-        }
+    async fn cuda_shared_memory_is_refused_and_system_shared_memory_answers() {
+        let (status, body) = call("POST", "/v2/cudasharedmemory/region/r0/register", "{}").await;
+        assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+        assert!(body["error"].as_str().unwrap().contains("CUDA shared memory is not supported"));
+        assert_eq!(call("POST", "/v2/cudasharedmemory/unregister", "").await.0, StatusCode::OK);
+        assert_eq!(call("POST", "/v2/cudasharedmemory/region/r0/unregister", "").await.0, StatusCode::OK);
+        assert_eq!(call("GET", "/v2/cudasharedmemory/status", "").await, (StatusCode::OK, serde_json::json!([])));
+        let (status, body) = call("GET", "/v2/cudasharedmemory/region/r0/status", "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().unwrap().contains("cuda shared memory region: 'r0'"));
+        let (status, body) = call("GET", "/v2/systemsharedmemory/status", "").await;
+        assert_eq!((status, body), (StatusCode::OK, serde_json::json!([])));
+        let (status, body) = call("GET", "/v2/systemsharedmemory/region/r0/status", "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().unwrap().contains("'r0'"));
+        let (status, body) =
+            call("POST", "/v2/systemsharedmemory/region/r0/register", r#"{"key":"/../x","byte_size":1}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().unwrap().contains("not a POSIX shared memory name"));
+        let (status, body) = call("POST", "/v2/systemsharedmemory/region/r0/register", r#"{"key":1}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().unwrap().contains("byte_size"));
+        let (status, _) = call("POST", "/v2/systemsharedmemory/unregister", "").await;
+        assert_eq!(status, StatusCode::OK);
     }
 }

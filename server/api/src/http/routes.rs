@@ -187,7 +187,7 @@ async fn decode_route_encode(
         ))
         .into());
     }
-    let (request, format) = codec::decode_request(model, version, &json, binary)?;
+    let (request, format) = codec::decode_request(model, version, &json, binary, &state.shm)?;
     drop(decoding);
     let keys = state.manager.route_keys(model, |h| headers.get(h).and_then(|v| v.to_str().ok()));
     let (version, answer) = state.manager.infer_routed(request, keys).await;
@@ -311,13 +311,98 @@ pub(crate) async fn traffic_reset(
     Ok(Json(crate::traffic::reset(&state, &model).await?))
 }
 
-/// Any other path.
-/// The system and CUDA shared-memory extensions (`/v2/systemsharedmemory/...`, `/v2/cudasharedmemory/...`)
-/// are not offered; clients that try them (perf_analyzer `--shared-memory`) are told so plainly.
-pub(crate) async fn no_shared_memory() -> ApiError {
-    ApiError(InferError::Unsupported(
-        "the shared-memory extensions are not supported by this server; send tensor data in the request".into(),
-    ))
+/// The CUDA shared-memory extension (`/v2/cudasharedmemory/...`) is not offered: registering a region is
+/// refused with the reason (perf_analyzer `--shared-memory cuda` says so). As on a Triton without GPUs,
+/// there is never a CUDA region, so status lists none and unregistering succeeds: Triton's shared-memory
+/// example programs unregister every CUDA region before they start.
+pub(crate) async fn no_cuda_shared_memory() -> ApiError {
+    ApiError(InferError::Unsupported(crate::shm::NO_CUDA_SHARED_MEMORY.into()))
+}
+
+/// `GET /v2/cudasharedmemory/status`: no regions.
+pub(crate) async fn cuda_shm_status() -> Json<Value> {
+    Json(Value::Array(Vec::new()))
+}
+
+/// `GET /v2/cudasharedmemory/region/{name}/status`: no such region.
+pub(crate) async fn cuda_shm_region_status(Path(name): Path<String>) -> ApiError {
+    ApiError(crate::shm::unknown_cuda_region(&name))
+}
+
+/// `POST /v2/cudasharedmemory[/region/{name}]/unregister`: nothing to unregister.
+pub(crate) async fn cuda_shm_unregister(_: AdminAccess) -> Json<Value> {
+    Json(Value::Object(Default::default()))
+}
+
+/// The body of `POST /v2/systemsharedmemory/region/{name}/register`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegisterRegion {
+    key: String,
+    #[serde(default)]
+    offset: u64,
+    byte_size: u64,
+}
+
+/// `POST /v2/systemsharedmemory/region/{name}/register`.
+pub(crate) async fn shm_register(
+    _: AdminAccess,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let shape_error = |why: String| {
+        InferError::invalid(format!(
+            "a region registration is {{\"key\": string, \"offset\": integer, \"byte_size\": integer}}: {why}"
+        ))
+    };
+    // Only an object: serde would also take the fields as an array.
+    let value: Value = serde_json::from_slice(&body).map_err(|e| shape_error(e.to_string()))?;
+    if !value.is_object() {
+        return Err(shape_error("the body is not a JSON object".into()).into());
+    }
+    let r: RegisterRegion = serde_json::from_value(value).map_err(|e| shape_error(e.to_string()))?;
+    let spec = crate::shm::RegionSpec { name, key: r.key, offset: r.offset, byte_size: r.byte_size };
+    state.shm.register(spec)?;
+    Ok(Json(Value::Object(Default::default())))
+}
+
+/// `POST /v2/systemsharedmemory/region/{name}/unregister`.
+pub(crate) async fn shm_unregister(
+    _: AdminAccess,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Json<Value> {
+    state.shm.unregister(&name);
+    Json(Value::Object(Default::default()))
+}
+
+/// `POST /v2/systemsharedmemory/unregister`: every region.
+pub(crate) async fn shm_unregister_all(_: AdminAccess, State(state): State<AppState>) -> Json<Value> {
+    state.shm.unregister("");
+    Json(Value::Object(Default::default()))
+}
+
+/// `GET /v2/systemsharedmemory/region/{name}/status`.
+pub(crate) async fn shm_region_status(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    shm_status_of(&state, &name)
+}
+
+/// `GET /v2/systemsharedmemory/status`.
+pub(crate) async fn shm_status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    shm_status_of(&state, "")
+}
+
+fn shm_status_of(state: &AppState, name: &str) -> ApiResult<Json<Value>> {
+    let regions = state.shm.status(name)?;
+    let list = regions
+        .into_iter()
+        .map(|r| json!({"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}))
+        .collect();
+    Ok(Json(Value::Array(list)))
 }
 
 pub(crate) async fn not_found() -> ApiError {
