@@ -174,7 +174,13 @@ def write_checksums():
                 with open(p, "rb") as fh:
                     digest = hashlib.sha256(fh.read()).hexdigest()
                 lines.append(f"{digest}  {os.path.relpath(p, HERE)}")
-    with open(os.path.join(HERE, "SHA256SUMS"), "w") as f:
+    # Lines of the other generators (models/torch/, models/triton_examples/, ...) are kept as they are.
+    path = os.path.join(HERE, "SHA256SUMS")
+    if os.path.exists(path):
+        ours = tuple(os.path.relpath(r, HERE) + os.sep for r in (REPO, REF))
+        with open(path) as f:
+            lines += [l.rstrip("\n") for l in f if l.strip() and not l.split("  ", 1)[1].startswith(ours)]
+    with open(path, "w") as f:
         f.write("\n".join(sorted(lines, key=lambda l: l.split("  ")[1])) + "\n")
 
 
