@@ -264,18 +264,6 @@ impl Slot {
         }
         self.region.write(self.offset, data, &format!("output '{tensor}'"))
     }
-
-    /// The parameters an output written here carries in the response.
-    pub fn response_parameters(&self, written: usize) -> Vec<(&'static str, Parameter)> {
-        let mut out = vec![
-            (REGION, Parameter::String(self.region.spec.name.clone())),
-            (BYTE_SIZE, Parameter::Uint(written as u64)),
-        ];
-        if self.offset != 0 {
-            out.push((OFFSET, Parameter::Uint(self.offset)));
-        }
-        out
-    }
 }
 
 /// The file behind a `shm_open` key: one name in `dir`, with an optional leading `/`, as `shm_open` takes it.

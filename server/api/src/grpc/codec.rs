@@ -196,13 +196,9 @@ pub fn encode_response(response: InferResponse, shm_outputs: &OutputSlots) -> Re
     let mut raw = Vec::with_capacity(response.outputs.len());
     for output in response.outputs {
         let contents = tensor_to_raw(&output.tensor);
-        let mut parameters = HashMap::new();
         match shm_outputs.get(&output.name) {
             Some(slot) => {
                 slot.write(&output.name, &contents)?;
-                for (key, value) in slot.response_parameters(contents.len()) {
-                    parameters.insert(key.to_string(), proto_parameter(value));
-                }
                 raw.push(Bytes::new());
             }
             None => raw.push(contents),
@@ -211,7 +207,7 @@ pub fn encode_response(response: InferResponse, shm_outputs: &OutputSlots) -> Re
             name: output.name,
             datatype: output.tensor.datatype().as_str().to_string(),
             shape: output.tensor.shape().iter().map(|&d| d as i64).collect(),
-            parameters,
+            parameters: HashMap::new(),
             contents: None,
         });
     }
@@ -223,18 +219,6 @@ pub fn encode_response(response: InferResponse, shm_outputs: &OutputSlots) -> Re
         outputs,
         raw_output_contents: raw,
     })
-}
-
-/// An engine parameter as a protobuf one.
-fn proto_parameter(p: Parameter) -> InferParameter {
-    let choice = match p {
-        Parameter::Bool(b) => ParameterChoice::BoolParam(b),
-        Parameter::Int(i) => ParameterChoice::Int64Param(i),
-        Parameter::Uint(u) => ParameterChoice::Uint64Param(u),
-        Parameter::Double(d) => ParameterChoice::DoubleParam(d),
-        Parameter::String(s) => ParameterChoice::StringParam(s),
-    };
-    InferParameter { parameter_choice: Some(choice) }
 }
 
 #[cfg(test)]

@@ -97,17 +97,6 @@ pub fn parameters_from_json(map: Option<serde_json::Map<String, serde_json::Valu
     Ok(out)
 }
 
-/// An engine parameter as JSON.
-fn json_parameter(p: Parameter) -> serde_json::Value {
-    match p {
-        Parameter::Bool(b) => b.into(),
-        Parameter::Int(i) => i.into(),
-        Parameter::Uint(u) => u.into(),
-        Parameter::Double(d) => d.into(),
-        Parameter::String(s) => s.into(),
-    }
-}
-
 /// Splits a body into its JSON header and binary tail using the header-length value, if any.
 pub fn split_body(header_length: Option<&str>, body: Bytes) -> Result<(Bytes, Bytes), InferError> {
     match header_length {
@@ -274,10 +263,10 @@ pub fn encode_response(response: &InferResponse, format: &ResponseFormat) -> Res
         // (which Triton's clients and the KServe SDK read whatever was asked), never mangled.
         let binary = format.binary(&output.name, tensor.datatype()) || !is_utf8_text(tensor);
         let (parameters, data) = if let Some(slot) = format.shm_outputs.get(&output.name) {
-            let raw = tensor_to_raw(tensor);
-            slot.write(&output.name, &raw)?;
-            let p = slot.response_parameters(raw.len()).into_iter().map(|(k, v)| (k.to_string(), json_parameter(v)));
-            (Some(p.collect()), None)
+            // Name, datatype and shape only, as Triton answers: its C++ client (perf_analyzer's) reads any
+            // output `parameters` for `binary_data_size`.
+            slot.write(&output.name, &tensor_to_raw(tensor))?;
+            (None, None)
         } else if binary {
             let raw = tensor_to_raw(tensor);
             let mut p = serde_json::Map::new();
