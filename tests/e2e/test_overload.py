@@ -4,6 +4,7 @@ INVALID_ARGUMENT, and the server takes new work again as soon as the held reques
 timeout (`--request-timeout-secs`) answers 504 / DEADLINE_EXCEEDED. Streams answer every request however many
 are sent."""
 import concurrent.futures
+import json
 import os
 import queue
 import re
@@ -124,6 +125,16 @@ def test_request_timeout_answers_504_and_deadline_exceeded():
             gclient.infer("mlp", [ginp])
         assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
         gclient.close()
+        # KServe v1 :predict has the same bound.
+        import urllib.error
+        import urllib.request
+        req = urllib.request.Request(s.http_url + "/v1/models/mlp:predict", method="POST",
+                                     data=json.dumps({"instances": x.tolist()}).encode())
+        started = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        assert 0.9 < time.monotonic() - started < 2.5
+        assert err.value.code == 504 and b"--request-timeout-secs" in err.value.read()
     finally:
         assert s.stop() == 0
         shutil.rmtree(root)

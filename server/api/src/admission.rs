@@ -142,6 +142,10 @@ pub async fn admit_http(
     request: Request,
     next: Next,
 ) -> Response {
+    // GET and HEAD (health, metadata, stats, metrics) carry no body to charge or read.
+    if matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD) {
+        return next.run(request).await;
+    }
     let json_length = header_number(&request, crate::http::codec::HEADER_LENGTH);
     let too_large = || {
         let message = format!("the request body is larger than {max_body_bytes} bytes (--max-message-bytes)");

@@ -196,8 +196,13 @@ const NEG_INFINITY_TEXT: &str = "\0-Infinity";
 /// `data` parser turns back into the float. `None` when there is nothing to rewrite (the common case, found by
 /// one scan for the letters). Tokens inside strings are left alone.
 pub fn non_finite_tokens_as_markers(json: &[u8]) -> Option<Vec<u8>> {
-    let has = |needle: &[u8]| json.windows(needle.len()).any(|w| w == needle);
-    if !has(b"NaN") && !has(b"Infinity") {
+    // One pass over the body, looking closer only at an `N` or an `I`.
+    let has_token = json.iter().enumerate().any(|(i, &b)| match b {
+        b'N' => json[i..].starts_with(b"NaN"),
+        b'I' => json[i..].starts_with(b"Infinity"),
+        _ => false,
+    });
+    if !has_token {
         return None;
     }
     let mut out = Vec::with_capacity(json.len() + 16);

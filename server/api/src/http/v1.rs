@@ -62,7 +62,8 @@ pub(crate) async fn post(
     };
     // Inputs are read with the newest version's signature; the model's traffic policy then picks the version.
     let keys = state.manager.route_keys(model, |h| headers.get(h).and_then(|v| v.to_str().ok()));
-    let (_, answer) = state.manager.infer_routed(request, keys).await;
+    let routed = state.manager.infer_routed(request, keys);
+    let (_, answer) = crate::admission::within_request_timeout(state.request_timeout, routed).await?;
     let response = answer?;
     let outputs: Vec<(String, Value)> = response.outputs.iter().map(|o| (o.name.clone(), nested(&o.tensor))).collect();
     let predictions = match outputs.as_slice() {
