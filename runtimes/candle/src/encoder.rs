@@ -1,14 +1,21 @@
-//! A BERT-family model on candle-transformers' BERT: a sentence encoder (token vectors pooled and normalised as
-//! the model's sentence-transformers files say) or a sequence classifier (the `[CLS]` vector through the
-//! pooler and classifier: one logit per label).
+//! One instance of an encoder ([`crate::arch`]): a sentence encoder (token vectors pooled and normalised as the
+//! model's sentence-transformers files say) or, for BERT, a sequence classifier (the `[CLS]` vector through
+//! the pooler and classifier: one logit per label).
+//!
+//! The instance holds handles to its version's shared weights ([`crate::weights`]) and runs each batch,
+//! tokenizing included, inside its own pool of intra-op threads ([`crate::threads`]).
+
+use std::sync::Arc;
 
 use candle_core::{DType, IndexOp, Tensor as CTensor};
 use candle_nn::{Linear, Module, VarBuilder};
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use ferroserve_runtime::{DataType, LoadSpec, ModelSignature, Runtime, RuntimeError, Tensor, TensorSpec};
+use ferroserve_runtime::{DataType, Device, LoadSpec, ModelSignature, Runtime, RuntimeError, Tensor, TensorSpec};
 
+use crate::arch::Transformer;
 use crate::files::{Head, ModelFiles, Pooling, load_error};
 use crate::text::{TextEncoder, Tokens};
+use crate::threads::IntraOp;
+use crate::weights::Weights;
 
 /// What the model takes in.
 #[derive(Debug)]
@@ -30,20 +37,24 @@ enum Output {
     Logits { pooler: Linear, classifier: Linear },
 }
 
-/// One instance of a BERT model.
+/// One instance of an encoder model.
 pub(crate) struct Encoder {
-    model: BertModel,
+    model: Transformer,
+    /// The version's weights, which `model` holds handles to. Held (not read) so that the registry, which
+    /// keeps weak references only, hands these same weights to the next instance of the version.
+    #[cfg_attr(not(test), allow(dead_code))]
+    weights: Arc<Weights>,
+    /// Where this instance's parallel work runs.
+    intra: IntraOp,
     feed: Feed,
     output: Output,
     /// Values per output row (hidden size, or number of labels).
     width: usize,
-    vocab: usize,
-    /// Longest sequence the position embeddings cover.
-    max_positions: usize,
-    /// Token types the model knows.
-    type_vocab: usize,
     device: candle_core::Device,
     signature: ModelSignature,
+    /// `rayon::current_num_threads()` seen by the last forward pass.
+    #[cfg(test)]
+    forward_threads: std::sync::atomic::AtomicUsize,
 }
 
 fn exec(e: candle_core::Error) -> RuntimeError {
@@ -54,26 +65,26 @@ impl Encoder {
     pub(crate) fn load(spec: &LoadSpec, device: &candle_core::Device) -> Result<Self, RuntimeError> {
         let files = ModelFiles::read(&spec.version_dir, &spec.model_path)?;
         let config_path = spec.version_dir.join("config.json");
-        if files.model_type != "bert" {
-            return Err(load_error(
-                &config_path,
-                format!(
-                    "model_type `{}` is not supported by the candle runtime yet (supported: bert)",
-                    files.model_type
-                ),
-            ));
-        }
-        let config: BertConfig = serde_json::from_str(&files.config)
-            .map_err(|e| load_error(&config_path, format!("not a BERT config: {e}")))?;
-        // The weights are memory-mapped and read-only: nothing mutates the files while they are mapped.
-        let vb = load_weights(&files, device)?;
-        let model = BertModel::load(vb.clone(), &config).map_err(|e| load_error(&spec.model_path, e.to_string()))?;
-        let hidden = config.hidden_size;
+        // On the CPU the instances of a version share one copy; on CUDA each has its own device (see weights.rs).
+        let weights = match spec.device {
+            Device::Cpu => Weights::shared_cpu(&files.weights)?,
+            Device::Cuda(_) => Arc::new(Weights::read(&files.weights, device)?),
+        };
+        let model =
+            Transformer::load(&files.model_type, &files.config, &config_path, &weights, &spec.model_path, device)?;
+        let hidden = model.hidden;
         let (output, width, default_name) = match &files.head {
             Head::Embedding => {
                 (Output::Embedding { pooling: files.pooling, normalize: files.normalize }, hidden, "EMBEDDING")
             }
+            Head::SequenceClassification { .. } if files.model_type != "bert" => {
+                return Err(load_error(
+                    &config_path,
+                    format!("a sequence classifier of model_type `{}` is not supported (bert)", files.model_type),
+                ));
+            }
             Head::SequenceClassification { labels } => {
+                let vb = VarBuilder::from_tensors(weights.tensors.clone(), DType::F32, device);
                 let encoder = if vb.contains_tensor("bert.pooler.dense.weight") { vb.pp("bert") } else { vb.clone() };
                 let layer = |vb: VarBuilder, out: usize, what: &str| {
                     candle_nn::linear(hidden, out, vb).map_err(|e| {
@@ -108,7 +119,8 @@ impl Encoder {
                 _ => vec![-1, 1],
             };
             let text = TensorSpec { name, datatype: DataType::Bytes, dims };
-            (Feed::Text(Box::new(TextEncoder::load(&path, files.max_length)?)), vec![text])
+            let max_length = files.max_seq_length.unwrap_or(model.max_positions).min(model.max_positions);
+            (Feed::Text(Box::new(TextEncoder::load(&path, max_length, model.pad_token_id)?)), vec![text])
         };
         let output_name = spec
             .declared
@@ -122,14 +134,15 @@ impl Encoder {
         };
         Ok(Encoder {
             model,
+            weights,
+            intra: IntraOp::new(spec.intra_op_threads)?,
             feed,
             output,
             width,
-            vocab: config.vocab_size,
-            max_positions: config.max_position_embeddings,
-            type_vocab: config.type_vocab_size,
             device: device.clone(),
             signature,
+            #[cfg(test)]
+            forward_threads: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -161,10 +174,10 @@ impl Encoder {
                 let mask = int64_rows(&inputs[1], "attention_mask")?;
                 let types = if *with_type_ids { Some(int64_rows(&inputs[2], "token_type_ids")?) } else { None };
                 let (rows, len) = (ids.0, ids.1);
-                if rows > 0 && (len == 0 || len > self.max_positions) {
+                if rows > 0 && (len == 0 || len > self.model.max_positions) {
                     return Err(RuntimeError::InvalidInput(format!(
                         "input_ids has {len} tokens per row; this model takes 1 to {}",
-                        self.max_positions
+                        self.model.max_positions
                     )));
                 }
                 if (mask.0, mask.1) != (rows, len) || types.as_ref().is_some_and(|t| (t.0, t.1) != (rows, len)) {
@@ -172,7 +185,7 @@ impl Encoder {
                         "input_ids, attention_mask and token_type_ids must have the same shape".into(),
                     ));
                 }
-                let vocab = self.vocab as i64;
+                let vocab = self.model.vocab as i64;
                 let to_u32 = |values: &[i64], name: &str, limit: i64| -> Result<Vec<u32>, RuntimeError> {
                     values
                         .iter()
@@ -191,7 +204,7 @@ impl Encoder {
                     ids: to_u32(&ids.2, "input_ids", vocab)?,
                     mask: to_u32(&mask.2, "attention_mask", 2)?,
                     type_ids: match types {
-                        Some(t) => to_u32(&t.2, "token_type_ids", self.type_vocab as i64)?,
+                        Some(t) => to_u32(&t.2, "token_type_ids", self.model.type_vocab as i64)?,
                         None => vec![0; rows * len],
                     },
                 })
@@ -204,7 +217,9 @@ impl Encoder {
         let ids = CTensor::from_vec(tokens.ids, shape, &self.device)?;
         let type_ids = CTensor::from_vec(tokens.type_ids, shape, &self.device)?;
         let mask = CTensor::from_vec(tokens.mask, shape, &self.device)?;
-        let states = self.model.forward(&ids, &type_ids, Some(&mask))?; // [rows, len, hidden]
+        #[cfg(test)]
+        self.forward_threads.store(rayon::current_num_threads(), std::sync::atomic::Ordering::SeqCst);
+        let states = self.model.forward(&ids, &type_ids, &mask)?; // [rows, len, hidden]
         let (pooling, normalize) = match &self.output {
             Output::Embedding { pooling, normalize } => (*pooling, *normalize),
             Output::Logits { pooler, classifier } => {
@@ -244,19 +259,16 @@ fn int64_rows(tensor: &Tensor, name: &str) -> Result<(usize, usize, Vec<i64>), R
     Ok((*rows, *len, values.collect()))
 }
 
-fn load_weights(files: &ModelFiles, device: &candle_core::Device) -> Result<VarBuilder<'static>, RuntimeError> {
-    let first = files.weights.first().cloned().unwrap_or_default();
-    // SAFETY-free alternative: read the files into memory (mmap would need `unsafe`, which the workspace
-    // denies); a sentence encoder's weights are tens to hundreds of MB.
-    let mut tensors = std::collections::HashMap::new();
-    for path in &files.weights {
-        let loaded = candle_core::safetensors::load(path, device).map_err(|e| load_error(path, e.to_string()))?;
-        tensors.extend(loaded);
+impl Encoder {
+    /// One batch, tokenizing included: on the instance's intra-op threads.
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+        let tokens = self.tokens(inputs)?;
+        let rows = tokens.rows;
+        let values = if rows == 0 || tokens.len == 0 { Vec::new() } else { self.embed(tokens).map_err(exec)? };
+        let tensor = Tensor::from_f32(vec![rows, self.width], &values)
+            .map_err(|e| RuntimeError::Execution(format!("the output has the wrong size: {e}")))?;
+        Ok(vec![tensor])
     }
-    if tensors.is_empty() {
-        return Err(load_error(&first, "no tensors in the weights"));
-    }
-    Ok(VarBuilder::from_tensors(tensors, DType::F32, device))
 }
 
 impl Runtime for Encoder {
@@ -265,11 +277,87 @@ impl Runtime for Encoder {
     }
 
     fn infer(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
-        let tokens = self.tokens(&inputs)?;
-        let rows = tokens.rows;
-        let values = if rows == 0 || tokens.len == 0 { Vec::new() } else { self.embed(tokens).map_err(exec)? };
-        let tensor = Tensor::from_f32(vec![rows, self.width], &values)
-            .map_err(|e| RuntimeError::Execution(format!("the output has the wrong size: {e}")))?;
-        Ok(vec![tensor])
+        let this = &*self;
+        this.intra.run(|| this.run(&inputs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Threads and weight sharing, seen from inside an instance, on the tiny fixture models of
+    //! models/candle_archs (models/generate_candle_archs.py).
+
+    use std::path::PathBuf;
+    use std::sync::atomic::Ordering;
+
+    use bytes::Bytes;
+    use ferroserve_runtime::TensorData;
+
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/candle_archs/repository").join(name).join("1")
+    }
+
+    fn load(name: &str, threads: usize) -> Encoder {
+        let spec = LoadSpec::new(fixture(name).join("model.safetensors"), Device::Cpu, threads);
+        Encoder::load(&spec, &candle_core::Device::Cpu).unwrap()
+    }
+
+    fn texts(values: &[&str]) -> Tensor {
+        let strings = values.iter().map(|v| Bytes::copy_from_slice(v.as_bytes())).collect();
+        Tensor::new(DataType::Bytes, vec![values.len(), 1], TensorData::Strings(strings)).unwrap()
+    }
+
+    #[test]
+    fn the_forward_pass_runs_on_the_configured_number_of_threads() {
+        for threads in [1, 3] {
+            let mut encoder = load("distilbert", threads);
+            encoder.infer(vec![texts(&["hello world", "a man is eating food."])]).unwrap();
+            assert_eq!(encoder.forward_threads.load(Ordering::SeqCst), threads);
+        }
+    }
+
+    /// A private copy of a fixture: the weight registry is process-wide, and other tests hold the originals.
+    fn private_copy(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ferroserve-shared-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+        for file in ["model.safetensors", "config.json", "tokenizer.json", "modules.json", "1_Pooling/config.json"] {
+            std::fs::copy(fixture(name).join(file), dir.join(file)).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn instances_of_a_version_share_one_copy_of_the_weights() {
+        let dirs: Vec<PathBuf> = ["distilbert", "roberta", "xlm_roberta"].into_iter().map(private_copy).collect();
+        let load = |dir: &PathBuf| {
+            let spec = LoadSpec::new(dir.join("model.safetensors"), Device::Cpu, 1);
+            Encoder::load(&spec, &candle_core::Device::Cpu).unwrap()
+        };
+        for dir in &dirs {
+            let instances: Vec<Encoder> = (0..4).map(|_| load(dir)).collect();
+            let first = &instances[0].weights;
+            assert!(instances.iter().all(|e| Arc::ptr_eq(&e.weights, first)), "{dir:?}: one copy");
+            assert_eq!(Arc::strong_count(first), 4, "{dir:?}: held by the four instances alone");
+            let other = load(dirs.iter().find(|d| *d != dir).unwrap());
+            assert!(!Arc::ptr_eq(&other.weights, first), "another model has its own weights");
+            let weak = Arc::downgrade(first);
+            drop((instances, other));
+            assert!(weak.upgrade().is_none(), "{dir:?}: freed with its last instance");
+        }
+        for dir in dirs {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn models_are_built_on_the_shared_tensors_without_copying_them() {
+        let weights = Weights::shared_cpu(&[fixture("roberta").join("model.safetensors")]).unwrap();
+        let name = "encoder.layer.0.attention.self.query.weight";
+        let vb = VarBuilder::from_tensors(weights.tensors.clone(), DType::F32, &candle_core::Device::Cpu);
+        let got = vb.get((32, 32), name).unwrap();
+        assert_eq!(got.id(), weights.tensors[name].id(), "the model's tensor is the shared one, not a copy");
     }
 }

@@ -42,14 +42,14 @@ pub(crate) struct ModelFiles {
     pub(crate) pooling: Pooling,
     /// Whether sentence-transformers' `Normalize` module follows the pooling.
     pub(crate) normalize: bool,
-    /// Longest token sequence: `sentence_bert_config.json`'s `max_seq_length`, else the position embeddings.
-    pub(crate) max_length: usize,
+    /// `sentence_bert_config.json`'s `max_seq_length`: text is truncated to it (and to the positions the
+    /// architecture covers).
+    pub(crate) max_seq_length: Option<usize>,
 }
 
 #[derive(Deserialize)]
 struct ArchitectureHead {
     model_type: Option<String>,
-    max_position_embeddings: Option<usize>,
     #[serde(default)]
     architectures: Vec<String>,
     /// Label names by class index (as text, as Hugging Face writes them).
@@ -122,7 +122,9 @@ impl ModelFiles {
                 return Err(load_error(
                     &config_path,
                     format!(
-                        "architecture `{a}` is not supported yet (BERT encoders and BertForSequenceClassification)"
+                        "architecture `{a}` is not supported yet (encoders of model_type {}, and \
+                         BertForSequenceClassification)",
+                        crate::arch::SUPPORTED
                     ),
                 ));
             }
@@ -168,10 +170,9 @@ impl ModelFiles {
             ));
         }
         let sentence: Option<SentenceBertConfig> = read_json(&dir.join("sentence_bert_config.json"))?;
-        let position_limit = head.max_position_embeddings.unwrap_or(512);
-        let max_length = sentence.and_then(|s| s.max_seq_length).unwrap_or(position_limit).min(position_limit);
+        let max_seq_length = sentence.and_then(|s| s.max_seq_length);
         let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.is_file());
-        Ok(ModelFiles { config, model_type, head: model_head, weights, tokenizer, pooling, normalize, max_length })
+        Ok(ModelFiles { config, model_type, head: model_head, weights, tokenizer, pooling, normalize, max_seq_length })
     }
 }
 

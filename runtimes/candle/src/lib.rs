@@ -5,17 +5,23 @@
 //! (the architecture, as text-embeddings-inference reads it), `tokenizer.json`, and for sentence-transformers
 //! models `1_Pooling/config.json` and `modules.json` (pooling and normalisation). What it serves today:
 //!
-//! - the BERT family as a sentence encoder ([`encoder`]): text in (a BYTES `TEXT` input, `[batch, 1]`),
+//! - encoders of the BERT family, by `config.json`'s `model_type` ([`arch`]): BERT, DistilBERT, RoBERTa and
+//!   XLM-RoBERTa, as sentence encoders ([`encoder`]): text in (a BYTES `TEXT` input, `[batch, 1]`),
 //!   tokenized in the server ([`text`]), truncated to the model's length and padded per batch; or token ids in
 //!   (INT64 `input_ids`, `attention_mask`, optional `token_type_ids`, `[batch, seq]`) when the config declares
 //!   `input_ids`. Out: FP32 `EMBEDDING` `[batch, hidden]`, pooled (mean or CLS) and L2-normalised when the
-//!   model says so.
+//!   model says so. A BERT with a sequence-classification head answers FP32 `LOGITS` instead.
 //!
-//! Each instance owns its weights and tokenizer on its own thread, as every runtime does.
+//! Each instance runs on its own thread, as every runtime does, with its tokenizer and a pool of
+//! `intra_op_thread_count` threads of its own ([`threads`]); the weights are loaded once per model version and
+//! shared by its instances ([`weights`]).
 
+mod arch;
 mod encoder;
 mod files;
 mod text;
+mod threads;
+mod weights;
 
 use ferroserve_runtime::{Device, LoadSpec, Runtime, RuntimeError, RuntimeLoader};
 

@@ -30,10 +30,14 @@ impl std::fmt::Debug for TextEncoder {
 }
 
 impl TextEncoder {
-    pub(crate) fn load(path: &Path, max_length: usize) -> Result<Self, RuntimeError> {
+    /// Loads `tokenizer.json`, truncating to `max_length` tokens and padding with the tokenizer's own padding
+    /// settings, else with `pad_id` (the model's `pad_token_id`: 0 for BERT, 1 for RoBERTa).
+    pub(crate) fn load(path: &Path, max_length: usize, pad_id: u32) -> Result<Self, RuntimeError> {
         let mut tokenizer = Tokenizer::from_file(path).map_err(|e| load_error(path, e.to_string()))?;
-        let pad_id = tokenizer.get_padding().map(|p| p.pad_id).unwrap_or(0);
-        let pad_token = tokenizer.get_padding().map(|p| p.pad_token.clone()).unwrap_or_else(|| "[PAD]".into());
+        let (pad_id, pad_token) = match tokenizer.get_padding() {
+            Some(p) => (p.pad_id, p.pad_token.clone()),
+            None => (pad_id, tokenizer.id_to_token(pad_id).unwrap_or_else(|| "[PAD]".into())),
+        };
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
             pad_id,
@@ -66,5 +70,39 @@ impl TextEncoder {
             tokens.mask.extend_from_slice(e.get_attention_mask());
         }
         Ok(tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer(name: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/candle_archs/repository")
+            .join(name)
+            .join("1/tokenizer.json")
+    }
+
+    #[test]
+    fn rows_are_padded_with_the_models_pad_id_unless_the_tokenizer_sets_its_own() {
+        // (fixture, pad id the config gives, pad id expected): roberta's tokenizer has no padding settings,
+        // xlm_roberta's pads with 1 itself, whatever the caller passes.
+        for (name, given, expected) in [("roberta", 1, 1), ("xlm_roberta", 0, 1), ("distilbert", 0, 0)] {
+            let tokens =
+                TextEncoder::load(&tokenizer(name), 64, given).unwrap().encode(&["hello", "hello world"]).unwrap();
+            assert_eq!((tokens.rows, tokens.mask[..tokens.len].iter().filter(|&&m| m == 0).count()), (2, 1), "{name}");
+            let padded = tokens.mask.iter().position(|&m| m == 0).unwrap();
+            assert_eq!(tokens.ids[padded], expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn text_is_truncated_to_the_maximum_length() {
+        let tokens = TextEncoder::load(&tokenizer("xlm_roberta"), 5, 1)
+            .unwrap()
+            .encode(&["hello world ".repeat(20).as_str()])
+            .unwrap();
+        assert_eq!((tokens.rows, tokens.len), (1, 5));
     }
 }
