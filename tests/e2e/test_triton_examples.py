@@ -167,8 +167,10 @@ def test_model_config(srv, protocol, model):
     assert config.get("max_batch_size", 0) == max_batch_size  # proto3 JSON leaves out a zero
     assert [(t["name"], t["data_type"], dims(t["dims"])) for t in config["input"]] == inputs
     assert [(t["name"], t["data_type"], dims(t["dims"])) for t in config["output"]] == outputs
-    # Not checked yet: image_classifier's input `format: FORMAT_NCHW`; the server reports FORMAT_NONE until the
-    # config round-trip change, which adds that assertion here.
+    # The input format the config states (image_client builds its input from it); proto3 JSON leaves out
+    # FORMAT_NONE, the default.
+    formats = [t.get("format", "FORMAT_NONE") for t in config["input"]]
+    assert formats == (["FORMAT_NCHW"] if model == "image_classifier" else ["FORMAT_NONE"] * len(inputs))
     labels = [t.get("label_filename", "") for t in config["output"]]
     assert labels == (["labels.txt"] if model == "image_classifier" else [""] * len(outputs))
 

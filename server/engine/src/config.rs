@@ -1,17 +1,30 @@
-//! Per-model configuration: Triton's `config.pbtxt` fields that ferroserve understands, typed.
+//! Per-model configuration: Triton's `config.pbtxt`, typed where ferroserve acts on it and kept whole so that
+//! every field it sets is reported back.
 //!
 //! A model directory may hold a `config.pbtxt`; everything in it is optional, and what is missing is
-//! completed from the model file's own signature (as Triton's auto-complete does). Unknown top-level fields
-//! are logged and ignored so that an existing Triton repository loads unchanged, except those that change
-//! what a request means and that ferroserve cannot honour (`sequence_batching`, `ensemble_scheduling`,
-//! `model_transaction_policy { decoupled: true }`): those fail the config (and so the model's load) with the
-//! reason, rather than loading a model that would refuse every request or leave a streaming client waiting.
+//! completed from the model file's own signature (as Triton's auto-complete does). [`ModelConfig`] types the
+//! fields ferroserve acts on; the parsed tree ([`ModelConfig::source`]) keeps the rest. Every field is checked
+//! against Triton's `ModelConfig` ([`schema`]): a value that does not fit its field fails the config, a field
+//! Triton does not have is logged and ignored, and the fields ferroserve reads but does not act on are named in
+//! one warning at load ([`ModelConfig::warn_not_acted_on`]). [`ModelConfig::report`] is what both APIs answer:
+//! the completed typed config laid over the tree.
+//!
+//! Fields that change what a request means and that ferroserve cannot honour (`sequence_batching`,
+//! `ensemble_scheduling`, `model_transaction_policy { decoupled: true }`) fail the config (and so the model's
+//! load) with the reason, rather than loading a model that would refuse every request or leave a streaming
+//! client waiting.
+
+mod report;
+pub mod schema;
+pub mod value;
 
 use std::collections::BTreeMap;
 
 use ferroserve_runtime::DataType;
 
 use crate::pbtxt::{self, Node};
+use schema::MODEL_CONFIG;
+use value::Problems;
 
 /// Which versions of a model to serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,32 +125,15 @@ pub struct ModelConfig {
     pub default_model_filename: Option<String>,
     /// Free-form `parameters { key: "k" value: { string_value: "v" } }`.
     pub parameters: BTreeMap<String, String>,
+    /// The tree this config was read from (`config.pbtxt`, or a load request's JSON config); its fields that
+    /// the typed ones above do not carry are reported back as written (see [`ModelConfig::report`]).
+    pub source: Node,
 }
 
 /// A config file that could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("config.pbtxt: {0}")]
 pub struct ConfigError(pub String);
-
-const KNOWN_FIELDS: &[&str] = &[
-    "name",
-    "platform",
-    "backend",
-    "runtime",
-    "max_batch_size",
-    "input",
-    "output",
-    "version_policy",
-    "instance_group",
-    "dynamic_batching",
-    "default_model_filename",
-    "parameters",
-    "optimization",
-    "model_warmup",
-    "response_cache",
-    // Only `decoupled: false` (the default) is accepted; see `refuse_unsupported`.
-    "model_transaction_policy",
-];
 
 /// Refuses the fields whose behaviour ferroserve does not implement and cannot ignore: a model that asks for
 /// them would answer wrongly (or never), so its load fails with a reason that names the field.
@@ -180,12 +176,7 @@ impl ModelConfig {
     /// `parameters.config` (objects as messages, arrays as lists, every scalar as its text).
     pub fn from_tree(doc: &pbtxt::Node) -> Result<Self, ConfigError> {
         refuse_unsupported(doc)?;
-        for field in doc.field_names() {
-            if !KNOWN_FIELDS.contains(&field) {
-                tracing::warn!(field, "config.pbtxt field not supported by ferroserve, ignored");
-            }
-        }
-        Ok(ModelConfig {
+        let config = ModelConfig {
             name: string(doc, "name"),
             platform: string(doc, "platform"),
             backend: string(doc, "backend"),
@@ -207,7 +198,14 @@ impl ModelConfig {
                     Some((key, value))
                 })
                 .collect(),
-        })
+            source: doc.clone(),
+        };
+        let mut problems = Problems::default();
+        value::typed(&MODEL_CONFIG, doc, &mut problems);
+        if !problems.invalid.is_empty() {
+            return Err(ConfigError(problems.invalid.join("; ")));
+        }
+        Ok(config)
     }
 }
 

@@ -18,7 +18,7 @@ pub const MAX_DEPTH: usize = 64;
 pub const MAX_INPUT_BYTES: usize = 1 << 20;
 
 /// A parsed text-format value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     /// A scalar token: number, identifier (enum, `true`) or string (unquoted here).
     Scalar(String),
@@ -26,6 +26,13 @@ pub enum Node {
     Message(Vec<(String, Node)>),
     /// A `[ ... ]` list.
     List(Vec<Node>),
+}
+
+impl Default for Node {
+    /// An empty message (an empty document).
+    fn default() -> Self {
+        Node::Message(Vec::new())
+    }
 }
 
 /// A syntax error with its line.

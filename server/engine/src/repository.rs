@@ -308,6 +308,7 @@ impl Repository {
                 config
             }
         };
+        config.warn_not_acted_on(name);
         let location = if dir.is_empty() { root.describe() } else { format!("{}/{dir}", root.describe()) };
         let (labels, label_files) = read_labels(root, name, &config, &prefix, &listed, &location).await?;
         let mut config_print = match (override_config, config_info) {

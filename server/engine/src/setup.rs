@@ -187,6 +187,7 @@ pub(crate) fn complete_config(
         dynamic_batching: config.dynamic_batching.clone(),
         default_model_filename: config.default_model_filename.clone(),
         parameters: config.parameters.clone(),
+        source: config.source.clone(),
     };
     Ok((signature, completed, reshapes))
 }

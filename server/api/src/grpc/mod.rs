@@ -2,6 +2,7 @@
 //! `ferroserve.traffic.v1.TrafficControl`.
 
 pub mod codec;
+mod config;
 pub mod deadline;
 pub mod health;
 mod service;

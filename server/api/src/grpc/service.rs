@@ -3,7 +3,6 @@
 use std::pin::Pin;
 
 use ferroserve_engine::InferError;
-use ferroserve_engine::config::{InstanceKind, ModelConfig as EngineConfig, TensorConfig, VersionPolicy};
 use ferroserve_engine::stats::StatsSnapshot;
 use ferroserve_proto as pb;
 use ferroserve_proto::grpc_inference_service_server::GrpcInferenceService;
@@ -12,6 +11,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec;
+use super::config::config_to_proto;
 use super::status::{self, code_name, code_of, to_status};
 use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::{admission, load_parameters};
@@ -419,105 +419,6 @@ impl GrpcInferenceService for InferenceService {
 /// The CUDA shared-memory extension is not offered: its calls say so, with what to use instead.
 fn no_cuda_shared_memory() -> Status {
     to_status(InferError::Unsupported(crate::shm::NO_CUDA_SHARED_MEMORY.into()))
-}
-
-fn data_type(t: Option<ferroserve_runtime::DataType>) -> i32 {
-    use ferroserve_runtime::DataType as D;
-    let v = match t {
-        None => pb::DataType::TypeInvalid,
-        Some(D::Bool) => pb::DataType::TypeBool,
-        Some(D::Uint8) => pb::DataType::TypeUint8,
-        Some(D::Uint16) => pb::DataType::TypeUint16,
-        Some(D::Uint32) => pb::DataType::TypeUint32,
-        Some(D::Uint64) => pb::DataType::TypeUint64,
-        Some(D::Int8) => pb::DataType::TypeInt8,
-        Some(D::Int16) => pb::DataType::TypeInt16,
-        Some(D::Int32) => pb::DataType::TypeInt32,
-        Some(D::Int64) => pb::DataType::TypeInt64,
-        Some(D::Fp16) => pb::DataType::TypeFp16,
-        Some(D::Bf16) => pb::DataType::TypeBf16,
-        Some(D::Fp32) => pb::DataType::TypeFp32,
-        Some(D::Fp64) => pb::DataType::TypeFp64,
-        Some(D::Bytes) => pb::DataType::TypeString,
-    };
-    v as i32
-}
-
-fn config_to_proto(config: &EngineConfig, name: &str) -> pb::ModelConfig {
-    use pb::model_version_policy::{All, Latest, PolicyChoice, Specific};
-    let inputs = |t: &[TensorConfig]| -> Vec<pb::ModelInput> {
-        t.iter()
-            .map(|t| pb::ModelInput {
-                name: t.name.clone(),
-                data_type: data_type(t.datatype),
-                dims: t.dims.clone(),
-                reshape: t.reshape.clone().map(|shape| pb::ModelTensorReshape { shape }),
-            })
-            .collect()
-    };
-    let outputs = |t: &[TensorConfig]| -> Vec<pb::ModelOutput> {
-        t.iter()
-            .map(|t| pb::ModelOutput {
-                name: t.name.clone(),
-                data_type: data_type(t.datatype),
-                dims: t.dims.clone(),
-                label_filename: t.label_filename.clone().unwrap_or_default(),
-                reshape: t.reshape.clone().map(|shape| pb::ModelTensorReshape { shape }),
-            })
-            .collect()
-    };
-    pb::ModelConfig {
-        name: name.to_string(),
-        platform: config.platform.clone().unwrap_or_default(),
-        backend: config.backend.clone().unwrap_or_default(),
-        version_policy: Some(pb::ModelVersionPolicy {
-            policy_choice: Some(match &config.version_policy {
-                VersionPolicy::Latest(n) => PolicyChoice::Latest(Latest { num_versions: *n }),
-                VersionPolicy::All => PolicyChoice::All(All {}),
-                VersionPolicy::Specific(v) => {
-                    PolicyChoice::Specific(Specific { versions: v.iter().map(|&x| x as i64).collect() })
-                }
-            }),
-        }),
-        max_batch_size: config.max_batch_size.unwrap_or(0) as i32,
-        input: inputs(&config.inputs),
-        output: outputs(&config.outputs),
-        instance_group: config
-            .instance_groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| pb::ModelInstanceGroup {
-                name: format!("{name}_{i}"),
-                count: g.count as i32,
-                gpus: g.gpus.iter().map(|&x| x as i32).collect(),
-                kind: match g.kind {
-                    InstanceKind::Gpu => pb::model_instance_group::Kind::Gpu as i32,
-                    _ => pb::model_instance_group::Kind::Cpu as i32,
-                },
-            })
-            .collect(),
-        default_model_filename: config.default_model_filename.clone().unwrap_or_default(),
-        scheduling_choice: config.dynamic_batching.as_ref().map(|b| {
-            pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {
-                preferred_batch_size: b.preferred_batch_size.iter().map(|&x| x as i32).collect(),
-                max_queue_delay_microseconds: b.max_queue_delay_microseconds,
-                preserve_ordering: false,
-                priority_levels: 0,
-                default_priority_level: 0,
-                default_queue_policy: Some(pb::ModelQueuePolicy {
-                    timeout_action: 0,
-                    default_timeout_microseconds: b.default_timeout_microseconds,
-                    allow_timeout_override: false,
-                    max_queue_size: b.max_queue_size,
-                }),
-            })
-        }),
-        parameters: config
-            .parameters
-            .iter()
-            .map(|(k, v)| (k.clone(), pb::ModelParameter { string_value: v.clone() }))
-            .collect(),
-    }
 }
 
 fn duration((count, ns): (u64, u64)) -> Option<pb::StatisticDuration> {
