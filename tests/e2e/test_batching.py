@@ -76,6 +76,37 @@ def infer(client, model, inputs):
     return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
 
 
+def grpc_batch_reasons(model_stats):
+    """ferroserve's `batch_reasons` map (field 1000) read from a ModelStatistics message's unknown fields: each
+    entry is a length-delimited MapEntry of key (field 1, string) and value (field 2, varint)."""
+    from google.protobuf.unknown_fields import UnknownFieldSet
+
+    def varint(data, i):
+        shift = value = 0
+        while True:
+            b = data[i]
+            value |= (b & 0x7F) << shift
+            i, shift = i + 1, shift + 7
+            if not b & 0x80:
+                return value, i
+
+    reasons = {}
+    for field in UnknownFieldSet(model_stats):
+        if field.field_number != 1000:
+            continue
+        entry = field.data if isinstance(field.data, bytes) else bytes(field.data)
+        i, key, value = 0, "", 0
+        while i < len(entry):
+            tag, i = varint(entry, i)
+            if tag == 0x0A:
+                n, i = varint(entry, i)
+                key, i = entry[i:i + n].decode(), i + n
+            else:
+                value, i = varint(entry, i)
+        reasons[key] = value
+    return reasons
+
+
 @pytest.mark.parametrize("model", ["mlp", "mlp_large", "mixed", "strings"])
 def test_output_is_identical_alone_and_in_a_batch(batching_server, model):
     rng = np.random.default_rng(42)
@@ -187,6 +218,12 @@ def test_the_adaptive_window_does_not_hold_a_lone_request(tmp_path):
         stats = client.get_inference_statistics("adaptive")["model_stats"][0]
         assert stats["batch_reasons"]["adaptive"] == 3 and stats["batch_reasons"]["window"] == 0
         assert client.get_inference_statistics("fixed")["model_stats"][0]["batch_reasons"]["window"] == 3
+        # gRPC carries the same counts in ModelStatistics field 1000 (a map tritonclient skips as unknown).
+        gclient = grpcclient.InferenceServerClient(s.grpc_addr)
+        for name, reason in (("adaptive", "adaptive"), ("fixed", "window")):
+            model_stats = gclient.get_inference_statistics(name).model_stats[0]
+            assert grpc_batch_reasons(model_stats)[reason] == 3
+        gclient.close()
         with urllib.request.urlopen(s.http_url + "/metrics") as r:
             text = r.read().decode()
         assert 'ferroserve_batches_total{model="adaptive",version="1",reason="adaptive"} 3' in text

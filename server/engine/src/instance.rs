@@ -146,13 +146,14 @@ fn catch_load(loader: &dyn RuntimeLoader, spec: &LoadSpec) -> Result<Box<dyn Run
 fn serve(mut runtime: Box<dyn Runtime>, batcher: &Batcher, stats: &ModelStats) {
     while let Some((batch, reason)) = batcher.take() {
         stats.record_batch_reason(reason);
+        let requests = batch.len();
         let started = Instant::now();
         // A panic outside the model call (joining or splitting tensors) must not kill the instance: callers
         // of that batch get an error (their reply senders drop), the instance goes on.
         if std::panic::catch_unwind(AssertUnwindSafe(|| execute(runtime.as_mut(), batch, stats))).is_err() {
             tracing::error!("an instance panicked while preparing or answering a batch; it keeps serving");
         }
-        batcher.record_execution(started.elapsed());
+        batcher.record_execution(started.elapsed(), requests);
     }
 }
 

@@ -452,5 +452,9 @@ fn stats_to_proto(name: &str, version: u64, s: &StatsSnapshot) -> pb::ModelStati
                 compute_output: duration((b.count, b.compute_output_ns)),
             })
             .collect(),
+        batch_reasons: ferroserve_engine::batcher::state::RunReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_string(), s.batch_reasons[r.index()]))
+            .collect(),
     }
 }

@@ -80,6 +80,8 @@ struct Shared {
     queue: Mutex<Queue>,
     /// The latest batch execution time in nanoseconds not yet given to the state (0 = none).
     last_execution_ns: std::sync::atomic::AtomicU64,
+    /// Requests whose batches finished since the state was last told.
+    finished_requests: std::sync::atomic::AtomicUsize,
     /// Instances with nothing ready to run sleep here.
     work: Condvar,
 }
@@ -111,6 +113,7 @@ impl Batcher {
                 depth,
                 queue: Mutex::new(queue),
                 last_execution_ns,
+                finished_requests: std::sync::atomic::AtomicUsize::new(0),
                 work: Condvar::new(),
             }),
         }
@@ -154,8 +157,9 @@ impl Batcher {
     pub fn take(&self) -> Option<(Batch, RunReason)> {
         let mut queue = self.shared.queue.lock();
         let executed = self.shared.last_execution_ns.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if executed > 0 {
-            queue.state.record_execution(std::time::Duration::from_nanos(executed));
+        let finished = self.shared.finished_requests.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if executed > 0 || finished > 0 {
+            queue.state.finished(finished, (executed > 0).then(|| std::time::Duration::from_nanos(executed)));
         }
         let mut spins = 0;
         loop {
@@ -201,11 +205,13 @@ impl Batcher {
         }
     }
 
-    /// Tells the adaptive window how long a batch took to execute. Left for the next [`Batcher::take`] to hand
-    /// over under the lock it takes anyway, so an execution costs no extra lock.
-    pub fn record_execution(&self, took: std::time::Duration) {
+    /// Tells the adaptive window that a batch of `requests` (as [`Batcher::take`] gave it) finished, and how
+    /// long it took to execute. Left for the next [`Batcher::take`] to hand over under the lock it takes
+    /// anyway, so an execution costs no extra lock.
+    pub fn record_execution(&self, took: std::time::Duration, requests: usize) {
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.shared.last_execution_ns.store(nanos, std::sync::atomic::Ordering::Relaxed);
+        self.shared.finished_requests.fetch_add(requests, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Refuses new requests and wakes every instance so they drain the queue and exit.

@@ -10,7 +10,9 @@
 //!   under the default [`Window::Adaptive`] one, `max_delay` is only an upper bound: a partial batch waits only
 //!   when requests arrive much faster than a batch executes (the recent gap between arrivals that found
 //!   requests already queued is an eighth of a batch's execution time or less), for at most one such gap after
-//!   the last arrival and half an execution. Otherwise it runs at once, and what arrives while it executes
+//!   the last arrival and half an execution, and never for a request that cannot come: when every request
+//!   recently seen in flight at once is already queued or running (closed-loop clients, which send again only
+//!   after their answer), it runs at once. Otherwise it runs at once too, and what arrives while it executes
 //!   forms the next batch. An idle model, or one whose clients wait for each answer before sending again
 //!   (concurrency 1), never waits;
 //! - queued requests past their deadline are taken out for a timeout reply.
@@ -108,15 +110,23 @@ const HISTORY_SECS: f64 = 0.25;
 const MIN_ARRIVALS: f64 = 4.0;
 /// The adaptive window waits only when at least this many arrivals are expected during one execution.
 const ARRIVALS_PER_EXECUTION: f64 = 8.0;
+/// How long the peak of requests in flight must have held before the adaptive window trusts it as the number
+/// of requests that can be in flight at once.
+const PEAK_SETTLED: Duration = Duration::from_millis(10);
 /// Weight of the newest execution time in its moving average.
 const EXECUTION_WEIGHT: f64 = 0.1;
 
 /// What the adaptive window knows of the recent past: arrivals that found requests already queued, the time
-/// the queue was non-empty (both decaying), the last arrival, and a batch's execution time.
+/// the queue was non-empty, the most requests in flight at once (all three decaying), the last arrival, and a
+/// batch's execution time.
 #[derive(Debug, Clone, Default)]
 struct History {
     busy_arrivals: f64,
     busy_secs: f64,
+    peak_in_flight: f64,
+    /// When an arrival last took the requests in flight past the peak by one or more: the peak is still growing
+    /// (a burst, or clients joining), so it says nothing yet about how many requests can come.
+    peak_raised: Option<Instant>,
     updated: Option<Instant>,
     last_arrival: Option<Instant>,
     execution_secs: Option<f64>,
@@ -135,6 +145,7 @@ impl History {
         let dt = (now - then).as_secs_f64();
         let keep = (-dt / HISTORY_SECS).exp();
         self.busy_arrivals *= keep;
+        self.peak_in_flight *= keep;
         self.busy_secs = self.busy_secs * keep + if queued { dt } else { 0.0 };
         self.updated = Some(now);
     }
@@ -181,6 +192,8 @@ pub struct BatchState<T> {
     policy: BatchPolicy,
     queues: Vec<VecDeque<Entry<T>>>,
     len: usize,
+    /// Requests taken for a batch whose execution has not been reported finished.
+    running: usize,
     history: History,
 }
 
@@ -190,7 +203,7 @@ impl<T> BatchState<T> {
         policy.priority_levels = policy.priority_levels.max(1);
         policy.preferred_batch_sizes.sort_unstable();
         let queues = (0..policy.priority_levels).map(|_| VecDeque::new()).collect();
-        BatchState { policy, queues, len: 0, history: History::default() }
+        BatchState { policy, queues, len: 0, running: 0, history: History::default() }
     }
 
     /// The policy in force.
@@ -222,14 +235,23 @@ impl<T> BatchState<T> {
         self.history.last_arrival = Some(self.history.last_arrival.map_or(entry.enqueued, |t| t.max(entry.enqueued)));
         self.queues[entry.priority].push_back(entry);
         self.len += 1;
+        let in_flight = (self.len + self.running) as f64;
+        if in_flight > self.history.peak_in_flight + 0.5 {
+            self.history.peak_raised = self.history.updated;
+        }
+        self.history.peak_in_flight = self.history.peak_in_flight.max(in_flight);
         Ok(())
     }
 
-    /// Records how long a batch took to execute (the adaptive window compares arrival gaps with it).
-    pub fn record_execution(&mut self, took: Duration) {
-        let secs = took.as_secs_f64();
-        let average = self.history.execution_secs.map_or(secs, |e| e + EXECUTION_WEIGHT * (secs - e));
-        self.history.execution_secs = Some(average);
+    /// Records that `requests` taken earlier have finished executing, and how long an execution took, if one
+    /// was timed (the adaptive window compares arrival gaps with it).
+    pub fn finished(&mut self, requests: usize, took: Option<Duration>) {
+        self.running = self.running.saturating_sub(requests);
+        if let Some(took) = took {
+            let secs = took.as_secs_f64();
+            let average = self.history.execution_secs.map_or(secs, |e| e + EXECUTION_WEIGHT * (secs - e));
+            self.history.execution_secs = Some(average);
+        }
     }
 
     /// Takes out every request for which `remove` is true (callers gone away).
@@ -280,6 +302,7 @@ impl<T> BatchState<T> {
             return match entry {
                 Some(e) => {
                     self.len -= 1;
+                    self.running += 1;
                     Decision::Run(vec![e], RunReason::Unbatched)
                 }
                 None => Decision::Idle,
@@ -339,6 +362,12 @@ impl<T> BatchState<T> {
     /// With no such expectation (an idle model, or clients that wait for each answer), not at all: requests
     /// that arrive while a batch executes form the next batch anyway.
     fn adaptive_until(&self, head_since: Instant, due: Instant) -> Instant {
+        // Every request recently seen in flight at once is here already, and that peak has held for a while:
+        // clients that send again only after their answer (a closed loop) have nothing else on its way.
+        let settled = self.history.peak_raised.is_none_or(|t| head_since.saturating_duration_since(t) >= PEAK_SETTLED);
+        if settled && (self.len + self.running) as f64 + 0.5 >= self.history.peak_in_flight {
+            return head_since;
+        }
         let (Some(gap), Some(execution)) = (self.history.gap(), self.history.execution_secs) else {
             return head_since;
         };
@@ -360,6 +389,7 @@ impl<T> BatchState<T> {
             && by_queue[*qi].iter().enumerate().all(|(i, &p)| i == p)
         {
             self.len -= picked.len();
+            self.running += picked.len();
             return self.queues[*qi].drain(..picked.len()).collect();
         }
         let mut taken: Vec<(usize, usize, Entry<T>)> = Vec::with_capacity(picked.len());
@@ -373,6 +403,7 @@ impl<T> BatchState<T> {
         }
         taken.sort_by_key(|(qi, pos, _)| (*qi, *pos));
         self.len -= taken.len();
+        self.running += taken.len();
         taken.into_iter().map(|(_, _, e)| e).collect()
     }
 }
@@ -552,8 +583,49 @@ mod tests {
             let at = t0 + Duration::from_micros(u64::from(i) * 150);
             s.push(entry(i, 1, at)).unwrap();
             assert_eq!(ids(s.next_batch(at, false)), vec![i]);
-            s.record_execution(Duration::from_micros(20));
+            s.finished(1, Some(Duration::from_micros(20)));
         }
+    }
+
+    #[test]
+    fn closed_loop_clients_never_wait_for_a_request_that_cannot_come() {
+        // Four clients, each sending again 5 us apart once the batch holding its request has run (70 us): the
+        // arrivals come much faster than an execution, so the gap rule alone would wait for a fifth request.
+        let t0 = Instant::now();
+        let mut s = BatchState::new(adaptive(32, 2_000));
+        let mut t = t0;
+        let mut next = 0u32;
+        let mut waited = Vec::new();
+        for round in 0..400 {
+            for _ in 0..4 {
+                t += Duration::from_micros(5);
+                s.push(entry(next, 1, t)).unwrap();
+                next += 1;
+            }
+            match s.next_batch(t, false) {
+                Decision::Run(b, _) => {
+                    assert_eq!(b.len(), 4);
+                    t += Duration::from_micros(70);
+                    s.finished(4, Some(Duration::from_micros(70)));
+                }
+                Decision::WaitUntil(mut until) => {
+                    waited.push(round);
+                    let b = loop {
+                        match s.next_batch(until, false) {
+                            Decision::Run(b, _) => break b,
+                            Decision::WaitUntil(later) => until = later,
+                            Decision::Idle => panic!("requests are queued"),
+                        }
+                    };
+                    t = until + Duration::from_micros(70);
+                    s.finished(b.len(), Some(Duration::from_micros(70)));
+                }
+                Decision::Idle => panic!("requests are queued"),
+            }
+        }
+        // Once the peak of four has held for PEAK_SETTLED, no batch waits.
+        let settled_round = waited.iter().copied().max().unwrap_or(0);
+        assert!(settled_round < 200, "still waiting at round {settled_round}: {waited:?}");
     }
 
     #[test]
@@ -573,7 +645,7 @@ mod tests {
             match s.next_batch(t, false) {
                 Decision::Run(b, _) => {
                     sizes.push(b.len());
-                    s.record_execution(Duration::from_micros(200));
+                    s.finished(b.len(), Some(Duration::from_micros(200)));
                 }
                 Decision::WaitUntil(until) => assert!(until <= t + Duration::from_micros(2_000)),
                 Decision::Idle => {}
@@ -591,7 +663,7 @@ mod tests {
         for i in 0..50u32 {
             s.push(entry(i, 1, t0 + Duration::from_micros(u64::from(i) * 10))).unwrap();
         }
-        s.record_execution(Duration::from_millis(1));
+        s.finished(0, Some(Duration::from_millis(1)));
         let last = t0 + Duration::from_micros(490);
         let Decision::WaitUntil(mut until) = s.next_batch(last, false) else { panic!("expected a wait") };
         assert!(until <= last + Duration::from_micros(25) && until > last, "{:?}", until - last);
@@ -630,7 +702,7 @@ mod tests {
                     match s.next_batch(t, false) {
                         Decision::Run(b, _) => {
                             ran += b.len();
-                            s.record_execution(Duration::from_micros(exec_us));
+                            s.finished(b.len(), Some(Duration::from_micros(exec_us)));
                         }
                         Decision::WaitUntil(until) => {
                             let head = s.queues.iter().find_map(|q| q.front()).map(|e| e.enqueued).unwrap();
