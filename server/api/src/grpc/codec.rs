@@ -59,7 +59,12 @@ pub fn decode_request(
     let use_raw = !raw.is_empty();
     let mut slots = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
-        slots.push(shm.slot(&input.name, &parameters_from_proto(input.parameters.clone()))?);
+        // Most inputs name no region: their parameters are converted once, below, not here as well.
+        let slot = match input.parameters.contains_key(crate::shm::REGION) {
+            true => shm.slot(&input.name, &parameters_from_proto(input.parameters.clone()))?,
+            false => None,
+        };
+        slots.push(slot);
     }
     if use_raw {
         if let Some(mixed) = request.inputs.iter().find(|i| has_contents(&i.contents)) {
