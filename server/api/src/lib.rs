@@ -107,7 +107,7 @@ pub async fn run(
         budget: admission::MemoryBudget::new(config.max_inflight_bytes),
         request_timeout: (config.request_timeout_secs > 0).then(|| Duration::from_secs(config.request_timeout_secs)),
         metrics: if config.allow_metrics { metrics::install() } else { None },
-        shm: Arc::new(shm::SharedMemory::default()),
+        shm: Arc::new(shm::SharedMemory::default().with_max_tensor_bytes(config.max_message_bytes)),
     };
 
     let http_listener = TcpListener::bind((config.host, config.http_port))

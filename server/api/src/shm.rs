@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use ferroserve_engine::{InferError, Parameter, Parameters};
+use ferroserve_runtime::{DataType, Tensor};
 
 /// Where `shm_open` keeps its objects on Linux.
 pub const SHM_DIR: &str = "/dev/shm";
@@ -26,8 +27,12 @@ pub const SHM_DIR: &str = "/dev/shm";
 pub const NO_CUDA_SHARED_MEMORY: &str = "CUDA shared memory is not supported by this server; use system shared memory or send the tensor data in the \
      request";
 
-/// At most this many regions at once: each holds an open file descriptor.
-pub const MAX_REGIONS: usize = 1024;
+/// At most this many regions at once: each holds an open file descriptor, and a common soft limit on those
+/// is 1024 for the whole process.
+pub const MAX_REGIONS: usize = 256;
+
+/// Longest region name, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
 
 /// The tensor parameter naming a region.
 pub const REGION: &str = "shared_memory_region";
@@ -78,8 +83,12 @@ impl Region {
     /// Copies `len` bytes at `offset` in the region out of it.
     pub fn read(&self, offset: u64, len: u64, what: &str) -> Result<Bytes, InferError> {
         let at = self.span(offset, len, what)?;
-        let len = usize::try_from(len).map_err(|_| InferError::invalid(format!("{what}: {len} bytes is too many")))?;
-        let mut buffer = vec![0u8; len];
+        let too_many = || InferError::invalid(format!("{what}: {len} bytes cannot be held"));
+        let len = usize::try_from(len).map_err(|_| too_many())?;
+        // An allocation that fails is a refused request, not an aborted server.
+        let mut buffer = Vec::new();
+        buffer.try_reserve_exact(len).map_err(|_| too_many())?;
+        buffer.resize(len, 0);
         self.file.read_exact_at(&mut buffer, at).map_err(|e| self.io_error(what, &e))?;
         Ok(Bytes::from(buffer))
     }
@@ -113,6 +122,9 @@ impl Region {
 #[derive(Debug)]
 pub struct SharedMemory {
     dir: PathBuf,
+    /// Most bytes one input may take from a region (the server's message limit: a tensor in shared memory is
+    /// bounded as one in the body is).
+    max_tensor_bytes: u64,
     regions: RwLock<HashMap<String, Arc<Region>>>,
 }
 
@@ -125,13 +137,21 @@ impl Default for SharedMemory {
 impl SharedMemory {
     /// A registry whose keys name files in `dir` (`/dev/shm` in the server; a temporary directory in tests).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        SharedMemory { dir: dir.into(), regions: RwLock::new(HashMap::new()) }
+        SharedMemory { dir: dir.into(), max_tensor_bytes: u64::MAX, regions: RwLock::new(HashMap::new()) }
+    }
+
+    /// Bounds what one input may take from a region (`--max-message-bytes` in the server).
+    pub fn with_max_tensor_bytes(mut self, max: usize) -> Self {
+        self.max_tensor_bytes = max as u64;
+        self
     }
 
     /// Registers a region after checking the key and that the object holds the whole region.
     pub fn register(&self, spec: RegionSpec) -> Result<(), InferError> {
-        if spec.name.is_empty() {
-            return Err(InferError::invalid("a shared memory region needs a name"));
+        if spec.name.is_empty() || spec.name.len() > MAX_NAME_BYTES {
+            return Err(InferError::invalid(format!(
+                "a shared memory region needs a name of 1 to {MAX_NAME_BYTES} bytes"
+            )));
         }
         let path = object_path(&self.dir, &spec.key)?;
         if self.read_regions().contains_key(&spec.name) {
@@ -220,7 +240,7 @@ impl SharedMemory {
         let offset = number(OFFSET)?.unwrap_or(0);
         let found = self.read_regions().get(region.as_str()).cloned().ok_or_else(|| unknown_region(region))?;
         found.span(offset, byte_size, &format!("tensor '{tensor}'"))?;
-        Ok(Some(Slot { region: found, offset, byte_size }))
+        Ok(Some(Slot { region: found, offset, byte_size, max_tensor_bytes: self.max_tensor_bytes }))
     }
 
     fn read_regions(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Region>>> {
@@ -240,12 +260,32 @@ pub struct Slot {
     pub offset: u64,
     /// Bytes of the region the tensor may use.
     pub byte_size: u64,
+    max_tensor_bytes: u64,
 }
 
 impl Slot {
-    /// The input's bytes.
-    pub fn read(&self, tensor: &str) -> Result<Bytes, InferError> {
-        self.region.read(self.offset, self.byte_size, &format!("input '{tensor}'"))
+    /// The input of `datatype` and `shape` held here. Its size is checked before anything is read: a fixed-size
+    /// datatype must take exactly its shape's bytes, and no input more than the server's message limit.
+    pub fn read_tensor(&self, tensor: &str, datatype: DataType, shape: Vec<usize>) -> Result<Tensor, InferError> {
+        if let Some(size) = datatype.size_of() {
+            let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            let needed = count.and_then(|n| n.checked_mul(size));
+            if needed.is_none_or(|n| n as u64 != self.byte_size) {
+                return Err(InferError::invalid(format!(
+                    "input '{tensor}' of {datatype} shape {shape:?} needs {} bytes, but shared_memory_byte_size is {}",
+                    needed.map_or_else(|| "too many".to_string(), |n| n.to_string()),
+                    self.byte_size
+                )));
+            }
+        }
+        if self.byte_size > self.max_tensor_bytes {
+            return Err(InferError::invalid(format!(
+                "input '{tensor}' takes {} bytes of shared memory, more than the limit of {} (--max-message-bytes)",
+                self.byte_size, self.max_tensor_bytes
+            )));
+        }
+        let raw = self.region.read(self.offset, self.byte_size, &format!("input '{tensor}'"))?;
+        crate::raw::tensor_from_raw(tensor, datatype, shape, raw)
     }
 
     /// Writes an output's bytes, refusing one larger than the slot.
@@ -347,9 +387,21 @@ mod tests {
         let (_dir, shm) = registry_with("obj", &(0u8..64).collect::<Vec<_>>());
         shm.register(spec("r", "/obj", 16, 32)).unwrap();
         let slot = shm.slot("x", &params("r", 8, Some(4))).unwrap().unwrap();
-        assert_eq!(&slot.read("x").unwrap()[..], &[20, 21, 22, 23, 24, 25, 26, 27]);
+        assert_eq!(&slot.region.read(slot.offset, slot.byte_size, "x").unwrap()[..], &[20, 21, 22, 23, 24, 25, 26, 27]);
         slot.write("y", &[9, 9]).unwrap();
-        assert_eq!(&shm.slot("x", &params("r", 2, Some(4))).unwrap().unwrap().read("x").unwrap()[..], &[9, 9]);
+        let again = shm.slot("x", &params("r", 2, Some(4))).unwrap().unwrap();
+        let tensor = again.read_tensor("x", DataType::Uint8, vec![2]).unwrap();
+        assert_eq!(tensor, Tensor::from_le_bytes(DataType::Uint8, vec![2], vec![9u8, 9]).unwrap());
+        // Sizes are checked before anything is read: a fixed-size input takes exactly its shape's bytes, and no
+        // input more than the limit.
+        let e = again.read_tensor("x", DataType::Fp32, vec![1]).unwrap_err().to_string();
+        assert!(e.contains("needs 4 bytes, but shared_memory_byte_size is 2"), "{e}");
+        let e = again.read_tensor("x", DataType::Fp32, vec![usize::MAX, 2]).unwrap_err().to_string();
+        assert!(e.contains("needs too many bytes"), "{e}");
+        let limited = SharedMemory::new(_dir.path()).with_max_tensor_bytes(1);
+        limited.register(spec("r", "/obj", 16, 32)).unwrap();
+        let e = limited.slot("x", &params("r", 2, None)).unwrap().unwrap().read_tensor("x", DataType::Bytes, vec![1]);
+        assert!(e.unwrap_err().to_string().contains("more than the limit of 1"));
         assert_eq!(shm.status("").unwrap(), vec![spec("r", "/obj", 16, 32)]);
         assert!(shm.slot("x", &Parameters::new()).unwrap().is_none());
     }
@@ -402,7 +454,9 @@ mod tests {
         shm.register(spec("r", "/obj", 0, 64)).unwrap();
         let slot = shm.slot("x", &params("r", 64, None)).unwrap().unwrap();
         std::fs::OpenOptions::new().write(true).open(dir.path().join("obj")).unwrap().set_len(10).unwrap();
-        assert!(slot.read("x").unwrap_err().to_string().contains("now has 10 bytes"));
+        assert!(
+            slot.region.read(slot.offset, slot.byte_size, "x").unwrap_err().to_string().contains("now has 10 bytes")
+        );
         // A write stays inside the registered region, extending the object again at most to the region's end.
         slot.write("y", &[1; 20]).unwrap();
         assert_eq!(std::fs::metadata(dir.path().join("obj")).unwrap().len(), 20);
@@ -416,7 +470,7 @@ mod tests {
         shm.register(spec("r", "/obj", 0, 8)).unwrap();
         let slot = shm.slot("x", &params("r", 8, None)).unwrap().unwrap();
         shm.unregister("");
-        assert_eq!(&slot.read("x").unwrap()[..], &[3u8; 8]);
+        assert_eq!(&slot.region.read(slot.offset, slot.byte_size, "x").unwrap()[..], &[3u8; 8]);
         assert!(shm.slot("x", &params("r", 8, None)).is_err());
     }
 }

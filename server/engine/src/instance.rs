@@ -146,18 +146,44 @@ fn catch_load(loader: &dyn RuntimeLoader, spec: &LoadSpec) -> Result<Box<dyn Run
 fn serve(mut runtime: Box<dyn Runtime>, batcher: &Batcher, stats: &ModelStats) {
     while let Some((batch, reason)) = batcher.take() {
         stats.record_batch_reason(reason);
-        let requests = batch.len();
+        let mut finish = Finish { batcher, requests: batch.len(), reported: false };
         let started = Instant::now();
         // A panic outside the model call (joining or splitting tensors) must not kill the instance: callers
         // of that batch get an error (their reply senders drop), the instance goes on.
-        if std::panic::catch_unwind(AssertUnwindSafe(|| execute(runtime.as_mut(), batch, stats))).is_err() {
+        if std::panic::catch_unwind(AssertUnwindSafe(|| execute(runtime.as_mut(), batch, stats, &mut finish))).is_err()
+        {
             tracing::error!("an instance panicked while preparing or answering a batch; it keeps serving");
         }
-        batcher.record_execution(started.elapsed(), requests);
+        finish.now();
+        batcher.record_execution(started.elapsed());
     }
 }
 
-fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
+/// Tells the batcher that a batch's requests are no longer running, once: just before their replies go out
+/// (a client that sends again on its answer must not find its old request still counted as running), or when
+/// the batch ends some other way.
+struct Finish<'a> {
+    batcher: &'a Batcher,
+    requests: usize,
+    reported: bool,
+}
+
+impl Finish<'_> {
+    fn now(&mut self) {
+        if !self.reported {
+            self.reported = true;
+            self.batcher.record_finished(self.requests);
+        }
+    }
+}
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.now();
+    }
+}
+
+fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats, finish: &mut Finish<'_>) {
     let picked = Instant::now();
     let mut live: Vec<Entry<Pending>> = Vec::with_capacity(batch.len());
     for e in batch {
@@ -206,6 +232,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
             }
             Err(e) => {
                 tracing::error!(error = %e, "batch inputs could not be joined");
+                finish.now();
                 for r in replies {
                     let _ = r.send(Err(InferError::Internal("the batch could not be formed".into())));
                 }
@@ -219,6 +246,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
     let infer_time = started.elapsed();
     let output_started = Instant::now();
     if let (Some(columns), Ok(Err(RuntimeError::InvalidInput(_)))) = (kept_columns, &outcome) {
+        finish.now();
         run_each_alone(runtime, columns, replies);
         drop(executing);
         return;
@@ -236,6 +264,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats) {
         }
     };
     drop(executing); // before the replies, so a request's execute span ends before its encode span starts
+    finish.now();
     match result {
         Ok(per_request) => {
             for (reply, outputs) in replies.into_iter().zip(per_request) {

@@ -98,7 +98,7 @@ pub fn decode_request(
                         "input `{name}` names a shared memory region and also carries contents; give one"
                     )));
                 }
-                tensor_from_raw(&name, dt, dims, slot.read(&name)?)?
+                slot.read_tensor(&name, dt, dims)?
             }
             None if use_raw => tensor_from_raw(&name, dt, dims, raw.next().unwrap_or_default())?,
             None => tensor_from_contents(&name, dt, dims, contents.unwrap_or_default())?,

@@ -150,7 +150,7 @@ pub fn decode_request(
             })?),
         };
         let tensor = match (slot, binary_size, input.data) {
-            (Some(slot), None, None) => tensor_from_raw(&input.name, datatype, shape, slot.read(&input.name)?)?,
+            (Some(slot), None, None) => slot.read_tensor(&input.name, datatype, shape)?,
             (Some(_), _, _) => {
                 return Err(InferError::invalid(format!(
                     "input `{}` names a shared memory region and also carries data; give one",

@@ -125,6 +125,8 @@ impl Batcher {
         if queue.closed {
             return Err(InferError::NotReady(format!("model `{}` is unloading", self.shared.label)));
         }
+        // Requests that finished since the last look stop counting as running before this one is counted in.
+        self.catch_up(&mut queue);
         let ticket = Ticket(queue.next_ticket);
         queue.next_ticket += 1;
         entry.payload.ticket = ticket;
@@ -156,13 +158,9 @@ impl Batcher {
     /// runtime). `None` once the queue is closed and drained: the instance should exit.
     pub fn take(&self) -> Option<(Batch, RunReason)> {
         let mut queue = self.shared.queue.lock();
-        let executed = self.shared.last_execution_ns.swap(0, std::sync::atomic::Ordering::Relaxed);
-        let finished = self.shared.finished_requests.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if executed > 0 || finished > 0 {
-            queue.state.finished(finished, (executed > 0).then(|| std::time::Duration::from_nanos(executed)));
-        }
         let mut spins = 0;
         loop {
+            self.catch_up(&mut queue);
             let now = Instant::now();
             let gone = queue.state.remove_where(|p| p.reply.is_closed());
             if !gone.is_empty() {
@@ -205,13 +203,27 @@ impl Batcher {
         }
     }
 
-    /// Tells the adaptive window that a batch of `requests` (as [`Batcher::take`] gave it) finished, and how
-    /// long it took to execute. Left for the next [`Batcher::take`] to hand over under the lock it takes
-    /// anyway, so an execution costs no extra lock.
-    pub fn record_execution(&self, took: std::time::Duration, requests: usize) {
+    /// Tells the adaptive window how long a batch took to execute. Left for the next [`Batcher::take`] to
+    /// hand over under the lock it takes anyway, so an execution costs no extra lock.
+    pub fn record_execution(&self, took: std::time::Duration) {
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.shared.last_execution_ns.store(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Tells the adaptive window that `requests` taken in one batch (as [`Batcher::take`] gave it) are no
+    /// longer running; called just before their replies go out. Handed over under the queue's lock by the
+    /// next `submit` or `take`, whichever comes first.
+    pub fn record_finished(&self, requests: usize) {
         self.shared.finished_requests.fetch_add(requests, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Hands the executions and finished requests reported since the last look to the state (under the lock).
+    fn catch_up(&self, queue: &mut Queue) {
+        let executed = self.shared.last_execution_ns.swap(0, std::sync::atomic::Ordering::Relaxed);
+        let finished = self.shared.finished_requests.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if executed > 0 || finished > 0 {
+            queue.state.finished(finished, (executed > 0).then(|| std::time::Duration::from_nanos(executed)));
+        }
     }
 
     /// Refuses new requests and wakes every instance so they drain the queue and exit.
