@@ -1,11 +1,34 @@
 #!/usr/bin/env python3
 """Writes a BERT sentence encoder (a Hugging Face safetensors directory: model.safetensors + config.json) as an
 ONNX graph, built node by node with the `onnx` helper from the same weights: token ids in (INT64 `input_ids`,
-`attention_mask`, `[batch, seq]`), mean-pooled, L2-normalised FP32 `EMBEDDING` `[batch, hidden]` out. No torch
-and no exporter: the tests use it to serve one model in two formats (ONNX Runtime and candle) and compare them.
+`attention_mask`, `[batch, sequence]`), mean-pooled, L2-normalised FP32 `EMBEDDING` `[batch, hidden]` out. No
+torch and no exporter: the tests use it to serve one model in several formats (ONNX Runtime, TorchScript,
+candle) and compare them.
 
-    python models/bert_to_onnx.py <model dir> <out.onnx>
+    python models/bert_to_onnx.py [--standard-ops] <model dir> <out.onnx>
+
+The graph is laid out for ONNX Runtime's CPU kernels (benches/minilm_ort.py measures it against the others):
+  - self-attention is one `com.microsoft` `Attention` node per layer: the Q, K and V projections as one packed
+    `[hidden, 3 * hidden]` GEMM, then scaled, masked softmax attention per head, with none of the reshapes,
+    transposes, scale and mask nodes between them. The mask goes in raw (`[batch, sequence]`, 1 = attend), so
+    any padding is honoured as before, not only right-side padding as the 1-D `mask_index` form assumes;
+  - the hidden states stay flat, `[batch * sequence, hidden]`, between layers, so each projection is one `Gemm`
+    node with its bias (as fast as MatMul + Add over `[batch, sequence, hidden]`, and half the nodes);
+  - the intermediate projection's bias goes into a `com.microsoft` `BiasGelu` (exact erf GELU) instead:
+    ONNX Runtime's `Gemm` adds a bias with its own pass over the output, and the GELU pass can take it for free;
+  - each residual is an `Add` before a `LayerNormalization` (opset 17).
+Measured and not kept: `SkipLayerNormalization` (ONNX Runtime 1.31's CPU kernel takes about four times as long
+as the `Add` and `LayerNormalization` it replaces), `EmbedLayerNormalization` (no measurable gain: the
+embeddings are a tiny share), `MultiHeadAttention` (unpacked Q, K and V), the 1-D `mask_index` (no faster than
+the raw mask) and the exporter-shaped graph plus `onnxruntime.transformers.optimizer` (the same fused ops
+with SkipLayerNormalization). ONNX Runtime's own fusions fire on almost none of a hand-built graph (its
+attention fusion wants the exporter's mask subgraph), so the graph is written fused. Most of the time left is
+in the FP32 GEMMs.
+
+`--standard-ops` writes plain ONNX instead (opset 20: MatMul/Softmax attention, `Gelu`; no `com.microsoft`
+ops), for runtimes other than ONNX Runtime; the layout is otherwise the same.
 """
+import argparse
 import json
 import math
 import os
@@ -18,86 +41,146 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 from bert_reference import load_safetensors  # noqa: E402
 
+MS = "com.microsoft"
 
-def convert(model_dir, out_path):
+
+class _Graph:
+    """Nodes and initializers under construction; every node has one output, named after the node."""
+
+    def __init__(self):
+        self.nodes, self.inits = [], []
+
+    def const(self, name, array):
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(self, op, inputs, name, **attrs):
+        self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+
+def convert(model_dir, out_path, *, standard_ops=False):
     w = load_safetensors(os.path.join(model_dir, "model.safetensors"))
     if not any(k.startswith("embeddings.") for k in w):
         w = {k.split("bert.", 1)[-1]: v for k, v in w.items()}
     config = json.load(open(os.path.join(model_dir, "config.json")))
-    hidden, heads, eps = config["hidden_size"], config["num_attention_heads"], config["layer_norm_eps"]
-    d = hidden // heads
-    nodes, inits = [], []
+    hidden, eps = config["hidden_size"], config["layer_norm_eps"]
+    g = _Graph()
 
-    def const(name, array):
-        inits.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
+    def linear(x, prefix, name, bias=True):
+        inputs = [x, g.const(name + ".w", w[prefix + ".weight"])] + ([g.const(name + ".b", w[prefix + ".bias"])] if bias else [])
+        return g.node("Gemm", inputs, name, transB=1)
 
-    def node(op, inputs, name, **attrs):
-        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
-        return name
+    def gelu(x, prefix, name):
+        if standard_ops:
+            return g.node("Gelu", [linear(x, prefix, name + "_in")], name)
+        return g.node("BiasGelu", [linear(x, prefix, name + "_in", bias=False), g.const(name + ".b", w[prefix + ".bias"])],
+                      name, domain=MS)
 
-    def linear(x, prefix, name):
-        wt = const(prefix + ".wT", w[prefix + ".weight"].T.copy())
-        return node("Add", [node("MatMul", [x, wt], name + "_mm"), const(prefix + ".b", w[prefix + ".bias"])], name)
+    def add_norm(x, residual, prefix, name):
+        return g.node("LayerNormalization", [g.node("Add", [x, residual], name + "_res"),
+                                             g.const(name + ".g", w[prefix + ".weight"]),
+                                             g.const(name + ".beta", w[prefix + ".bias"])], name, axis=-1, epsilon=eps)
 
-    def norm(x, prefix, name):
-        return node("LayerNormalization", [x, const(prefix + ".g", w[prefix + ".weight"]),
-                                           const(prefix + ".beta", w[prefix + ".bias"])], name, axis=-1, epsilon=eps)
-
-    words = node("Gather", [const("word", w["embeddings.word_embeddings.weight"]), "input_ids"], "words")
-    seq = node("Gather", [node("Shape", ["input_ids"], "ids_shape"), const("one_i", np.array(1, np.int64))], "seq")
-    positions = node("Range", [const("zero_i", np.array(0, np.int64)), seq, const("step_i", np.array(1, np.int64))],
-                     "positions")
-    pos = node("Gather", [const("pos", w["embeddings.position_embeddings.weight"]), positions], "pos_emb")
-    x = node("Add", [node("Add", [words, pos], "emb_wp"), const("type0", w["embeddings.token_type_embeddings.weight"][0])],
-             "emb")
-    x = norm(x, "embeddings.LayerNorm", "emb_ln")
-    mask = node("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)
-    bias = node("Mul", [node("Sub", [const("one_f", np.array(1.0, np.float32)), mask], "unmask"),
-                        const("neg", np.array(-1e9, np.float32))], "mask_bias")
-    bias = node("Unsqueeze", [bias, const("axes12", np.array([1, 2], np.int64))], "mask_bias4")
-    split_shape = const("split_shape", np.array([0, 0, heads, d], np.int64))
-    merge_shape = const("merge_shape", np.array([0, 0, hidden], np.int64))
-    scale = const("scale", np.array(1.0 / math.sqrt(d), np.float32))
+    # Embeddings: every token is of type 0, so that row is folded into the word table.
+    e = "embeddings."
+    words = g.node("Gather", [g.const("word", w[e + "word_embeddings.weight"] + w[e + "token_type_embeddings.weight"][0]),
+                              "input_ids"], "words")
+    ids_shape = g.node("Shape", ["input_ids"], "ids_shape")
+    seq = g.node("Gather", [ids_shape, g.const("one_i", np.array(1, np.int64))], "seq")
+    positions = g.node("Range", [g.const("zero_i", np.array(0, np.int64)), seq, g.const("step_i", np.array(1, np.int64))],
+                       "positions")
+    x = g.node("Add", [words, g.node("Gather", [g.const("pos", w[e + "position_embeddings.weight"]), positions], "pos_emb")],
+               "emb_sum")
+    x = g.node("LayerNormalization", [x, g.const("emb_ln.g", w[e + "LayerNorm.weight"]),
+                                      g.const("emb_ln.beta", w[e + "LayerNorm.bias"])], "emb_ln", axis=-1, epsilon=eps)
+    flat = g.const("flat_shape", np.array([-1, hidden], np.int64))
+    unflat = g.node("Concat", [ids_shape, g.const("hidden_dim", np.array([hidden], np.int64))], "unflat_shape", axis=0)
+    x = g.node("Reshape", [x, flat], "emb")
+    attend = (_standard_attention if standard_ops else _fused_attention)(g, w, config, ids_shape, unflat)
     for i in range(config["num_hidden_layers"]):
         p, n = f"encoder.layer.{i}.", f"l{i}_"
-        def heads_of(t, perm, tag):
-            return node("Transpose", [node("Reshape", [t, split_shape], n + tag + "_r")], n + tag + "_t", perm=perm)
-        q = heads_of(linear(x, p + "attention.self.query", n + "q"), [0, 2, 1, 3], "q")
-        k = heads_of(linear(x, p + "attention.self.key", n + "k"), [0, 2, 3, 1], "k")
-        v = heads_of(linear(x, p + "attention.self.value", n + "v"), [0, 2, 1, 3], "v")
-        scores = node("Add", [node("Mul", [node("MatMul", [q, k], n + "qk"), scale], n + "scaled"), bias], n + "scores")
-        probs = node("Softmax", [scores], n + "probs", axis=-1)
-        ctx = node("Transpose", [node("MatMul", [probs, v], n + "ctx_h")], n + "ctx_t", perm=[0, 2, 1, 3])
-        ctx = node("Reshape", [ctx, merge_shape], n + "ctx")
-        attn = linear(ctx, p + "attention.output.dense", n + "attn")
-        x = norm(node("Add", [attn, x], n + "res1"), p + "attention.output.LayerNorm", n + "ln1")
-        h = linear(x, p + "intermediate.dense", n + "inter")
-        erf = node("Erf", [node("Mul", [h, const(n + "rsqrt2", np.array(1 / math.sqrt(2), np.float32))], n + "hs")],
-                   n + "erf")
-        gelu = node("Mul", [node("Mul", [h, const(n + "half", np.array(0.5, np.float32))], n + "hh"),
-                            node("Add", [erf, const(n + "one", np.array(1.0, np.float32))], n + "erf1")], n + "gelu")
-        out = linear(gelu, p + "output.dense", n + "out")
-        x = norm(node("Add", [out, x], n + "res2"), p + "output.LayerNorm", n + "ln2")
-    mask3 = node("Unsqueeze", [mask, const("axis2", np.array([2], np.int64))], "mask3")
-    axis1 = const("axis1", np.array([1], np.int64))
-    summed = node("ReduceSum", [node("Mul", [x, mask3], "masked"), axis1], "summed", keepdims=0)
-    counts = node("Max", [node("ReduceSum", [mask3, axis1], "counts", keepdims=0), const("tiny", np.array(1e-9, np.float32))],
-                  "counts_safe")
-    pooled = node("Div", [summed, counts], "pooled")
-    length = node("Sqrt", [node("ReduceSum", [node("Mul", [pooled, pooled], "sq"), axis1], "sumsq", keepdims=1)], "length")
-    nodes.append(helper.make_node("Div", [pooled, length], ["EMBEDDING"], name="normalize"))
+        ctx = attend(x, p + "attention.self.", n)
+        x = add_norm(linear(ctx, p + "attention.output.dense", n + "attn"), x, p + "attention.output.LayerNorm", n + "ln1")
+        h = gelu(x, p + "intermediate.dense", n + "gelu")
+        x = add_norm(linear(h, p + "output.dense", n + "out"), x, p + "output.LayerNorm", n + "ln2")
+    x = g.node("Reshape", [x, unflat], "states")
+    # Mean pooling over the attended tokens, then L2 normalisation (sentence-transformers' Pooling + Normalize).
+    mask3 = g.node("Unsqueeze", [g.node("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT),
+                                 g.const("axis2", np.array([2], np.int64))], "mask3")
+    axis1 = g.const("axis1", np.array([1], np.int64))
+    summed = g.node("ReduceSum", [g.node("Mul", [x, mask3], "masked"), axis1], "summed", keepdims=0)
+    counts = g.node("Max", [g.node("ReduceSum", [mask3, axis1], "counts", keepdims=0),
+                            g.const("tiny", np.array(1e-9, np.float32))], "counts_safe")
+    pooled = g.node("Div", [summed, counts], "pooled")
+    length = g.node("Sqrt", [g.node("ReduceSum", [g.node("Mul", [pooled, pooled], "sq"), axis1], "sumsq", keepdims=1)],
+                    "length")
+    g.nodes.append(helper.make_node("Div", [pooled, length], ["EMBEDDING"], name="normalize"))
+    tokens = ["batch", "sequence"]
     graph = helper.make_graph(
-        nodes, "bert_sentence_encoder",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None, None]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [None, None])],
-        [helper.make_tensor_value_info("EMBEDDING", TensorProto.FLOAT, [None, hidden])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
+        g.nodes, "bert_sentence_encoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, tokens),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, tokens)],
+        [helper.make_tensor_value_info("EMBEDDING", TensorProto.FLOAT, ["batch", hidden])], g.inits)
+    opsets = [helper.make_opsetid("", 20)] + ([] if standard_ops else [helper.make_opsetid(MS, 1)])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 9
+    # The checker knows no com.microsoft schemas; ONNX Runtime checks those nodes when it loads the graph.
+    if standard_ops:
+        onnx.checker.check_model(model)
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
     onnx.save(model, out_path)
 
 
+def _fused_attention(g, w, config, ids_shape, unflat):
+    """Returns `attend(x, prefix, name)`: self-attention over flat hidden states as one ONNX Runtime `Attention`
+    node, giving the flat context."""
+    mask = g.node("Cast", ["attention_mask"], "mask32", to=TensorProto.INT32)
+    qkv = ("query", "key", "value")
+
+    def attend(x, prefix, n):
+        weights = np.concatenate([w[prefix + t + ".weight"].T for t in qkv], axis=1)
+        bias = np.concatenate([w[prefix + t + ".bias"] for t in qkv])
+        x3 = g.node("Reshape", [x, unflat], n + "x3")
+        ctx = g.node("Attention", [x3, g.const(n + "qkv.w", weights), g.const(n + "qkv.b", bias), mask], n + "ctx3",
+                     domain=MS, num_heads=config["num_attention_heads"])
+        return g.node("Reshape", [ctx, "flat_shape"], n + "ctx")
+
+    return attend
+
+
+def _standard_attention(g, w, config, ids_shape, unflat):
+    """Returns `attend(x, prefix, name)`: the same self-attention in plain ONNX (Q, K and V GEMMs, per-head
+    scaled scores plus the mask bias, softmax, context), giving the flat context."""
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    d = hidden // heads
+    mask = g.node("Cast", ["attention_mask"], "mask_attn", to=TensorProto.FLOAT)
+    bias = g.node("Mul", [g.node("Sub", [g.const("one_f", np.array(1.0, np.float32)), mask], "unmask"),
+                          g.const("neg", np.array(-1e9, np.float32))], "mask_bias")
+    bias = g.node("Unsqueeze", [bias, g.const("axes12", np.array([1, 2], np.int64))], "mask_bias4")
+    split = g.node("Concat", [ids_shape, g.const("heads_d", np.array([heads, d], np.int64))], "split_shape", axis=0)
+    scale = g.const("scale", np.array(1.0 / math.sqrt(d), np.float32))
+
+    def attend(x, prefix, n):
+        def heads_of(t, perm):
+            proj = g.node("Gemm", [x, g.const(n + t + ".w", w[prefix + t + ".weight"]),
+                                   g.const(n + t + ".b", w[prefix + t + ".bias"])], n + t, transB=1)
+            return g.node("Transpose", [g.node("Reshape", [proj, split], n + t + "_r")], n + t + "_t", perm=perm)
+
+        q, k, v = heads_of("query", [0, 2, 1, 3]), heads_of("key", [0, 2, 3, 1]), heads_of("value", [0, 2, 1, 3])
+        scores = g.node("Add", [g.node("Mul", [g.node("MatMul", [q, k], n + "qk"), scale], n + "scaled"), bias],
+                        n + "scores")
+        probs = g.node("Softmax", [scores], n + "probs", axis=-1)
+        ctx = g.node("Transpose", [g.node("MatMul", [probs, v], n + "ctx_h")], n + "ctx_t", perm=[0, 2, 1, 3])
+        return g.node("Reshape", [ctx, "flat_shape"], n + "ctx")
+
+    return attend
+
+
 if __name__ == "__main__":
-    convert(sys.argv[1], sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--standard-ops", action="store_true", help="plain ONNX attention, no com.microsoft ops")
+    parser.add_argument("model_dir")
+    parser.add_argument("out")
+    args = parser.parse_args()
+    convert(args.model_dir, args.out, standard_ops=args.standard_ops)
