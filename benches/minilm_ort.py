@@ -1,7 +1,7 @@
 """MiniLM (all-MiniLM-L6-v2) graphs in ONNX Runtime in-process, side by side, beside sentence-transformers'
 `encode` (PyTorch CPU) in the same sitting: rows/s on 128-token rows at batch 1 and 32.
 
-    .venv/bin/python benches/minilm_ort.py [--seconds 1] [--rounds 15] [--threads 1 2] \\
+    .venv/bin/python benches/minilm_ort.py [--seconds 1] [--rounds 15] [--threads 1 2] [--graphs fused standard] \\
         [--model NAME=PATH.onnx ...] [--st-python PATH] [--baseline NAME ...] \\
         [--max-foreign 0.15] [--patience 120]
 
@@ -159,6 +159,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=1, help="length of one measurement (one slot)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts")
+    parser.add_argument("--graphs", nargs="*", choices=["fused", "standard"], default=["fused", "standard"],
+                        help="which of models/bert_to_onnx.py's graphs to measure")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="another graph to compare")
     parser.add_argument("--st-python", help="a Python with sentence-transformers (and torch) installed")
     parser.add_argument("--baseline", action="append", default=[],
@@ -180,9 +182,9 @@ def main():
 
 
 def measure(args, model_dir, work):
-    paths = {"fused": os.path.join(work, "fused.onnx"), "standard": os.path.join(work, "standard.onnx")}
-    convert(model_dir, paths["fused"])
-    convert(model_dir, paths["standard"], standard_ops=True)
+    paths = {name: os.path.join(work, name + ".onnx") for name in args.graphs}
+    for name, path in paths.items():
+        convert(model_dir, path, standard_ops=name == "standard")
     paths.update(m.split("=", 1) for m in args.model)
     encoder = BertEncoder(model_dir)
     for name, path in paths.items():
@@ -215,7 +217,8 @@ def measure(args, model_dir, work):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 rate, foreign = load.measure(lambda: contenders[name](batch, args.seconds))
                 results[(name, batch)].append((rate if foreign is None or foreign < args.max_foreign else None, foreign))
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+                print(f"round {r + 1}/{args.rounds} {name} batch {batch}: {rate:.1f} rows/s, foreign {foreign}",
+                      file=sys.stderr, flush=True)
     if worker:
         worker.stdin.close()
         worker.wait()

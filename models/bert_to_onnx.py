@@ -68,7 +68,9 @@ def convert(model_dir, out_path, *, standard_ops=False):
     g = _Graph()
 
     def linear(x, prefix, name, bias=True):
-        inputs = [x, g.const(name + ".w", w[prefix + ".weight"])] + ([g.const(name + ".b", w[prefix + ".bias"])] if bias else [])
+        inputs = [x, g.const(name + ".w", w[prefix + ".weight"])]
+        if bias:
+            inputs.append(g.const(name + ".b", w[prefix + ".bias"]))
         return g.node("Gemm", inputs, name, transB=1)
 
     def gelu(x, prefix, name):
@@ -97,7 +99,7 @@ def convert(model_dir, out_path, *, standard_ops=False):
     flat = g.const("flat_shape", np.array([-1, hidden], np.int64))
     unflat = g.node("Concat", [ids_shape, g.const("hidden_dim", np.array([hidden], np.int64))], "unflat_shape", axis=0)
     x = g.node("Reshape", [x, flat], "emb")
-    attend = (_standard_attention if standard_ops else _fused_attention)(g, w, config, ids_shape, unflat)
+    attend = (_standard_attention if standard_ops else _fused_attention)(g, w, config, ids_shape, flat, unflat)
     for i in range(config["num_hidden_layers"]):
         p, n = f"encoder.layer.{i}.", f"l{i}_"
         ctx = attend(x, p + "attention.self.", n)
@@ -132,7 +134,7 @@ def convert(model_dir, out_path, *, standard_ops=False):
     onnx.save(model, out_path)
 
 
-def _fused_attention(g, w, config, ids_shape, unflat):
+def _fused_attention(g, w, config, ids_shape, flat, unflat):
     """Returns `attend(x, prefix, name)`: self-attention over flat hidden states as one ONNX Runtime `Attention`
     node, giving the flat context."""
     mask = g.node("Cast", ["attention_mask"], "mask32", to=TensorProto.INT32)
@@ -144,12 +146,12 @@ def _fused_attention(g, w, config, ids_shape, unflat):
         x3 = g.node("Reshape", [x, unflat], n + "x3")
         ctx = g.node("Attention", [x3, g.const(n + "qkv.w", weights), g.const(n + "qkv.b", bias), mask], n + "ctx3",
                      domain=MS, num_heads=config["num_attention_heads"])
-        return g.node("Reshape", [ctx, "flat_shape"], n + "ctx")
+        return g.node("Reshape", [ctx, flat], n + "ctx")
 
     return attend
 
 
-def _standard_attention(g, w, config, ids_shape, unflat):
+def _standard_attention(g, w, config, ids_shape, flat, unflat):
     """Returns `attend(x, prefix, name)`: the same self-attention in plain ONNX (Q, K and V GEMMs, per-head
     scaled scores plus the mask bias, softmax, context), giving the flat context."""
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
@@ -172,7 +174,7 @@ def _standard_attention(g, w, config, ids_shape, unflat):
                         n + "scores")
         probs = g.node("Softmax", [scores], n + "probs", axis=-1)
         ctx = g.node("Transpose", [g.node("MatMul", [probs, v], n + "ctx_h")], n + "ctx_t", perm=[0, 2, 1, 3])
-        return g.node("Reshape", [ctx, "flat_shape"], n + "ctx")
+        return g.node("Reshape", [ctx, flat], n + "ctx")
 
     return attend
 

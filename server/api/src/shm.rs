@@ -11,6 +11,7 @@
 //! user, so registration and unregistration are admin operations (`--admin-token`, `--disable-admin-api`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -68,7 +69,7 @@ impl Region {
     }
 
     /// Checks that `[offset, offset + len)` lies inside the region and returns its position in the object.
-    fn span(&self, offset: u64, len: u64, what: &str) -> Result<u64, InferError> {
+    fn span(&self, offset: u64, len: u64, what: fmt::Arguments<'_>) -> Result<u64, InferError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.spec.byte_size => Ok(self.spec.offset + offset),
             _ => Err(InferError::invalid(format!(
@@ -81,7 +82,7 @@ impl Region {
     }
 
     /// Copies `len` bytes at `offset` in the region out of it.
-    pub fn read(&self, offset: u64, len: u64, what: &str) -> Result<Bytes, InferError> {
+    pub fn read(&self, offset: u64, len: u64, what: fmt::Arguments<'_>) -> Result<Bytes, InferError> {
         let at = self.span(offset, len, what)?;
         let too_many = || InferError::invalid(format!("{what}: {len} bytes cannot be held"));
         let len = usize::try_from(len).map_err(|_| too_many())?;
@@ -96,12 +97,12 @@ impl Region {
     /// Writes `data` at `offset` in the region. Only the registered region is ever written: an object the
     /// client shrank since it registered is extended again, at most to the region's end (one `pwrite`, no
     /// extra `fstat` per output).
-    pub fn write(&self, offset: u64, data: &[u8], what: &str) -> Result<(), InferError> {
+    pub fn write(&self, offset: u64, data: &[u8], what: fmt::Arguments<'_>) -> Result<(), InferError> {
         let at = self.span(offset, data.len() as u64, what)?;
         self.file.write_all_at(data, at).map_err(|e| self.io_error(what, &e))
     }
 
-    fn io_error(&self, what: &str, e: &std::io::Error) -> InferError {
+    fn io_error(&self, what: fmt::Arguments<'_>, e: &std::io::Error) -> InferError {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
             return self.shrunk(what, len);
@@ -109,7 +110,7 @@ impl Region {
         InferError::invalid(format!("{what}: shared memory region '{}' cannot be used: {e}", self.spec.name))
     }
 
-    fn shrunk(&self, what: &str, object_len: u64) -> InferError {
+    fn shrunk(&self, what: fmt::Arguments<'_>, object_len: u64) -> InferError {
         InferError::invalid(format!(
             "{what}: the shared memory object '{}' of region '{}' now has {object_len} bytes, fewer than the region \
              registered ({} bytes at offset {})",
@@ -239,7 +240,7 @@ impl SharedMemory {
         })?;
         let offset = number(OFFSET)?.unwrap_or(0);
         let found = self.read_regions().get(region.as_str()).cloned().ok_or_else(|| unknown_region(region))?;
-        found.span(offset, byte_size, &format!("tensor '{tensor}'"))?;
+        found.span(offset, byte_size, format_args!("tensor '{tensor}'"))?;
         Ok(Some(Slot { region: found, offset, byte_size, max_tensor_bytes: self.max_tensor_bytes }))
     }
 
@@ -284,7 +285,7 @@ impl Slot {
                 self.byte_size, self.max_tensor_bytes
             )));
         }
-        let raw = self.region.read(self.offset, self.byte_size, &format!("input '{tensor}'"))?;
+        let raw = self.region.read(self.offset, self.byte_size, format_args!("input '{tensor}'"))?;
         crate::raw::tensor_from_raw(tensor, datatype, shape, raw)
     }
 
@@ -299,7 +300,7 @@ impl Slot {
                 data.len()
             )));
         }
-        self.region.write(self.offset, data, &format!("output '{tensor}'"))
+        self.region.write(self.offset, data, format_args!("output '{tensor}'"))
     }
 }
 
@@ -387,7 +388,10 @@ mod tests {
         let (_dir, shm) = registry_with("obj", &(0u8..64).collect::<Vec<_>>());
         shm.register(spec("r", "/obj", 16, 32)).unwrap();
         let slot = shm.slot("x", &params("r", 8, Some(4))).unwrap().unwrap();
-        assert_eq!(&slot.region.read(slot.offset, slot.byte_size, "x").unwrap()[..], &[20, 21, 22, 23, 24, 25, 26, 27]);
+        assert_eq!(
+            &slot.region.read(slot.offset, slot.byte_size, format_args!("x")).unwrap()[..],
+            &[20, 21, 22, 23, 24, 25, 26, 27]
+        );
         slot.write("y", &[9, 9]).unwrap();
         let again = shm.slot("x", &params("r", 2, Some(4))).unwrap().unwrap();
         let tensor = again.read_tensor("x", DataType::Uint8, vec![2]).unwrap();
@@ -455,7 +459,11 @@ mod tests {
         let slot = shm.slot("x", &params("r", 64, None)).unwrap().unwrap();
         std::fs::OpenOptions::new().write(true).open(dir.path().join("obj")).unwrap().set_len(10).unwrap();
         assert!(
-            slot.region.read(slot.offset, slot.byte_size, "x").unwrap_err().to_string().contains("now has 10 bytes")
+            slot.region
+                .read(slot.offset, slot.byte_size, format_args!("x"))
+                .unwrap_err()
+                .to_string()
+                .contains("now has 10 bytes")
         );
         // A write stays inside the registered region, extending the object again at most to the region's end.
         slot.write("y", &[1; 20]).unwrap();
@@ -470,7 +478,7 @@ mod tests {
         shm.register(spec("r", "/obj", 0, 8)).unwrap();
         let slot = shm.slot("x", &params("r", 8, None)).unwrap().unwrap();
         shm.unregister("");
-        assert_eq!(&slot.region.read(slot.offset, slot.byte_size, "x").unwrap()[..], &[3u8; 8]);
+        assert_eq!(&slot.region.read(slot.offset, slot.byte_size, format_args!("x")).unwrap()[..], &[3u8; 8]);
         assert!(shm.slot("x", &params("r", 8, None)).is_err());
     }
 }

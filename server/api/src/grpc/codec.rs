@@ -57,24 +57,24 @@ pub fn decode_request(
 ) -> Result<(InferRequest, OutputSlots), InferError> {
     let raw = request.raw_input_contents;
     let use_raw = !raw.is_empty();
-    let mut slots = Vec::with_capacity(request.inputs.len());
-    for input in &request.inputs {
-        // Most inputs name no region: their parameters are converted once, below, not here as well.
-        let slot = match input.parameters.contains_key(crate::shm::REGION) {
-            true => shm.slot(&input.name, &parameters_from_proto(input.parameters.clone()))?,
-            false => None,
-        };
-        slots.push(slot);
+    // Each input's parameters are converted once; the region an input names is looked up from them before
+    // any raw entry is matched to an input, since inputs in shared memory take none.
+    let mut tensors = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        let InferInputTensor { name, datatype, shape, parameters, contents } = input;
+        let parameters = parameters_from_proto(parameters);
+        let slot = shm.slot(&name, &parameters)?;
+        tensors.push((name, datatype, shape, parameters, contents, slot));
     }
     if use_raw {
-        if let Some(mixed) = request.inputs.iter().find(|i| has_contents(&i.contents)) {
+        if let Some(mixed) = tensors.iter().find(|t| has_contents(&t.4)) {
             // Triton's own words, which client scripts match on.
             return Err(InferError::invalid(format!(
                 "contents field must not be specified when using raw_input_contents for '{}' for model '{}'",
-                mixed.name, request.model_name
+                mixed.0, request.model_name
             )));
         }
-        let in_request = slots.iter().filter(|s| s.is_none()).count();
+        let in_request = tensors.iter().filter(|t| t.5.is_none()).count();
         if raw.len() != in_request {
             return Err(InferError::invalid(format!(
                 "the request has {in_request} inputs outside shared memory but {} raw_input_contents entries; they \
@@ -84,10 +84,8 @@ pub fn decode_request(
         }
     }
     let mut raw = raw.into_iter();
-    let mut inputs = Vec::with_capacity(request.inputs.len());
-    for (input, slot) in request.inputs.into_iter().zip(slots) {
-        let InferInputTensor { name, datatype, shape, parameters, contents } = input;
-        let parameters = parameters_from_proto(parameters);
+    let mut inputs = Vec::with_capacity(tensors.len());
+    for (name, datatype, shape, parameters, contents, slot) in tensors {
         let dt = DataType::parse(&datatype)
             .ok_or_else(|| InferError::invalid(format!("input `{name}` has unknown datatype `{datatype}`")))?;
         let dims = concrete_shape(&name, &shape)?;
