@@ -13,7 +13,7 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod json_data;
-mod load_parameters;
+pub mod load_parameters;
 pub mod metrics;
 pub mod raw;
 pub mod request_id;

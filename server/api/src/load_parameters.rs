@@ -16,10 +16,10 @@ use ferroserve_proto as pb;
 use serde_json::Value;
 
 /// A parsed config override with the text it came from.
-pub(crate) type ConfigOverride = Option<(ModelConfig, String)>;
+pub type ConfigOverride = Option<(ModelConfig, String)>;
 
 /// The override from an HTTP load body (`{}` or empty: none).
-pub(crate) fn from_http_body(body: &[u8]) -> Result<ConfigOverride, InferError> {
+pub fn from_http_body(body: &[u8]) -> Result<ConfigOverride, InferError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
