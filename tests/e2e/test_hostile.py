@@ -153,3 +153,41 @@ def test_grpc_message_over_the_limit_is_refused():
         assert alive(s)
     finally:
         assert s.stop() == 0
+
+
+def _h2_settings(addr):
+    """The SETTINGS the server sends first on a new HTTP/2 connection, read with a raw socket: {id: value}."""
+    import socket
+
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        # The client connection preface, then an empty SETTINGS frame.
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        data = b""
+        while len(data) < 9 or len(data) < 9 + int.from_bytes(data[:3], "big"):
+            chunk = sock.recv(4096)
+            assert chunk, "the server closed the connection before its SETTINGS"
+            data += chunk
+    length, kind = int.from_bytes(data[:3], "big"), data[3]
+    assert kind == 0x4, f"first frame is of type {kind}, not SETTINGS"
+    payload = data[9:9 + length]
+    return {int.from_bytes(payload[i:i + 2], "big"): int.from_bytes(payload[i + 2:i + 6], "big") for i in range(0, length, 6)}
+
+
+def test_grpc_port_bounds_streams_per_connection(server):
+    """One connection cannot open unbounded concurrent calls: SETTINGS_MAX_CONCURRENT_STREAMS (0x3) is 1024 by
+    default and follows --grpc-max-concurrent-streams."""
+    assert _h2_settings(server.grpc_addr).get(0x3) == 1024
+    from server import Server
+
+    s = Server("--grpc-max-concurrent-streams", "2")
+    try:
+        assert _h2_settings(s.grpc_addr).get(0x3) == 2
+        # Calls beyond the limit on one channel wait in the client and still succeed.
+        channel = grpc.insecure_channel(s.grpc_addr)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        futures = [stub.ServerReady.future(service_pb2.ServerReadyRequest(), timeout=30) for _ in range(8)]
+        assert all(f.result().ready for f in futures)
+        channel.close()
+    finally:
+        s.stop()

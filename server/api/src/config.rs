@@ -116,6 +116,16 @@ pub struct Config {
     #[arg(long = "max-inflight-bytes", env = "FERROSERVE_MAX_INFLIGHT_BYTES", default_value_t = 1 << 30)]
     pub max_inflight_bytes: usize,
 
+    /// Most requests one client connection may have open at once on the gRPC port (HTTP/2 streams; 0 = no
+    /// limit). Further calls wait in the client until one finishes, so one connection cannot hold unbounded
+    /// work; the HTTP port keeps hyper's limit of 200 streams per HTTP/2 connection.
+    #[arg(
+        long = "grpc-max-concurrent-streams",
+        env = "FERROSERVE_GRPC_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024
+    )]
+    pub grpc_max_concurrent_streams: u32,
+
     /// Longest an inference request may take, queue and execution together, in seconds (0 = no limit; a
     /// model's queue timeout and a gRPC caller's deadline still apply): past it, 504 / DEADLINE_EXCEEDED.
     #[arg(long = "request-timeout-secs", env = "FERROSERVE_REQUEST_TIMEOUT_SECS", default_value_t = 0)]

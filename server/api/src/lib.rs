@@ -215,8 +215,11 @@ pub async fn run(
     };
 
     let grpc_stop = shutdown::wait_for(stop_rx.clone());
+    let max_streams = config.grpc_max_concurrent_streams;
     let grpc_server = async move {
-        let server = tonic::transport::Server::builder().add_routes(grpc_routes);
+        let server = tonic::transport::Server::builder()
+            .max_concurrent_streams((max_streams > 0).then_some(max_streams))
+            .add_routes(grpc_routes);
         match tls {
             Some(settings) => {
                 let incoming = tls::TlsListener::new(grpc_listener, settings)?.into_stream();
