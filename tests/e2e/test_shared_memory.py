@@ -574,3 +574,35 @@ def test_unregister_while_requests_run(p, server, reference, new_object):
         assert log[-1][0] == "error", (i, log[-1])
     assert p.status() == []
     assert_still_serving(p, server, reference)
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_shared_memory_counts_against_the_inflight_budget(kind, reference):
+    """Tensors read from or written to regions are charged to --max-inflight-bytes like tensors in a body: a request
+    whose regions alone pass the whole budget is refused (400 / INVALID_ARGUMENT naming the flag), a small one
+    runs, and the server serves on."""
+    from server import Server
+
+    s = Server("--max-inflight-bytes", "65536")
+    handles = []
+    try:
+        proto = Protocol(kind, s)
+        rows = 1024  # 64 KiB in, 16 KiB out: past the 64 KiB budget together
+        for role, size in (("in", rows * 64), ("out", rows * 16)):
+            key = f"/ferroserve_test_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+            handles.append(shm.create_shared_memory_region(key, key, size, create_only=True))
+            proto.client.register_system_shared_memory(f"budget_{role}", key, size)
+        with pytest.raises(InferenceServerException) as err:
+            proto.client.infer("mlp", [mlp_in(proto, "budget_in", rows)], outputs=[mlp_out(proto, "budget_out", rows)])
+        assert err.value.status() in CLIENT_ERROR[kind], err.value
+        assert "--max-inflight-bytes" in err.value.message(), err.value
+        x = np.random.default_rng(5).standard_normal((4, 16)).astype(np.float32)
+        write(handles[0], x)
+        proto.client.infer("mlp", [mlp_in(proto, "budget_in", 4)], outputs=[mlp_out(proto, "budget_out", 4)])
+        np.testing.assert_allclose(read(handles[1], np.float32, [4, 4]), mlp_numpy(reference["mlp"], x), **TOL)
+        proto.client.unregister_system_shared_memory()
+        proto.client.close()
+    finally:
+        s.stop()
+        for handle in handles:
+            shm.destroy_shared_memory_region(handle)

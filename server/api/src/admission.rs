@@ -68,7 +68,7 @@ impl MemoryBudget {
     /// already holds: the request as a whole, not only this part, must fit in the budget, or the answer is 400.
     /// With no limit nothing is counted (so no sum can overflow).
     fn charge(&self, held: usize, bytes: usize) -> Result<usize, InferError> {
-        if self.limit == usize::MAX {
+        if self.limit == usize::MAX || bytes == 0 {
             return Ok(0);
         }
         let whole = held.saturating_add(bytes);

@@ -160,10 +160,12 @@ impl GrpcInferenceService for InferenceService {
             .state
             .manager
             .route_keys(&request.get_ref().model_name, |h| metadata.get(h).and_then(|v| v.to_str().ok()));
-        let decoded = charge.and_then(|charge| {
-            ferroserve_engine::trace_span!("decode")
-                .in_scope(|| codec::decode_request(request.into_inner(), &self.state.shm))
-                .map(|r| (charge, r))
+        let decoded = charge.and_then(|mut charge| {
+            let (r, slots) = ferroserve_engine::trace_span!("decode")
+                .in_scope(|| codec::decode_request(request.into_inner(), &self.state.shm))?;
+            // What shared memory adds to the message's charge, held with it.
+            charge.grow(crate::shm::held_bytes(&r.inputs, &slots))?;
+            Ok((charge, (r, slots)))
         });
         let (served, result) = match decoded {
             Ok((_charge, (r, shm_outputs))) => {
@@ -245,7 +247,11 @@ impl GrpcInferenceService for InferenceService {
                             // Charged before decoding (a refused request is not decoded) and held until its
                             // answer has been handed to the stream.
                             let charge = budget.reserve(admission::grpc_cost(observed.bytes_in));
-                            let decoded = charge.and_then(|c| codec::decode_request(request, &shm).map(|r| (c, r)));
+                            let decoded = charge.and_then(|mut c| {
+                                let (r, slots) = codec::decode_request(request, &shm)?;
+                                c.grow(crate::shm::held_bytes(&r.inputs, &slots))?;
+                                Ok((c, (r, slots)))
+                            });
                             let (_charge, (served, reply)) = match decoded {
                                 Err(e) => (None, (None, Err(e))),
                                 Ok((charge, (r, shm_outputs))) => {

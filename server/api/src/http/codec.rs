@@ -60,6 +60,11 @@ pub struct ResponseFormat {
 }
 
 impl ResponseFormat {
+    /// The outputs to be written into shared memory instead of the body.
+    pub fn shm_outputs(&self) -> &OutputSlots {
+        &self.shm_outputs
+    }
+
     /// Every output in binary (what `binary_data_output: true` asks for).
     pub fn all_binary() -> Self {
         ResponseFormat { all_binary: true, ..ResponseFormat::default() }

@@ -188,6 +188,9 @@ async fn decode_route_encode(
         .into());
     }
     let (request, format) = codec::decode_request(model, version, &json, binary, &state.shm)?;
+    // What shared memory adds to the body's charge, held until the answer is built.
+    let shm_bytes = crate::shm::held_bytes(&request.inputs, format.shm_outputs());
+    let _shm_charge = if shm_bytes > 0 { Some(state.budget.reserve(shm_bytes)?) } else { None };
     drop(decoding);
     let keys = state.manager.route_keys(model, |h| headers.get(h).and_then(|v| v.to_str().ok()));
     let (version, answer) = state.manager.infer_routed(request, keys).await;
