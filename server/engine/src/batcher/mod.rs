@@ -63,7 +63,8 @@ pub struct Ticket(u64);
 /// A formed batch on its way to an instance.
 pub type Batch = Vec<Entry<Pending>>;
 
-/// How long a free instance keeps looking at an empty queue (yielding its CPU between looks) before it sleeps.
+/// How long a free instance keeps looking at an empty queue (yielding its CPU between looks) before it sleeps;
+/// one instance per queue at a time.
 ///
 /// A sleeping instance costs the next request a thread wake-up: on a virtual machine whose other CPU is idle
 /// that is an inter-processor interrupt into a halted vCPU, measured at 35-40 us of queue time at c=1 on the
@@ -93,11 +94,24 @@ struct Shared {
     work: Condvar,
 }
 
+/// Whether an instance is lingering on the empty queue (at most one does; the others sleep).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linger {
+    /// None is.
+    Nobody,
+    /// One is, and no arrival has been left to it yet.
+    Looking,
+    /// One is, and an arrival was left to it instead of waking a sleeping instance.
+    Claimed,
+}
+
 #[derive(Debug)]
 struct Queue {
     state: BatchState<Pending>,
-    /// Instances asleep on `work`: an arrival wakes one only if there is one.
+    /// Instances asleep on `work`: an arrival wakes one only if there is one (and no lingering one is free).
     idle: usize,
+    /// The instance lingering on the empty queue, if any.
+    linger: Linger,
     /// No more requests are taken; the instances drain what is queued and exit.
     closed: bool,
     /// The next request's ticket.
@@ -112,7 +126,8 @@ impl Batcher {
 
     /// As [`Batcher::new`], keeping `depth` set to the number of queued requests.
     pub fn observed(label: String, policy: BatchPolicy, depth: metrics::Gauge) -> Self {
-        let queue = Queue { state: BatchState::new(policy), idle: 0, closed: false, next_ticket: 1 };
+        let queue =
+            Queue { state: BatchState::new(policy), idle: 0, linger: Linger::Nobody, closed: false, next_ticket: 1 };
         let last_execution_ns = std::sync::atomic::AtomicU64::new(0);
         Batcher {
             shared: Arc::new(Shared {
@@ -145,7 +160,10 @@ impl Batcher {
             )));
         }
         self.shared.depth.set(queue.state.len() as f64);
-        if queue.idle > 0 {
+        if queue.linger == Linger::Looking {
+            // The lingering instance sees it at its next look: no thread to wake.
+            queue.linger = Linger::Claimed;
+        } else if queue.idle > 0 {
             self.shared.work.notify_one();
         }
         Ok(ticket)
@@ -166,6 +184,8 @@ impl Batcher {
     pub fn take(&self) -> Option<(Batch, RunReason)> {
         let mut queue = self.shared.queue.lock();
         let mut idle_since = None;
+        // This instance is the queue's lingering one.
+        let mut lingering = false;
         loop {
             self.catch_up(&mut queue);
             let now = Instant::now();
@@ -186,13 +206,21 @@ impl Batcher {
             let closed = queue.closed;
             let decision = queue.state.next_batch(now, closed);
             self.shared.depth.set(queue.state.len() as f64);
+            // Whatever it decides, a lingering instance stops lingering unless it goes on below.
+            if std::mem::take(&mut lingering) {
+                queue.linger = Linger::Nobody;
+            }
             match decision {
                 Decision::Run(batch, reason) => return Some((batch, reason)),
                 Decision::Idle if closed => return None,
                 Decision::Idle => {
-                    // The next request is usually less than a round trip away: give the CPU to whoever has
-                    // work while waiting for it, before paying for a sleep and a wake-up.
-                    if now.duration_since(*idle_since.get_or_insert(now)) < IDLE_LINGER {
+                    // The next request is usually less than a round trip away: one instance gives the CPU to
+                    // whoever has work while waiting for it, before paying for a sleep and a wake-up; the others
+                    // sleep at once, so lingering costs at most one core per model.
+                    let young = now.duration_since(*idle_since.get_or_insert(now)) < IDLE_LINGER;
+                    if young && queue.linger == Linger::Nobody {
+                        lingering = true;
+                        queue.linger = Linger::Looking;
                         parking_lot::MutexGuard::unlocked(&mut queue, std::thread::yield_now);
                         continue;
                     }
@@ -289,6 +317,49 @@ pub(crate) mod tests {
         let (entry, _rx) = job(1.0);
         batcher.submit(entry).unwrap();
         assert_eq!(taker.join().unwrap(), Some(vec![1.0]));
+    }
+
+    #[test]
+    fn one_instance_lingers_the_others_sleep_and_every_arrival_is_served() {
+        let batcher = Batcher::new("t:1".into(), policy(1, Duration::ZERO));
+        let instances: Vec<_> = (0..3)
+            .map(|_| {
+                let batcher = batcher.clone();
+                std::thread::spawn(move || {
+                    while let Some((batch, _)) = batcher.take() {
+                        for entry in batch {
+                            let _ = entry.payload.reply.send(Ok(vec![]));
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Two of the three sleep while one lingers.
+        while batcher.shared.queue.lock().idle < 2 {
+            std::thread::yield_now();
+        }
+        // Arrivals one at a time (left to the lingering instance), in bursts (which wake sleepers too), and after
+        // pauses longer than the linger (when every instance sleeps): none is left waiting.
+        for round in 0..30 {
+            let replies: Vec<_> = (0..1 + round % 4)
+                .map(|i| {
+                    let (entry, rx) = job(i as f32);
+                    batcher.submit(entry).unwrap();
+                    rx
+                })
+                .collect();
+            for rx in replies {
+                assert!(rx.blocking_recv().unwrap().is_ok());
+            }
+            if round % 5 == 0 {
+                std::thread::sleep(IDLE_LINGER * 2);
+            }
+        }
+        batcher.close();
+        for instance in instances {
+            instance.join().unwrap();
+        }
+        assert_eq!(batcher.shared.queue.lock().linger, Linger::Nobody);
     }
 
     #[test]
