@@ -47,8 +47,16 @@ def http_seeds():
     plain("bool_params", {"parameters": {"binary_data_output": True, "timeout": 1000},
                           "inputs": [{"name": "b", "datatype": "BOOL", "shape": [3], "data": [True, False, True]}]})
     write("http_infer", "non_finite", b'\x00{"inputs":[{"name":"x","datatype":"FP64","shape":[3],"data":[NaN,Infinity,-Infinity]}]}')
-    plain("shm", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1],
-                              "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 4}}]})
+    # "fuzz" is the 64-byte region the targets register (fuzz/src/lib.rs).
+    plain("shm", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2],
+                              "parameters": {"shared_memory_region": "fuzz", "shared_memory_byte_size": 8,
+                                             "shared_memory_offset": 4}}],
+                  "outputs": [{"name": "x", "parameters": {"shared_memory_region": "fuzz",
+                                                           "shared_memory_byte_size": 16}}]})
+    plain("shm_bytes", {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [1],
+                                    "parameters": {"shared_memory_region": "fuzz", "shared_memory_byte_size": 9}}]})
+    plain("shm_unknown", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1],
+                                      "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 4}}]})
     binary("binary_fp32", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2],
                                        "parameters": {"binary_data_size": 8}}]}, struct.pack("<2f", 1.0, 2.0))
     binary("binary_bytes", {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [2],
@@ -95,6 +103,20 @@ def grpc_seeds():
     t.parameters["shared_memory_byte_size"].int64_param = 4
     o = r.outputs.add(name="y")
     o.parameters["classification"].int64_param = 3
+    write("grpc_infer", "shm_unknown", r.SerializeToString())
+
+    # "fuzz" is the 64-byte region the targets register (fuzz/src/lib.rs): one input from it beside one in
+    # raw_input_contents, and an output into it.
+    r = pb.ModelInferRequest(model_name="m")
+    t = r.inputs.add(name="x", datatype="INT32", shape=[2])
+    t.parameters["shared_memory_region"].string_param = "fuzz"
+    t.parameters["shared_memory_byte_size"].uint64_param = 8
+    t.parameters["shared_memory_offset"].uint64_param = 8
+    r.inputs.add(name="y", datatype="UINT8", shape=[3])
+    r.raw_input_contents.append(b"abc")
+    o = r.outputs.add(name="x")
+    o.parameters["shared_memory_region"].string_param = "fuzz"
+    o.parameters["shared_memory_byte_size"].int64_param = 8
     write("grpc_infer", "shm", r.SerializeToString())
 
 
