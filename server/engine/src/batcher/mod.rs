@@ -112,6 +112,8 @@ struct Queue {
     idle: usize,
     /// The instance lingering on the empty queue, if any.
     linger: Linger,
+    /// Requests in the batch taken last: lingering pays only when they come one at a time.
+    last_batch: usize,
     /// No more requests are taken; the instances drain what is queued and exit.
     closed: bool,
     /// The next request's ticket.
@@ -126,8 +128,14 @@ impl Batcher {
 
     /// As [`Batcher::new`], keeping `depth` set to the number of queued requests.
     pub fn observed(label: String, policy: BatchPolicy, depth: metrics::Gauge) -> Self {
-        let queue =
-            Queue { state: BatchState::new(policy), idle: 0, linger: Linger::Nobody, closed: false, next_ticket: 1 };
+        let queue = Queue {
+            state: BatchState::new(policy),
+            idle: 0,
+            linger: Linger::Nobody,
+            last_batch: 1,
+            closed: false,
+            next_ticket: 1,
+        };
         let last_execution_ns = std::sync::atomic::AtomicU64::new(0);
         Batcher {
             shared: Arc::new(Shared {
@@ -211,14 +219,19 @@ impl Batcher {
                 queue.linger = Linger::Nobody;
             }
             match decision {
-                Decision::Run(batch, reason) => return Some((batch, reason)),
+                Decision::Run(batch, reason) => {
+                    queue.last_batch = batch.len();
+                    return Some((batch, reason));
+                }
                 Decision::Idle if closed => return None,
                 Decision::Idle => {
-                    // The next request is usually less than a round trip away: one instance gives the CPU to
-                    // whoever has work while waiting for it, before paying for a sleep and a wake-up; the others
-                    // sleep at once, so lingering costs at most one core per model.
+                    // When requests come one at a time, the next is usually less than a round trip away: one
+                    // instance gives the CPU to whoever has work while waiting for it, before paying for a sleep
+                    // and a wake-up; the others sleep at once, so lingering costs at most one core per model.
+                    // Under load (batches of several) arrivals gather while instances run, and lingering
+                    // would only take CPU from the request handlers.
                     let young = now.duration_since(*idle_since.get_or_insert(now)) < IDLE_LINGER;
-                    if young && queue.linger == Linger::Nobody {
+                    if young && queue.linger == Linger::Nobody && queue.last_batch <= 1 {
                         lingering = true;
                         queue.linger = Linger::Looking;
                         parking_lot::MutexGuard::unlocked(&mut queue, std::thread::yield_now);
