@@ -12,6 +12,7 @@ import urllib.request
 
 import grpc
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
@@ -271,3 +272,30 @@ def test_health_turns_not_serving_on_sigterm():
         assert health_status(s.grpc_addr) == 2
     finally:
         assert s.stop() == 0
+
+
+def test_configs_that_would_start_unbounded_threads_fail_their_load():
+    """A config may not ask for unbounded OS threads: instance_group count over 256, more than 1024 instances over
+    all groups, or intra_op_thread_count over 256 (or not a number) fail the load with the reason, and the version
+    already serving goes on."""
+    root = copy_models("mlp")
+    s = Server("--model-control-mode", "explicit", "--load-model", "mlp", repository=root)
+    try:
+        client = httpclient.InferenceServerClient(s.http_addr)
+        bad = {
+            "count 100000": {"instance_group": [{"count": 100000, "kind": "KIND_CPU"}]},
+            "5 groups of 256": {"instance_group": [{"count": 256, "kind": "KIND_CPU"}] * 5},
+            "1000000 threads": {"parameters": {"intra_op_thread_count": {"string_value": "1000000"}}},
+            "threads: many": {"parameters": {"intra_op_thread_count": {"string_value": "many"}}},
+        }
+        expected = {"count 100000": "from 1 to 256", "5 groups of 256": "at most 1024",
+                    "1000000 threads": "intra_op_thread_count", "threads: many": "intra_op_thread_count"}
+        for case, config in bad.items():
+            with pytest.raises(InferenceServerException) as err:
+                client.load_model("mlp", config=json.dumps({"name": "mlp", "max_batch_size": 8, **config}))
+            assert expected[case] in str(err.value), (case, str(err.value))
+            assert client.is_model_ready("mlp"), case
+        client.close()
+    finally:
+        assert s.stop() == 0
+        shutil.rmtree(root)

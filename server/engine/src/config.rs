@@ -26,6 +26,9 @@ use crate::pbtxt::{self, Node};
 use schema::MODEL_CONFIG;
 use value::Problems;
 
+/// Most instances one instance group may ask for: each is a loaded model and an OS thread.
+pub const MAX_GROUP_INSTANCES: u32 = 256;
+
 /// Which versions of a model to serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VersionPolicy {
@@ -270,8 +273,8 @@ fn instance_group(node: &Node) -> Result<InstanceGroup, ConfigError> {
         Some(other) => return Err(ConfigError(format!("instance_group kind `{other}` is not supported"))),
     };
     let count: u32 = number(node, "count")?.unwrap_or(1);
-    if count == 0 {
-        return Err(ConfigError("instance_group count must be at least 1".into()));
+    if count == 0 || count > MAX_GROUP_INSTANCES {
+        return Err(ConfigError(format!("instance_group count must be from 1 to {MAX_GROUP_INSTANCES}, not {count}")));
     }
     Ok(InstanceGroup { count, kind, gpus: numbers(node, "gpus")? })
 }
@@ -336,6 +339,8 @@ mod tests {
         assert!(ModelConfig::from_pbtxt("max_batch_size: -1").is_err());
         assert!(ModelConfig::from_pbtxt("input [{ name: \"x\" data_type: TYPE_NOPE }]").is_err());
         assert!(ModelConfig::from_pbtxt("instance_group [{ count: 0 }]").is_err());
+        assert!(ModelConfig::from_pbtxt("instance_group [{ count: 257 }]").is_err());
+        assert!(ModelConfig::from_pbtxt("instance_group [{ count: 256 }]").is_ok());
         assert!(ModelConfig::from_pbtxt("version_policy { latest { num_versions: 0 } }").is_err());
         assert!(ModelConfig::from_pbtxt("").unwrap().max_batch_size.is_none());
     }

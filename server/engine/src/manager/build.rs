@@ -16,6 +16,14 @@ use crate::repository::ModelSource;
 use crate::setup::{batch_policy, complete_config, instance_devices};
 use crate::stats::ModelStats;
 
+/// Most intra-op threads one instance may ask for: each is an OS thread, and a config from a repository must not
+/// be able to start an unbounded number.
+pub(super) const MAX_INTRA_OP_THREADS: usize = 256;
+
+/// Most instances one model version may have, over all its instance groups and their GPUs: each is a loaded
+/// copy of the model and an OS thread.
+pub(super) const MAX_INSTANCES: usize = 1024;
+
 /// The runtime for a model: the one its config names (`platform` or `backend`), else the first whose default
 /// model file the newest version holds.
 pub(super) fn pick_loader(
@@ -92,12 +100,18 @@ pub(super) fn build_version(
     if !model_path.is_file() && !recognized {
         return Err(format!("{}/{version}/{file} does not exist", source.location));
     }
-    let intra_op_threads = source
-        .config
-        .parameters
-        .get("intra_op_thread_count")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(options.intra_op_threads);
+    let intra_op_threads = match source.config.parameters.get("intra_op_thread_count") {
+        None => options.intra_op_threads,
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n <= MAX_INTRA_OP_THREADS => n,
+            _ => {
+                return Err(format!(
+                    "parameter intra_op_thread_count is `{v}`; it must be a whole number from 0 (the runtime's \
+                     default) to {MAX_INTRA_OP_THREADS}"
+                ));
+            }
+        },
+    };
     let groups = if source.config.instance_groups.is_empty() {
         vec![InstanceGroup { count: options.default_instance_count, kind: InstanceKind::Cpu, gpus: vec![] }]
     } else {
@@ -116,7 +130,14 @@ pub(super) fn build_version(
             .collect()
     };
     let declared = ModelSignature { inputs: declare(&source.config.inputs), outputs: declare(&source.config.outputs) };
-    let instances = instance_devices(&groups)
+    let devices = instance_devices(&groups);
+    if devices.len() > MAX_INSTANCES {
+        return Err(format!(
+            "the instance groups ask for {} instances; at most {MAX_INSTANCES} per model version",
+            devices.len()
+        ));
+    }
+    let instances = devices
         .into_iter()
         .map(|device| LoadSpec {
             declared: declared.clone(),
