@@ -54,7 +54,7 @@ def http_seeds():
                   "outputs": [{"name": "x", "parameters": {"shared_memory_region": "fuzz",
                                                            "shared_memory_byte_size": 16}}]})
     plain("shm_bytes", {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [1],
-                                    "parameters": {"shared_memory_region": "fuzz", "shared_memory_byte_size": 9}}]})
+                                    "parameters": {"shared_memory_region": "fuzz", "shared_memory_byte_size": 7}}]})
     plain("shm_unknown", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1],
                                       "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 4}}]})
     binary("binary_fp32", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2],

@@ -19,29 +19,59 @@ use ferroserve_engine::{InferOutput, InferRequest, InferResponse};
 use ferroserve_runtime::DataType;
 use prost::Message;
 
-/// The name of the shared-memory region the targets have registered (64 bytes, in a file of a temporary
-/// directory), so inputs that name it reach the reads and writes of the shared-memory paths.
+/// The name of the shared-memory region the targets have registered (64 bytes), so inputs that name it reach
+/// the reads and writes of the shared-memory paths.
 pub const REGION: &str = "fuzz";
 
-/// Size of [`REGION`] in bytes.
-pub const REGION_BYTES: u64 = 64;
+/// What [`REGION`] holds at the start of every run of a target (whatever earlier inputs wrote into it), so a
+/// finding replays the same way: a BYTES element `"abc"`, then the bytes 7, 8, 9, ...
+pub const REGION_CONTENTS: [u8; 64] = {
+    let mut contents = [0u8; 64];
+    contents[0] = 3;
+    contents[4] = b'a';
+    contents[5] = b'b';
+    contents[6] = b'c';
+    let mut i = 7;
+    while i < 64 {
+        contents[i] = i as u8;
+        i += 1;
+    }
+    contents
+};
 
-/// The registry the targets decode against: [`REGION`] registered over a 64-byte file in one temporary
-/// directory shared by every fuzzing and test process (what they write there is never read as a result).
+/// The registry the targets decode against, with [`REGION`] registered over a file of this process's own,
+/// which is removed at once (the registry keeps it open): nothing is shared with other processes or left
+/// behind. Without the file the targets still run, with every region lookup refused.
 fn shared_memory() -> &'static SharedMemory {
     static SHM: std::sync::OnceLock<SharedMemory> = std::sync::OnceLock::new();
     SHM.get_or_init(|| {
-        let dir = std::env::temp_dir().join("ferroserve-fuzz-shm");
+        let dir = std::env::temp_dir();
+        let name = format!("ferroserve-fuzz-{}-{:x}", std::process::id(), std::ptr::addr_of!(SHM) as usize);
         let registry = SharedMemory::new(&dir).with_max_tensor_bytes(1 << 20);
-        let made = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join("obj"), [7u8; 64]));
-        let spec =
-            ferroserve::shm::RegionSpec { name: REGION.into(), key: "/obj".into(), offset: 0, byte_size: REGION_BYTES };
-        // Without the file the targets still run, with every region lookup refused.
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(&name))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &REGION_CONTENTS));
         if made.is_ok() {
+            let spec = ferroserve::shm::RegionSpec { name: REGION.into(), key: name.clone(), offset: 0, byte_size: 64 };
             let _ = registry.register(spec);
         }
+        let _ = std::fs::remove_file(dir.join(&name));
         registry
     })
+}
+
+/// The registry, with [`REGION`] holding [`REGION_CONTENTS`] again.
+fn fresh_shared_memory() -> &'static SharedMemory {
+    let registry = shared_memory();
+    let mut whole = ferroserve_engine::Parameters::new();
+    whole.insert("shared_memory_region".into(), ferroserve_engine::Parameter::String(REGION.into()));
+    whole.insert("shared_memory_byte_size".into(), ferroserve_engine::Parameter::Uint(64));
+    if let Ok(Some(slot)) = registry.slot("reset", &whole) {
+        let _ = slot.write("reset", &REGION_CONTENTS);
+    }
+    registry
 }
 
 /// A fuzz target: the name of its corpus directory and its entry point.
@@ -70,7 +100,7 @@ pub fn http_infer(data: &[u8]) {
     let Ok((json, binary)) = http::split_body(header_length.as_deref(), Bytes::copy_from_slice(body)) else {
         return;
     };
-    if let Ok((request, format)) = http::decode_request("m", None, &json, binary, shared_memory()) {
+    if let Ok((request, format)) = http::decode_request("m", None, &json, binary, fresh_shared_memory()) {
         let response = echo(request);
         // Both response forms: JSON (where BYTES must be UTF-8 and floats finite, or the encoder says why)
         // and the binary extension.
@@ -84,7 +114,7 @@ pub fn http_infer(data: &[u8]) {
 /// parameters, naming [`REGION`] or regions that do not exist).
 pub fn grpc_infer(data: &[u8]) {
     let Ok(request) = ferroserve_proto::ModelInferRequest::decode(data) else { return };
-    if let Ok((request, slots)) = grpc::decode_request(request, shared_memory())
+    if let Ok((request, slots)) = grpc::decode_request(request, fresh_shared_memory())
         && let Ok(response) = grpc::encode_response(echo(request), &slots)
     {
         let _ = response.encode_to_vec();
@@ -135,16 +165,26 @@ mod tests {
 
     use super::*;
 
-    /// The registered region is really there: the shared-memory seeds reach reads and writes, not only the
-    /// refusal of an unknown region.
+    /// The registered region is really there, and holds the same bytes at every run: the shared-memory seeds
+    /// reach reads and writes, not only the refusal of an unknown region.
     #[test]
     fn seeds_naming_the_region_read_from_it() {
         let json = br#"{"inputs":[{"name":"x","datatype":"UINT8","shape":[3],
-            "parameters":{"shared_memory_region":"fuzz","shared_memory_byte_size":3,"shared_memory_offset":60}}],
+            "parameters":{"shared_memory_region":"fuzz","shared_memory_byte_size":3,"shared_memory_offset":60}},
+            {"name":"s","datatype":"BYTES","shape":[1],
+            "parameters":{"shared_memory_region":"fuzz","shared_memory_byte_size":7}}],
             "outputs":[{"name":"x","parameters":{"shared_memory_region":"fuzz","shared_memory_byte_size":4}}]}"#;
-        let (request, format) = http::decode_request("m", None, json, Bytes::new(), shared_memory()).unwrap();
-        assert_eq!(ferroserve::raw::tensor_to_raw(&request.inputs[0].tensor), Bytes::from_static(&[7, 7, 7]));
-        assert_eq!(format.shm_outputs().len(), 1);
-        http::encode_response(&echo(request), &format).unwrap();
+        for _ in 0..2 {
+            let registry = fresh_shared_memory();
+            let (request, format) = http::decode_request("m", None, json, Bytes::new(), registry).unwrap();
+            assert_eq!(ferroserve::raw::tensor_to_raw(&request.inputs[0].tensor), Bytes::from_static(&[60, 61, 62]));
+            assert_eq!(
+                ferroserve::raw::tensor_to_raw(&request.inputs[1].tensor),
+                Bytes::from_static(&[3, 0, 0, 0, 97, 98, 99])
+            );
+            assert_eq!(format.shm_outputs().len(), 1);
+            // The echo writes [60, 61, 62] over the start of the region; the next run sees the region reset.
+            http::encode_response(&echo(request), &format).unwrap();
+        }
     }
 }

@@ -33,18 +33,25 @@ fn every_corpus_and_regression_input_returns() {
         // One thread per target runs its inputs in turn and reports each as it finishes, so a hang is named.
         let (done, finished) = mpsc::channel();
         let paths: Vec<String> = all.iter().map(|(path, _)| path.clone()).collect();
-        std::thread::spawn(move || {
-            for (path, data) in all {
-                let outcome = std::panic::catch_unwind(|| target(&data));
-                if done.send((path, outcome.is_ok())).is_err() {
-                    return;
+        // AFL++ runs the targets on a main thread's 8 MiB stack: the same here, so depth limits are the same.
+        let runner = std::thread::Builder::new().stack_size(8 << 20);
+        runner
+            .spawn(move || {
+                for (path, data) in all {
+                    let outcome = std::panic::catch_unwind(|| target(&data));
+                    if done.send((path, outcome.is_ok())).is_err() {
+                        return;
+                    }
                 }
-            }
-        });
+            })
+            .unwrap();
         for expected in paths {
             match finished.recv_timeout(LIMIT) {
                 Ok((path, returned)) => assert!(returned, "{path} made the `{name}` target panic"),
-                Err(_) => panic!("{expected} ran the `{name}` target for more than {LIMIT:?}"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("{expected} ran the `{name}` target for more than {LIMIT:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the `{name}` runner stopped at {expected}"),
             }
         }
     }

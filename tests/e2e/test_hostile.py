@@ -190,4 +190,4 @@ def test_grpc_port_bounds_streams_per_connection(server):
         assert all(f.result().ready for f in futures)
         channel.close()
     finally:
-        s.stop()
+        assert s.stop() == 0

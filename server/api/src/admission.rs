@@ -64,6 +64,13 @@ impl MemoryBudget {
         Ok(reservation)
     }
 
+    /// Charges `bytes` for a request that already holds `held` bytes under another reservation: refused as
+    /// [`MemoryBudget::reserve`] does, with the request as a whole (`held + bytes`) checked against the budget.
+    pub fn reserve_beside(self: &Arc<Self>, held: usize, bytes: usize) -> Result<Reservation, InferError> {
+        let bytes = self.charge(held, bytes)?;
+        Ok(Reservation { budget: Arc::clone(self), bytes })
+    }
+
     /// Adds `bytes` to the count, or refuses as [`MemoryBudget::reserve`] does. `held` is what the same request
     /// already holds: the request as a whole, not only this part, must fit in the budget, or the answer is 400.
     /// With no limit nothing is counted (so no sum can overflow).

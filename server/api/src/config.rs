@@ -118,7 +118,8 @@ pub struct Config {
 
     /// Most requests one client connection may have open at once on the gRPC port (HTTP/2 streams; 0 = no
     /// limit). Further calls wait in the client until one finishes, so one connection cannot hold unbounded
-    /// work; the HTTP port keeps hyper's limit of 200 streams per HTTP/2 connection.
+    /// work. gRPC (and HTTP/2) on the HTTP port keeps hyper's limit of 200 streams per connection, which this flag
+    /// does not change.
     #[arg(
         long = "grpc-max-concurrent-streams",
         env = "FERROSERVE_GRPC_MAX_CONCURRENT_STREAMS",

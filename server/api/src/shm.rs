@@ -253,17 +253,18 @@ impl SharedMemory {
 pub type OutputSlots = HashMap<String, Slot>;
 
 /// Bytes a decoded request holds because of shared memory, beyond what its body or message was charged: the
-/// inputs read out of regions and the outputs bound for them. Charged to `--max-inflight-bytes` once decoded
-/// and held until the answer is built, so requests in flight cannot hold more through shared memory than
-/// through their bodies (an input was read before its charge is refused, and is freed at once then).
-pub fn held_bytes(inputs: &[ferroserve_engine::InferInput], outputs: &OutputSlots) -> usize {
+/// inputs read out of regions. Charged to `--max-inflight-bytes` once decoded and held until the answer is
+/// built, so requests in flight cannot hold more through shared memory than through their bodies (an input was
+/// read before its charge is refused, and is freed at once then). Outputs bound for regions are not charged:
+/// their `shared_memory_byte_size` is only a capacity (often the whole region), and an output in the response
+/// body is not charged either.
+pub fn held_bytes(inputs: &[ferroserve_engine::InferInput]) -> usize {
     let read: u64 = inputs
         .iter()
         .filter(|i| i.parameters.contains_key(REGION))
         .filter_map(|i| i.parameters.get(BYTE_SIZE).and_then(Parameter::as_u64))
         .sum();
-    let written: u64 = outputs.values().map(|slot| slot.byte_size).sum();
-    usize::try_from(read.saturating_add(written)).unwrap_or(usize::MAX)
+    usize::try_from(read).unwrap_or(usize::MAX)
 }
 
 /// Where in a region one tensor lives.

@@ -164,7 +164,7 @@ impl GrpcInferenceService for InferenceService {
             let (r, slots) = ferroserve_engine::trace_span!("decode")
                 .in_scope(|| codec::decode_request(request.into_inner(), &self.state.shm))?;
             // What shared memory adds to the message's charge, held with it.
-            charge.grow(crate::shm::held_bytes(&r.inputs, &slots))?;
+            charge.grow(crate::shm::held_bytes(&r.inputs))?;
             Ok((charge, (r, slots)))
         });
         let (served, result) = match decoded {
@@ -249,7 +249,7 @@ impl GrpcInferenceService for InferenceService {
                             let charge = budget.reserve(admission::grpc_cost(observed.bytes_in));
                             let decoded = charge.and_then(|mut c| {
                                 let (r, slots) = codec::decode_request(request, &shm)?;
-                                c.grow(crate::shm::held_bytes(&r.inputs, &slots))?;
+                                c.grow(crate::shm::held_bytes(&r.inputs))?;
                                 Ok((c, (r, slots)))
                             });
                             let (_charge, (served, reply)) = match decoded {

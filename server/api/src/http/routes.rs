@@ -177,7 +177,9 @@ async fn decode_route_encode(
         ),
     };
     let decoding = ferroserve_engine::trace_span!("decode").entered();
+    let body_length = body.len();
     let (json, binary) = codec::split_body(header_length, body)?;
+    let json_length = json.len();
     if json.len() > state.max_json_bytes {
         return Err(InferError::invalid(format!(
             "the JSON part of the request has {} bytes, more than the limit of {} (--max-json-bytes); send tensors \
@@ -189,8 +191,13 @@ async fn decode_route_encode(
     }
     let (request, format) = codec::decode_request(model, version, &json, binary, &state.shm)?;
     // What shared memory adds to the body's charge, held until the answer is built.
-    let shm_bytes = crate::shm::held_bytes(&request.inputs, format.shm_outputs());
-    let _shm_charge = if shm_bytes > 0 { Some(state.budget.reserve(shm_bytes)?) } else { None };
+    // What shared memory adds to the body's charge (which the admission layer holds), held until the answer is
+    // built; the body and the regions together must fit in the budget.
+    let shm_bytes = crate::shm::held_bytes(&request.inputs);
+    let _shm_charge = match shm_bytes {
+        0 => None,
+        n => Some(state.budget.reserve_beside(crate::admission::http_cost(body_length, json_length), n)?),
+    };
     drop(decoding);
     let keys = state.manager.route_keys(model, |h| headers.get(h).and_then(|v| v.to_str().ok()));
     let (version, answer) = state.manager.infer_routed(request, keys).await;

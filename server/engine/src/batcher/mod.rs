@@ -361,8 +361,18 @@ pub(crate) mod tests {
                     rx
                 })
                 .collect();
-            for rx in replies {
-                assert!(rx.blocking_recv().unwrap().is_ok());
+            // A lost wake-up fails here (within seconds) rather than hanging the test.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for mut rx in replies {
+                loop {
+                    match rx.try_recv() {
+                        Ok(reply) => break assert!(reply.is_ok()),
+                        Err(oneshot::error::TryRecvError::Empty) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_micros(50));
+                        }
+                        Err(e) => panic!("round {round}: a request was left unserved ({e})"),
+                    }
+                }
             }
             if round % 5 == 0 {
                 std::thread::sleep(IDLE_LINGER * 2);
