@@ -160,12 +160,9 @@ impl GrpcInferenceService for InferenceService {
             .state
             .manager
             .route_keys(&request.get_ref().model_name, |h| metadata.get(h).and_then(|v| v.to_str().ok()));
-        let decoded = charge.and_then(|mut charge| {
-            let (r, slots) = ferroserve_engine::trace_span!("decode")
-                .in_scope(|| codec::decode_request(request.into_inner(), &self.state.shm))?;
-            // What shared memory adds to the message's charge, held with it.
-            charge.grow(crate::shm::held_bytes(&r.inputs))?;
-            Ok((charge, (r, slots)))
+        let decoded = charge.and_then(|charge| {
+            ferroserve_engine::trace_span!("decode")
+                .in_scope(|| decode_charged(request.into_inner(), &self.state.shm, charge))
         });
         let (served, result) = match decoded {
             Ok((_charge, (r, shm_outputs))) => {
@@ -247,11 +244,7 @@ impl GrpcInferenceService for InferenceService {
                             // Charged before decoding (a refused request is not decoded) and held until its
                             // answer has been handed to the stream.
                             let charge = budget.reserve(admission::grpc_cost(observed.bytes_in));
-                            let decoded = charge.and_then(|mut c| {
-                                let (r, slots) = codec::decode_request(request, &shm)?;
-                                c.grow(crate::shm::held_bytes(&r.inputs))?;
-                                Ok((c, (r, slots)))
-                            });
+                            let decoded = charge.and_then(|c| decode_charged(request, &shm, c));
                             let (_charge, (served, reply)) = match decoded {
                                 Err(e) => (None, (None, Err(e))),
                                 Ok((charge, (r, shm_outputs))) => {
@@ -423,6 +416,18 @@ impl GrpcInferenceService for InferenceService {
 }
 
 /// The CUDA shared-memory extension is not offered: its calls say so, with what to use instead.
+/// Decodes an inference message charged `charge`, growing the charge by what shared memory adds (the inputs
+/// read from regions), so it is held with the message's until the answer is built.
+fn decode_charged(
+    request: pb::ModelInferRequest,
+    shm: &crate::shm::SharedMemory,
+    mut charge: admission::Reservation,
+) -> Result<(admission::Reservation, (ferroserve_engine::InferRequest, crate::shm::OutputSlots)), InferError> {
+    let (request, slots) = codec::decode_request(request, shm)?;
+    charge.grow(crate::shm::held_bytes(&request.inputs))?;
+    Ok((charge, (request, slots)))
+}
+
 fn no_cuda_shared_memory() -> Status {
     to_status(InferError::Unsupported(crate::shm::NO_CUDA_SHARED_MEMORY.into()))
 }

@@ -190,7 +190,6 @@ async fn decode_route_encode(
         .into());
     }
     let (request, format) = codec::decode_request(model, version, &json, binary, &state.shm)?;
-    // What shared memory adds to the body's charge, held until the answer is built.
     // What shared memory adds to the body's charge (which the admission layer holds), held until the answer is
     // built; the body and the regions together must fit in the budget.
     let shm_bytes = crate::shm::held_bytes(&request.inputs);
