@@ -21,6 +21,7 @@ pub fn install() -> Option<PrometheusHandle> {
             match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => {
                     names::describe();
+                    start_upkeep(handle.clone());
                     Some(handle)
                 }
                 Err(e) => {
@@ -30,6 +31,25 @@ pub fn install() -> Option<PrometheusHandle> {
             }
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Folds recorded histogram samples into their buckets every [`UPKEEP_INTERVAL`]. The exporter keeps every
+/// sample recorded since the last render or upkeep (8 bytes each, several per request); installed without its
+/// HTTP listener it runs no upkeep of its own, so a server that nobody scraped grew by about 240 bytes per
+/// request (7 MiB/s at 30 000 requests/s). A thread of its own, since the recorder outlives any runtime.
+fn start_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            handle.run_upkeep();
+        }
+    });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "metrics upkeep thread not started; histograms are folded only when scraped");
+    }
 }
 
 /// The text exposition: every family, then the process's CPU time and resident memory.
