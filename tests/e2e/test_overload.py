@@ -48,10 +48,18 @@ def text_input(module, size):
     return inp
 
 
+# A request to `strings` is charged its body, two more copies of its input (the batch and ONNX Runtime's
+# strings) and three of its two outputs (the runtime's, ours, the answer): 1 + 2 + 3 x 2 = 9 times its text once
+# the server has seen the model answer twice as many bytes as it is sent. 3 MB requests: 27 MB each.
+BUDGET = 90 * MB
+
+
 @pytest.fixture(scope="module")
 def budgeted():
     root = slow_repository(1_500_000)
-    s = Server("--max-inflight-bytes", str(40 * MB), repository=root)
+    s = Server("--max-inflight-bytes", str(BUDGET), repository=root)
+    # One small request first, so the server has learned the model's output size per input byte.
+    assert http_infer(s, 16) == b"x" * 16
     yield s
     assert s.stop() == 0
     shutil.rmtree(root)
@@ -67,40 +75,46 @@ def http_infer(server, size):
 
 def test_past_the_budget_requests_are_refused_at_once_and_taken_again_after(budgeted):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        held = [pool.submit(http_infer, budgeted, 12 * MB) for _ in range(3)]  # 36 MB of 40 held 1.5 s
+        held = [pool.submit(http_infer, budgeted, 3 * MB) for _ in range(3)]  # 81 MB of 90 held 1.5 s
         time.sleep(0.5)
         started = time.monotonic()
         with pytest.raises(InferenceServerException) as err:
-            http_infer(budgeted, 8 * MB)
+            http_infer(budgeted, 2 * MB)  # 18 MB more
         assert time.monotonic() - started < 1.0, "refused at once, not queued"
         assert "--max-inflight-bytes" in str(err.value)
         client = grpcclient.InferenceServerClient(budgeted.grpc_addr)
         with pytest.raises(InferenceServerException) as err:
-            client.infer("strings", [text_input(grpcclient, 4 * MB)])
+            client.infer("strings", [text_input(grpcclient, 3 * MB // 2)])  # 13.5 MB more
         assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
         # Small requests still fit.
         small = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
         small.set_data_from_numpy(np.zeros((1, 16), dtype=np.float32))
         assert client.infer("mlp", [small]).as_numpy("OUTPUT0").shape == (1, 4)
         client.close()
-        assert all(len(f.result(timeout=30)) == 12 * MB for f in held)
+        assert all(len(f.result(timeout=30)) == 3 * MB for f in held)
     # The held requests are done: the same large request is admitted now.
-    assert len(http_infer(budgeted, 12 * MB)) == 12 * MB
+    assert len(http_infer(budgeted, 3 * MB)) == 3 * MB
 
 
 def test_a_request_larger_than_the_whole_budget_is_a_client_error(budgeted):
     import urllib.error
     import urllib.request
-    # 6 MB of JSON is charged 8 times over (48 MB): more than the whole budget, so 400 rather than 429.
-    body = b'{"inputs":[{"name":"TEXT","shape":[1,1],"datatype":"BYTES","data":["' + b"y" * (6 * MB) + b'"]}]}'
+    # 12 MB of JSON is charged 8 times over (96 MB) before it is read: more than the whole budget, so 400
+    # rather than 429.
+    body = b'{"inputs":[{"name":"TEXT","shape":[1,1],"datatype":"BYTES","data":["' + b"y" * (12 * MB) + b'"]}]}'
     req = urllib.request.Request(budgeted.http_url + "/v2/models/strings/infer", data=body, method="POST")
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 400 and b"--max-inflight-bytes" in err.value.read()
     client = grpcclient.InferenceServerClient(budgeted.grpc_addr)
     with pytest.raises(InferenceServerException) as err:
-        client.infer("strings", [text_input(grpcclient, 24 * MB)])
+        client.infer("strings", [text_input(grpcclient, 12 * MB)])  # 108 MB once decoded
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "--max-inflight-bytes" in err.value.message()
+    # Over HTTP in binary, the body alone (12 MB) fits; what the model would make of it does not: 400 too.
+    with pytest.raises(InferenceServerException) as err:
+        http_infer(budgeted, 12 * MB)
+    assert err.value.status() == "400" and "--max-inflight-bytes" in err.value.message()
     client.close()
 
 
@@ -160,3 +174,55 @@ def test_a_stream_answers_many_more_requests_than_it_runs_at_once(server):
     finally:
         client.stop_stream()
         client.close()
+
+
+def tile_repository(repeats):
+    """`tile`: FP32 [batch, n] in, the row repeated `repeats` times out ([batch, n * repeats]). Its output size
+    depends on the request, so the server can only learn it."""
+    import onnx
+    from onnx import TensorProto, helper
+    root = tempfile.mkdtemp()
+    os.makedirs(os.path.join(root, "tile", "1"))
+    graph = helper.make_graph(
+        [helper.make_node("Tile", ["X", "R"], ["Y"])], "tile",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", "m"])],
+        [helper.make_tensor("R", TensorProto.INT64, [2], [1, repeats])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.save(model, os.path.join(root, "tile", "1", "model.onnx"))
+    with open(os.path.join(root, "tile", "config.pbtxt"), "w") as f:
+        f.write("max_batch_size: 8\n")
+    return root
+
+
+def test_a_model_whose_answers_outgrow_its_requests_is_charged_what_it_learned():
+    """A request is charged for the outputs the model will make, not only its body: after the server has seen
+    `tile` answer 64 bytes per byte sent, a 64 KiB request (4 MiB of answer, about 12 MiB held) no longer fits an
+    8 MiB budget (400 naming the flag) while a 16 KiB one still runs, over HTTP and gRPC."""
+    root = tile_repository(64)
+    s = Server("--max-inflight-bytes", str(8 * MB), repository=root)
+    try:
+        http = httpclient.InferenceServerClient(s.http_addr)
+        grpc = grpcclient.InferenceServerClient(s.grpc_addr)
+
+        def run(client, module, floats):
+            x = np.arange(floats, dtype=np.float32).reshape(1, floats)
+            inp = module.InferInput("X", [1, floats], "FP32")
+            if module is httpclient:
+                inp.set_data_from_numpy(x, binary_data=True)
+            else:
+                inp.set_data_from_numpy(x)
+            y = client.infer("tile", [inp]).as_numpy("Y")
+            np.testing.assert_array_equal(y, np.tile(x, (1, 64)))
+
+        run(http, httpclient, 4096)  # 16 KiB in, 1 MiB out: what the server learns from
+        for client, module, refused in ((http, httpclient, "400"), (grpc, grpcclient, "StatusCode.INVALID_ARGUMENT")):
+            with pytest.raises(InferenceServerException) as err:
+                run(client, module, 16384)
+            assert err.value.status() == refused and "--max-inflight-bytes" in err.value.message(), err.value
+            run(client, module, 4096)
+        http.close()
+        grpc.close()
+    finally:
+        assert s.stop() == 0
+        shutil.rmtree(root)

@@ -7,7 +7,9 @@
 //! HTTP: a request with a `Content-Length` is charged before its body is read; one without (chunked) is read
 //! first (bounded by the body limit) and charged its real size. The charge is held until the response body has
 //! been sent. gRPC: a message is charged once tonic has decoded it (its size is bounded by the message limit),
-//! and held until the answer is built.
+//! and held until the answer is built. Once an inference request is decoded, what it will hold beside its body
+//! (inputs read from shared memory, the copies of its inputs and outputs: `ferroserve_engine::memory`) is
+//! charged too, and the request as a whole must fit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -128,9 +130,10 @@ pub async fn within_request_timeout<T>(
     }
 }
 
-/// What a gRPC inference message of `encoded` bytes is charged: the message, and the answer built from it.
+/// What a gRPC inference message of `encoded` bytes is charged before it is decoded: the message itself. What
+/// the request holds beside it (decoded inputs, outputs, the answer) is charged once it is decoded.
 pub fn grpc_cost(encoded: usize) -> usize {
-    encoded.saturating_mul(2)
+    encoded
 }
 
 /// What an HTTP request of `length` body bytes, of which the first `json_length` are JSON, is charged.
@@ -205,7 +208,12 @@ pub async fn admit_http(
     };
     let response = next.run(request).await;
     // The charge lives as long as the response body, which hyper drops once it is sent.
-    response.map(|body| Body::new(Held { body, _reservation: reservation }))
+    response.map(|body| held_body(body, reservation))
+}
+
+/// A response body that holds `reservation` until it has been sent.
+pub fn held_body(body: Body, reservation: Reservation) -> Body {
+    Body::new(Held { body, _reservation: reservation })
 }
 
 /// A response body that holds its request's charge until it is dropped. It forwards `size_hint`, so hyper

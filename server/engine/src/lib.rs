@@ -5,6 +5,7 @@
 //! - [`manager`] loads models, tracks readiness and routes a request to a version;
 //! - [`batcher`] queues a version's requests and forms dynamic batches (pure [`batcher::state`] + shared queue);
 //! - [`instance`] runs each version on N runtime instances, each on its own thread, fed by the batcher;
+//! - [`memory`] estimates what a request holds while it runs, for the server's budget of bytes in flight;
 //! - [`classify`] answers Triton's classification extension (an output's top classes as BYTES);
 //! - [`validate`] checks requests against the model signature, and `reshape` applies config reshapes;
 //! - [`InferError`] is the single error taxonomy the API maps to HTTP and gRPC status codes.
@@ -16,6 +17,7 @@ mod error;
 pub mod files;
 pub mod instance;
 pub mod manager;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod pbtxt;

@@ -51,6 +51,8 @@ pub struct ModelVersion {
     reshapes: Reshapes,
     labels: BTreeMap<String, Labels>,
     pool: InstancePool,
+    /// Output bytes per input byte when the signature fixes them (see [`crate::memory`]).
+    fixed_output_ratio: Option<u32>,
 }
 
 /// Everything [`ModelVersion::new`] needs.
@@ -70,6 +72,7 @@ pub(crate) struct VersionParts {
 impl ModelVersion {
     pub(crate) fn new(parts: VersionParts) -> Self {
         let max_batch_size = parts.config.max_batch_size.unwrap_or(0);
+        let fixed_output_ratio = crate::memory::static_ratio(&parts.signature, max_batch_size > 0);
         ModelVersion {
             name: parts.name,
             version: parts.version,
@@ -82,7 +85,14 @@ impl ModelVersion {
             reshapes: parts.reshapes,
             labels: parts.labels,
             pool: parts.pool,
+            fixed_output_ratio,
         }
+    }
+
+    /// Bytes a request with these inputs holds while it runs, beside its body: see [`crate::memory`].
+    pub fn working_bytes(&self, inputs: &[crate::request::InferInput]) -> usize {
+        let input_bytes = inputs.iter().map(|i| i.tensor.wire_size()).sum();
+        crate::memory::working_bytes(input_bytes, self.fixed_output_ratio, &self.stats.output_ratio)
     }
 
     /// Refuses new requests; queued and running ones still finish.

@@ -68,6 +68,8 @@ pub struct ModelStats {
     batches: Mutex<BTreeMap<u64, BatchStat>>,
     /// Batches by why they ran, indexed by [`RunReason::index`].
     batch_reasons: [AtomicU64; RunReason::ALL.len()],
+    /// Output bytes per input byte of the executions so far, for the memory estimate of requests.
+    pub output_ratio: crate::memory::OutputRatio,
 }
 
 /// A consistent-enough copy of [`ModelStats`] for reporting.
@@ -119,6 +121,7 @@ impl ModelStats {
             last_inference_ms: AtomicU64::new(0),
             batches: Mutex::new(BTreeMap::new()),
             batch_reasons: Default::default(),
+            output_ratio: Default::default(),
         }
     }
 

@@ -162,7 +162,7 @@ impl GrpcInferenceService for InferenceService {
             .route_keys(&request.get_ref().model_name, |h| metadata.get(h).and_then(|v| v.to_str().ok()));
         let decoded = charge.and_then(|charge| {
             ferroserve_engine::trace_span!("decode")
-                .in_scope(|| decode_charged(request.into_inner(), &self.state.shm, charge))
+                .in_scope(|| decode_charged(request.into_inner(), &self.state.shm, &self.state.manager, charge))
         });
         let (served, result) = match decoded {
             Ok((_charge, (r, shm_outputs))) => {
@@ -244,7 +244,7 @@ impl GrpcInferenceService for InferenceService {
                             // Charged before decoding (a refused request is not decoded) and held until its
                             // answer has been handed to the stream.
                             let charge = budget.reserve(admission::grpc_cost(observed.bytes_in));
-                            let decoded = charge.and_then(|c| decode_charged(request, &shm, c));
+                            let decoded = charge.and_then(|c| decode_charged(request, &shm, &manager, c));
                             let (_charge, (served, reply)) = match decoded {
                                 Err(e) => (None, (None, Err(e))),
                                 Ok((charge, (r, shm_outputs))) => {
@@ -416,15 +416,17 @@ impl GrpcInferenceService for InferenceService {
 }
 
 /// The CUDA shared-memory extension is not offered: its calls say so, with what to use instead.
-/// Decodes an inference message charged `charge`, growing the charge by what shared memory adds (the inputs
-/// read from regions), so it is held with the message's until the answer is built.
+/// Decodes an inference message charged `charge`, growing the charge by what the request will hold beside it
+/// (inputs read from shared-memory regions, and the work the model does: see `ferroserve_engine::memory`), so
+/// it is held with the message's until the answer is built.
 fn decode_charged(
     request: pb::ModelInferRequest,
     shm: &crate::shm::SharedMemory,
+    manager: &ferroserve_engine::ModelManager,
     mut charge: admission::Reservation,
 ) -> Result<(admission::Reservation, (ferroserve_engine::InferRequest, crate::shm::OutputSlots)), InferError> {
     let (request, slots) = codec::decode_request(request, shm)?;
-    charge.grow(crate::shm::held_bytes(&request.inputs))?;
+    charge.grow(crate::shm::held_bytes(&request.inputs).saturating_add(manager.working_bytes(&request)))?;
     Ok((charge, (request, slots)))
 }
 

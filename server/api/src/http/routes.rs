@@ -190,20 +190,18 @@ async fn decode_route_encode(
         .into());
     }
     let (request, format) = codec::decode_request(model, version, &json, binary, &state.shm)?;
-    // What shared memory adds to the body's charge (which the admission layer holds), held until the answer is
-    // built; the body and the regions together must fit in the budget.
-    let shm_bytes = crate::shm::held_bytes(&request.inputs);
-    let _shm_charge = match shm_bytes {
-        0 => None,
-        n => Some(state.budget.reserve_beside(crate::admission::http_cost(body_length, json_length), n)?),
-    };
+    // What the request will hold beside its body (which the admission layer charged): inputs read from shared
+    // memory and the model's work (`ferroserve_engine::memory`). Held until the answer is sent; the request as a
+    // whole must fit in the budget.
+    let beside = crate::shm::held_bytes(&request.inputs).saturating_add(state.manager.working_bytes(&request));
+    let work_charge = state.budget.reserve_beside(crate::admission::http_cost(body_length, json_length), beside)?;
     drop(decoding);
     let keys = state.manager.route_keys(model, |h| headers.get(h).and_then(|v| v.to_str().ok()));
     let (version, answer) = state.manager.infer_routed(request, keys).await;
     *served = version;
     let response = answer?;
     let encoded = ferroserve_engine::trace_span!("encode").in_scope(|| codec::encode_response(&response, &format))?;
-    let mut http = Response::new(Body::from(encoded.body));
+    let mut http = Response::new(crate::admission::held_body(Body::from(encoded.body), work_charge));
     let headers = http.headers_mut();
     match encoded.json_length {
         Some(n) => {

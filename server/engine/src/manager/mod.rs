@@ -243,6 +243,20 @@ impl ModelManager {
         }
     }
 
+    /// Bytes `request` will hold while it runs, beside its body (see [`crate::memory`]): on the version it
+    /// names, or the most any ready version of its model would hold, since routing picks one later. 0 when the
+    /// model is unknown or not ready (the request fails before it holds anything).
+    pub fn working_bytes(&self, request: &InferRequest) -> usize {
+        let Ok(entry) = self.entry(&request.model_name) else { return 0 };
+        let named = request.model_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+        entry
+            .ready_versions()
+            .filter(|v| named.is_none_or(|n| n == v.version))
+            .map(|v| v.working_bytes(&request.inputs))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Runs one request.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, InferError> {
         let version = self.version(&request.model_name, request.model_version.as_deref())?;
