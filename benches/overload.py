@@ -7,7 +7,8 @@ the load stops.
 
 Small requests: the MLP, batch 1, HTTP binary, from a pool of threads at a fixed rate. Large requests: `strings`
 with one 64 MiB BYTES element (HTTP binary), offered open-loop at FACTOR times the rate the server sustains for
-them alone (measured first, closed loop). Needs target/release/ferroserve (benches/server.sh's build_release).
+them alone (measured first, closed loop): each arrival is sent on a thread and connection of its own, so slow
+answers do not hold back the offer. Needs target/release/ferroserve (benches/server.sh's build_release).
 """
 import argparse
 import http.client
@@ -147,9 +148,38 @@ def main():
                         results[kind].append((status, time.monotonic() - t0))
             return [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
 
-        large_workers = max(4, min(64, int(offered_rate * 2) + 1))
+        def open_loop(kind, path, body, rate, cap=512):
+            """Arrivals at `rate` per second whatever the server does: each on a thread and connection of its
+            own, so a slow answer never delays the next send (closed-loop workers would let the offer collapse
+            to the served rate). Past `cap` sends in flight, an arrival is counted as not sent."""
+            in_flight = threading.Semaphore(cap)
+
+            def send():
+                t0 = time.monotonic()
+                client = Client(addr)
+                status = client.post(path, body)
+                if client.conn is not None:
+                    client.conn.close()
+                with lock:
+                    results[kind].append((status, time.monotonic() - t0))
+                in_flight.release()
+
+            def dispatch():
+                next_at = time.monotonic()
+                while not stop.is_set():
+                    delay = next_at - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    next_at += 1 / rate
+                    if in_flight.acquire(blocking=False):
+                        threading.Thread(target=send, daemon=True).start()
+                    else:
+                        with lock:
+                            results[kind].append((0, 0.0))  # not sent: the generator's own limit
+            return [threading.Thread(target=dispatch)]
+
         threads = [threading.Thread(target=watch_rss)]
-        threads += paced("large", "/v2/models/strings/infer", LARGE, offered_rate, large_workers)
+        threads += open_loop("large", "/v2/models/strings/infer", LARGE, offered_rate)
         threads += paced("small", "/v2/models/mlp/infer", SMALL, args.small_rate, 8)
         started = time.monotonic()
         for t in threads:
@@ -159,6 +189,10 @@ def main():
         for t in threads:
             t.join(timeout=180)
         elapsed = time.monotonic() - started
+        # Sends still in flight finish (or fail) before the recovery check.
+        deadline = time.monotonic() + 180
+        while threading.active_count() > 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
 
         # Recovery: right after the flood, small and large requests are served again.
         t0 = time.monotonic()
@@ -171,9 +205,10 @@ def main():
             rows = results[kind]
             ok = [s for st, s in rows if st == 200]
             refused = sum(1 for st, _ in rows if st == 429)
-            other = sorted({st for st, _ in rows if st not in (200, 429)})
+            unsent = sum(1 for st, _ in rows if st == 0)
+            other = sorted({st for st, _ in rows if st not in (0, 200, 429)})
             return (f"{kind:5s} offered {len(rows) / elapsed:7.1f}/s served {len(ok) / elapsed:7.1f}/s "
-                    f"429 {refused:6d} other {other} admitted p50 {percentile(ok, 50) * 1000:8.1f} ms "
+                    f"429 {refused:6d} unsent {unsent} other {other} admitted p50 {percentile(ok, 50) * 1000:8.1f} ms "
                     f"p99 {percentile(ok, 99) * 1000:8.1f} ms")
 
         print(f"large-request capacity alone: {capacity:.2f}/s; offered x{args.factor:g} for {elapsed:.0f} s; "

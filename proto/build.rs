@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY-free: build scripts are single-threaded, and prost-build reads PROTOC from the environment.
     unsafe_set_protoc(&protoc);
     tonic_prost_build::configure()
+        // Every service and client decodes through the prost codec behind a bound on what decoding allocates.
+        .codec_path("crate::bound::BoundedCodec")
         .bytes(".inference.ModelInferRequest.raw_input_contents")
         .bytes(".inference.ModelInferResponse.raw_output_contents")
         .compile_protos(&["proto/inference.proto", "proto/traffic.proto"], &["proto"])?;

@@ -2,8 +2,11 @@
 //! superset that `tritonclient` and perf_analyzer call), generated from `proto/inference.proto`, and
 //! `ferroserve.traffic.v1.TrafficControl` (traffic between model versions) from `proto/traffic.proto`.
 //!
-//! Nothing here is hand-written but this re-export; the conversion to engine types lives in the API crate.
+//! Hand-written here: the re-exports, and [`bound`], the codec that bounds what decoding a message allocates.
+//! The conversion to engine types lives in the API crate.
 #![allow(missing_docs, unreachable_pub, clippy::all)]
+
+pub mod bound;
 
 /// Generated messages and the tonic server/client for package `inference`.
 pub mod inference {

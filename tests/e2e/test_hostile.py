@@ -191,3 +191,75 @@ def test_grpc_port_bounds_streams_per_connection(server):
         channel.close()
     finally:
         assert s.stop() == 0
+
+
+def test_no_single_request_grows_memory_past_the_budget():
+    """Requests that decode to many times their size (empty strings in a BYTES tensor, empty inputs, thousands
+    of parameters, a gzip bomb) are charged what they decode to before it is allocated: with a 128 MiB budget,
+    the server's peak RSS (VmHWM, reset before each request) never grows by more than the budget and twice the
+    request; each is refused with a client error (those that decode past the budget naming the flag) or, when
+    it fits, answered."""
+    import re
+
+    from server import Server
+
+    mib = 1 << 20
+    budget = 128 * mib
+    s = Server("--max-inflight-bytes", str(budget))
+    pid = s.proc.pid
+
+    def kib(key):
+        with open(f"/proc/{pid}/status") as f:
+            return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) * 1024
+
+    def peak_growth(send):
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        base = kib("VmRSS")
+        answer = send()
+        return kib("VmHWM") - base, answer
+
+    n = 4 << 20  # 4 Mi empty strings: 16 MiB on the wire, 128 MiB of handles once split
+    head = json.dumps({"inputs": [{"name": "TEXT", "shape": [n], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": 4 * n}}]}).encode()
+    http_strings = head + b"\0" * (4 * n)
+    channel = grpc.insecure_channel(s.grpc_addr, options=[("grpc.max_send_message_length", 1 << 30)])
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+    def grpc_call(request):
+        try:
+            stub.ModelInfer(request, timeout=120)
+            return "OK", ""
+        except grpc.RpcError as e:
+            return e.code().name, e.details()
+
+    raw_strings = grpc_request(model="strings", name="TEXT", datatype="BYTES", shape=[n], raw=[b"\0" * (4 * n)])
+    listed_strings = grpc_request(model="strings", name="TEXT", datatype="BYTES", shape=[n], bytes=[b""] * n)
+    empty_inputs = service_pb2.ModelInferRequest(model_name="mlp")
+    for _ in range(1 << 20):
+        empty_inputs.inputs.add()
+    parameters = grpc_request(raw=[b"\0" * 64])
+    for i in range(200_000):
+        parameters.parameters[str(i)].bool_param = True
+    bomb = gzip.compress(b"\0" * (200 * mib))
+    cases = [
+        ("http empty strings", len(http_strings), lambda: post(
+            s, "/v2/models/strings/infer", http_strings, {"Inference-Header-Content-Length": str(len(head))})),
+        ("grpc raw empty strings", raw_strings.ByteSize(), lambda: grpc_call(raw_strings)),
+        ("grpc bytes_contents empty strings", listed_strings.ByteSize(), lambda: grpc_call(listed_strings)),
+        ("grpc a million empty inputs", empty_inputs.ByteSize(), lambda: grpc_call(empty_inputs)),
+        ("grpc 200 000 parameters", parameters.ByteSize(), lambda: grpc_call(parameters)),
+        ("gzip bomb", 200 * mib, lambda: post(s, "/v2/models/mlp/infer", bomb, {"Content-Encoding": "gzip"})),
+    ]
+    try:
+        for name, size, send in cases:
+            growth, (code, detail) = peak_growth(send)
+            assert growth <= budget + 2 * size + 16 * mib, (name, growth >> 20, size >> 20)
+            assert code in (400, 413, "INVALID_ARGUMENT", "OK"), (name, code, detail)
+            assert alive(s)
+        # Each of the first four is refused for its decoded size, before it is allocated.
+        for _, _, send in cases[:4]:
+            assert "--max-inflight-bytes" in str(send()[1])
+    finally:
+        channel.close()
+        assert s.stop() == 0

@@ -143,6 +143,15 @@ impl Tensor {
         }
     }
 
+    /// Bytes of memory the tensor holds: its data, and for BYTES a handle per element besides (a runtime's own
+    /// copy, such as ONNX Runtime's `std::string`s, takes about as much again).
+    pub fn memory_size(&self) -> usize {
+        match &self.data {
+            TensorData::Fixed(b) => b.len(),
+            TensorData::Strings(items) => items.iter().map(|s| std::mem::size_of::<Bytes>() + s.len()).sum(),
+        }
+    }
+
     /// The fixed-size bytes, if this is not a BYTES tensor.
     pub fn as_fixed(&self) -> Option<&Bytes> {
         match &self.data {

@@ -39,6 +39,8 @@ pub struct MemoryBudget {
 pub struct Reservation {
     budget: Arc<MemoryBudget>,
     bytes: usize,
+    /// What the same request holds under another reservation (counted when checking it fits the budget).
+    beside: usize,
 }
 
 impl Drop for Reservation {
@@ -61,7 +63,7 @@ impl MemoryBudget {
     /// Charges `bytes`, or refuses: Overloaded (429 / RESOURCE_EXHAUSTED) when the budget is full now, invalid
     /// input (400) when the request alone is larger than the whole budget (retrying could never help).
     pub fn reserve(self: &Arc<Self>, bytes: usize) -> Result<Reservation, InferError> {
-        let mut reservation = Reservation { budget: Arc::clone(self), bytes: 0 };
+        let mut reservation = Reservation { budget: Arc::clone(self), bytes: 0, beside: 0 };
         reservation.grow(bytes)?;
         Ok(reservation)
     }
@@ -70,7 +72,7 @@ impl MemoryBudget {
     /// [`MemoryBudget::reserve`] does, with the request as a whole (`held + bytes`) checked against the budget.
     pub fn reserve_beside(self: &Arc<Self>, held: usize, bytes: usize) -> Result<Reservation, InferError> {
         let bytes = self.charge(held, bytes)?;
-        Ok(Reservation { budget: Arc::clone(self), bytes })
+        Ok(Reservation { budget: Arc::clone(self), bytes, beside: held })
     }
 
     /// Adds `bytes` to the count, or refuses as [`MemoryBudget::reserve`] does. `held` is what the same request
@@ -108,7 +110,7 @@ impl MemoryBudget {
 impl Reservation {
     /// Charges `bytes` more to the same reservation (a body read frame by frame).
     pub fn grow(&mut self, bytes: usize) -> Result<(), InferError> {
-        self.bytes += self.budget.charge(self.bytes, bytes)?;
+        self.bytes += self.budget.charge(self.beside.saturating_add(self.bytes), bytes)?;
         Ok(())
     }
 }
@@ -128,6 +130,17 @@ pub async fn within_request_timeout<T>(
             ))
         }),
     }
+}
+
+/// Charges what decoding each gRPC message allocates to `budget` while prost decodes it (see
+/// `ferroserve_proto::bound`): a message that would decode past the whole budget is INVALID_ARGUMENT, one that
+/// does not fit now RESOURCE_EXHAUSTED, before anything is allocated.
+pub fn gate_grpc_decoding(budget: &Arc<MemoryBudget>) {
+    let budget = Arc::clone(budget);
+    ferroserve_proto::bound::set_decode_gate(Arc::new(move |bytes| match budget.reserve(bytes) {
+        Ok(hold) => Ok(Box::new(hold) as Box<dyn std::any::Any + Send>),
+        Err(e) => Err(crate::grpc::status::to_status(e)),
+    }));
 }
 
 /// What a gRPC inference message of `encoded` bytes is charged before it is decoded: the message itself. What

@@ -99,12 +99,14 @@ pub async fn run(
     let manager = Arc::new(ModelManager::new(repository, loaders, config.engine_options(), config.control_mode()));
     // `stop` flips once: readiness off, then (after the grace period) the listeners stop accepting.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let budget = admission::MemoryBudget::new(config.max_inflight_bytes);
+    admission::gate_grpc_decoding(&budget);
     let state = AppState {
         manager: manager.clone(),
         max_json_bytes: config.max_json_bytes,
         stopping: stop_rx.clone(),
         admin: Arc::new(config.admin_policy()),
-        budget: admission::MemoryBudget::new(config.max_inflight_bytes),
+        budget,
         request_timeout: (config.request_timeout_secs > 0).then(|| Duration::from_secs(config.request_timeout_secs)),
         metrics: if config.allow_metrics { metrics::install() } else { None },
         shm: Arc::new(shm::SharedMemory::default().with_max_tensor_bytes(config.max_message_bytes)),

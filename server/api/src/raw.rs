@@ -5,6 +5,21 @@ use bytes::{BufMut, Bytes, BytesMut};
 use ferroserve_engine::InferError;
 use ferroserve_runtime::{DataType, Tensor, TensorData};
 
+/// What decoding `raw` as a tensor of `datatype` and `shape` allocates beside `raw` itself: nothing for
+/// fixed-size types (the tensor is a view of `raw`), one `Bytes` handle per BYTES element (32 bytes each, for
+/// elements that may take only 4 bytes: 8 times the data at most). Known before anything is allocated, so it can
+/// be charged to the memory budget first.
+pub fn decoded_overhead(datatype: DataType, shape: &[usize], raw: &Bytes) -> usize {
+    if datatype.size_of().is_some() {
+        return 0;
+    }
+    let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
+    count.min(raw.len() / 4).saturating_mul(std::mem::size_of::<Bytes>())
+}
+
+/// A charge on the memory budget, taken before a decoder allocates (see [`decoded_overhead`]).
+pub type Charge<'a> = &'a mut dyn FnMut(usize) -> Result<(), InferError>;
+
 /// Builds a tensor from its raw bytes (zero-copy for fixed-size types).
 pub fn tensor_from_raw(name: &str, datatype: DataType, shape: Vec<usize>, raw: Bytes) -> Result<Tensor, InferError> {
     let count: usize = shape.iter().product();

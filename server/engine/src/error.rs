@@ -30,7 +30,26 @@ pub enum InferError {
     Internal(String),
 }
 
+/// The longest error text sent to a client. A message that quotes a request (a shape of a million dims, a
+/// name of a megabyte) would otherwise be as large as the request: gRPC clients refuse a status message past
+/// their metadata limit (8 KiB by default in grpc-core) and report that instead of the error.
+pub(crate) const MAX_CLIENT_MESSAGE: usize = 2048;
+
 impl InferError {
+    /// The error text for a client: the whole message, or its first [`MAX_CLIENT_MESSAGE`] bytes (cut at a
+    /// character boundary) and how much was left out.
+    pub fn client_message(&self) -> String {
+        let text = self.to_string();
+        if text.len() <= MAX_CLIENT_MESSAGE {
+            return text;
+        }
+        let mut cut = MAX_CLIENT_MESSAGE;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}... ({} more bytes)", &text[..cut], text.len() - cut)
+    }
+
     /// A stable, low-cardinality label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -53,5 +72,20 @@ impl InferError {
     /// Shorthand for [`InferError::InvalidInput`].
     pub fn invalid(message: impl Into<String>) -> Self {
         InferError::InvalidInput(message.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_are_bounded_at_a_character_boundary() {
+        assert_eq!(InferError::invalid("short").client_message(), "short");
+        let long = InferError::invalid(format!("shape {:?}", vec![0u8; 100_000]));
+        let message = long.client_message();
+        assert!(message.len() < MAX_CLIENT_MESSAGE + 64 && message.ends_with("more bytes)"), "{}", message.len());
+        let wide = InferError::invalid("é".repeat(5000)).client_message();
+        assert!(wide.starts_with("é") && wide.len() < MAX_CLIENT_MESSAGE + 64);
     }
 }

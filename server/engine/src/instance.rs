@@ -241,7 +241,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats, finish: 
         }
     };
     let input_time = picked.elapsed();
-    let input_bytes: usize = inputs.iter().map(Tensor::wire_size).sum();
+    let input_bytes: usize = inputs.iter().map(Tensor::memory_size).sum();
     let started = Instant::now();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.infer(inputs)));
     let infer_time = started.elapsed();
@@ -254,7 +254,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats, finish: 
     }
     let result = match outcome {
         Ok(Ok(outputs)) => {
-            stats.output_ratio.observe(input_bytes, outputs.iter().map(Tensor::wire_size).sum());
+            stats.output_ratio.observe(input_bytes, outputs.iter().map(Tensor::memory_size).sum());
             split_outputs(outputs, &rows, replies.len() > 1)
         }
         Ok(Err(RuntimeError::InvalidInput(message))) => Err(InferError::InvalidInput(message)),

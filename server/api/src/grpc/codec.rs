@@ -55,6 +55,16 @@ pub fn decode_request(
     request: ModelInferRequest,
     shm: &SharedMemory,
 ) -> Result<(InferRequest, OutputSlots), InferError> {
+    decode_request_charged(request, shm, &mut |_| Ok(()))
+}
+
+/// [`decode_request`], calling `charge` with what a raw BYTES input will allocate before it is split (see
+/// [`crate::raw::decoded_overhead`]).
+pub fn decode_request_charged(
+    request: ModelInferRequest,
+    shm: &SharedMemory,
+    charge: crate::raw::Charge<'_>,
+) -> Result<(InferRequest, OutputSlots), InferError> {
     let raw = request.raw_input_contents;
     let use_raw = !raw.is_empty();
     // Each input's parameters are converted once; the region an input names is looked up from them before
@@ -98,7 +108,11 @@ pub fn decode_request(
                 }
                 slot.read_tensor(&name, dt, dims)?
             }
-            None if use_raw => tensor_from_raw(&name, dt, dims, raw.next().unwrap_or_default())?,
+            None if use_raw => {
+                let raw = raw.next().unwrap_or_default();
+                charge(crate::raw::decoded_overhead(dt, &dims, &raw))?;
+                tensor_from_raw(&name, dt, dims, raw)?
+            }
             None => tensor_from_contents(&name, dt, dims, contents.unwrap_or_default())?,
         };
         inputs.push(InferInput { name, tensor, parameters });

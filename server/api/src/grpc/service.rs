@@ -425,7 +425,7 @@ fn decode_charged(
     manager: &ferroserve_engine::ModelManager,
     mut charge: admission::Reservation,
 ) -> Result<(admission::Reservation, (ferroserve_engine::InferRequest, crate::shm::OutputSlots)), InferError> {
-    let (request, slots) = codec::decode_request(request, shm)?;
+    let (request, slots) = codec::decode_request_charged(request, shm, &mut |bytes| charge.grow(bytes))?;
     charge.grow(crate::shm::held_bytes(&request.inputs).saturating_add(manager.working_bytes(&request)))?;
     Ok((charge, (request, slots)))
 }

@@ -24,7 +24,7 @@ pub fn to_status(error: InferError) -> Status {
     } else {
         tracing::debug!(kind = error.kind(), error = %error, "grpc request rejected");
     }
-    Status::new(code, error.to_string())
+    Status::new(code, error.client_message())
 }
 
 /// The status to end a stream with when one of its messages could not be read: tonic's OUT_OF_RANGE for an

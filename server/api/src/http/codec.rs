@@ -127,8 +127,22 @@ pub fn decode_request(
     model_name: &str,
     model_version: Option<&str>,
     json: &[u8],
+    binary: Bytes,
+    shm: &SharedMemory,
+) -> Result<(InferRequest, ResponseFormat), InferError> {
+    decode_request_charged(model_name, model_version, json, binary, shm, &mut |_| Ok(()))
+}
+
+/// [`decode_request`], calling `charge` with what a binary BYTES input will allocate before it is split (see
+/// [`crate::raw::decoded_overhead`]): a body of empty strings becomes 8 times its size in handles, which the
+/// server charges to its memory budget before allocating them.
+pub fn decode_request_charged(
+    model_name: &str,
+    model_version: Option<&str>,
+    json: &[u8],
     mut binary: Bytes,
     shm: &SharedMemory,
+    charge: crate::raw::Charge<'_>,
 ) -> Result<(InferRequest, ResponseFormat), InferError> {
     // Python clients write NaN and ±Infinity as bare tokens; they are read as those floats.
     let rewritten = crate::json_data::non_finite_tokens_as_markers(json);
@@ -178,6 +192,7 @@ pub fn decode_request(
                     )));
                 }
                 let raw = binary.split_to(size);
+                charge(crate::raw::decoded_overhead(datatype, &shape, &raw))?;
                 tensor_from_raw(&input.name, datatype, shape, raw)?
             }
             (None, None, Some(data)) => tensor_from_json(&input.name, datatype, shape, data)?,

@@ -38,6 +38,6 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(kind = self.0.kind(), error = %self.0, "request rejected");
         }
-        (status, Json(serde_json::json!({ "error": self.0.to_string() }))).into_response()
+        (status, Json(serde_json::json!({ "error": self.0.client_message() }))).into_response()
     }
 }

@@ -189,12 +189,13 @@ async fn decode_route_encode(
         ))
         .into());
     }
-    let (request, format) = codec::decode_request(model, version, &json, binary, &state.shm)?;
-    // What the request will hold beside its body (which the admission layer charged): inputs read from shared
-    // memory and the model's work (`ferroserve_engine::memory`). Held until the answer is sent; the request as a
-    // whole must fit in the budget.
-    let beside = crate::shm::held_bytes(&request.inputs).saturating_add(state.manager.working_bytes(&request));
-    let work_charge = state.budget.reserve_beside(crate::admission::http_cost(body_length, json_length), beside)?;
+    // What the request holds beside its body (which the admission layer charged): BYTES handles as they are
+    // decoded, inputs read from shared memory and the model's work (`ferroserve_engine::memory`). Held until
+    // the answer is sent; the request as a whole must fit in the budget.
+    let mut work_charge = state.budget.reserve_beside(crate::admission::http_cost(body_length, json_length), 0)?;
+    let (request, format) =
+        codec::decode_request_charged(model, version, &json, binary, &state.shm, &mut |bytes| work_charge.grow(bytes))?;
+    work_charge.grow(crate::shm::held_bytes(&request.inputs).saturating_add(state.manager.working_bytes(&request)))?;
     drop(decoding);
     let keys = state.manager.route_keys(model, |h| headers.get(h).and_then(|v| v.to_str().ok()));
     let (version, answer) = state.manager.infer_routed(request, keys).await;
