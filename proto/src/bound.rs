@@ -84,18 +84,26 @@ impl<U: Message + Default + 'static> Decoder for BoundedDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        let _hold = match decode_gate() {
+        // Only inference messages carry what a client sizes; the rest (health, metadata, control) decode as
+        // prost does, so they are answered even when the budget is full.
+        let gate = (TypeId::of::<U>() == TypeId::of::<ModelInferRequest>()).then(decode_gate).flatten();
+        let _hold = match gate {
             None => None,
             Some(gate) => {
-                // tonic hands over one contiguous message; the estimate needs all of it.
                 let wire = prost::bytes::Buf::chunk(buf);
-                let whole = wire.len() == prost::bytes::Buf::remaining(buf);
-                let bytes = match (whole, TypeId::of::<U>() == TypeId::of::<ModelInferRequest>()) {
-                    (false, _) => prost::bytes::Buf::remaining(buf).saturating_mul(RECORD),
-                    (true, true) => decoded_size(wire, Schema::Request),
-                    (true, false) => decoded_size(wire, Schema::Opaque),
-                };
-                Some(gate(bytes)?)
+                let size = prost::bytes::Buf::remaining(buf);
+                // tonic hands over one contiguous message (a `BytesMut`); were it split, each byte is assumed a
+                // record.
+                let bytes =
+                    if wire.len() == size { decoded_size(wire, Schema::Request) } else { size.saturating_mul(RECORD) };
+                match gate(bytes) {
+                    Ok(hold) => Some(hold),
+                    // A message that decodes to about its own size is left to the handler, which answers a full
+                    // budget with RESOURCE_EXHAUSTED for that request alone (a stream goes on); one that would
+                    // decode to many times its size is refused here, before it is allocated.
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted && bytes <= 2 * size + SMALL => None,
+                    Err(status) => return Err(status),
+                }
             }
         };
         self.inner.decode(buf)
@@ -109,6 +117,9 @@ impl<U: Message + Default + 'static> Decoder for BoundedDecoder<U> {
 /// What one record costs at most when its field is not known: a value the size of a `String` or a struct
 /// slot, beside its payload.
 const RECORD: usize = 64;
+
+/// Decoded bytes beyond twice the wire size that still count as a message decoding to about its own size.
+const SMALL: usize = 64 * 1024;
 
 /// How many times its size a repeated message costs (see [`field`]).
 const REPEATED: usize = 4;
@@ -125,7 +136,6 @@ enum Schema {
     Output,
     Contents,
     MapEntry,
-    Opaque,
 }
 
 /// What a nested field holds.
@@ -154,8 +164,9 @@ fn field(schema: Schema, number: u64) -> Field {
     }
 }
 
-/// The memory prost allocates to decode `wire` as a message of `schema`, about (an overestimate for the
-/// known messages). Malformed input stops the walk: prost refuses it without allocating the rest.
+/// The memory prost allocates to decode `wire` as a message of `schema`, about (packed numbers are counted at
+/// their decoded length, where a vector may hold up to twice that). Malformed input stops the walk: prost
+/// refuses it without allocating the rest.
 fn decoded_size(wire: &[u8], schema: Schema) -> usize {
     let mut total = 0usize;
     let mut pos = 0usize;
@@ -189,7 +200,10 @@ fn decoded_size(wire: &[u8], schema: Schema) -> usize {
                     _ => RECORD.saturating_add(payload.len()),
                 }
             }
-            _ => break, // groups and invalid wire types: prost refuses them
+            // Group markers carry no payload; prost skips groups of unknown fields (what lies between them is
+            // walked as if at this level: an overestimate). Wire types 6 and 7 are refused by prost.
+            3 | 4 => 0,
+            _ => break,
         };
         total = total.saturating_add(cost);
     }
@@ -269,9 +283,19 @@ mod tests {
 
     #[test]
     fn malformed_wire_stops_the_walk_without_panicking() {
-        for wire in [&[0xff_u8; 12][..], &[0x2a, 0xff, 0xff, 0xff, 0xff, 0x0f], &[0x2a, 0x05, 0x2a], &[0x0b, 0x00]] {
+        for wire in [&[0xff_u8; 12][..], &[0x2a, 0xff, 0xff, 0xff, 0xff, 0x0f], &[0x2a, 0x05, 0x2a], &[0x0e, 0x00]] {
             let _ = decoded_size(wire, Schema::Request);
         }
         assert_eq!(decoded_size(&[], Schema::Request), 0);
+    }
+
+    #[test]
+    fn a_group_in_front_does_not_hide_what_follows() {
+        // Start and end of a group on field 99, which prost skips, then a thousand empty inputs.
+        let empty = ModelInferRequest { inputs: vec![InferInputTensor::default(); 1000], ..Default::default() };
+        let mut wire = vec![0x9b, 0x06, 0x9c, 0x06];
+        wire.extend(empty.encode_to_vec());
+        assert!(ModelInferRequest::decode(&wire[..]).is_ok(), "prost skips the group");
+        assert_eq!(decoded_size(&wire, Schema::Request), estimate(&empty));
     }
 }

@@ -99,22 +99,18 @@ def test_past_the_budget_requests_are_refused_at_once_and_taken_again_after(budg
 def test_a_request_larger_than_the_whole_budget_is_a_client_error(budgeted):
     import urllib.error
     import urllib.request
-    # 12 MB of JSON is charged 8 times over (96 MB) before it is read: more than the whole budget, so 400
+    # 12 MB of JSON is charged 12 times over (144 MB) before it is read: more than the whole budget, so 400
     # rather than 429.
     body = b'{"inputs":[{"name":"TEXT","shape":[1,1],"datatype":"BYTES","data":["' + b"y" * (12 * MB) + b'"]}]}'
     req = urllib.request.Request(budgeted.http_url + "/v2/models/strings/infer", data=body, method="POST")
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 400 and b"--max-inflight-bytes" in err.value.read()
+    # 12 MB in binary: the body fits, and the work estimate (108 MB) is cut to what is left of the budget, so
+    # with nothing else in flight it is served, over both protocols, rather than refused for good.
+    assert len(http_infer(budgeted, 12 * MB)) == 12 * MB
     client = grpcclient.InferenceServerClient(budgeted.grpc_addr)
-    with pytest.raises(InferenceServerException) as err:
-        client.infer("strings", [text_input(grpcclient, 12 * MB)])  # 108 MB once decoded
-    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "--max-inflight-bytes" in err.value.message()
-    # Over HTTP in binary, the body alone (12 MB) fits; what the model would make of it does not: 400 too.
-    with pytest.raises(InferenceServerException) as err:
-        http_infer(budgeted, 12 * MB)
-    assert err.value.status() == "400" and "--max-inflight-bytes" in err.value.message()
+    assert len(client.infer("strings", [text_input(grpcclient, 12 * MB)]).as_numpy("ECHO")[0][0]) == 12 * MB
     client.close()
 
 
@@ -177,8 +173,8 @@ def test_a_stream_answers_many_more_requests_than_it_runs_at_once(server):
 
 
 def tile_repository(repeats):
-    """`tile`: FP32 [batch, n] in, the row repeated `repeats` times out ([batch, n * repeats]). Its output size
-    depends on the request, so the server can only learn it."""
+    """`tile`: FP32 [batch, n] in, the row repeated `repeats` times out ([batch, n * repeats]), behind a fixed
+    1.5 s batching window. Its output size depends on the request, so the server can only learn it."""
     import onnx
     from onnx import TensorProto, helper
     root = tempfile.mkdtemp()
@@ -191,38 +187,50 @@ def tile_repository(repeats):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     onnx.save(model, os.path.join(root, "tile", "1", "model.onnx"))
     with open(os.path.join(root, "tile", "config.pbtxt"), "w") as f:
-        f.write("max_batch_size: 8\n")
+        f.write("max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 1500000 }\n" + WINDOW)
     return root
 
 
 def test_a_model_whose_answers_outgrow_its_requests_is_charged_what_it_learned():
-    """A request is charged for the outputs the model will make, not only its body: after the server has seen
-    `tile` answer 64 bytes per byte sent, a 64 KiB request (4 MiB of answer, about 12 MiB held) no longer fits an
-    8 MiB budget (400 naming the flag) while a 16 KiB one still runs, over HTTP and gRPC."""
+    """A request is charged for the outputs the model will make, not only its body: once the server has seen
+    `tile` answer 64 bytes per byte sent, a 16 KiB request holds about 3 MiB of an 8 MiB budget, so with two of
+    them held a third is refused (429 / RESOURCE_EXHAUSTED) although the bodies are a few KiB in all."""
     root = tile_repository(64)
     s = Server("--max-inflight-bytes", str(8 * MB), repository=root)
+    x = np.arange(4096, dtype=np.float32).reshape(1, 4096)
+
+    def run(module, client):
+        inp = module.InferInput("X", [1, 4096], "FP32")
+        if module is httpclient:
+            inp.set_data_from_numpy(x, binary_data=True)
+        else:
+            inp.set_data_from_numpy(x)
+        return client.infer("tile", [inp]).as_numpy("Y")
+
+    def http_run():
+        client = httpclient.InferenceServerClient(s.http_addr, network_timeout=60)
+        try:
+            return run(httpclient, client)
+        finally:
+            client.close()
+
     try:
-        http = httpclient.InferenceServerClient(s.http_addr)
-        grpc = grpcclient.InferenceServerClient(s.grpc_addr)
-
-        def run(client, module, floats):
-            x = np.arange(floats, dtype=np.float32).reshape(1, floats)
-            inp = module.InferInput("X", [1, floats], "FP32")
-            if module is httpclient:
-                inp.set_data_from_numpy(x, binary_data=True)
-            else:
-                inp.set_data_from_numpy(x)
-            y = client.infer("tile", [inp]).as_numpy("Y")
-            np.testing.assert_array_equal(y, np.tile(x, (1, 64)))
-
-        run(http, httpclient, 4096)  # 16 KiB in, 1 MiB out: what the server learns from
-        for client, module, refused in ((http, httpclient, "400"), (grpc, grpcclient, "StatusCode.INVALID_ARGUMENT")):
+        np.testing.assert_array_equal(http_run(), np.tile(x, (1, 64)))  # what the server learns from
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(http_run) for _ in range(2)]  # about 6 MiB of 8 held 1.5 s
+            time.sleep(0.5)
             with pytest.raises(InferenceServerException) as err:
-                run(client, module, 16384)
-            assert err.value.status() == refused and "--max-inflight-bytes" in err.value.message(), err.value
-            run(client, module, 4096)
-        http.close()
-        grpc.close()
+                http_run()
+            assert err.value.status() == "429" and "--max-inflight-bytes" in err.value.message(), err.value
+            client = grpcclient.InferenceServerClient(s.grpc_addr)
+            with pytest.raises(InferenceServerException) as err:
+                run(grpcclient, client)
+            assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED", err.value
+            for f in held:
+                np.testing.assert_array_equal(f.result(timeout=30), np.tile(x, (1, 64)))
+            # Nothing held now: the same request runs.
+            np.testing.assert_array_equal(run(grpcclient, client), np.tile(x, (1, 64)))
+            client.close()
     finally:
         assert s.stop() == 0
         shutil.rmtree(root)

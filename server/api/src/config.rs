@@ -111,7 +111,7 @@ pub struct Config {
     pub max_message_bytes: usize,
 
     /// Memory that requests in flight may hold, in bytes, across all models and both protocols (0 = no
-    /// limit). Each request is charged its body (JSON tensor data 8 times over: it expands when decoded) before
+    /// limit). Each request is charged its body (JSON 12 times over: it expands when decoded) before
     /// it is read; past the budget, requests get 429 / RESOURCE_EXHAUSTED at once.
     #[arg(long = "max-inflight-bytes", env = "FERROSERVE_MAX_INFLIGHT_BYTES", default_value_t = 1 << 30)]
     pub max_inflight_bytes: usize,

@@ -65,8 +65,8 @@ pub fn static_ratio(signature: &ModelSignature, batched: bool) -> Option<u32> {
     let row_bytes = |specs: &[TensorSpec]| -> Option<u128> {
         specs.iter().try_fold(0u128, |sum, spec| {
             let dims = if batched { spec.dims.get(1..)? } else { &spec.dims[..] };
-            let count = dims.iter().try_fold(1u128, |n, &d| u128::try_from(d).ok().map(|d| n * d))?;
-            Some(sum + count * spec.datatype.size_of()? as u128)
+            let count = dims.iter().try_fold(1u128, |n, &d| n.checked_mul(u128::try_from(d).ok()?))?;
+            sum.checked_add(count.checked_mul(spec.datatype.size_of()? as u128)?)
         })
     };
     let inputs = row_bytes(&signature.inputs)?;
@@ -74,7 +74,7 @@ pub fn static_ratio(signature: &ModelSignature, batched: bool) -> Option<u32> {
     if inputs == 0 {
         return None;
     }
-    Some((outputs * ONE as u128 / inputs).clamp(1, MAX_RATIO as u128) as u32)
+    Some((outputs.saturating_mul(ONE as u128) / inputs).clamp(1, MAX_RATIO as u128) as u32)
 }
 
 /// Bytes a request whose inputs take `input_bytes` holds while it runs, beside its body: its inputs' copies and

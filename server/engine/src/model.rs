@@ -89,9 +89,9 @@ impl ModelVersion {
         }
     }
 
-    /// Bytes a request with these inputs holds while it runs, beside its body: see [`crate::memory`].
-    pub fn working_bytes(&self, inputs: &[crate::request::InferInput]) -> usize {
-        let input_bytes = inputs.iter().map(|i| i.tensor.memory_size()).sum();
+    /// Bytes a request whose inputs hold `input_bytes` holds while it runs, beside its body: see
+    /// [`crate::memory`].
+    pub fn working_bytes(&self, input_bytes: usize) -> usize {
         crate::memory::working_bytes(input_bytes, self.fixed_output_ratio, &self.stats.output_ratio)
     }
 

@@ -265,7 +265,7 @@ impl GrpcInferenceService for InferenceService {
                                     infer_response: Some(r),
                                 },
                                 Err(e) => pb::ModelStreamInferResponse {
-                                    error_message: e.to_string(),
+                                    error_message: e.client_message(),
                                     infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
                                 },
                             };
@@ -415,7 +415,6 @@ impl GrpcInferenceService for InferenceService {
     }
 }
 
-/// The CUDA shared-memory extension is not offered: its calls say so, with what to use instead.
 /// Decodes an inference message charged `charge`, growing the charge by what the request will hold beside it
 /// (inputs read from shared-memory regions, and the work the model does: see `ferroserve_engine::memory`), so
 /// it is held with the message's until the answer is built.
@@ -426,10 +425,12 @@ fn decode_charged(
     mut charge: admission::Reservation,
 ) -> Result<(admission::Reservation, (ferroserve_engine::InferRequest, crate::shm::OutputSlots)), InferError> {
     let (request, slots) = codec::decode_request_charged(request, shm, &mut |bytes| charge.grow(bytes))?;
-    charge.grow(crate::shm::held_bytes(&request.inputs).saturating_add(manager.working_bytes(&request)))?;
+    charge.grow(crate::shm::held_bytes(&request.inputs))?;
+    charge.grow_estimate(manager.working_bytes(&request))?;
     Ok((charge, (request, slots)))
 }
 
+/// The CUDA shared-memory extension is not offered: its calls say so, with what to use instead.
 fn no_cuda_shared_memory() -> Status {
     to_status(InferError::Unsupported(crate::shm::NO_CUDA_SHARED_MEMORY.into()))
 }

@@ -195,7 +195,8 @@ async fn decode_route_encode(
     let mut work_charge = state.budget.reserve_beside(crate::admission::http_cost(body_length, json_length), 0)?;
     let (request, format) =
         codec::decode_request_charged(model, version, &json, binary, &state.shm, &mut |bytes| work_charge.grow(bytes))?;
-    work_charge.grow(crate::shm::held_bytes(&request.inputs).saturating_add(state.manager.working_bytes(&request)))?;
+    work_charge.grow(crate::shm::held_bytes(&request.inputs))?;
+    work_charge.grow_estimate(state.manager.working_bytes(&request))?;
     drop(decoding);
     let keys = state.manager.route_keys(model, |h| headers.get(h).and_then(|v| v.to_str().ok()));
     let (version, answer) = state.manager.infer_routed(request, keys).await;

@@ -249,10 +249,11 @@ impl ModelManager {
     pub fn working_bytes(&self, request: &InferRequest) -> usize {
         let Ok(entry) = self.entry(&request.model_name) else { return 0 };
         let named = request.model_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+        let input_bytes = request.inputs.iter().map(|i| i.tensor.memory_size()).sum();
         entry
             .ready_versions()
             .filter(|v| named.is_none_or(|n| n == v.version))
-            .map(|v| v.working_bytes(&request.inputs))
+            .map(|v| v.working_bytes(input_bytes))
             .max()
             .unwrap_or(0)
     }
