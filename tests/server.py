@@ -1,4 +1,5 @@
 """Starts the real ferroserve binary on 127.0.0.1 with OS-chosen ports, for end-to-end tests."""
+import atexit
 import glob
 import os
 import re
@@ -11,6 +12,22 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPOSITORY = os.path.join(ROOT, "models", "repository")
 REFERENCE = os.path.join(ROOT, "models", "reference")
+
+
+# Server logs live until this Python process exits (tests read them after `stop()`; failures print them), then
+# are removed, unless FERROSERVE_KEEP_LOGS is set: a full run starts hundreds of servers.
+_LOGS = []
+
+
+@atexit.register
+def _remove_logs():
+    if os.environ.get("FERROSERVE_KEEP_LOGS"):
+        return
+    for path in _LOGS:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def binary():
@@ -31,6 +48,7 @@ class Server:
 
     def __init__(self, *args, repository=REPOSITORY, env=None, wait_ready=True):
         self.log = tempfile.NamedTemporaryFile(prefix="ferroserve-", suffix=".log", delete=False)
+        _LOGS.append(self.log.name)
         cmd = [binary(), "--host", "127.0.0.1", "--http_port", "0", "--grpc_port", "0"]
         if repository is not None:
             cmd += ["--model-repository", repository]
