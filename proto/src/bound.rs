@@ -23,6 +23,7 @@ use tonic_prost::{ProstDecoder, ProstEncoder};
 
 use crate::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use crate::inference::{InferParameter, InferTensorContents, ModelInferRequest};
+use crate::limits;
 
 /// Decides whether a message that decodes to about `bytes` may be decoded now: a hold (dropped once decoded)
 /// or the status that refuses it.
@@ -86,25 +87,29 @@ impl<U: Message + Default + 'static> Decoder for BoundedDecoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         // Only inference messages carry what a client sizes; the rest (health, metadata, control) decode as
         // prost does, so they are answered even when the budget is full.
-        let gate = (TypeId::of::<U>() == TypeId::of::<ModelInferRequest>()).then(decode_gate).flatten();
-        let _hold = match gate {
-            None => None,
-            Some(gate) => {
-                let wire = prost::bytes::Buf::chunk(buf);
-                let size = prost::bytes::Buf::remaining(buf);
-                // tonic hands over one contiguous message (a `BytesMut`); were it split, each byte is assumed a
-                // record.
-                let bytes =
-                    if wire.len() == size { decoded_size(wire, Schema::Request) } else { size.saturating_mul(RECORD) };
-                match gate(bytes) {
-                    Ok(hold) => Some(hold),
-                    // A message that decodes to about its own size is left to the handler, which answers a full
-                    // budget with RESOURCE_EXHAUSTED for that request alone (a stream goes on); one that would
-                    // decode to many times its size is refused here, before it is allocated.
-                    Err(status) if status.code() == tonic::Code::ResourceExhausted && bytes <= 2 * size + SMALL => None,
-                    Err(status) => return Err(status),
+        let _hold = if TypeId::of::<U>() == TypeId::of::<ModelInferRequest>() {
+            let wire = prost::bytes::Buf::chunk(buf);
+            let size = prost::bytes::Buf::remaining(buf);
+            // tonic hands over one contiguous message (a `BytesMut`); were it split, each byte is assumed a
+            // record.
+            let bytes = if wire.len() == size {
+                decoded_size(wire, Schema::Request).map_err(Status::invalid_argument)?
+            } else {
+                size.saturating_mul(RECORD)
+            };
+            match decode_gate().map(|gate| gate(bytes)) {
+                None => None,
+                Some(Ok(hold)) => Some(hold),
+                // A message that decodes to about its own size is left to the handler, which answers a full
+                // budget with RESOURCE_EXHAUSTED for that request alone (a stream goes on); one that would
+                // decode to many times its size is refused here, before it is allocated.
+                Some(Err(status)) if status.code() == tonic::Code::ResourceExhausted && bytes <= 2 * size + SMALL => {
+                    None
                 }
+                Some(Err(status)) => return Err(status),
             }
+        } else {
+            None
         };
         self.inner.decode(buf)
     }
@@ -165,16 +170,23 @@ fn field(schema: Schema, number: u64) -> Field {
 }
 
 /// The memory prost allocates to decode `wire` as a message of `schema`, about (packed numbers are counted at
-/// their decoded length, where a vector may hold up to twice that). Malformed input stops the walk: prost
-/// refuses it without allocating the rest.
-fn decoded_size(wire: &[u8], schema: Schema) -> usize {
+/// their decoded length, where a vector may hold up to twice that), or the [`limits`] it passes. Malformed
+/// input stops the walk: prost refuses it without allocating the rest.
+fn decoded_size(wire: &[u8], schema: Schema) -> Result<usize, String> {
     let mut total = 0usize;
     let mut pos = 0usize;
+    // Records of the fields the limits count, in this message.
+    let (mut inputs, mut outputs, mut parameters, mut dims) = (0usize, 0usize, 0usize, 0usize);
     while pos < wire.len() {
         let Some(key) = varint(wire, &mut pos) else { break };
+        let number = key >> 3;
         let cost = match key & 7 {
             0 => match varint(wire, &mut pos) {
-                Some(_) => size_of::<u64>(),
+                Some(_) => {
+                    // An unpacked shape: a record per dim.
+                    dims += usize::from(schema == Schema::Input && number == 3);
+                    size_of::<u64>()
+                }
                 None => break,
             },
             1 => {
@@ -193,10 +205,22 @@ fn decoded_size(wire: &[u8], schema: Schema) -> usize {
                 };
                 let payload = &wire[pos..end];
                 pos = end;
-                match field(schema, key >> 3) {
-                    Field::Message(inner, size) => size.saturating_add(decoded_size(payload, inner)),
+                match (schema, number) {
+                    (Schema::Request, 5) => inputs += 1,
+                    (Schema::Request, 6) => outputs += 1,
+                    (Schema::Request, 4) | (Schema::Input, 4) | (Schema::Output, 2) => parameters += 1,
+                    _ => {}
+                }
+                match field(schema, number) {
+                    Field::Message(inner, size) => size.saturating_add(decoded_size(payload, inner)?),
                     // A varint ends at each byte under 0x80.
-                    Field::PackedVarints(size) => payload.iter().filter(|&&b| b < 0x80).count().saturating_mul(size),
+                    Field::PackedVarints(size) => {
+                        let count = payload.iter().filter(|&&b| b < 0x80).count();
+                        if schema == Schema::Input && number == 3 {
+                            dims = dims.saturating_add(count);
+                        }
+                        count.saturating_mul(size)
+                    }
                     _ => RECORD.saturating_add(payload.len()),
                 }
             }
@@ -206,8 +230,75 @@ fn decoded_size(wire: &[u8], schema: Schema) -> usize {
             _ => break,
         };
         total = total.saturating_add(cost);
+        if inputs > limits::MAX_TENSORS || outputs > limits::MAX_TENSORS {
+            return Err(format!(
+                "the request has more than {} {}",
+                limits::MAX_TENSORS,
+                if inputs > limits::MAX_TENSORS { "inputs" } else { "requested outputs" }
+            ));
+        }
+        if dims > limits::MAX_DIMS {
+            return Err(format!("an input's shape has more than {} dims", limits::MAX_DIMS));
+        }
+        if parameters > limits::MAX_PARAMETERS {
+            return Err(format!("a `parameters` map has more than {} entries", limits::MAX_PARAMETERS));
+        }
     }
-    total
+    Ok(total)
+}
+
+/// What a decoded `ModelInferRequest` holds beside the wire buffer it came from: its structs, strings, maps,
+/// typed contents and the handles of its raw contents (whose bytes are slices of that buffer). The decode gate's
+/// charge ends when prost returns; the handler charges this, measured on what prost built, for as long as it
+/// holds the message. A walk over the inputs and outputs, not the elements (except `bytes_contents` entries).
+pub fn held_beside_wire(request: &ModelInferRequest) -> usize {
+    fn parameters(map: &std::collections::HashMap<String, InferParameter>) -> usize {
+        map.iter().fold(map.capacity().saturating_mul(MAP_ENTRY / 4), |total, (key, value)| {
+            let text = match &value.parameter_choice {
+                Some(crate::inference::infer_parameter::ParameterChoice::StringParam(s)) => s.capacity(),
+                _ => 0,
+            };
+            total.saturating_add(key.capacity()).saturating_add(text)
+        })
+    }
+    fn vec_bytes<T>(v: &Vec<T>) -> usize {
+        v.capacity().saturating_mul(size_of::<T>())
+    }
+    fn contents(c: &InferTensorContents) -> usize {
+        let entries = c.bytes_contents.iter().fold(0usize, |total, b| total.saturating_add(b.capacity()));
+        [
+            vec_bytes(&c.bool_contents),
+            vec_bytes(&c.int_contents),
+            vec_bytes(&c.int64_contents),
+            vec_bytes(&c.uint_contents),
+            vec_bytes(&c.uint64_contents),
+            vec_bytes(&c.fp32_contents),
+            vec_bytes(&c.fp64_contents),
+            vec_bytes(&c.bytes_contents),
+            entries,
+        ]
+        .into_iter()
+        .fold(0usize, usize::saturating_add)
+    }
+    let inputs = request.inputs.iter().fold(vec_bytes(&request.inputs), |total, input| {
+        total
+            .saturating_add(input.name.capacity())
+            .saturating_add(input.datatype.capacity())
+            .saturating_add(vec_bytes(&input.shape))
+            .saturating_add(parameters(&input.parameters))
+            .saturating_add(input.contents.as_ref().map_or(0, contents))
+    });
+    let outputs = request.outputs.iter().fold(vec_bytes(&request.outputs), |total, output| {
+        total.saturating_add(output.name.capacity()).saturating_add(parameters(&output.parameters))
+    });
+    size_of::<ModelInferRequest>()
+        .saturating_add(request.model_name.capacity())
+        .saturating_add(request.model_version.capacity())
+        .saturating_add(request.id.capacity())
+        .saturating_add(parameters(&request.parameters))
+        .saturating_add(inputs)
+        .saturating_add(outputs)
+        .saturating_add(vec_bytes(&request.raw_input_contents))
 }
 
 /// Reads a varint at `pos`, advancing it; `None` when truncated or longer than 10 bytes.
@@ -230,7 +321,7 @@ mod tests {
     use crate::inference::model_infer_request::InferInputTensor;
 
     fn estimate(request: &ModelInferRequest) -> usize {
-        decoded_size(&request.encode_to_vec(), Schema::Request)
+        decoded_size(&request.encode_to_vec(), Schema::Request).expect("within the limits")
     }
 
     #[test]
@@ -253,9 +344,10 @@ mod tests {
 
     #[test]
     fn many_small_records_cost_what_they_decode_to() {
-        // 100 000 empty inputs: 200 KB on the wire, a struct each once decoded.
-        let empty = ModelInferRequest { inputs: vec![InferInputTensor::default(); 100_000], ..Default::default() };
-        assert!(estimate(&empty) >= 100_000 * REPEATED * size_of::<InferInputTensor>());
+        // As many empty inputs as a request may have: 8 KB on the wire, a struct each once decoded.
+        let n = limits::MAX_TENSORS;
+        let empty = ModelInferRequest { inputs: vec![InferInputTensor::default(); n], ..Default::default() };
+        assert!(estimate(&empty) >= n * REPEATED * size_of::<InferInputTensor>());
         assert!(empty.encoded_len() * 50 < estimate(&empty));
         // Empty strings in bytes_contents: 2 bytes each on the wire, a handle and more once decoded.
         let strings = ModelInferRequest {
@@ -267,18 +359,107 @@ mod tests {
         };
         assert!(estimate(&strings) >= 100_000 * size_of::<Vec<u8>>());
         // Packed int64 of small values: 1 byte each, 8 once decoded.
-        let shape = ModelInferRequest {
-            inputs: vec![InferInputTensor { shape: vec![1; 100_000], ..Default::default() }],
+        let ids = ModelInferRequest {
+            inputs: vec![InferInputTensor {
+                contents: Some(InferTensorContents { int64_contents: vec![1; 100_000], ..Default::default() }),
+                ..Default::default()
+            }],
             ..Default::default()
         };
-        assert!(estimate(&shape) >= 800_000);
+        assert!(estimate(&ids) >= 800_000);
         // Parameters: an entry each.
-        let mut parameters = std::collections::HashMap::new();
-        for i in 0..10_000 {
-            parameters.insert(i.to_string(), InferParameter::default());
+        let params = ModelInferRequest { parameters: parameters(limits::MAX_PARAMETERS), ..Default::default() };
+        assert!(estimate(&params) >= limits::MAX_PARAMETERS * MAP_ENTRY);
+    }
+
+    #[test]
+    fn a_decoded_message_is_measured_by_what_prost_built() {
+        // Raw contents are slices of the wire buffer: only their handles count beside it.
+        let raw = ModelInferRequest {
+            model_name: "mlp".into(),
+            inputs: vec![InferInputTensor { name: "INPUT0".into(), shape: vec![1, 16], ..Default::default() }],
+            raw_input_contents: vec![vec![0u8; 1 << 20].into()],
+            ..Default::default()
+        };
+        assert!(held_beside_wire(&raw) < 4096, "{}", held_beside_wire(&raw));
+        // Small int64 values: 1 byte each on the wire, 8 decoded.
+        let ids = ModelInferRequest {
+            inputs: vec![InferInputTensor {
+                contents: Some(InferTensorContents { int64_contents: vec![1; 100_000], ..Default::default() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let decoded = ModelInferRequest::decode(&ids.encode_to_vec()[..]).expect("decodes");
+        assert!(held_beside_wire(&decoded) >= 800_000);
+        // The wire estimate counts packed numbers at their decoded length; prost's vector grows by doubling.
+        assert!(held_beside_wire(&decoded) <= 2 * estimate(&ids) + 4096, "the wire estimate bounds it");
+        // Empty inputs and bytes_contents entries: what the wire estimate charged for them.
+        let empty = ModelInferRequest { inputs: vec![InferInputTensor::default(); 4000], ..Default::default() };
+        let decoded = ModelInferRequest::decode(&empty.encode_to_vec()[..]).expect("decodes");
+        assert!(held_beside_wire(&decoded) >= 4000 * size_of::<InferInputTensor>());
+        let strings = ModelInferRequest {
+            inputs: vec![InferInputTensor {
+                contents: Some(InferTensorContents { bytes_contents: vec![vec![]; 10_000], ..Default::default() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let decoded = ModelInferRequest::decode(&strings.encode_to_vec()[..]).expect("decodes");
+        assert!(held_beside_wire(&decoded) >= 10_000 * size_of::<Vec<u8>>());
+    }
+
+    fn parameters(n: usize) -> std::collections::HashMap<String, InferParameter> {
+        (0..n).map(|i| (i.to_string(), InferParameter::default())).collect()
+    }
+
+    #[test]
+    fn requests_past_a_structural_limit_are_refused_naming_it() {
+        let refused = |request: ModelInferRequest| decoded_size(&request.encode_to_vec(), Schema::Request).unwrap_err();
+        let inputs = |n| ModelInferRequest { inputs: vec![InferInputTensor::default(); n], ..Default::default() };
+        let _ = estimate(&inputs(limits::MAX_TENSORS));
+        assert!(refused(inputs(limits::MAX_TENSORS + 1)).contains("more than 4096 inputs"));
+        let outputs = ModelInferRequest {
+            outputs: vec![InferRequestedOutputTensor::default(); limits::MAX_TENSORS + 1],
+            ..Default::default()
+        };
+        assert!(refused(outputs).contains("requested outputs"));
+        let shape = |n| ModelInferRequest {
+            inputs: vec![InferInputTensor { shape: vec![1; n], ..Default::default() }],
+            ..Default::default()
+        };
+        let _ = estimate(&shape(limits::MAX_DIMS));
+        assert!(refused(shape(limits::MAX_DIMS + 1)).contains("more than 64 dims"));
+        // Unpacked dims (a record each) count the same.
+        let mut unpacked = Vec::new();
+        for _ in 0..=limits::MAX_DIMS {
+            unpacked.extend([0x18, 0x01]);
         }
-        let params = ModelInferRequest { parameters, ..Default::default() };
-        assert!(estimate(&params) >= 10_000 * MAP_ENTRY);
+        let mut wire = vec![0x2a];
+        prost::encoding::encode_varint(unpacked.len() as u64, &mut wire);
+        wire.extend(unpacked);
+        assert!(decoded_size(&wire, Schema::Request).unwrap_err().contains("dims"));
+        let at_limit = ModelInferRequest { parameters: parameters(limits::MAX_PARAMETERS), ..Default::default() };
+        let _ = estimate(&at_limit);
+        for request in [
+            ModelInferRequest { parameters: parameters(limits::MAX_PARAMETERS + 1), ..Default::default() },
+            ModelInferRequest {
+                inputs: vec![InferInputTensor {
+                    parameters: parameters(limits::MAX_PARAMETERS + 1),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            ModelInferRequest {
+                outputs: vec![InferRequestedOutputTensor {
+                    parameters: parameters(limits::MAX_PARAMETERS + 1),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ] {
+            assert!(refused(request).contains("more than 1024 entries"));
+        }
     }
 
     #[test]
@@ -286,7 +467,7 @@ mod tests {
         for wire in [&[0xff_u8; 12][..], &[0x2a, 0xff, 0xff, 0xff, 0xff, 0x0f], &[0x2a, 0x05, 0x2a], &[0x0e, 0x00]] {
             let _ = decoded_size(wire, Schema::Request);
         }
-        assert_eq!(decoded_size(&[], Schema::Request), 0);
+        assert_eq!(decoded_size(&[], Schema::Request), Ok(0));
     }
 
     #[test]
@@ -296,6 +477,6 @@ mod tests {
         let mut wire = vec![0x9b, 0x06, 0x9c, 0x06];
         wire.extend(empty.encode_to_vec());
         assert!(ModelInferRequest::decode(&wire[..]).is_ok(), "prost skips the group");
-        assert_eq!(decoded_size(&wire, Schema::Request), estimate(&empty));
+        assert_eq!(decoded_size(&wire, Schema::Request), Ok(estimate(&empty)));
     }
 }

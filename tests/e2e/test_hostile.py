@@ -193,16 +193,83 @@ def test_grpc_port_bounds_streams_per_connection(server):
         assert s.stop() == 0
 
 
+def _many_inputs(n):
+    r = service_pb2.ModelInferRequest(model_name="mlp")
+    for _ in range(n):
+        r.inputs.add()
+    return r
+
+
+def _many_parameters(n, where):
+    r = grpc_request(raw=[b"\0" * 64])
+    target = {"request": r.parameters, "input": r.inputs[0].parameters, "output": r.outputs.add(name="OUTPUT0").parameters}
+    for i in range(n):
+        target[where][str(i)].bool_param = True
+    return r
+
+
+# (what, HTTP JSON body or None, gRPC message or None, the limit's words in the error)
+LIMIT_CASES = [
+    ("65 dims", infer_json([{"name": "INPUT0", "shape": [1] * 65, "datatype": "FP32", "data": [0]}]),
+     grpc_request(shape=[1] * 65, raw=[b"\0" * 4]), "more than 64 dims"),
+    ("4097 inputs", infer_json([{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}] * 4097),
+     _many_inputs(4097), "more than 4096 inputs"),
+    ("4097 outputs", infer_json([{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}],
+                                outputs=[{"name": "OUTPUT0"}] * 4097), None, "more than 4096 requested outputs"),
+    ("1025 request parameters", infer_json([{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}],
+                                           parameters={str(i): True for i in range(1025)}),
+     _many_parameters(1025, "request"), "more than 1024 entries"),
+    ("1025 input parameters", infer_json([{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16,
+                                           "parameters": {str(i): 1 for i in range(1025)}}]),
+     _many_parameters(1025, "input"), "more than 1024 entries"),
+    ("1025 output parameters", None, _many_parameters(1025, "output"), "more than 1024 entries"),
+]
+
+
+@pytest.mark.parametrize("name,body,message,limit", LIMIT_CASES, ids=[c[0] for c in LIMIT_CASES])
+def test_requests_past_a_structural_limit_are_refused_naming_it(server, name, body, message, limit):
+    """Shapes past 64 dims, more than 4096 inputs or outputs, a `parameters` map past 1024 entries: refused
+    while parsed, over HTTP (400) and gRPC (INVALID_ARGUMENT), with the limit named."""
+    if body is not None:
+        status, data = post(server, "/v2/models/mlp/infer", body)
+        assert status == 400 and limit in json.loads(data)["error"], (status, data[:300])
+    if message is not None:
+        channel = grpc.insecure_channel(server.grpc_addr)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(message, timeout=30)
+        channel.close()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and limit in err.value.details(), err.value.details()
+    assert alive(server)
+
+
+def test_requests_at_the_structural_limits_reach_the_model(server):
+    """At each limit the request parses and gets the model's own answer (here, why its shape is wrong)."""
+    status, data = post(server, "/v2/models/mlp/infer", infer_json(
+        [{"name": "INPUT0", "shape": [1] * 64, "datatype": "FP32", "data": [0], "parameters": {str(i): 1 for i in range(1024)}}],
+        parameters={str(i): True for i in range(1024)}))
+    assert status == 400 and "the model expects" in json.loads(data)["error"], data[:300]
+    channel = grpc.insecure_channel(server.grpc_addr)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(grpc_request(shape=[1] * 64, raw=[b"\0" * 4]), timeout=30)
+    channel.close()
+    assert "the model expects" in err.value.details(), err.value.details()
+
+
 def test_no_single_request_grows_memory_past_the_budget():
     """Requests that decode to many times their size (empty strings in a BYTES tensor, empty inputs, thousands
-    of parameters, a gzip bomb) are charged what they decode to before it is allocated: with a 128 MiB budget,
+    of parameters, a gzip bomb) are charged what they decode to, or refused past a structural limit, before it
+    is allocated: with a 128 MiB budget,
     the server's peak RSS (VmHWM, reset before each request) never grows by more than the budget and twice the
     request; each is refused with a client error (those that decode past the budget naming the flag) or, when
     it fits, answered."""
     import os
     import re
+    import shutil
+    import tempfile
 
-    from server import Server
+    from server import REPOSITORY, Server
 
     mib = 1 << 20
     budget = 128 * mib
@@ -231,25 +298,36 @@ def test_no_single_request_grows_memory_past_the_budget():
         except grpc.RpcError as e:
             return e.code().name, e.details()
 
-    raw_strings = grpc_request(model="strings", name="TEXT", datatype="BYTES", shape=[n], raw=[b"\0" * (4 * n)])
+    # `strings_free` takes any number of strings (no batching, a free dim), so these are charged; `strings`
+    # takes 32 at most, so the same requests to it are refused before they are split.
+    raw_strings = grpc_request(model="strings_free", name="TEXT", datatype="BYTES", shape=[n], raw=[b"\0" * (4 * n)])
+    batched_strings = grpc_request(model="strings", name="TEXT", datatype="BYTES", shape=[n], raw=[b"\0" * (4 * n)])
     listed_strings = grpc_request(model="strings", name="TEXT", datatype="BYTES", shape=[n], bytes=[b""] * n)
-    empty_inputs = service_pb2.ModelInferRequest(model_name="mlp")
-    for _ in range(1 << 20):
-        empty_inputs.inputs.add()
-    parameters = grpc_request(raw=[b"\0" * 64])
-    for i in range(200_000):
-        parameters.parameters[str(i)].bool_param = True
+    empty_inputs = _many_inputs(1 << 20)
+    parameters = _many_parameters(200_000, "request")
     bomb = gzip.compress(b"\0" * (200 * mib))
     cases = [
         ("http empty strings", len(http_strings), lambda: post(
-            s, "/v2/models/strings/infer", http_strings, {"Inference-Header-Content-Length": str(len(head))})),
+            s, "/v2/models/strings_free/infer", http_strings, {"Inference-Header-Content-Length": str(len(head))})),
         ("grpc raw empty strings", raw_strings.ByteSize(), lambda: grpc_call(raw_strings)),
         ("grpc bytes_contents empty strings", listed_strings.ByteSize(), lambda: grpc_call(listed_strings)),
         ("grpc a million empty inputs", empty_inputs.ByteSize(), lambda: grpc_call(empty_inputs)),
         ("grpc 200 000 parameters", parameters.ByteSize(), lambda: grpc_call(parameters)),
+        ("http empty strings past the batch", len(http_strings), lambda: post(
+            s, "/v2/models/strings/infer", http_strings, {"Inference-Header-Content-Length": str(len(head))})),
+        ("grpc raw empty strings past the batch", batched_strings.ByteSize(), lambda: grpc_call(batched_strings)),
         ("gzip bomb", 200 * mib, lambda: post(s, "/v2/models/mlp/infer", bomb, {"Content-Encoding": "gzip"})),
     ]
-    s = Server("--max-inflight-bytes", str(budget))
+    root = tempfile.mkdtemp(prefix="ferroserve-hostile-")
+    for name in ("mlp", "strings"):
+        shutil.copytree(os.path.join(REPOSITORY, name), os.path.join(root, name))
+    os.makedirs(os.path.join(root, "strings_free", "1"))
+    shutil.copy(os.path.join(REPOSITORY, "strings", "1", "model.onnx"), os.path.join(root, "strings_free", "1"))
+    with open(os.path.join(root, "strings_free", "config.pbtxt"), "w") as f:
+        f.write('max_batch_size: 0\ninput [ { name: "TEXT" data_type: TYPE_STRING dims: [ -1 ] } ]\n'
+                'output [ { name: "UPPER" data_type: TYPE_STRING dims: [ -1 ] },'
+                ' { name: "ECHO" data_type: TYPE_STRING dims: [ -1 ] } ]\n')
+    s = Server("--max-inflight-bytes", str(budget), repository=root)
     pid = s.proc.pid
     channel = grpc.insecure_channel(s.grpc_addr, options=[("grpc.max_send_message_length", 1 << 30)])
     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -259,9 +337,15 @@ def test_no_single_request_grows_memory_past_the_budget():
             assert growth <= budget + 2 * size + 16 * mib, (name, growth >> 20, size >> 20)
             assert code in (400, 413, "INVALID_ARGUMENT", "OK"), (name, code, detail)
             assert alive(s)
-        # Each of the first four is refused for its decoded size, before it is allocated.
-        for _, _, send in cases[:4]:
+        # The first three are refused for their decoded size, the next two past a structural limit, the next two
+        # for more elements than the model takes: each before it is allocated.
+        for _, _, send in cases[:3]:
             assert "--max-inflight-bytes" in str(send()[1])
+        for _, _, send in cases[3:5]:
+            assert "more than" in str(send()[1])
+        for _, _, send in cases[5:7]:
+            assert f"has {n} elements; model `strings` takes at most 32" in str(send()[1])
     finally:
         channel.close()
         assert s.stop() == 0
+        shutil.rmtree(root)

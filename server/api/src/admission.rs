@@ -154,10 +154,12 @@ pub fn gate_grpc_decoding(budget: &Arc<MemoryBudget>) {
     }));
 }
 
-/// What a gRPC inference message of `encoded` bytes is charged before it is decoded: the message itself. What
-/// the request holds beside it (decoded inputs, outputs, the answer) is charged once it is decoded.
-pub fn grpc_cost(encoded: usize) -> usize {
-    encoded
+/// What a gRPC inference message of `encoded` bytes, as prost decoded it, is charged before it is converted
+/// into a request: its wire buffer and what prost built beside it (typed contents, strings, structs; a packed
+/// `int64` of small values is 1 byte on the wire and 8 decoded). What the request then holds (converted inputs,
+/// outputs, the answer) is charged as it is converted.
+pub fn grpc_cost(encoded: usize, decoded: &ferroserve_proto::ModelInferRequest) -> usize {
+    encoded.saturating_add(ferroserve_proto::bound::held_beside_wire(decoded))
 }
 
 /// What an HTTP request of `length` body bytes, of which the first `json_length` are JSON, is charged.

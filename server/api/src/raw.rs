@@ -5,20 +5,45 @@ use bytes::{BufMut, Bytes, BytesMut};
 use ferroserve_engine::InferError;
 use ferroserve_runtime::{DataType, Tensor, TensorData};
 
-/// What decoding `raw` as a tensor of `datatype` and `shape` allocates beside `raw` itself: nothing for
-/// fixed-size types (the tensor is a view of `raw`), one `Bytes` handle per BYTES element (32 bytes each, for
-/// elements that may take only 4 bytes: 8 times the data at most). Known before anything is allocated, so it can
-/// be charged to the memory budget first.
-pub fn decoded_overhead(datatype: DataType, shape: &[usize], raw: &Bytes) -> usize {
-    if datatype.size_of().is_some() {
-        return 0;
-    }
-    let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
-    count.min(raw.len() / 4).saturating_mul(std::mem::size_of::<Bytes>())
+/// A raw BYTES input about to be split into its elements: what the decoder asks of the server first.
+#[derive(Debug, Clone, Copy)]
+pub struct Split<'a> {
+    /// The model the request names.
+    pub model: &'a str,
+    /// The version the request names, if any.
+    pub version: Option<&'a str>,
+    /// The input being split.
+    pub input: &'a str,
+    /// The elements its shape claims.
+    pub elements: usize,
+    /// What splitting allocates beside the raw bytes: a `Bytes` handle per element (32 bytes each, for
+    /// elements that may take only 4 bytes: 8 times the data at most).
+    pub bytes: usize,
 }
 
-/// A charge on the memory budget, taken before a decoder allocates (see [`decoded_overhead`]).
-pub type Charge<'a> = &'a mut dyn FnMut(usize) -> Result<(), InferError>;
+impl<'a> Split<'a> {
+    /// The split of `raw` as input `input` of `datatype` and `shape`; `None` for fixed-size types, whose
+    /// tensor is a view of `raw` and allocates nothing.
+    pub fn of(
+        model: &'a str,
+        version: Option<&'a str>,
+        input: &'a str,
+        datatype: DataType,
+        shape: &[usize],
+        raw: &Bytes,
+    ) -> Option<Self> {
+        if datatype.size_of().is_some() {
+            return None;
+        }
+        let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
+        let bytes = elements.min(raw.len() / 4).saturating_mul(std::mem::size_of::<Bytes>());
+        Some(Split { model, version, input, elements, bytes })
+    }
+}
+
+/// Called before a decoder splits a raw BYTES input, so the server can refuse it (more elements than the model
+/// takes) or charge its handles to the memory budget before they are allocated.
+pub type Charge<'a> = &'a mut dyn FnMut(Split<'_>) -> Result<(), InferError>;
 
 /// Builds a tensor from its raw bytes (zero-copy for fixed-size types).
 pub fn tensor_from_raw(name: &str, datatype: DataType, shape: Vec<usize>, raw: Bytes) -> Result<Tensor, InferError> {

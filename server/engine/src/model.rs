@@ -95,6 +95,17 @@ impl ModelVersion {
         crate::memory::working_bytes(input_bytes, self.fixed_output_ratio, &self.stats.output_ratio)
     }
 
+    /// The most elements input `name` can hold in one request to this version: the largest batch times the
+    /// fixed dims; `None` where a dim is free, or there is no such input.
+    pub fn max_input_elements(&self, name: &str) -> Option<usize> {
+        let spec = self.signature.inputs.iter().find(|s| s.name == name)?;
+        let batched = self.max_batch_size > 0;
+        spec.dims.iter().enumerate().try_fold(1usize, |most, (i, &dim)| {
+            let dim = if batched && i == 0 { i64::from(self.max_batch_size) } else { dim };
+            usize::try_from(dim).ok().and_then(|dim| most.checked_mul(dim))
+        })
+    }
+
     /// Refuses new requests; queued and running ones still finish.
     pub(crate) fn close(&self) {
         self.pool.close();

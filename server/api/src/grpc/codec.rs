@@ -14,7 +14,7 @@ use ferroserve_proto::{InferParameter, InferTensorContents, ModelInferRequest, M
 use ferroserve_runtime::{DataType, Tensor, TensorData};
 
 use crate::json_data::concrete_shape;
-use crate::raw::{tensor_from_raw, tensor_to_raw};
+use crate::raw::{Split, tensor_from_raw, tensor_to_raw};
 use crate::shm::{OutputSlots, SharedMemory};
 
 /// Converts protobuf parameters to engine parameters.
@@ -58,8 +58,7 @@ pub fn decode_request(
     decode_request_charged(request, shm, &mut |_| Ok(()))
 }
 
-/// [`decode_request`], calling `charge` with what a raw BYTES input will allocate before it is split (see
-/// [`crate::raw::decoded_overhead`]).
+/// [`decode_request`], calling `charge` before a raw BYTES input is split (see [`crate::raw::Split`]).
 pub fn decode_request_charged(
     request: ModelInferRequest,
     shm: &SharedMemory,
@@ -110,7 +109,10 @@ pub fn decode_request_charged(
             }
             None if use_raw => {
                 let raw = raw.next().unwrap_or_default();
-                charge(crate::raw::decoded_overhead(dt, &dims, &raw))?;
+                let version = Some(request.model_version.as_str()).filter(|v| !v.is_empty());
+                if let Some(split) = Split::of(&request.model_name, version, &name, dt, &dims, &raw) {
+                    charge(split)?;
+                }
                 tensor_from_raw(&name, dt, dims, raw)?
             }
             None => tensor_from_contents(&name, dt, dims, contents.unwrap_or_default())?,

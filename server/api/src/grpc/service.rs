@@ -154,7 +154,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let observed = Observed::start(request.get_ref());
         // Charged before decoding, held until the answer is built; a refusal is recorded like any error.
-        let charge = self.state.budget.reserve(admission::grpc_cost(observed.bytes_in));
+        let charge = self.state.budget.reserve(admission::grpc_cost(observed.bytes_in, request.get_ref()));
         let metadata = request.metadata();
         let keys = self
             .state
@@ -243,7 +243,7 @@ impl GrpcInferenceService for InferenceService {
                             let id = request.id.clone();
                             // Charged before decoding (a refused request is not decoded) and held until its
                             // answer has been handed to the stream.
-                            let charge = budget.reserve(admission::grpc_cost(observed.bytes_in));
+                            let charge = budget.reserve(admission::grpc_cost(observed.bytes_in, &request));
                             let decoded = charge.and_then(|c| decode_charged(request, &shm, &manager, c));
                             let (_charge, (served, reply)) = match decoded {
                                 Err(e) => (None, (None, Err(e))),
@@ -424,7 +424,10 @@ fn decode_charged(
     manager: &ferroserve_engine::ModelManager,
     mut charge: admission::Reservation,
 ) -> Result<(admission::Reservation, (ferroserve_engine::InferRequest, crate::shm::OutputSlots)), InferError> {
-    let (request, slots) = codec::decode_request_charged(request, shm, &mut |bytes| charge.grow(bytes))?;
+    let (request, slots) = codec::decode_request_charged(request, shm, &mut |split| {
+        manager.check_input_elements(split.model, split.version, split.input, split.elements)?;
+        charge.grow(split.bytes)
+    })?;
     charge.grow(crate::shm::held_bytes(&request.inputs))?;
     charge.grow_estimate(manager.working_bytes(&request))?;
     Ok((charge, (request, slots)))

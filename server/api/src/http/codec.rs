@@ -12,8 +12,9 @@ use ferroserve_engine::{InferError, InferInput, InferRequest, InferResponse, Par
 use ferroserve_runtime::{DataType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::limits;
 use crate::json_data::{FlatData, NonFiniteTokens, TokenDataView, concrete_shape, tensor_from_json};
-use crate::raw::{tensor_from_raw, tensor_to_raw};
+use crate::raw::{Split, tensor_from_raw, tensor_to_raw};
 use crate::shm::{OutputSlots, SharedMemory};
 
 /// The header that splits the JSON part from the binary part of a body.
@@ -23,19 +24,21 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 struct JsonRequest {
     #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limits::parameters")]
     parameters: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(deserialize_with = "limits::inputs")]
     inputs: Vec<JsonInput>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limits::outputs")]
     outputs: Option<Vec<JsonRequestedOutput>>,
 }
 
 #[derive(Deserialize)]
 struct JsonInput {
     name: String,
+    #[serde(deserialize_with = "limits::shape")]
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limits::parameters")]
     parameters: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     data: Option<FlatData>,
@@ -44,7 +47,7 @@ struct JsonInput {
 #[derive(Deserialize)]
 struct JsonRequestedOutput {
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limits::parameters")]
     parameters: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -133,9 +136,9 @@ pub fn decode_request(
     decode_request_charged(model_name, model_version, json, binary, shm, &mut |_| Ok(()))
 }
 
-/// [`decode_request`], calling `charge` with what a binary BYTES input will allocate before it is split (see
-/// [`crate::raw::decoded_overhead`]): a body of empty strings becomes 8 times its size in handles, which the
-/// server charges to its memory budget before allocating them.
+/// [`decode_request`], calling `charge` before a binary BYTES input is split (see [`crate::raw::Split`]): a
+/// body of empty strings becomes 8 times its size in handles, which the server refuses when the model cannot
+/// take that many elements, and otherwise charges to its memory budget before allocating them.
 pub fn decode_request_charged(
     model_name: &str,
     model_version: Option<&str>,
@@ -192,7 +195,9 @@ pub fn decode_request_charged(
                     )));
                 }
                 let raw = binary.split_to(size);
-                charge(crate::raw::decoded_overhead(datatype, &shape, &raw))?;
+                if let Some(split) = Split::of(model_name, model_version, &input.name, datatype, &shape, &raw) {
+                    charge(split)?;
+                }
                 tensor_from_raw(&input.name, datatype, shape, raw)?
             }
             (None, None, Some(data)) => tensor_from_json(&input.name, datatype, shape, data)?,

@@ -2,6 +2,7 @@
 
 pub mod codec;
 pub mod error;
+mod limits;
 mod routes;
 mod v1;
 mod views;

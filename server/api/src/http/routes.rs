@@ -193,8 +193,10 @@ async fn decode_route_encode(
     // decoded, inputs read from shared memory and the model's work (`ferroserve_engine::memory`). Held until
     // the answer is sent; the request as a whole must fit in the budget.
     let mut work_charge = state.budget.reserve_beside(crate::admission::http_cost(body_length, json_length), 0)?;
-    let (request, format) =
-        codec::decode_request_charged(model, version, &json, binary, &state.shm, &mut |bytes| work_charge.grow(bytes))?;
+    let (request, format) = codec::decode_request_charged(model, version, &json, binary, &state.shm, &mut |split| {
+        state.manager.check_input_elements(split.model, split.version, split.input, split.elements)?;
+        work_charge.grow(split.bytes)
+    })?;
     work_charge.grow(crate::shm::held_bytes(&request.inputs))?;
     work_charge.grow_estimate(state.manager.working_bytes(&request))?;
     drop(decoding);

@@ -258,6 +258,32 @@ impl ModelManager {
             .unwrap_or(0)
     }
 
+    /// Refuses a request whose input `input` claims more elements than any version it may reach takes (the
+    /// largest batch times fixed dims), before a decoder allocates a handle per element: a 64 MiB body of empty
+    /// strings claims 16 Mi elements and would take 512 MiB of handles, for a model that takes 32. Passes where
+    /// a dim is free, and where the model, version or input is unknown (the request then fails as usual).
+    pub fn check_input_elements(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        input: &str,
+        elements: usize,
+    ) -> Result<(), InferError> {
+        let Ok(entry) = self.entry(model) else { return Ok(()) };
+        let named = version.and_then(|v| v.parse::<u64>().ok());
+        let mut most: Option<usize> = None;
+        for v in entry.ready_versions().filter(|v| named.is_none_or(|n| n == v.version)) {
+            let Some(bound) = v.max_input_elements(input) else { return Ok(()) };
+            most = Some(most.map_or(bound, |m| m.max(bound)));
+        }
+        match most {
+            Some(most) if elements > most => Err(InferError::invalid(format!(
+                "input `{input}` has {elements} elements; model `{model}` takes at most {most} in one request"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs one request.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, InferError> {
         let version = self.version(&request.model_name, request.model_version.as_deref())?;
