@@ -170,7 +170,7 @@ fn field(schema: Schema, number: u64) -> Field {
 }
 
 /// The memory prost allocates to decode `wire` as a message of `schema`, about (packed numbers are counted at
-/// their decoded length, where a vector may hold up to twice that), or the [`limits`] it passes. Malformed
+/// twice their decoded length: the room a vector grown by doubling may hold), or the [`limits`] it passes. Malformed
 /// input stops the walk: prost refuses it without allocating the rest.
 fn decoded_size(wire: &[u8], schema: Schema) -> Result<usize, String> {
     let mut total = 0usize;
@@ -213,13 +213,14 @@ fn decoded_size(wire: &[u8], schema: Schema) -> Result<usize, String> {
                 }
                 match field(schema, number) {
                     Field::Message(inner, size) => size.saturating_add(decoded_size(payload, inner)?),
-                    // A varint ends at each byte under 0x80.
+                    // A varint ends at each byte under 0x80. prost pushes them one by one: its vector may
+                    // hold twice the room they take.
                     Field::PackedVarints(size) => {
                         let count = payload.iter().filter(|&&b| b < 0x80).count();
                         if schema == Schema::Input && number == 3 {
                             dims = dims.saturating_add(count);
                         }
-                        count.saturating_mul(size)
+                        count.saturating_mul(size).saturating_mul(2)
                     }
                     _ => RECORD.saturating_add(payload.len()),
                 }
@@ -392,8 +393,9 @@ mod tests {
         };
         let decoded = ModelInferRequest::decode(&ids.encode_to_vec()[..]).expect("decodes");
         assert!(held_beside_wire(&decoded) >= 800_000);
-        // The wire estimate counts packed numbers at their decoded length; prost's vector grows by doubling.
-        assert!(held_beside_wire(&decoded) <= 2 * estimate(&ids) + 4096, "the wire estimate bounds it");
+        // The wire estimate counts packed numbers at twice their decoded length, the room of a vector grown by
+        // doubling.
+        assert!(held_beside_wire(&decoded) <= estimate(&ids) + 4096, "the wire estimate bounds it");
         // Empty inputs and bytes_contents entries: what the wire estimate charged for them.
         let empty = ModelInferRequest { inputs: vec![InferInputTensor::default(); 4000], ..Default::default() };
         let decoded = ModelInferRequest::decode(&empty.encode_to_vec()[..]).expect("decodes");

@@ -202,7 +202,8 @@ pub async fn admit_http(
                 Ok(r) => r,
                 Err(e) => return ApiError(e).into_response(),
             };
-            let mut collected = bytes::BytesMut::new();
+            // Held once while it grows (see `BodyBuffer`), so what is charged is what is held.
+            let mut collected = crate::body_buffer::BodyBuffer::new();
             let mut charged = 0;
             loop {
                 match body.frame().await {
@@ -216,7 +217,10 @@ pub async fn admit_http(
                         if collected.len() + data.len() > max_body_bytes {
                             return too_large();
                         }
-                        collected.extend_from_slice(&data);
+                        if let Err(e) = collected.extend(&data) {
+                            return ApiError(InferError::Overloaded(format!("cannot hold the request body: {e}")))
+                                .into_response();
+                        }
                         let cost = http_cost(collected.len(), json_length.unwrap_or(collected.len()));
                         if let Err(e) = reservation.grow(cost - charged) {
                             drop(collected);
@@ -229,7 +233,8 @@ pub async fn admit_http(
             if collected.is_empty() {
                 return next.run(Request::from_parts(parts, Body::empty())).await;
             }
-            (Request::from_parts(parts, Body::from(collected.freeze())), reservation)
+            let body = Body::from(collected.freeze());
+            (Request::from_parts(parts, body), reservation)
         }
     };
     let response = next.run(request).await;

@@ -350,6 +350,218 @@ pub fn tensor_from_json(
     Tensor::new(datatype, shape, packed).map_err(|e| InferError::invalid(format!("input `{name}`: {e}")))
 }
 
+/// Packs the JSON text of a `data` field (a flat or nested array in row-major order, or one scalar) straight into a
+/// tensor of `datatype` and `shape`: each value is checked and written as it is parsed, into a buffer sized by
+/// the shape (and by how many values the text can hold, whatever the shape claims), so decoding holds the tensor
+/// and nothing beside it. Parsing into [`FlatData`] first (16 bytes a number, in a vector grown by doubling)
+/// grew the server by 13.6 times a 62 MiB body of zeros. The same values are accepted and refused as by
+/// [`tensor_from_json`].
+pub fn tensor_from_json_text(
+    name: &str,
+    datatype: DataType,
+    shape: Vec<usize>,
+    text: &str,
+) -> Result<Tensor, InferError> {
+    if matches!(datatype, DataType::Fp16 | DataType::Bf16) {
+        return Err(InferError::invalid(format!(
+            "input `{name}`: {datatype} data must use the binary tensor extension, not JSON"
+        )));
+    }
+    let expected: usize = shape.iter().product();
+    // A value takes at least one character and a separator.
+    let room = expected.min(text.len() / 2 + 1);
+    let sink = match datatype.size_of() {
+        Some(size) => Sink::Fixed(Vec::with_capacity(room.saturating_mul(size))),
+        None => Sink::Strings(Vec::with_capacity(room)),
+    };
+    let mut packer = Packer { name, datatype, shape: &shape, expected, count: 0, sink, error: None };
+    let mut parser = serde_json::Deserializer::from_str(text);
+    let parsed = de::Deserializer::deserialize_any(&mut parser, Pack { packer: &mut packer, depth: 0 })
+        .and_then(|()| parser.end());
+    if let Some(error) = packer.error {
+        return Err(error);
+    }
+    parsed.map_err(|e| InferError::invalid(format!("input `{name}`: malformed `data`: {e}")))?;
+    if packer.count != expected {
+        return Err(InferError::invalid(format!(
+            "input `{name}` shape {shape:?} needs {expected} elements, `data` has {}",
+            packer.count
+        )));
+    }
+    let data = match packer.sink {
+        Sink::Fixed(bytes) => TensorData::Fixed(Bytes::from(bytes)),
+        Sink::Strings(strings) => TensorData::Strings(strings),
+    };
+    Tensor::new(datatype, shape, data).map_err(|e| InferError::invalid(format!("input `{name}`: {e}")))
+}
+
+/// Where [`tensor_from_json_text`] writes the values: a fixed-size type's little-endian bytes, or BYTES elements.
+enum Sink {
+    Fixed(Vec<u8>),
+    Strings(Vec<Bytes>),
+}
+
+/// One value of a `data` array as the parser meets it, before it is checked against the datatype.
+enum Scalar<'a> {
+    Bool(bool),
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+    Str(std::borrow::Cow<'a, str>),
+}
+
+struct Packer<'a> {
+    name: &'a str,
+    datatype: DataType,
+    shape: &'a [usize],
+    expected: usize,
+    count: usize,
+    sink: Sink,
+    /// Why packing stopped, when the reason is the data and not the JSON.
+    error: Option<InferError>,
+}
+
+impl Packer<'_> {
+    fn push(&mut self, value: Scalar<'_>) -> Result<(), InferError> {
+        let (name, datatype, i) = (self.name, self.datatype, self.count);
+        if i == self.expected {
+            return Err(InferError::invalid(format!(
+                "input `{name}` shape {:?} needs {} elements, `data` has more",
+                self.shape, self.expected
+            )));
+        }
+        let value = match value {
+            Scalar::Str(s) => match non_finite_marker(&s) {
+                Some(f) => Scalar::Float(f),
+                None => Scalar::Str(s),
+            },
+            other => other,
+        };
+        macro_rules! int {
+            ($out:ident, $ty:ty) => {
+                match value {
+                    Scalar::Uint(u) => <$ty>::try_from(u).ok(),
+                    Scalar::Int(s) => <$ty>::try_from(s).ok(),
+                    _ => None,
+                }
+                .map(|x| $out.extend_from_slice(&x.to_le_bytes()))
+            };
+        }
+        macro_rules! float {
+            ($out:ident, $ty:ty) => {
+                match value {
+                    Scalar::Float(f) => Some(f as $ty),
+                    Scalar::Uint(u) => Some(u as $ty),
+                    Scalar::Int(s) => Some(s as $ty),
+                    _ => None,
+                }
+                .map(|x| $out.extend_from_slice(&x.to_le_bytes()))
+            };
+        }
+        let packed = match &mut self.sink {
+            Sink::Strings(out) => match value {
+                Scalar::Str(s) => {
+                    out.push(Bytes::from(s.into_owned()));
+                    self.count += 1;
+                    return Ok(());
+                }
+                _ => None,
+            },
+            Sink::Fixed(out) => match datatype {
+                DataType::Bool => match value {
+                    Scalar::Bool(b) => {
+                        out.push(u8::from(b));
+                        Some(())
+                    }
+                    _ => None,
+                },
+                DataType::Uint8 => int!(out, u8),
+                DataType::Uint16 => int!(out, u16),
+                DataType::Uint32 => int!(out, u32),
+                DataType::Uint64 => int!(out, u64),
+                DataType::Int8 => int!(out, i8),
+                DataType::Int16 => int!(out, i16),
+                DataType::Int32 => int!(out, i32),
+                DataType::Int64 => int!(out, i64),
+                DataType::Fp32 => float!(out, f32),
+                DataType::Fp64 => float!(out, f64),
+                // Refused before parsing.
+                DataType::Fp16 | DataType::Bf16 | DataType::Bytes => None,
+            },
+        };
+        if packed.is_none() {
+            let shown = match &value {
+                Scalar::Bool(b) => b.to_string(),
+                Scalar::Int(s) => s.to_string(),
+                Scalar::Uint(u) => u.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Str(s) => format!("{:?}", s.chars().take(32).collect::<String>()),
+            };
+            return Err(InferError::invalid(format!(
+                "input `{name}` element {i}: {shown} is not a valid {datatype} value"
+            )));
+        }
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// The visitor of [`tensor_from_json_text`]: flattens nested arrays, handing each value to the packer.
+struct Pack<'a, 'b> {
+    packer: &'a mut Packer<'b>,
+    depth: usize,
+}
+
+impl Pack<'_, '_> {
+    fn push<E: de::Error>(self, value: Scalar<'_>) -> Result<(), E> {
+        self.packer.push(value).map_err(|error| {
+            self.packer.error = Some(error);
+            E::custom("the data does not fit the input")
+        })
+    }
+}
+
+impl<'de> de::DeserializeSeed<'de> for Pack<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Pack<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number, bool, string or (nested) array of them")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.push(Scalar::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.push(if v >= 0 { Scalar::Uint(v as u64) } else { Scalar::Int(v) })
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.push(Scalar::Uint(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.push(Scalar::Float(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.push(Scalar::Str(std::borrow::Cow::Borrowed(v)))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
+        self.push(Scalar::Str(std::borrow::Cow::Owned(v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(de::Error::custom(format!("`data` is nested deeper than {MAX_DEPTH} levels")));
+        }
+        while seq.next_element_seed(Pack { packer: &mut *self.packer, depth: self.depth + 1 })?.is_some() {}
+        Ok(())
+    }
+}
+
 fn describe(v: &JsonNumber) -> String {
     match v {
         JsonNumber::Int(i) => i.to_string(),
@@ -562,7 +774,94 @@ mod tests {
         assert_eq!(serde_json::to_string(&DataView(&b)).unwrap(), "[true,false]");
     }
 
+    #[test]
+    fn packs_text_with_range_checks_and_refuses_surplus_values_early() {
+        let text = |dt, shape: Vec<usize>, json: &str| tensor_from_json_text("x", dt, shape, json);
+        let t = text(DataType::Int8, vec![2], "[[-128], [127]]").unwrap();
+        assert_eq!(t.as_fixed().unwrap().as_ref(), &[0x80, 0x7f]);
+        let e = text(DataType::Int8, vec![1], "[128]").unwrap_err();
+        assert!(e.to_string().contains("element 0: 128 is not a valid INT8"), "{e}");
+        let e = text(DataType::Fp32, vec![2, 3], "[1,2,3,4,5]").unwrap_err();
+        assert_eq!(e.to_string(), "input `x` shape [2, 3] needs 6 elements, `data` has 5");
+        // Past the shape: refused at the first value too many, before the rest is read.
+        let e = text(DataType::Fp32, vec![2], "[1, 2, 3, oops").unwrap_err();
+        assert_eq!(e.to_string(), "input `x` shape [2] needs 2 elements, `data` has more");
+        // A shape that claims a trillion elements reserves what the text can hold, not what it claims.
+        let e = text(DataType::Fp64, vec![1 << 40], "[1]").unwrap_err();
+        assert!(e.to_string().contains("`data` has 1"), "{e}");
+        let e = text(DataType::Fp32, vec![1], "[1").unwrap_err();
+        assert!(e.to_string().contains("malformed `data`"), "{e}");
+        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        assert!(text(DataType::Fp32, vec![1], &deep).unwrap_err().to_string().contains("nested deeper"));
+        let t = text(DataType::Bytes, vec![2], r#"["a", "\u00e9"]"#).unwrap();
+        let strings = TensorData::Strings(vec![Bytes::from("a"), Bytes::from("é")]);
+        assert_eq!(t, Tensor::new(DataType::Bytes, vec![2], strings).unwrap());
+        let t = text(DataType::Fp32, vec![2], r#"["\u0000NaN", 1]"#).unwrap();
+        assert!(f32::from_le_bytes(t.as_fixed().unwrap()[..4].try_into().unwrap()).is_nan());
+    }
+
+    /// A JSON value for the property test: mostly of one kind, as a tensor's data is.
+    fn json_values() -> impl proptest::strategy::Strategy<Value = Vec<serde_json::Value>> {
+        use proptest::prelude::*;
+        use serde_json::Value;
+        let one = prop_oneof![
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (0u64..300).prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            "[a-z]{0,3}".prop_map(Value::from),
+        ];
+        (one.clone(), 0usize..12, proptest::option::of((0usize..12, one))).prop_map(|(first, n, stranger)| {
+            // The same kind as `first`, varied by parsing its text with a different number.
+            let mut values: Vec<Value> = (0..n)
+                .map(|i| match &first {
+                    Value::Number(x) if x.is_f64() => Value::from(x.as_f64().unwrap_or(0.0) + i as f64),
+                    Value::Number(x) if x.is_u64() => Value::from(x.as_u64().unwrap_or(0).wrapping_add(i as u64)),
+                    Value::Number(x) => Value::from(x.as_i64().unwrap_or(0).wrapping_sub(i as i64)),
+                    other => other.clone(),
+                })
+                .collect();
+            if let Some((at, value)) = stranger {
+                values.insert(at.min(values.len()), value);
+            }
+            values
+        })
+    }
+
     proptest::proptest! {
+        /// Packing the text straight into the tensor accepts and refuses what flattening first does, and builds
+        /// the same tensor.
+        #[test]
+        fn packing_text_matches_flattening_first(
+            values in json_values(),
+            which in 0usize..13,
+            nested: bool,
+            extra in 0usize..2,
+        ) {
+            let datatypes = [
+                DataType::Bool, DataType::Uint8, DataType::Uint16, DataType::Uint32, DataType::Uint64,
+                DataType::Int8, DataType::Int16, DataType::Int32, DataType::Int64, DataType::Fp32,
+                DataType::Fp64, DataType::Bytes, DataType::Fp16,
+            ];
+            let datatype = datatypes[which];
+            let json = if nested {
+                serde_json::to_string(&values.iter().map(|v| vec![v.clone()]).collect::<Vec<_>>()).unwrap()
+            } else {
+                serde_json::to_string(&values).unwrap()
+            };
+            let shape = vec![values.len() + extra];
+            let flattened = serde_json::from_str::<FlatData>(&json)
+                .map_err(|e| InferError::invalid(e.to_string()))
+                .and_then(|flat| tensor_from_json("x", datatype, shape.clone(), flat));
+            let packed = tensor_from_json_text("x", datatype, shape, &json);
+            match (flattened, packed) {
+                (Ok(a), Ok(b)) => proptest::prop_assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                (a, b) => proptest::prop_assert!(false, "{json} as {datatype}: {:?} against {:?}", a.err(), b.err()),
+            }
+        }
+
         #[test]
         fn int64_json_round_trip(values in proptest::collection::vec(proptest::num::i64::ANY, 0..32)) {
             let json = serde_json::to_string(&values).unwrap();

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod body_buffer;
 pub mod config;
 pub mod grpc;
 pub mod http;

@@ -13,7 +13,7 @@ use ferroserve_runtime::{DataType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::limits;
-use crate::json_data::{FlatData, NonFiniteTokens, TokenDataView, concrete_shape, tensor_from_json};
+use crate::json_data::{NonFiniteTokens, TokenDataView, concrete_shape, tensor_from_json_text};
 use crate::raw::{Split, tensor_from_raw, tensor_to_raw};
 use crate::shm::{OutputSlots, SharedMemory};
 
@@ -21,27 +21,28 @@ use crate::shm::{OutputSlots, SharedMemory};
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 #[derive(Deserialize)]
-struct JsonRequest {
+struct JsonRequest<'a> {
     #[serde(default)]
     id: Option<String>,
     #[serde(default, deserialize_with = "limits::parameters")]
     parameters: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(deserialize_with = "limits::inputs")]
-    inputs: Vec<JsonInput>,
+    #[serde(borrow, deserialize_with = "limits::inputs")]
+    inputs: Vec<JsonInput<'a>>,
     #[serde(default, deserialize_with = "limits::outputs")]
     outputs: Option<Vec<JsonRequestedOutput>>,
 }
 
 #[derive(Deserialize)]
-struct JsonInput {
+struct JsonInput<'a> {
     name: String,
     #[serde(deserialize_with = "limits::shape")]
     shape: Vec<i64>,
     datatype: String,
     #[serde(default, deserialize_with = "limits::parameters")]
     parameters: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
-    data: Option<FlatData>,
+    /// The text of `data`, packed once the datatype and shape are known (which may come after it).
+    #[serde(default, borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -200,7 +201,7 @@ pub fn decode_request_charged(
                 }
                 tensor_from_raw(&input.name, datatype, shape, raw)?
             }
-            (None, None, Some(data)) => tensor_from_json(&input.name, datatype, shape, data)?,
+            (None, None, Some(data)) => tensor_from_json_text(&input.name, datatype, shape, data.get())?,
             (None, None, None) => {
                 return Err(InferError::invalid(format!(
                     "input `{}` has neither `data` nor binary_data_size",
