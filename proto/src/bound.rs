@@ -97,7 +97,7 @@ impl<U: Message + Default + 'static> Decoder for BoundedDecoder<U> {
             } else {
                 size.saturating_mul(RECORD)
             };
-            match decode_gate().map(|gate| gate(bytes)) {
+            let hold = match decode_gate().map(|gate| gate(bytes)) {
                 None => None,
                 Some(Ok(hold)) => Some(hold),
                 // A message that decodes to about its own size is left to the handler, which answers a full
@@ -107,7 +107,9 @@ impl<U: Message + Default + 'static> Decoder for BoundedDecoder<U> {
                     None
                 }
                 Some(Err(status)) => return Err(status),
-            }
+            };
+            check_growth(bytes, size).map_err(Status::invalid_argument)?;
+            hold
         } else {
             None
         };
@@ -246,6 +248,19 @@ fn decoded_size(wire: &[u8], schema: Schema) -> Result<usize, String> {
         }
     }
     Ok(total)
+}
+
+/// Refuses a message that would take more than [`limits::MAX_DECODE_GROWTH`] beyond its `wire` bytes once
+/// decoded (about `decoded`), whatever the memory budget.
+fn check_growth(decoded: usize, wire: usize) -> Result<(), String> {
+    if decoded.saturating_sub(wire) <= limits::MAX_DECODE_GROWTH {
+        return Ok(());
+    }
+    Err(format!(
+        "the request would take about {decoded} bytes once decoded from its {wire} bytes, more than {} MiB beyond \
+         them; send large tensors in raw_input_contents",
+        limits::MAX_DECODE_GROWTH >> 20
+    ))
 }
 
 /// What a decoded `ModelInferRequest` holds beside the wire buffer it came from: its structs, strings, maps,
@@ -413,6 +428,26 @@ mod tests {
 
     fn parameters(n: usize) -> std::collections::HashMap<String, InferParameter> {
         (0..n).map(|i| (i.to_string(), InferParameter::default())).collect()
+    }
+
+    #[test]
+    fn messages_that_decode_far_past_their_size_are_refused() {
+        // 6 Mi empty strings listed in bytes_contents: 12 MiB on the wire, about 384 MiB decoded.
+        let n = 6 << 20;
+        let listed = ModelInferRequest {
+            inputs: vec![InferInputTensor {
+                contents: Some(InferTensorContents { bytes_contents: vec![Vec::new(); n], ..Default::default() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (decoded, wire) = (estimate(&listed), listed.encoded_len());
+        let e = check_growth(decoded, wire).unwrap_err();
+        assert!(e.contains("more than 256 MiB beyond") && e.contains("raw_input_contents"), "{e}");
+        // The same bytes as raw contents decode to views of the message.
+        let raw = ModelInferRequest { raw_input_contents: vec![vec![0u8; 1 << 20].into()], ..Default::default() };
+        assert!(check_growth(estimate(&raw), raw.encoded_len()).is_ok());
+        assert!(check_growth(limits::MAX_DECODE_GROWTH + 10, 10).is_ok());
     }
 
     #[test]

@@ -11,3 +11,10 @@ pub const MAX_DIMS: usize = 64;
 
 /// Entries of one `parameters` map (the request's, an input's, an output's).
 pub const MAX_PARAMETERS: usize = 1024;
+
+/// Bytes a gRPC message may take once decoded beyond its size on the wire. Typed contents and repeated
+/// messages decode to many times their wire size (an empty `bytes_contents` entry is 2 bytes and a 32-byte
+/// handle in a vector grown by doubling); past this a request must carry its tensors in `raw_input_contents`,
+/// which decode to views of the message, so no single message grows the server by more than this beyond what
+/// the client sent.
+pub const MAX_DECODE_GROWTH: usize = 256 << 20;

@@ -562,6 +562,118 @@ impl<'de> Visitor<'de> for Pack<'_, '_> {
     }
 }
 
+/// The shape of a nested JSON array (`[[1, 2], [3, 4]]` is `[2, 2]`), read from its text without building it and
+/// checked to be rectangular; `None` when it holds an object (rows keyed by input name), which the caller reads
+/// another way. A scalar has shape `[]`.
+pub fn shape_of_json_text(name: &str, text: &str) -> Result<Option<Vec<usize>>, InferError> {
+    let mut walk = ShapeWalk { dims: Vec::new(), leaf: None, object: false, ragged: false };
+    let mut parser = serde_json::Deserializer::from_str(text);
+    let parsed = de::Deserializer::deserialize_any(&mut parser, ShapeAt { walk: &mut walk, depth: 0 })
+        .and_then(|()| parser.end());
+    if walk.object {
+        return Ok(None);
+    }
+    let ragged = || InferError::invalid(format!("input `{name}` is not a rectangular array"));
+    if walk.ragged {
+        return Err(ragged());
+    }
+    parsed.map_err(|e| InferError::invalid(format!("input `{name}`: malformed data: {e}")))?;
+    let dims: Vec<usize> = walk.dims.into_iter().map(|d| d.unwrap_or(0)).collect();
+    // Every value sits at the same depth, below every array (an empty array leaves no value to check).
+    if walk.leaf.is_some_and(|leaf| leaf != dims.len()) {
+        return Err(ragged());
+    }
+    Ok(Some(dims))
+}
+
+struct ShapeWalk {
+    /// The length of the arrays at each depth, from the first one met there.
+    dims: Vec<Option<usize>>,
+    /// The depth of the values.
+    leaf: Option<usize>,
+    object: bool,
+    ragged: bool,
+}
+
+struct ShapeAt<'a> {
+    walk: &'a mut ShapeWalk,
+    depth: usize,
+}
+
+impl ShapeAt<'_> {
+    fn value<E: de::Error>(self) -> Result<(), E> {
+        match self.walk.leaf {
+            Some(leaf) if leaf != self.depth => self.stop(),
+            _ => {
+                self.walk.leaf = Some(self.depth);
+                Ok(())
+            }
+        }
+    }
+
+    fn stop<E: de::Error>(self) -> Result<(), E> {
+        self.walk.ragged = true;
+        Err(E::custom("not a rectangular array"))
+    }
+}
+
+impl<'de> de::DeserializeSeed<'de> for ShapeAt<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ShapeAt<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number, bool, string or (nested) array of them")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.value()
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.value()
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.value()
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.value()
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.value()
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.walk.object = true;
+        Err(de::Error::custom("an object"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(de::Error::custom(format!("nested deeper than {MAX_DEPTH} levels")));
+        }
+        if self.walk.leaf.is_some_and(|leaf| leaf <= self.depth) {
+            return self.stop();
+        }
+        let mut count = 0usize;
+        while seq.next_element_seed(ShapeAt { walk: &mut *self.walk, depth: self.depth + 1 })?.is_some() {
+            count += 1;
+        }
+        if self.walk.dims.len() <= self.depth {
+            self.walk.dims.resize(self.depth + 1, None);
+        }
+        match self.walk.dims[self.depth] {
+            Some(len) if len != count => self.stop(),
+            _ => {
+                self.walk.dims[self.depth] = Some(count);
+                Ok(())
+            }
+        }
+    }
+}
+
 fn describe(v: &JsonNumber) -> String {
     match v {
         JsonNumber::Int(i) => i.to_string(),
@@ -798,6 +910,24 @@ mod tests {
         assert_eq!(t, Tensor::new(DataType::Bytes, vec![2], strings).unwrap());
         let t = text(DataType::Fp32, vec![2], r#"["\u0000NaN", 1]"#).unwrap();
         assert!(f32::from_le_bytes(t.as_fixed().unwrap()[..4].try_into().unwrap()).is_nan());
+    }
+
+    #[test]
+    fn shapes_are_read_from_text_and_must_be_rectangular() {
+        let shape = |text: &str| shape_of_json_text("x", text);
+        assert_eq!(shape("[[1, 2, 3], [4, 5, 6]]").unwrap(), Some(vec![2, 3]));
+        assert_eq!(shape("[[[\"a\"]], [[\"b\"]]]").unwrap(), Some(vec![2, 1, 1]));
+        assert_eq!(shape("[[], []]").unwrap(), Some(vec![2, 0]));
+        assert_eq!(shape("[]").unwrap(), Some(vec![0]));
+        assert_eq!(shape("7").unwrap(), Some(vec![]));
+        assert_eq!(shape(r#"[{"a": 1}, {"a": 2}]"#).unwrap(), None);
+        for ragged in ["[[1, 2], [3]]", "[[1], 2]", "[1, [2]]", "[[], [1]]", "[[1, 2], [[3], [4]]]", "[[], 1]"] {
+            let e = shape(ragged).unwrap_err();
+            assert!(e.to_string().contains("not a rectangular array"), "{ragged}: {e}");
+        }
+        assert!(shape("[[1, 2]").unwrap_err().to_string().contains("malformed"));
+        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        assert!(shape(&deep).is_err());
     }
 
     /// A JSON value for the property test: mostly of one kind, as a tensor's data is.
