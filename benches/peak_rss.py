@@ -72,7 +72,10 @@ json_zeros = (b'{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,%d],"da
 json_bools = (b'{"inputs":[{"name":"INPUT0","datatype":"BOOL","shape":[1,%d],"data":[' % zeros) + b"0," * (zeros - 1) + b"0]}]}"
 only = os.environ.get("ONLY")
 v1_zeros = b'{"instances":[[' + b"0," * (zeros - 1) + b"0]]}"
+rows = 450_000  # about 20 MiB of rows keyed by input name: read as a JSON tree
+v1_rows = b'{"instances":[' + b",".join([b'{"INPUT0":[' + b",".join([b"0"] * 16) + b"]}"] * rows) + b"]}"
 cases = [
+    ("http v1 JSON 20 MiB of keyed rows", len(v1_rows) >> 20, lambda: post(s, "/v1/models/mlp:predict", v1_rows, {"Content-Type": "application/json"})),
     ("http v1 JSON 62 MiB of zeros", 62, lambda: post(s, "/v1/models/mlp:predict", v1_zeros, {"Content-Type": "application/json"})),
     ("http JSON 64 MiB of zeros (FP32)", 64, lambda: post(s, "/v2/models/mlp/infer", json_zeros, {"Content-Type": "application/json"})),
     ("http JSON 64 MiB of zeros (BOOL)", 64, lambda: post(s, "/v2/models/mlp/infer", json_bools, {"Content-Type": "application/json"})),

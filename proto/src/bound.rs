@@ -92,7 +92,8 @@ impl<U: Message + Default + 'static> Decoder for BoundedDecoder<U> {
             let size = prost::bytes::Buf::remaining(buf);
             // tonic hands over one contiguous message (a `BytesMut`); were it split, each byte is assumed a
             // record.
-            let bytes = if wire.len() == size {
+            let contiguous = wire.len() == size;
+            let bytes = if contiguous {
                 decoded_size(wire, Schema::Request).map_err(Status::invalid_argument)?
             } else {
                 size.saturating_mul(RECORD)
@@ -108,7 +109,10 @@ impl<U: Message + Default + 'static> Decoder for BoundedDecoder<U> {
                 }
                 Some(Err(status)) => return Err(status),
             };
-            check_growth(bytes, size).map_err(Status::invalid_argument)?;
+            // Only a walked message has an estimate worth refusing for (the assumed one is a bound, not a size).
+            if contiguous {
+                check_growth(bytes, size).map_err(Status::invalid_argument)?;
+            }
             hold
         } else {
             None

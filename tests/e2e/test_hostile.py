@@ -418,3 +418,26 @@ def test_a_grpc_message_that_decodes_far_past_its_size_is_refused(server):
     finally:
         channel.close()
     assert alive(server)
+
+
+def test_v1_predict_bodies_that_are_not_objects_or_name_null_are_refused(server):
+    """The text-packing path of v1 `:predict` refuses what the tree path refused: a body that is an array, and an
+    `instances` of null (not read as a missing one, so `inputs` is not used in its place)."""
+    row = [0.5] * 16
+    for body in ([[row]], {"instances": None, "inputs": [row]}):
+        status, data = post(server, "/v1/models/mlp:predict", json.dumps(body))
+        assert status == 400, (body, status, data[:200])
+    status, data = post(server, "/v1/models/mlp:predict", json.dumps({"instances": [row]}))
+    assert status == 200, data[:200]
+    status, data = post(server, "/v1/models/mlp:predict", b'{"instances": [[0.5, ')
+    assert status == 400 and b"malformed predict JSON" in data, data[:200]
+
+
+def test_a_version_that_is_not_a_number_is_not_found_before_its_size_is_checked(server):
+    """Too many raw BYTES elements for a version that cannot exist: 404 for the version, as Triton answers."""
+    n = 1 << 16
+    head = json.dumps({"inputs": [{"name": "TEXT", "shape": [n], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": 4 * n}}]}).encode()
+    status, data = post(server, "/v2/models/strings/versions/abc/infer", head + b"\0" * (4 * n),
+                        {"Inference-Header-Content-Length": str(len(head))})
+    assert status == 404, (status, data[:200])

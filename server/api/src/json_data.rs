@@ -355,12 +355,14 @@ pub fn tensor_from_json(
 /// the shape (and by how many values the text can hold, whatever the shape claims), so decoding holds the tensor
 /// and nothing beside it. Parsing into [`FlatData`] first (16 bytes a number, in a vector grown by doubling)
 /// grew the server by 13.6 times a 62 MiB body of zeros. The same values are accepted and refused as by
-/// [`tensor_from_json`].
+/// [`tensor_from_json`]. `markers`: the text went through [`non_finite_tokens_as_markers`], so its marker
+/// strings stand for NaN and ±Infinity (v2); otherwise they are plain strings (v1 reads no bare tokens).
 pub fn tensor_from_json_text(
     name: &str,
     datatype: DataType,
     shape: Vec<usize>,
     text: &str,
+    markers: bool,
 ) -> Result<Tensor, InferError> {
     if matches!(datatype, DataType::Fp16 | DataType::Bf16) {
         return Err(InferError::invalid(format!(
@@ -368,13 +370,12 @@ pub fn tensor_from_json_text(
         )));
     }
     let expected: usize = shape.iter().product();
-    // A value takes at least one character and a separator.
-    let room = expected.min(text.len() / 2 + 1);
+    // A value takes at least one character and a separator, a string (`"",`) three.
     let sink = match datatype.size_of() {
-        Some(size) => Sink::Fixed(Vec::with_capacity(room.saturating_mul(size))),
-        None => Sink::Strings(Vec::with_capacity(room)),
+        Some(size) => Sink::Fixed(Vec::with_capacity(expected.min(text.len() / 2 + 1).saturating_mul(size))),
+        None => Sink::Strings(Vec::with_capacity(expected.min(text.len() / 3 + 1))),
     };
-    let mut packer = Packer { name, datatype, shape: &shape, expected, count: 0, sink, error: None };
+    let mut packer = Packer { name, datatype, shape: &shape, expected, count: 0, sink, markers, error: None };
     let mut parser = serde_json::Deserializer::from_str(text);
     let parsed = de::Deserializer::deserialize_any(&mut parser, Pack { packer: &mut packer, depth: 0 })
         .and_then(|()| parser.end());
@@ -417,6 +418,8 @@ struct Packer<'a> {
     expected: usize,
     count: usize,
     sink: Sink,
+    /// Whether marker strings stand for non-finite floats.
+    markers: bool,
     /// Why packing stopped, when the reason is the data and not the JSON.
     error: Option<InferError>,
 }
@@ -431,7 +434,7 @@ impl Packer<'_> {
             )));
         }
         let value = match value {
-            Scalar::Str(s) => match non_finite_marker(&s) {
+            Scalar::Str(s) => match non_finite_marker(&s).filter(|_| self.markers) {
                 Some(f) => Scalar::Float(f),
                 None => Scalar::Str(s),
             },
@@ -888,7 +891,7 @@ mod tests {
 
     #[test]
     fn packs_text_with_range_checks_and_refuses_surplus_values_early() {
-        let text = |dt, shape: Vec<usize>, json: &str| tensor_from_json_text("x", dt, shape, json);
+        let text = |dt, shape: Vec<usize>, json: &str| tensor_from_json_text("x", dt, shape, json, true);
         let t = text(DataType::Int8, vec![2], "[[-128], [127]]").unwrap();
         assert_eq!(t.as_fixed().unwrap().as_ref(), &[0x80, 0x7f]);
         let e = text(DataType::Int8, vec![1], "[128]").unwrap_err();
@@ -910,6 +913,9 @@ mod tests {
         assert_eq!(t, Tensor::new(DataType::Bytes, vec![2], strings).unwrap());
         let t = text(DataType::Fp32, vec![2], r#"["\u0000NaN", 1]"#).unwrap();
         assert!(f32::from_le_bytes(t.as_fixed().unwrap()[..4].try_into().unwrap()).is_nan());
+        // Without markers (v1), the same text is a string.
+        assert!(tensor_from_json_text("x", DataType::Fp32, vec![2], r#"["\u0000NaN", 1]"#, false).is_err());
+        assert!(tensor_from_json_text("x", DataType::Bytes, vec![1], r#"["\u0000NaN"]"#, false).is_ok());
     }
 
     #[test]
@@ -984,7 +990,7 @@ mod tests {
             let flattened = serde_json::from_str::<FlatData>(&json)
                 .map_err(|e| InferError::invalid(e.to_string()))
                 .and_then(|flat| tensor_from_json("x", datatype, shape.clone(), flat));
-            let packed = tensor_from_json_text("x", datatype, shape, &json);
+            let packed = tensor_from_json_text("x", datatype, shape, &json, true);
             match (flattened, packed) {
                 (Ok(a), Ok(b)) => proptest::prop_assert_eq!(a, b),
                 (Err(_), Err(_)) => {}

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 use ferroserve::grpc::codec as grpc;
 use ferroserve::http::codec::{ResponseFormat, decode_request, encode_response, split_body};
-use ferroserve::json_data::{DataView, FlatData, concrete_shape, tensor_from_json};
+use ferroserve::json_data::{
+    DataView, FlatData, concrete_shape, shape_of_json_text, tensor_from_json, tensor_from_json_text,
+};
 use ferroserve::raw::{tensor_from_raw, tensor_to_raw};
 use ferroserve::shm::SharedMemory;
 use ferroserve_engine::{InferOutput, InferResponse};
@@ -417,6 +419,15 @@ proptest! {
         if let Ok(flat) = serde_json::from_value::<FlatData>(data) {
             let _ = tensor_from_json("t", datatype, shape, flat);
         }
+    }
+
+    /// The same `data` read as text, as the v2 and v1 decoders read it: a tensor or an error, never a panic.
+    #[test]
+    fn json_data_text_never_panics(datatype in datatype(), shape in wire_shape(), data in json_value(), markers: bool) {
+        let text = data.to_string();
+        let _ = shape_of_json_text("t", &text);
+        let Ok(shape) = concrete_shape("t", &shape) else { return Ok(()) };
+        let _ = tensor_from_json_text("t", datatype, shape, &text, markers);
     }
 
     /// `data` that is not JSON, or nested far too deep, is an error.

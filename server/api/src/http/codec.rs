@@ -201,7 +201,7 @@ pub fn decode_request_charged(
                 }
                 tensor_from_raw(&input.name, datatype, shape, raw)?
             }
-            (None, None, Some(data)) => tensor_from_json_text(&input.name, datatype, shape, data.get())?,
+            (None, None, Some(data)) => tensor_from_json_text(&input.name, datatype, shape, data.get(), true)?,
             (None, None, None) => {
                 return Err(InferError::invalid(format!(
                     "input `{}` has neither `data` nor binary_data_size",

@@ -52,7 +52,10 @@ pub(crate) async fn post(
     let inputs = match single_tensor_from_body(&version.signature, &body)? {
         Some(input) => vec![input],
         None => {
-            // A JSON tree takes about 33 times its text (measured: 62 MiB of zeros grew the server by 2 GiB);
+            // Not JSON: said so first (a pass that builds nothing), rather than charged for a tree.
+            serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+                .map_err(|e| InferError::invalid(format!("malformed predict JSON: {e}")))?;
+            // A JSON tree takes 33 to 41 times its text (see `TREE_EXPANSION`);
             // charged beside what admission charged for the body, so it is refused when it cannot fit.
             let _tree = state.budget.reserve_beside(
                 crate::admission::http_cost(body.len(), body.len()),
@@ -91,17 +94,23 @@ pub(crate) async fn post(
     Ok(Json(json!({"predictions": predictions})))
 }
 
-/// How many bytes of memory one byte of predict JSON may become as a `serde_json::Value` tree, beyond the
-/// admission charge (`JSON_EXPANSION`): 33 measured, for an array of zeros.
-const TREE_EXPANSION: usize = 24;
+/// How many bytes of memory one byte of predict JSON may become when read as a `serde_json::Value` tree, beyond
+/// the admission charge (`JSON_EXPANSION`, 12): measured with `benches/peak_rss.py`, 62 MiB of zeros in one row grew
+/// the server by 2 GiB (33x) and 19 MiB of rows keyed by input name by 787 MiB (41x), so 48x in all.
+const TREE_EXPANSION: usize = 36;
 
-/// The body of a predict call, with `instances` and `inputs` left as text.
+/// The body of a predict call, with `instances` and `inputs` left as text (a `null` one too: present, so the
+/// other is not read in its place).
 #[derive(serde::Deserialize)]
 struct PredictBody<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "present")]
     instances: Option<&'a serde_json::value::RawValue>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "present")]
     inputs: Option<&'a serde_json::value::RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de serde_json::value::RawValue>, D::Error> {
+    <&serde_json::value::RawValue as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// The common case, read without a JSON tree: a model of one input, and `instances` (or `inputs`) an array of
@@ -109,13 +118,24 @@ struct PredictBody<'a> {
 /// name, several inputs), which [`inputs_from_body`] reads.
 fn single_tensor_from_body(signature: &ModelSignature, body: &[u8]) -> Result<Option<InferInput>, InferError> {
     let [spec] = signature.inputs.as_slice() else { return Ok(None) };
-    let Ok(parsed) = serde_json::from_slice::<PredictBody<'_>>(body) else { return Ok(None) };
+    // Only an object is a predict body (a derived struct would read an array too).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Ok(None);
+    }
+    let parsed = match serde_json::from_slice::<PredictBody<'_>>(body) {
+        Ok(parsed) => parsed,
+        // Not JSON: said so now, rather than charged for a tree it cannot become.
+        Err(e) if matches!(e.classify(), serde_json::error::Category::Syntax | serde_json::error::Category::Eof) => {
+            return Err(InferError::invalid(format!("malformed predict JSON: {e}")));
+        }
+        Err(_) => return Ok(None),
+    };
     let Some(data) = parsed.instances.or(parsed.inputs) else { return Ok(None) };
     if !data.get().starts_with('[') {
         return Ok(None);
     }
     let Some(shape) = shape_of_json_text(&spec.name, data.get())? else { return Ok(None) };
-    let tensor = tensor_from_json_text(&spec.name, spec.datatype, shape, data.get())?;
+    let tensor = tensor_from_json_text(&spec.name, spec.datatype, shape, data.get(), false)?;
     Ok(Some(InferInput { name: spec.name.clone(), tensor, parameters: Parameters::new() }))
 }
 

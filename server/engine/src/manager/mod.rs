@@ -270,7 +270,11 @@ impl ModelManager {
         elements: usize,
     ) -> Result<(), InferError> {
         let Ok(entry) = self.entry(model) else { return Ok(()) };
-        let named = version.and_then(|v| v.parse::<u64>().ok());
+        let named = match version.map(str::parse::<u64>) {
+            // Not a version: the request fails as usual (404), not for its size.
+            Some(Err(_)) => return Ok(()),
+            named => named.and_then(Result::ok),
+        };
         let mut most: Option<usize> = None;
         for v in entry.ready_versions().filter(|v| named.is_none_or(|n| n == v.version)) {
             let Some(bound) = v.max_input_elements(input) else { return Ok(()) };
