@@ -447,7 +447,7 @@ mod tests {
         };
         let (decoded, wire) = (estimate(&listed), listed.encoded_len());
         let e = check_growth(decoded, wire).unwrap_err();
-        assert!(e.contains("more than 256 MiB beyond") && e.contains("raw_input_contents"), "{e}");
+        assert!(e.contains("more than 192 MiB beyond") && e.contains("raw_input_contents"), "{e}");
         // The same bytes as raw contents decode to views of the message.
         let raw = ModelInferRequest { raw_input_contents: vec![vec![0u8; 1 << 20].into()], ..Default::default() };
         assert!(check_growth(estimate(&raw), raw.encoded_len()).is_ok());

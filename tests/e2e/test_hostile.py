@@ -414,7 +414,7 @@ def test_a_grpc_message_that_decodes_far_past_its_size_is_refused(server):
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(listed, timeout=60)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
-        assert "more than 256 MiB beyond" in err.value.details() and "raw_input_contents" in err.value.details()
+        assert "more than 192 MiB beyond" in err.value.details() and "raw_input_contents" in err.value.details()
     finally:
         channel.close()
     assert alive(server)
@@ -431,6 +431,13 @@ def test_v1_predict_bodies_that_are_not_objects_or_name_null_are_refused(server)
     assert status == 200, data[:200]
     status, data = post(server, "/v1/models/mlp:predict", b'{"instances": [[0.5, ')
     assert status == 400 and b"malformed predict JSON" in data, data[:200]
+    # Rows keyed by input name are read as a JSON tree (41 times their text): refused past about 4 MiB, small
+    # ones served.
+    keyed = {"instances": [{"INPUT0": row}] * 120_000}
+    status, data = post(server, "/v1/models/mlp:predict", json.dumps(keyed))
+    assert status == 400 and b"as a JSON tree" in data, data[:200]
+    status, data = post(server, "/v1/models/mlp:predict", json.dumps({"instances": [{"INPUT0": row}] * 4}))
+    assert status == 200 and len(json.loads(data)["predictions"]) == 4, data[:200]
 
 
 def test_a_version_that_is_not_a_number_is_not_found_before_its_size_is_checked(server):

@@ -57,10 +57,20 @@ pub(crate) async fn post(
                 .map_err(|e| InferError::invalid(format!("malformed predict JSON: {e}")))?;
             // A JSON tree takes 33 to 41 times its text (see `TREE_EXPANSION`);
             // charged beside what admission charged for the body, so it is refused when it cannot fit.
-            let _tree = state.budget.reserve_beside(
-                crate::admission::http_cost(body.len(), body.len()),
-                body.len().saturating_mul(TREE_EXPANSION),
-            )?;
+            let held = crate::admission::http_cost(body.len(), body.len());
+            let tree = body.len().saturating_mul(TREE_EXPANSION);
+            let growth = ferroserve_proto::limits::MAX_DECODE_GROWTH;
+            if (held + tree).saturating_sub(body.len()) > growth {
+                return Err(InferError::invalid(format!(
+                    "the predict body would take about {} bytes as a JSON tree, more than {} MiB beyond its {} bytes; \
+                     send a one-input model's rows as an array of arrays, or use the v2 protocol",
+                    held + tree,
+                    growth >> 20,
+                    body.len()
+                ))
+                .into());
+            }
+            let _tree = state.budget.reserve_beside(held, tree)?;
             let body: Value = serde_json::from_slice(&body)
                 .map_err(|e| InferError::invalid(format!("malformed predict JSON: {e}")))?;
             inputs_from_body(&version.signature, body)?
