@@ -1,11 +1,12 @@
-//! Decode and encode of a 1 MiB FP32 tensor in the v2 JSON form and the binary tensor extension.
+//! Decode and encode of a 1 MiB FP32 tensor in the v2 JSON form and the binary tensor extension, and the JSON
+//! decode of a small one (16 values) in both key orders.
 #![allow(missing_docs)]
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferroserve::http::codec::{ResponseFormat, decode_request, encode_response, split_body};
 use ferroserve::shm::SharedMemory;
-use ferroserve_benches::{binary_request, json_request};
+use ferroserve_benches::{binary_request, json_request, json_request_client_order};
 use ferroserve_engine::{InferOutput, InferResponse};
 
 const ELEMENTS: usize = 256 * 1024; // 1 MiB of FP32
@@ -52,6 +53,20 @@ fn bench(c: &mut Criterion) {
         b.iter(|| encode_response(&response, &as_binary).map(|e| e.body.len()).unwrap_or(0))
     });
     group.finish();
+
+    // A small request (the MLP's 16 values), where fixed costs per input show.
+    let mut small = c.benchmark_group("codec_16_fp32");
+    for (label, body) in [("sorted_keys", json_request(16)), ("client_order", json_request_client_order(16))] {
+        let body = Bytes::from(body);
+        small.bench_function(format!("decode_json_{label}"), |b| {
+            b.iter(|| {
+                decode_request("m", None, &body, Bytes::new(), &SharedMemory::default())
+                    .map(|r| r.0.inputs.len())
+                    .unwrap_or(0)
+            })
+        });
+    }
+    small.finish();
 }
 
 criterion_group!(benches, bench);

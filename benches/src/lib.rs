@@ -31,6 +31,15 @@ pub fn json_request(elements: usize) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// A v2 JSON request body carrying `elements` FP32 values in one input, its keys in the order tritonclient and
+/// perf_analyzer write them (`name`, `shape`, `datatype`, then `data`), where `json_request`'s are sorted (`data`
+/// first, as `serde_json::json!`, Go maps and `json.dumps(sort_keys=True)` write them).
+pub fn json_request_client_order(elements: usize) -> Vec<u8> {
+    let data: Vec<String> = (0..elements).map(|i| ((i % 1000) as f32 * 0.001).to_string()).collect();
+    format!(r#"{{"inputs":[{{"name":"x","shape":[{elements}],"datatype":"FP32","data":[{}]}}]}}"#, data.join(","))
+        .into_bytes()
+}
+
 /// A v2 binary-extension request: (JSON header, full body) for `elements` FP32 values.
 pub fn binary_request(elements: usize) -> (usize, Vec<u8>) {
     let header = serde_json::to_vec(&serde_json::json!({

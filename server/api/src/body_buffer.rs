@@ -1,5 +1,5 @@
 //! A buffer for a request body whose length is known only once it has been read (chunked, or inflated on the
-//! way in), which holds the body once while it grows.
+//! way in), or for a large tensor packed from JSON text, which holds its contents once while it grows.
 //!
 //! A vector grown by doubling holds up to three times its contents while it is reallocated, and frames kept in
 //! a list and joined at the end twice (the allocator keeps the freed frames): a 256 KiB gzip body that inflates
@@ -27,6 +27,14 @@ impl BodyBuffer {
         Self::default()
     }
 
+    /// An empty buffer with room for `capacity` bytes (mapped at once past the small size).
+    pub fn with_capacity(capacity: usize) -> std::io::Result<Self> {
+        if capacity <= SMALL {
+            return Ok(BodyBuffer { small: Vec::with_capacity(capacity), mapped: None });
+        }
+        Ok(BodyBuffer { small: Vec::new(), mapped: Some((MmapMut::map_anon(capacity)?, 0)) })
+    }
+
     /// Bytes held.
     pub fn len(&self) -> usize {
         self.mapped.as_ref().map_or(self.small.len(), |(_, len)| *len)
@@ -38,6 +46,7 @@ impl BodyBuffer {
     }
 
     /// Appends `data`; an error only when the system refuses the memory.
+    #[inline]
     pub fn extend(&mut self, data: &[u8]) -> std::io::Result<()> {
         let need = self.len().checked_add(data.len()).ok_or(std::io::ErrorKind::OutOfMemory)?;
         if self.mapped.is_none() {

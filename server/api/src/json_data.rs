@@ -1,17 +1,20 @@
 //! The JSON form of tensor data, shared by the v2 and v1 REST codecs.
 //!
-//! Decoding flattens nested or flat `data` arrays in one pass into a compact [`FlatData`] (one typed vector:
-//! 16 bytes per number, never a `serde_json::Value` tree) and then packs it into the tensor's raw
-//! little-endian layout, checking each value's range for the declared type. Encoding
-//! serializes straight from the raw bytes through [`DataView`], without an intermediate `serde_json::Value`.
+//! Decoding packs nested or flat `data` arrays straight into the tensor's raw little-endian layout as they are
+//! parsed, checking each value's range for the declared type ([`DataPacker`], [`tensor_from_json_text`]): no
+//! `serde_json::Value` tree and no intermediate vector. [`FlatData`] (16 bytes a number) remains for v1 bodies read
+//! as a tree and as the reference the packer is tested against. Encoding serializes straight from the raw bytes
+//! through [`DataView`], without an intermediate `serde_json::Value`.
 
 use std::fmt;
 
 use bytes::Bytes;
 use ferroserve_engine::InferError;
 use ferroserve_runtime::{DataType, Tensor, TensorData};
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
+
+use crate::body_buffer::BodyBuffer;
 
 /// One leaf of a JSON `data` array, as the parser meets it.
 #[derive(Debug, Clone, PartialEq)]
@@ -364,42 +367,108 @@ pub fn tensor_from_json_text(
     text: &str,
     markers: bool,
 ) -> Result<Tensor, InferError> {
-    if matches!(datatype, DataType::Fp16 | DataType::Bf16) {
-        return Err(InferError::invalid(format!(
-            "input `{name}`: {datatype} data must use the binary tensor extension, not JSON"
-        )));
-    }
-    let expected: usize = shape.iter().product();
     // A value takes at least one character and a separator, a string (`"",`) three.
-    let sink = match datatype.size_of() {
-        Some(size) => Sink::Fixed(Vec::with_capacity(expected.min(text.len() / 2 + 1).saturating_mul(size))),
-        None => Sink::Strings(Vec::with_capacity(expected.min(text.len() / 3 + 1))),
-    };
-    let mut packer = Packer { name, datatype, shape: &shape, expected, count: 0, sink, markers, error: None };
+    let room = if datatype.size_of().is_some() { text.len() / 2 + 1 } else { text.len() / 3 + 1 };
+    let mut packer = DataPacker::new(name, datatype, shape, room, markers)?;
     let mut parser = serde_json::Deserializer::from_str(text);
-    let parsed = de::Deserializer::deserialize_any(&mut parser, Pack { packer: &mut packer, depth: 0 })
-        .and_then(|()| parser.end());
-    if let Some(error) = packer.error {
+    let parsed = packer.seed().deserialize(&mut parser).and_then(|()| parser.end());
+    if let Some(error) = packer.packer.error.take() {
         return Err(error);
     }
     parsed.map_err(|e| InferError::invalid(format!("input `{name}`: malformed `data`: {e}")))?;
-    if packer.count != expected {
-        return Err(InferError::invalid(format!(
-            "input `{name}` shape {shape:?} needs {expected} elements, `data` has {}",
-            packer.count
-        )));
-    }
-    let data = match packer.sink {
-        Sink::Fixed(bytes) => TensorData::Fixed(Bytes::from(bytes)),
-        Sink::Strings(strings) => TensorData::Strings(strings),
-    };
-    Tensor::new(datatype, shape, data).map_err(|e| InferError::invalid(format!("input `{name}`: {e}")))
+    packer.finish()
 }
 
-/// Where [`tensor_from_json_text`] writes the values: a fixed-size type's little-endian bytes, or BYTES elements.
+/// Packs one `data` value into a tensor while the JSON around it is parsed, for the callers that meet `data`
+/// inside a larger document and know its datatype and shape by then ([`tensor_from_json_text`] otherwise). A value
+/// that does not fit the input (wrong kind, out of range, too many) stops the packing, not the parse: the rest of
+/// the value is skipped, and [`DataPacker::finish`] answers with the reason, so the caller can report it in turn.
+pub struct DataPacker<'a> {
+    packer: Packer<'a>,
+}
+
+impl<'a> DataPacker<'a> {
+    /// A packer for `shape`'s elements of `datatype`, with room reserved for at most `room` of them (the buffer
+    /// grows as values arrive, never past the shape: what a shape claims is not reserved before the text holds it).
+    pub fn new(
+        name: &'a str,
+        datatype: DataType,
+        shape: Vec<usize>,
+        room: usize,
+        markers: bool,
+    ) -> Result<Self, InferError> {
+        if matches!(datatype, DataType::Fp16 | DataType::Bf16) {
+            return Err(InferError::invalid(format!(
+                "input `{name}`: {datatype} data must use the binary tensor extension, not JSON"
+            )));
+        }
+        let expected: usize = shape.iter().product();
+        let room = expected.min(room);
+        let sink = match datatype.size_of() {
+            Some(size) if expected.saturating_mul(size) <= LARGE_TENSOR => {
+                Sink::Small(Vec::with_capacity(room.saturating_mul(size)))
+            }
+            Some(size) => Sink::Large(
+                BodyBuffer::with_capacity(room.saturating_mul(size))
+                    .map_err(|e| InferError::Overloaded(format!("cannot hold input `{name}`: {e}")))?,
+            ),
+            None => Sink::Strings(Vec::with_capacity(room)),
+        };
+        Ok(DataPacker { packer: Packer { name, datatype, shape, expected, count: 0, sink, markers, error: None } })
+    }
+
+    /// The seed that reads one `data` value into the packer.
+    pub fn seed(&mut self) -> Pack<'_, 'a> {
+        Pack { packer: &mut self.packer, depth: 0 }
+    }
+
+    /// The tensor, or why the data did not fit the input.
+    pub fn finish(self) -> Result<Tensor, InferError> {
+        let Packer { name, datatype, shape, expected, count, sink, error, .. } = self.packer;
+        if let Some(error) = error {
+            return Err(error);
+        }
+        if count != expected {
+            return Err(InferError::invalid(format!(
+                "input `{name}` shape {shape:?} needs {expected} elements, `data` has {count}"
+            )));
+        }
+        let data = match sink {
+            Sink::Small(bytes) => TensorData::Fixed(Bytes::from(bytes)),
+            Sink::Large(bytes) => TensorData::Fixed(bytes.freeze()),
+            Sink::Strings(strings) => TensorData::Strings(strings),
+        };
+        Tensor::new(datatype, shape, data).map_err(|e| InferError::invalid(format!("input `{name}`: {e}")))
+    }
+}
+
+/// Past this many bytes a tensor is packed into a [`BodyBuffer`], which grows without a copy.
+const LARGE_TENSOR: usize = 1 << 20;
+
+/// Where a [`DataPacker`] writes the values.
 enum Sink {
-    Fixed(Vec<u8>),
+    /// A small fixed-size tensor's little-endian bytes.
+    Small(Vec<u8>),
+    /// A large one's, in a buffer that grows by moving pages, so the tensor is held once while it fills (a vector
+    /// grown by doubling holds one and a half times it while it moves).
+    Large(BodyBuffer),
+    /// BYTES elements.
     Strings(Vec<Bytes>),
+}
+
+impl Sink {
+    /// Appends one fixed-size value.
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Small(out) => {
+                out.extend_from_slice(bytes);
+                Ok(())
+            }
+            Sink::Large(out) => out.extend(bytes),
+            Sink::Strings(_) => Ok(()),
+        }
+    }
 }
 
 /// One value of a `data` array as the parser meets it, before it is checked against the datatype.
@@ -409,18 +478,20 @@ enum Scalar<'a> {
     Uint(u64),
     Float(f64),
     Str(std::borrow::Cow<'a, str>),
+    /// A JSON value no tensor element can be (`null`, an object), named for the error.
+    Other(&'static str),
 }
 
 struct Packer<'a> {
     name: &'a str,
     datatype: DataType,
-    shape: &'a [usize],
+    shape: Vec<usize>,
     expected: usize,
     count: usize,
     sink: Sink,
     /// Whether marker strings stand for non-finite floats.
     markers: bool,
-    /// Why packing stopped, when the reason is the data and not the JSON.
+    /// Why packing stopped, when the reason is the data and not the JSON; the rest of the value is skipped.
     error: Option<InferError>,
 }
 
@@ -447,7 +518,7 @@ impl Packer<'_> {
                     Scalar::Int(s) => <$ty>::try_from(s).ok(),
                     _ => None,
                 }
-                .map(|x| $out.extend_from_slice(&x.to_le_bytes()))
+                .map(|x| $out.put(&x.to_le_bytes()))
             };
         }
         macro_rules! float {
@@ -458,7 +529,7 @@ impl Packer<'_> {
                     Scalar::Int(s) => Some(s as $ty),
                     _ => None,
                 }
-                .map(|x| $out.extend_from_slice(&x.to_le_bytes()))
+                .map(|x| $out.put(&x.to_le_bytes()))
             };
         }
         let packed = match &mut self.sink {
@@ -470,12 +541,9 @@ impl Packer<'_> {
                 }
                 _ => None,
             },
-            Sink::Fixed(out) => match datatype {
+            out => match datatype {
                 DataType::Bool => match value {
-                    Scalar::Bool(b) => {
-                        out.push(u8::from(b));
-                        Some(())
-                    }
+                    Scalar::Bool(b) => Some(out.put(&[u8::from(b)])),
                     _ => None,
                 },
                 DataType::Uint8 => int!(out, u8),
@@ -492,35 +560,42 @@ impl Packer<'_> {
                 DataType::Fp16 | DataType::Bf16 | DataType::Bytes => None,
             },
         };
-        if packed.is_none() {
-            let shown = match &value {
-                Scalar::Bool(b) => b.to_string(),
-                Scalar::Int(s) => s.to_string(),
-                Scalar::Uint(u) => u.to_string(),
-                Scalar::Float(f) => f.to_string(),
-                Scalar::Str(s) => format!("{:?}", s.chars().take(32).collect::<String>()),
-            };
-            return Err(InferError::invalid(format!(
-                "input `{name}` element {i}: {shown} is not a valid {datatype} value"
-            )));
+        match packed {
+            Some(Ok(())) => {
+                self.count += 1;
+                Ok(())
+            }
+            Some(Err(e)) => Err(InferError::Overloaded(format!("cannot hold input `{name}`: {e}"))),
+            None => {
+                let shown = match &value {
+                    Scalar::Bool(b) => b.to_string(),
+                    Scalar::Int(s) => s.to_string(),
+                    Scalar::Uint(u) => u.to_string(),
+                    Scalar::Float(f) => f.to_string(),
+                    Scalar::Str(s) => format!("{:?}", s.chars().take(32).collect::<String>()),
+                    Scalar::Other(what) => what.to_string(),
+                };
+                Err(InferError::invalid(format!("input `{name}` element {i}: {shown} is not a valid {datatype} value")))
+            }
         }
-        self.count += 1;
-        Ok(())
     }
 }
 
-/// The visitor of [`tensor_from_json_text`]: flattens nested arrays, handing each value to the packer.
-struct Pack<'a, 'b> {
+/// The seed and visitor of a [`DataPacker`]: flattens nested arrays, handing each value to the packer; once the
+/// packer has refused one, it reads on without packing, so the JSON around it is still checked.
+pub struct Pack<'a, 'b> {
     packer: &'a mut Packer<'b>,
     depth: usize,
 }
 
 impl Pack<'_, '_> {
     fn push<E: de::Error>(self, value: Scalar<'_>) -> Result<(), E> {
-        self.packer.push(value).map_err(|error| {
+        if self.packer.error.is_none()
+            && let Err(error) = self.packer.push(value)
+        {
             self.packer.error = Some(error);
-            E::custom("the data does not fit the input")
-        })
+        }
+        Ok(())
     }
 }
 
@@ -556,9 +631,23 @@ impl<'de> Visitor<'de> for Pack<'_, '_> {
     fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
         self.push(Scalar::Str(std::borrow::Cow::Owned(v)))
     }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.push(Scalar::Other("null"))
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+        self.push(Scalar::Other("an object"))
+    }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if self.depth >= MAX_DEPTH {
-            return Err(de::Error::custom(format!("`data` is nested deeper than {MAX_DEPTH} levels")));
+        if self.packer.error.is_none() && self.depth >= MAX_DEPTH {
+            self.packer.error = Some(InferError::invalid(format!(
+                "input `{}`: `data` is nested deeper than {MAX_DEPTH} levels",
+                self.packer.name
+            )));
+        }
+        if self.packer.error.is_some() {
+            while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+            return Ok(());
         }
         while seq.next_element_seed(Pack { packer: &mut *self.packer, depth: self.depth + 1 })?.is_some() {}
         Ok(())

@@ -13,7 +13,7 @@ use ferroserve_runtime::{DataType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::limits;
-use crate::json_data::{NonFiniteTokens, TokenDataView, concrete_shape, tensor_from_json_text};
+use crate::json_data::{DataPacker, NonFiniteTokens, Pack, TokenDataView, concrete_shape, tensor_from_json_text};
 use crate::raw::{Split, tensor_from_raw, tensor_to_raw};
 use crate::shm::{OutputSlots, SharedMemory};
 
@@ -32,17 +32,137 @@ struct JsonRequest<'a> {
     outputs: Option<Vec<JsonRequestedOutput>>,
 }
 
-#[derive(Deserialize)]
 struct JsonInput<'a> {
     name: String,
-    #[serde(deserialize_with = "limits::shape")]
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default, deserialize_with = "limits::parameters")]
     parameters: Option<serde_json::Map<String, serde_json::Value>>,
-    /// The text of `data`, packed once the datatype and shape are known (which may come after it).
-    #[serde(default, borrow)]
-    data: Option<&'a serde_json::value::RawValue>,
+    data: Option<JsonData<'a>>,
+}
+
+/// An input's `data`. Packed into the tensor in the one pass that parses the request when `name`, `shape` and
+/// `datatype` came before it (as tritonclient, perf_analyzer and the KServe SDK write them): reading it as text
+/// first and packing it afterwards scans it twice, which cost 10 % of HTTP JSON throughput on a 16-value tensor.
+/// Otherwise (keys sorted, `data` first, as Go maps and `serde_json::json!` write them) its text, packed once the
+/// datatype and shape are known.
+enum JsonData<'a> {
+    Packed(Result<Tensor, InferError>),
+    Text(&'a serde_json::value::RawValue),
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum InputField {
+    Name,
+    Shape,
+    Datatype,
+    Parameters,
+    Data,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for JsonInput<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const FIELDS: &[&str] = &["name", "shape", "datatype", "parameters", "data"];
+        deserializer.deserialize_struct("JsonInput", FIELDS, InputVisitor)
+    }
+}
+
+struct InputVisitor;
+
+impl<'de> serde::de::Visitor<'de> for InputVisitor {
+    type Value = JsonInput<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an input object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonInput<'de>, A::Error> {
+        use serde::de::Error;
+        fn once<T, E: Error>(slot: &mut Option<T>, field: &'static str, value: T) -> Result<(), E> {
+            if slot.is_some() {
+                return Err(E::duplicate_field(field));
+            }
+            *slot = Some(value);
+            Ok(())
+        }
+        let (mut name, mut shape, mut datatype, mut parameters) = (None, None, None, None);
+        let mut data = None;
+        while let Some(field) = map.next_key()? {
+            match field {
+                InputField::Name => once(&mut name, "name", map.next_value::<String>()?)?,
+                InputField::Shape => once(&mut shape, "shape", map.next_value::<limits::Shape>()?.0)?,
+                InputField::Datatype => once(&mut datatype, "datatype", map.next_value::<String>()?)?,
+                InputField::Parameters => {
+                    once(&mut parameters, "parameters", map.next_value::<limits::Parameters>()?.0)?
+                }
+                InputField::Data => {
+                    let packer = packer_for(name.as_deref(), shape.as_deref(), datatype.as_deref());
+                    let value = match packer {
+                        Some(mut packer) => map
+                            .next_value_seed(OptionalData(packer.seed()))?
+                            .map(|()| JsonData::Packed(packer.finish())),
+                        None => map.next_value::<Option<&'de serde_json::value::RawValue>>()?.map(JsonData::Text),
+                    };
+                    once(&mut data, "data", value)?;
+                }
+                InputField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(JsonInput {
+            name: name.ok_or_else(|| A::Error::missing_field("name"))?,
+            shape: shape.ok_or_else(|| A::Error::missing_field("shape"))?,
+            datatype: datatype.ok_or_else(|| A::Error::missing_field("datatype"))?,
+            parameters: parameters.flatten(),
+            data: data.flatten(),
+        })
+    }
+}
+
+/// A packer for an input's `data` when what it needs came first and is valid; `None` leaves the data as text,
+/// for the checks in [`decode_request_charged`] to report in their order.
+fn packer_for<'a>(name: Option<&'a str>, shape: Option<&[i64]>, datatype: Option<&str>) -> Option<DataPacker<'a>> {
+    let name = name?;
+    let datatype = DataType::parse(datatype?)?;
+    let shape = concrete_shape(name, shape?).ok()?;
+    // A value takes at least one character and a separator; room for more is made as they arrive.
+    DataPacker::new(name, datatype, shape, ONE_PASS_ROOM, true).ok()
+}
+
+/// The elements a one-pass packer reserves before it has seen any (a shape's claim is not trusted with more).
+const ONE_PASS_ROOM: usize = 256;
+
+/// `null` (no data) or a value packed by the inner seed.
+struct OptionalData<'a, 'b>(Pack<'a, 'b>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for OptionalData<'_, '_> {
+    type Value = Option<()>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Option<()>, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for OptionalData<'_, '_> {
+    type Value = Option<()>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("null or tensor data")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Option<()>, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Option<()>, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Option<()>, D::Error> {
+        serde::de::DeserializeSeed::deserialize(self.0, deserializer).map(Some)
+    }
 }
 
 #[derive(Deserialize)]
@@ -201,7 +321,10 @@ pub fn decode_request_charged(
                 }
                 tensor_from_raw(&input.name, datatype, shape, raw)?
             }
-            (None, None, Some(data)) => tensor_from_json_text(&input.name, datatype, shape, data.get(), true)?,
+            (None, None, Some(JsonData::Packed(tensor))) => tensor?,
+            (None, None, Some(JsonData::Text(text))) => {
+                tensor_from_json_text(&input.name, datatype, shape, text.get(), true)?
+            }
             (None, None, None) => {
                 return Err(InferError::invalid(format!(
                     "input `{}` has neither `data` nor binary_data_size",
@@ -442,5 +565,36 @@ mod tests {
         assert_eq!(head["outputs"][0]["data"], serde_json::json!([1.0, 2.5]));
         assert_eq!(head["outputs"][1]["parameters"]["binary_data_size"], 4);
         assert_eq!(&encoded.body[n..], &3.0f32.to_le_bytes());
+    }
+
+    #[test]
+    fn data_after_its_signature_is_packed_in_the_one_pass_and_before_it_read_as_text() {
+        let input = |json: &str| -> JsonInput<'static> {
+            serde_json::from_str(Box::leak(json.to_string().into_boxed_str())).unwrap()
+        };
+        let packed = input(r#"{"name":"x","shape":[2],"datatype":"INT32","data":[[1],[2]]}"#);
+        let Some(JsonData::Packed(Ok(tensor))) = packed.data else { panic!("not packed in the one pass") };
+        assert_eq!(&tensor.as_fixed().unwrap()[..], &[1u8, 0, 0, 0, 2, 0, 0, 0]);
+        let refused = input(r#"{"name":"x","shape":[2],"datatype":"INT8","data":[1, 300, {"a": [1]}]}"#);
+        let Some(JsonData::Packed(Err(e))) = refused.data else { panic!("not packed in the one pass") };
+        assert!(e.to_string().contains("element 1: 300 is not a valid INT8 value"), "{e}");
+        let sorted = input(r#"{"data":[1,2],"datatype":"INT32","name":"x","shape":[2]}"#);
+        assert!(matches!(sorted.data, Some(JsonData::Text(t)) if t.get() == "[1,2]"));
+        // What the one pass cannot pack yet (an unknown datatype, a negative dim, FP16) is kept as text.
+        for json in [
+            r#"{"name":"x","shape":[2],"datatype":"F32","data":[1,2]}"#,
+            r#"{"name":"x","shape":[-2],"datatype":"FP32","data":[1,2]}"#,
+            r#"{"name":"x","shape":[2],"datatype":"FP16","data":[1,2]}"#,
+        ] {
+            assert!(matches!(input(json).data, Some(JsonData::Text(_))), "{json}");
+        }
+        assert!(input(r#"{"name":"x","shape":[2],"datatype":"FP32","data":null}"#).data.is_none());
+        for duplicate in [
+            r#"{"name":"x","shape":[1],"datatype":"FP32","data":[1],"data":[2]}"#,
+            r#"{"name":"x","name":"y","shape":[1],"datatype":"FP32"}"#,
+        ] {
+            let e = serde_json::from_str::<JsonInput>(duplicate).err().unwrap();
+            assert!(e.to_string().contains("duplicate field"), "{e}");
+        }
     }
 }

@@ -29,6 +29,24 @@ pub(crate) fn parameters<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Map<S
     d.deserialize_option(Optional(BoundedMap))
 }
 
+/// An input's `shape`, read through [`shape`], for hand-written visitors.
+pub(crate) struct Shape(pub Vec<i64>);
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        shape(d).map(Shape)
+    }
+}
+
+/// A `parameters` object, read through [`parameters`], for hand-written visitors.
+pub(crate) struct Parameters(pub Option<Map<String, Value>>);
+
+impl<'de> Deserialize<'de> for Parameters {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parameters(d).map(Parameters)
+    }
+}
+
 /// An array of at most `limit` items.
 struct Bounded<T> {
     limit: usize,
