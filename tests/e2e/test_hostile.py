@@ -381,8 +381,16 @@ def test_large_json_and_inflated_bodies_are_held_once():
     zeros = (b'{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,%d],"data":[' % n) + b"0," * (n - 1) + b"0]}]}"
     inflated = 64 * mib
     body = gzip.compress(b"{}" + b"\0" * inflated)
+    raw = bytes(32 * mib)
+    head = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, len(raw) // 4],
+                                   "parameters": {"binary_data_size": len(raw)}}]}).encode()
     s = Server()
     try:
+        # A body of known length is gathered once as it arrives: its frames and their joined copy were 84 MiB here.
+        grown, (status, data) = growth(s, lambda: post(
+            s, "/v2/models/mlp/infer", head + raw, {"Inference-Header-Content-Length": str(len(head))}))
+        assert status == 400 and b"the model expects" in data, data[:200]
+        assert grown <= len(raw) + 16 * mib, f"binary: {grown >> 20} MiB"
         grown, (status, data) = growth(s, lambda: post(s, "/v2/models/mlp/infer", zeros))
         # Held: the body (16 MiB) and the FP32 tensor (32 MiB); a vector of parsed numbers was 128 to 256 MiB.
         assert status == 400 and b"the model expects" in data, data[:200]
@@ -397,6 +405,14 @@ def test_large_json_and_inflated_bodies_are_held_once():
         assert status == 400, data[:200]
         # Held: the inflated body once (a doubling vector held up to 1.5 times it, frames joined at the end 2).
         assert grown <= inflated + 24 * mib, f"gzip: {grown >> 20} MiB"
+        # A bomb: 256 KiB that would inflate to 255 MiB stops at --max-inflated-bytes (128 MiB by default).
+        # (Binary after a 2-byte header: as JSON it would pass the memory budget first, at about 85 MiB.)
+        bomb = gzip.compress(b"{}" + b"\0" * (255 * mib), 9)
+        assert len(bomb) < 300 * 1024
+        grown, (status, data) = growth(s, lambda: post(
+            s, "/v2/models/mlp/infer", bomb, {"Content-Encoding": "gzip", "Inference-Header-Content-Length": "2"}))
+        assert status == 413 and b"--max-inflated-bytes" in data, data[:200]
+        assert grown <= 128 * mib + 16 * mib, f"gzip bomb: {grown >> 20} MiB"
         assert alive(s)
     finally:
         assert s.stop() == 0

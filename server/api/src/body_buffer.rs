@@ -11,7 +11,7 @@ use bytes::Bytes;
 use memmap2::MmapMut;
 
 /// Bodies up to this size stay in an ordinary vector (a mapping is a system call or two).
-const SMALL: usize = 1 << 20;
+pub(crate) const SMALL: usize = 1 << 20;
 
 /// A growing request body.
 #[derive(Default)]

@@ -110,6 +110,12 @@ pub struct Config {
     #[arg(long = "max-message-bytes", env = "FERROSERVE_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Largest HTTP request body once inflated from its `Content-Encoding` (gzip, deflate, br, zstd), in bytes; at
+    /// most `--max-message-bytes`. Deflate inflates up to a thousandfold (256 KiB of gzip to 255 MiB), so a
+    /// compressed body is bounded by what it becomes, not by what was sent. Past it: 413.
+    #[arg(long = "max-inflated-bytes", env = "FERROSERVE_MAX_INFLATED_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_inflated_bytes: usize,
+
     /// Memory that requests in flight may hold, in bytes, across all models and both protocols (0 = no
     /// limit). Each request is charged its body (JSON 12 times over: it expands when decoded) before
     /// it is read; past the budget, requests get 429 / RESOURCE_EXHAUSTED at once.

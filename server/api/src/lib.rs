@@ -188,7 +188,7 @@ pub async fn run(
 
     // One gRPC service, mounted on both ports.
     let grpc_routes = grpc::routes(state.clone(), config.max_message_bytes);
-    let http_app = shared_port::SharedPort::new(http::router(state, config.max_message_bytes), grpc_routes.clone());
+    let http_app = shared_port::SharedPort::new(http::router(state, config.max_message_bytes, config.max_inflated_bytes), grpc_routes.clone());
     // TLS on both ports when --tls-cert/--tls-key are given, reloaded on SIGHUP and when the files change.
     let tls = match config.tls_files() {
         Some(files) => {

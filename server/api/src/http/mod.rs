@@ -20,10 +20,11 @@ pub fn metrics_router(state: AppState) -> Router {
     Router::new().route("/metrics", get(routes::metrics)).with_state(state)
 }
 
-/// Builds the router; `max_body_bytes` bounds a request body (after decompression).
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    let admission =
-        axum::middleware::from_fn_with_state((state.budget.clone(), max_body_bytes), crate::admission::admit_http);
+/// Builds the router; `max_body_bytes` bounds a request body (after decompression), `max_inflated_bytes` one that
+/// came compressed, once inflated.
+pub fn router(state: AppState, max_body_bytes: usize, max_inflated_bytes: usize) -> Router {
+    let limits = crate::admission::BodyLimits { budget: state.budget.clone(), max_body_bytes, max_inflated_bytes };
+    let admission = axum::middleware::from_fn_with_state(limits, crate::admission::admit_http);
     Router::new()
         .route("/metrics", get(routes::metrics))
         .route("/v2/health/live", get(routes::live))
@@ -64,6 +65,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(admission)
         .layer(RequestDecompressionLayer::new())
+        .layer(axum::middleware::from_fn(crate::admission::mark_compressed))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::map_response(json_errors))
         .layer(crate::request_id::RequestIdLayer)
@@ -139,6 +141,7 @@ mod tests {
                 metrics: None,
                 shm: Default::default(),
             },
+            4096,
             4096,
         )
     }
