@@ -464,3 +464,19 @@ def test_a_version_that_is_not_a_number_is_not_found_before_its_size_is_checked(
     status, data = post(server, "/v2/models/strings/versions/abc/infer", head + b"\0" * (4 * n),
                         {"Inference-Header-Content-Length": str(len(head))})
     assert status == 404, (status, data[:200])
+
+
+@pytest.mark.parametrize("order", ["client", "sorted"])
+def test_json_data_that_would_decode_past_the_growth_cap_is_refused_before_it_is_packed(server, order):
+    """A JSON input whose shape claims more than 192 MiB once packed (FP64 `0,` packs 4 bytes a character; a
+    BYTES element is a 32-byte handle) is refused before anything is reserved, whichever key comes first, pointing at
+    the binary extension; the same shape's tensor in binary is only refused by the model."""
+    for datatype, n in (("FP64", 25 << 20), ("BYTES", 7 << 20)):
+        fields = [("name", '"INPUT0"'), ("shape", f"[1,{n}]"), ("datatype", f'"{datatype}"'), ("data", '[0]')]
+        if order == "sorted":
+            fields.sort()
+        body = "{\"inputs\":[{" + ",".join(f'"{k}":{v}' for k, v in fields) + "}]}"
+        status, data = post(server, "/v2/models/mlp/infer", body)
+        assert status == 400 and b"more than the 192 MiB that JSON data may take" in data, data[:300]
+        assert b"binary tensor data extension" in data
+    assert alive(server)

@@ -187,8 +187,9 @@ pub struct BodyLimits {
 #[derive(Clone, Copy)]
 pub struct Compressed;
 
-/// The HTTP middleware, outside decompression: marks compressed requests for [`admit_http`].
-pub async fn mark_compressed(mut request: Request, next: Next) -> Response {
+/// Marks a compressed request for [`admit_http`]; mapped over requests outside decompression (a plain request
+/// map, not a middleware that clones the stack under it per request).
+pub fn mark_compressed(mut request: Request) -> Request {
     let encoded = request
         .headers()
         .get(axum::http::header::CONTENT_ENCODING)
@@ -196,15 +197,11 @@ pub async fn mark_compressed(mut request: Request, next: Next) -> Response {
     if encoded {
         request.extensions_mut().insert(Compressed);
     }
-    next.run(request).await
+    request
 }
 
 /// The HTTP middleware: charges every request that has a body, holding the charge until its answer is sent.
-pub async fn admit_http(
-    State(limits): State<BodyLimits>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next: Next) -> Response {
     // GET and HEAD (health, metadata, stats, metrics) carry no body to charge or read.
     if matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD) {
         return next.run(request).await;
@@ -219,7 +216,7 @@ pub async fn admit_http(
         Some(0) => return next.run(request).await,
         Some(length) if length > max_body_bytes => return too_large(),
         Some(length) => match budget.reserve(http_cost(length, json_length.unwrap_or(length))) {
-            Ok(r) if length > crate::body_buffer::SMALL => {
+            Ok(r) if length > crate::body_buffer::SMALL && reads_its_body(&request) => {
                 let (parts, body) = request.into_parts();
                 match gather(body, length).await {
                     Ok(body) => (Request::from_parts(parts, Body::from(body)), r),
@@ -239,7 +236,8 @@ pub async fn admit_http(
             };
             // A compressed body is bounded once inflated on its own terms: a thousandfold is deflate's ratio.
             let inflated = parts.extensions.get::<Compressed>().is_some();
-            let limit = if inflated { max_inflated_bytes.min(max_body_bytes) } else { max_body_bytes };
+            let inflated = inflated && max_inflated_bytes != 0 && max_inflated_bytes < max_body_bytes;
+            let limit = if inflated { max_inflated_bytes } else { max_body_bytes };
             // Held once while it grows (see `BodyBuffer`), so what is charged is what is held.
             let mut collected = crate::body_buffer::BodyBuffer::new();
             let mut charged = 0;
@@ -289,15 +287,21 @@ pub async fn admit_http(
     response.map(|body| held_body(body, reservation))
 }
 
+/// Whether the request goes to an inference endpoint, whose handler reads the whole body: others (a 404, a 405)
+/// may answer without reading it, and a large body is not gathered for them.
+fn reads_its_body(request: &Request) -> bool {
+    let path = request.uri().path();
+    *request.method() == axum::http::Method::POST && (path.ends_with("/infer") || path.ends_with(":predict"))
+}
+
 /// Reads a large body of `length` declared bytes into one buffer of that size as its frames arrive, so it is held
 /// once. Left to the handler, its frames are kept until the last one and then copied into one buffer: a 62 MiB
 /// JSON body was held twice (the allocator keeps the freed frames), 256 MiB with its tensor.
 async fn gather(mut body: Body, length: usize) -> Result<bytes::Bytes, Response> {
     let mut gathered = crate::body_buffer::BodyBuffer::with_capacity(length).map_err(cannot_hold)?;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError(InferError::invalid(format!("cannot read the request body: {e}"))).into_response()
-        })?;
+        let frame = frame
+            .map_err(|e| ApiError(InferError::invalid(format!("cannot read the request body: {e}"))).into_response())?;
         let Ok(data) = frame.into_data() else { continue };
         if gathered.len() + data.len() > length {
             return Err(ApiError(InferError::invalid(format!(

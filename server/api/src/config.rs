@@ -110,9 +110,9 @@ pub struct Config {
     #[arg(long = "max-message-bytes", env = "FERROSERVE_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
-    /// Largest HTTP request body once inflated from its `Content-Encoding` (gzip, deflate, br, zstd), in bytes; at
-    /// most `--max-message-bytes`. Deflate inflates up to a thousandfold (256 KiB of gzip to 255 MiB), so a
-    /// compressed body is bounded by what it becomes, not by what was sent. Past it: 413.
+    /// Largest HTTP request body once inflated from its `Content-Encoding` (gzip or deflate), in bytes; at most
+    /// `--max-message-bytes` (0 = that limit alone). Deflate inflates up to a thousandfold (256 KiB of gzip to
+    /// 255 MiB), so a compressed body is bounded by what it becomes, not by what was sent. Past it: 413.
     #[arg(long = "max-inflated-bytes", env = "FERROSERVE_MAX_INFLATED_BYTES", default_value_t = 128 * 1024 * 1024)]
     pub max_inflated_bytes: usize,
 

@@ -403,6 +403,19 @@ impl<'a> DataPacker<'a> {
             )));
         }
         let expected: usize = shape.iter().product();
+        // What the shape claims once packed (a BYTES element is a 32-byte handle before its text), refused past the
+        // decode-growth cap before anything is reserved: JSON packs up to 4 bytes a character (FP64 `0,`), and a
+        // 64 MiB body of them would have become 256 MiB. Tensors that large belong in the binary extension.
+        let handle = datatype.size_of().unwrap_or(std::mem::size_of::<Bytes>());
+        let decoded = expected.saturating_mul(handle);
+        let cap = ferroserve_proto::limits::MAX_DECODE_GROWTH;
+        if decoded > cap {
+            return Err(InferError::invalid(format!(
+                "input `{name}`: shape {shape:?} of {datatype} is {decoded} bytes once decoded, more than the {} MiB \
+                 that JSON data may take; send large tensors with the binary tensor data extension",
+                cap >> 20
+            )));
+        }
         let room = expected.min(room);
         let sink = match datatype.size_of() {
             Some(size) if expected.saturating_mul(size) <= LARGE_TENSOR => {
@@ -987,11 +1000,16 @@ mod tests {
         assert!(e.to_string().contains("element 0: 128 is not a valid INT8"), "{e}");
         let e = text(DataType::Fp32, vec![2, 3], "[1,2,3,4,5]").unwrap_err();
         assert_eq!(e.to_string(), "input `x` shape [2, 3] needs 6 elements, `data` has 5");
-        // Past the shape: refused at the first value too many, before the rest is read.
+        // Past the shape: refused at the first value too many; the rest is only skipped, and this reason comes first.
         let e = text(DataType::Fp32, vec![2], "[1, 2, 3, oops").unwrap_err();
         assert_eq!(e.to_string(), "input `x` shape [2] needs 2 elements, `data` has more");
-        // A shape that claims a trillion elements reserves what the text can hold, not what it claims.
+        // A shape that claims a trillion elements is refused before anything is reserved; one under the cap
+        // reserves what the text can hold, not what it claims.
         let e = text(DataType::Fp64, vec![1 << 40], "[1]").unwrap_err();
+        assert!(e.to_string().contains("more than the 192 MiB that JSON data may take"), "{e}");
+        let e = text(DataType::Bytes, vec![7 << 20], r#"[""]"#).unwrap_err();
+        assert!(e.to_string().contains("more than the 192 MiB that JSON data may take"), "{e}");
+        let e = text(DataType::Fp64, vec![24 << 20], "[1]").unwrap_err();
         assert!(e.to_string().contains("`data` has 1"), "{e}");
         let e = text(DataType::Fp32, vec![1], "[1").unwrap_err();
         assert!(e.to_string().contains("malformed `data`"), "{e}");

@@ -102,7 +102,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let budget = admission::MemoryBudget::new(config.max_inflight_bytes);
     admission::gate_grpc_decoding(&budget);
-    let state = AppState {
+    let state = AppState::new(state::Shared {
         manager: manager.clone(),
         max_json_bytes: config.max_json_bytes,
         stopping: stop_rx.clone(),
@@ -111,7 +111,7 @@ pub async fn run(
         request_timeout: (config.request_timeout_secs > 0).then(|| Duration::from_secs(config.request_timeout_secs)),
         metrics: if config.allow_metrics { metrics::install() } else { None },
         shm: Arc::new(shm::SharedMemory::default().with_max_tensor_bytes(config.max_message_bytes)),
-    };
+    });
 
     let http_listener = TcpListener::bind((config.host, config.http_port))
         .await
@@ -188,7 +188,10 @@ pub async fn run(
 
     // One gRPC service, mounted on both ports.
     let grpc_routes = grpc::routes(state.clone(), config.max_message_bytes);
-    let http_app = shared_port::SharedPort::new(http::router(state, config.max_message_bytes, config.max_inflated_bytes), grpc_routes.clone());
+    let http_app = shared_port::SharedPort::new(
+        http::router(state, config.max_message_bytes, config.max_inflated_bytes),
+        grpc_routes.clone(),
+    );
     // TLS on both ports when --tls-cert/--tls-key are given, reloaded on SIGHUP and when the files change.
     let tls = match config.tls_files() {
         Some(files) => {

@@ -65,7 +65,7 @@ pub fn router(state: AppState, max_body_bytes: usize, max_inflated_bytes: usize)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(admission)
         .layer(RequestDecompressionLayer::new())
-        .layer(axum::middleware::from_fn(crate::admission::mark_compressed))
+        .layer(tower::util::MapRequestLayer::new(crate::admission::mark_compressed))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::map_response(json_errors))
         .layer(crate::request_id::RequestIdLayer)
@@ -131,7 +131,7 @@ mod tests {
         manager.start(StartupModels::All).await.unwrap();
         let (_tx, stopping) = tokio::sync::watch::channel(false);
         router(
-            AppState {
+            AppState::new(crate::state::Shared {
                 manager,
                 max_json_bytes: 1024,
                 stopping,
@@ -140,7 +140,7 @@ mod tests {
                 request_timeout: None,
                 metrics: None,
                 shm: Default::default(),
-            },
+            }),
             4096,
             4096,
         )
