@@ -262,9 +262,21 @@ def test_v1_protocol(server, reference):
     status, _, data = raw(server, "POST", "/v1/models/mlp:predict", body)
     assert status == 200, data
     np.testing.assert_allclose(np.array(json.loads(data)["predictions"]), ref["OUTPUT0"], rtol=1e-5, atol=1e-5)
-    body = json.dumps({"instances": [{"A": [1, 2, 3, 4], "B": [1, 1, 1, 1], "C": [0, 0]}]})
-    status, _, data = raw(server, "POST", "/v1/models/mixed:predict", body)
-    assert status == 400  # FP16 has no JSON form
+    # The columnar form (inputs keyed by name) is read from the text, as the rows are: no JSON tree, no tree cap.
+    body = json.dumps({"inputs": {"INPUT0": ref["INPUT0"].tolist()}})
+    status, _, data = raw(server, "POST", "/v1/models/mlp:predict", body)
+    assert status == 200, data
+    np.testing.assert_allclose(np.array(json.loads(data)["predictions"]), ref["OUTPUT0"], rtol=1e-5, atol=1e-5)
+    status, _, data = raw(server, "POST", "/v1/models/mlp:predict", json.dumps({"inputs": {"NOPE": [[1.0] * 16]}}))
+    assert status == 400 and b"unexpected input `NOPE`" in data, data
+    big = json.dumps({"inputs": {"INPUT0": [[0.25] * 16] * 60000}})
+    assert len(big) > 5 << 20
+    status, _, data = raw(server, "POST", "/v1/models/mlp:predict", big)
+    assert status == 400 and b"JSON tree" not in data and b"INPUT0" in data, data[:300]
+    for body in ({"inputs": {"A": [[1, 2, 3, 4]], "B": [[1, 1, 1, 1]], "C": [[0, 0]]}},
+                 {"instances": [{"A": [1, 2, 3, 4], "B": [1, 1, 1, 1], "C": [0, 0]}]}):
+        status, _, data = raw(server, "POST", "/v1/models/mixed:predict", json.dumps(body))
+        assert status == 400, data  # FP16 has no JSON form
     status, _, data = raw(server, "POST", "/v1/models/strings:predict", json.dumps({"instances": ["ab", "cd"]}))
     assert status == 200 and json.loads(data)["predictions"][0] == {"UPPER": "AB", "ECHO": "ab"}
     status, _, data = raw(server, "POST", "/v1/models/mlp:predict", json.dumps({"instances": [[1, 2], [3]]}))

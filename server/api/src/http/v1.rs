@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ferroserve_engine::{InferError, InferInput, InferRequest, Parameters};
-use ferroserve_runtime::{ModelSignature, Tensor};
+use ferroserve_runtime::{ModelSignature, Tensor, TensorSpec};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
@@ -49,8 +49,8 @@ pub(crate) async fn post(
         ))
         .into());
     }
-    let inputs = match single_tensor_from_body(&version.signature, &body)? {
-        Some(input) => vec![input],
+    let inputs = match tensors_from_text(&version.signature, &body)? {
+        Some(inputs) => inputs,
         None => {
             // Not JSON: said so first (a pass that builds nothing), rather than charged for a tree.
             serde_json::from_slice::<serde::de::IgnoredAny>(&body)
@@ -123,11 +123,11 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de serde_j
     <&serde_json::value::RawValue as serde::Deserialize>::deserialize(d).map(Some)
 }
 
-/// The common case, read without a JSON tree: a model of one input, and `instances` (or `inputs`) an array of
-/// its rows, packed straight into the tensor from the text. `None` for every other form (rows keyed by input
-/// name, several inputs), which [`inputs_from_body`] reads.
-fn single_tensor_from_body(signature: &ModelSignature, body: &[u8]) -> Result<Option<InferInput>, InferError> {
-    let [spec] = signature.inputs.as_slice() else { return Ok(None) };
+/// The common forms, read without a JSON tree and packed straight into the tensors from the text: a model of one
+/// input with `instances` (or `inputs`) an array of its rows, and `inputs` as columns keyed by input name (the
+/// columnar form, any number of inputs). `None` for every other form (rows keyed by input name), which
+/// [`inputs_from_body`] reads as a tree, and for what it reports (an unknown input name, a value holding objects).
+fn tensors_from_text(signature: &ModelSignature, body: &[u8]) -> Result<Option<Vec<InferInput>>, InferError> {
     // Only an object is a predict body (a derived struct would read an array too).
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Ok(None);
@@ -140,13 +140,61 @@ fn single_tensor_from_body(signature: &ModelSignature, body: &[u8]) -> Result<Op
         }
         Err(_) => return Ok(None),
     };
-    let Some(data) = parsed.instances.or(parsed.inputs) else { return Ok(None) };
-    if !data.get().starts_with('[') {
-        return Ok(None);
+    let columns: Vec<(&TensorSpec, &str)> = match (parsed.instances, parsed.inputs) {
+        (Some(rows), _) | (None, Some(rows)) if rows.get().starts_with('[') => match signature.inputs.as_slice() {
+            [spec] => vec![(spec, rows.get())],
+            _ => return Ok(None),
+        },
+        (None, Some(columns)) if columns.get().starts_with('{') => {
+            let Ok(found) = read_columns(signature, columns.get()) else { return Ok(None) };
+            found.into_values().map(|(i, text)| (&signature.inputs[i], text)).collect()
+        }
+        _ => return Ok(None),
+    };
+    let mut inputs = Vec::with_capacity(columns.len());
+    for (spec, text) in columns {
+        let Some(shape) = shape_of_json_text(&spec.name, text)? else { return Ok(None) };
+        let tensor = tensor_from_json_text(&spec.name, spec.datatype, shape, text, false)?;
+        inputs.push(InferInput { name: spec.name.clone(), tensor, parameters: Parameters::new() });
     }
-    let Some(shape) = shape_of_json_text(&spec.name, data.get())? else { return Ok(None) };
-    let tensor = tensor_from_json_text(&spec.name, spec.datatype, shape, data.get(), false)?;
-    Ok(Some(InferInput { name: spec.name.clone(), tensor, parameters: Parameters::new() }))
+    Ok(Some(inputs))
+}
+
+/// The columns of a columnar `inputs` object: the index of each input's spec and its value's text, in name order
+/// (as the tree reads them; a repeated name keeps its last value, as the tree does). A name the model does not
+/// have stops the read (the tree path reports it), so no more entries are kept than the model has inputs.
+fn read_columns<'a>(signature: &'a ModelSignature, text: &'a str) -> Result<Columns<'a>, serde_json::Error> {
+    let mut parser = serde_json::Deserializer::from_str(text);
+    let columns = serde::Deserializer::deserialize_map(&mut parser, ColumnsVisitor { signature })?;
+    parser.end()?;
+    Ok(columns)
+}
+
+/// Input name → (index of its spec, text of its value).
+type Columns<'a> = std::collections::BTreeMap<&'a str, (usize, &'a str)>;
+
+struct ColumnsVisitor<'a> {
+    signature: &'a ModelSignature,
+}
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for ColumnsVisitor<'a> {
+    type Value = Columns<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object of the model's inputs")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Columns<'a>, A::Error> {
+        let mut found = Columns::new();
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let Some(index) = self.signature.inputs.iter().position(|s| s.name == name) else {
+                return Err(serde::de::Error::custom("not an input of the model"));
+            };
+            let value = map.next_value::<&'de serde_json::value::RawValue>()?;
+            found.insert(self.signature.inputs[index].name.as_str(), (index, value.get()));
+        }
+        Ok(found)
+    }
 }
 
 fn inputs_from_body(signature: &ModelSignature, body: Value) -> Result<Vec<InferInput>, InferError> {
