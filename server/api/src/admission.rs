@@ -208,10 +208,8 @@ pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next
     }
     let BodyLimits { budget, max_body_bytes, max_inflated_bytes } = limits;
     let json_length = header_number(&request, crate::http::codec::HEADER_LENGTH);
-    let too_large = || {
-        let message = format!("the request body is larger than {max_body_bytes} bytes (--max-message-bytes)");
-        (axum::http::StatusCode::PAYLOAD_TOO_LARGE, axum::Json(serde_json::json!({"error": message}))).into_response()
-    };
+    let too_large =
+        || payload_too_large(format!("the request body is larger than {max_body_bytes} bytes (--max-message-bytes)"));
     let (request, reservation) = match header_number(&request, "content-length") {
         Some(0) => return next.run(request).await,
         Some(length) if length > max_body_bytes => return too_large(),
@@ -235,8 +233,9 @@ pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next
                 Err(e) => return ApiError(e).into_response(),
             };
             // A compressed body is bounded once inflated on its own terms: a thousandfold is deflate's ratio.
-            let inflated = parts.extensions.get::<Compressed>().is_some();
-            let inflated = inflated && max_inflated_bytes != 0 && max_inflated_bytes < max_body_bytes;
+            let inflated = parts.extensions.get::<Compressed>().is_some()
+                && max_inflated_bytes != 0
+                && max_inflated_bytes < max_body_bytes;
             let limit = if inflated { max_inflated_bytes } else { max_body_bytes };
             // Held once while it grows (see `BodyBuffer`), so what is charged is what is held.
             let mut collected = crate::body_buffer::BodyBuffer::new();
@@ -252,14 +251,9 @@ pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next
                         let Ok(data) = frame.into_data() else { continue };
                         if collected.len() + data.len() > limit {
                             if inflated {
-                                let message = format!(
+                                return payload_too_large(format!(
                                     "the request body inflates to more than {limit} bytes (--max-inflated-bytes)"
-                                );
-                                return (
-                                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                                    axum::Json(serde_json::json!({"error": message})),
-                                )
-                                    .into_response();
+                                ));
                             }
                             return too_large();
                         }
@@ -312,6 +306,11 @@ async fn gather(mut body: Body, length: usize) -> Result<bytes::Bytes, Response>
         gathered.extend(&data).map_err(cannot_hold)?;
     }
     Ok(gathered.freeze())
+}
+
+/// 413 with the JSON error body every error leaves with.
+fn payload_too_large(message: String) -> Response {
+    (axum::http::StatusCode::PAYLOAD_TOO_LARGE, axum::Json(serde_json::json!({"error": message}))).into_response()
 }
 
 fn cannot_hold(e: std::io::Error) -> Response {

@@ -13,7 +13,7 @@ use ferroserve_runtime::{DataType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::limits;
-use crate::json_data::{DataPacker, NonFiniteTokens, Pack, TokenDataView, concrete_shape, tensor_from_json_text};
+use crate::json_data::{DataPacker, NonFiniteTokens, TokenDataView, concrete_shape, tensor_from_json_text};
 use crate::raw::{Split, tensor_from_raw, tensor_to_raw};
 use crate::shm::{OutputSlots, SharedMemory};
 
@@ -101,7 +101,7 @@ impl<'de> serde::de::Visitor<'de> for InputVisitor {
                     let packer = packer_for(name.as_deref(), shape.as_deref(), datatype.as_deref());
                     let value = match packer {
                         Some(mut packer) => map
-                            .next_value_seed(OptionalData(packer.seed()))?
+                            .next_value_seed(limits::Optional(packer.seed()))?
                             .map(|()| JsonData::Packed(packer.finish())),
                         None => map.next_value::<Option<&'de serde_json::value::RawValue>>()?.map(JsonData::Text),
                     };
@@ -139,36 +139,6 @@ fn packer_for<'a>(name: Option<&'a str>, shape: Option<&[i64]>, datatype: Option
 
 /// The elements a one-pass packer reserves before it has seen any (a shape's claim is not trusted with more).
 const ONE_PASS_ROOM: usize = 256;
-
-/// `null` (no data) or a value packed by the inner seed.
-struct OptionalData<'a, 'b>(Pack<'a, 'b>);
-
-impl<'de> serde::de::DeserializeSeed<'de> for OptionalData<'_, '_> {
-    type Value = Option<()>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Option<()>, D::Error> {
-        deserializer.deserialize_option(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for OptionalData<'_, '_> {
-    type Value = Option<()>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("null or tensor data")
-    }
-
-    fn visit_none<E: serde::de::Error>(self) -> Result<Option<()>, E> {
-        Ok(None)
-    }
-
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Option<()>, E> {
-        Ok(None)
-    }
-
-    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Option<()>, D::Error> {
-        serde::de::DeserializeSeed::deserialize(self.0, deserializer).map(Some)
-    }
-}
 
 #[derive(Deserialize)]
 struct JsonRequestedOutput {

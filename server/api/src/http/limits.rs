@@ -6,7 +6,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use ferroserve_proto::limits::{MAX_DIMS, MAX_PARAMETERS, MAX_TENSORS};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// A request's `inputs`.
@@ -95,8 +95,15 @@ impl<'de> Visitor<'de> for BoundedMap {
     }
 }
 
-/// `null` or what the inner visitor reads.
-struct Optional<V>(V);
+/// `null` or what the inner visitor reads; also a seed, for a value read with `next_value_seed`.
+pub(crate) struct Optional<V>(pub V);
+
+impl<'de, V: Visitor<'de>> DeserializeSeed<'de> for Optional<V> {
+    type Value = Option<V::Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
 
 impl<'de, V: Visitor<'de>> Visitor<'de> for Optional<V> {
     type Value = Option<V::Value>;
