@@ -5,7 +5,7 @@ it costs a server that has not served one like it; the second is usually smaller
     FERROSERVE_BIN=target/release/ferroserve .venv/bin/python benches/peak_rss.py [server flags...]
     ONLY=JSON ... benches/peak_rss.py      # only the cases whose name contains JSON
 
-Starts the server on the bundled repository with the given flags (defaults: 1 GiB --max-inflight-bytes, 256 MiB
+Starts the server on the bundled repository with the given flags (defaults: 1 GiB --max-inflight-bytes, 192 MiB
 --max-message-bytes). Needs a writable /proc/PID/clear_refs (Linux, same user).
 """
 import gzip, http.client, json, os, struct, sys, time
@@ -33,10 +33,10 @@ def post(s, path, body, headers=None, chunked=False):
     r = c.getresponse(); d = r.read(); c.close()
     return r.status, d[:120]
 
-def binary(name, datatype, shape, raw, **extra):
+def binary(name, datatype, shape, raw, binary_out=True):
     head = json.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": shape,
                                     "parameters": {"binary_data_size": len(raw)}}],
-                       "parameters": {"binary_data_output": True}, **extra}).encode()
+                       "parameters": {"binary_data_output": binary_out}}).encode()
     return head + raw, {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
 
 def grpc_req(model, name, datatype, shape, raw=None, bytes_=None):
@@ -59,7 +59,7 @@ def call(m):
 big = struct.pack("<I", 64 * MIB) + b"x" * (64 * MIB)
 legit_http = binary("TEXT", "BYTES", [1, 1], big)
 legit_grpc = grpc_req("strings", "TEXT", "BYTES", [1, 1], raw=big)
-junk = 255 * MIB
+junk = 191 * MIB  # the largest body the default --max-message-bytes (192 MiB) lets in
 bad_binary = binary("INPUT0", "FP32", [1, 16], b"\0" * junk)
 n = 4 << 20
 strings_head = json.dumps({"inputs": [{"name": "TEXT", "shape": [n], "datatype": "BYTES", "parameters": {"binary_data_size": 4 * n}}]}).encode()
@@ -70,6 +70,14 @@ for i in range(200_000): params.parameters[str(i)].bool_param = True
 zeros = 31 << 20
 json_zeros = (b'{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,%d],"data":[' % zeros) + b"0," * (zeros - 1) + b"0]}]}"
 json_bools = (b'{"inputs":[{"name":"INPUT0","datatype":"BOOL","shape":[1,%d],"data":[' % zeros) + b"0," * (zeros - 1) + b"0]}]}"
+# Two FP64 inputs of 32 MiB of `0,` each: 128 MiB apiece once packed, beside the 64 MiB body.
+half = (16 << 20) - 64  # just under --max-json-bytes (64 MiB) in all
+json_two = (b'{"inputs":[' + b",".join(
+    b'{"name":"%s","datatype":"FP64","shape":[%d],"data":[' % (n, half) + b"0," * (half - 1) + b"0]}" for n in (b"A", b"B")) + b"]}")
+# A string of control characters, answered in JSON: each byte is written as a six-character escape, twice (UPPER
+# and ECHO).
+ctrl = struct.pack("<I", 32 * MIB) + b"\x01" * (32 * MIB)
+ctrl_json_out = binary("TEXT", "BYTES", [1, 1], ctrl, binary_out=False)
 only = os.environ.get("ONLY")
 v1_zeros = b'{"instances":[[' + b"0," * (zeros - 1) + b"0]]}"
 rows = 450_000  # about 20 MiB of rows keyed by input name: read as a JSON tree
@@ -79,20 +87,22 @@ cases = [
     ("http v1 JSON 62 MiB of zeros", 62, lambda: post(s, "/v1/models/mlp:predict", v1_zeros, {"Content-Type": "application/json"})),
     ("http JSON 64 MiB of zeros (FP32)", 64, lambda: post(s, "/v2/models/mlp/infer", json_zeros, {"Content-Type": "application/json"})),
     ("http JSON 64 MiB of zeros (BOOL)", 64, lambda: post(s, "/v2/models/mlp/infer", json_bools, {"Content-Type": "application/json"})),
+    ("http JSON 64 MiB, two FP64 inputs", 64, lambda: post(s, "/v2/models/mlp/infer", json_two, {"Content-Type": "application/json"})),
+    ("http binary 32 MiB control chars, JSON out", 32, lambda: post(s, "/v2/models/strings/infer", *ctrl_json_out)),
     ("http binary 64 MiB string (legit)", 64, lambda: post(s, "/v2/models/strings/infer", *legit_http)),
     ("grpc raw 64 MiB string (legit)", 64, lambda: call(legit_grpc)),
-    ("http 255 MiB binary, wrong size", 255, lambda: post(s, "/v2/models/mlp/infer", *bad_binary)),
-    ("http 255 MiB binary, chunked", 255, lambda: post(s, "/v2/models/mlp/infer", *bad_binary, chunked=True)),
-    ("http 255 MiB junk JSON", 255, lambda: post(s, "/v2/models/mlp/infer", b"[" * junk, {"Content-Type": "application/json"})),
-    ("http 255 MiB junk JSON chunked", 255, lambda: post(s, "/v2/models/mlp/infer", b"[" * junk, {"Content-Type": "application/json"}, chunked=True)),
-    ("grpc 255 MiB raw, wrong size", 255, lambda: call(grpc_req("mlp", "INPUT0", "FP32", [1, 16], raw=b"\0" * junk))),
+    ("http 191 MiB binary, wrong size", 191, lambda: post(s, "/v2/models/mlp/infer", *bad_binary)),
+    ("http 191 MiB binary, chunked", 191, lambda: post(s, "/v2/models/mlp/infer", *bad_binary, chunked=True)),
+    ("http 191 MiB junk JSON", 191, lambda: post(s, "/v2/models/mlp/infer", b"[" * junk, {"Content-Type": "application/json"})),
+    ("http 191 MiB junk JSON chunked", 191, lambda: post(s, "/v2/models/mlp/infer", b"[" * junk, {"Content-Type": "application/json"}, chunked=True)),
+    ("grpc 191 MiB raw, wrong size", 191, lambda: call(grpc_req("mlp", "INPUT0", "FP32", [1, 16], raw=b"\0" * junk))),
     ("http 4 Mi empty strings", 16, lambda: post(s, "/v2/models/strings/infer", strings_head + b"\0" * (4 * n), {"Inference-Header-Content-Length": str(len(strings_head))})),
     ("grpc raw 4 Mi empty strings", 16, lambda: call(grpc_req("strings", "TEXT", "BYTES", [n], raw=b"\0" * (4 * n)))),
     ("grpc 4 Mi bytes_contents", 8, lambda: call(grpc_req("strings", "TEXT", "BYTES", [n], bytes_=[b""] * n))),
     ("grpc 6 Mi bytes_contents", 12, lambda: call(grpc_req("strings", "TEXT", "BYTES", [6 << 20], bytes_=[b""] * (6 << 20)))),
     ("grpc a million empty inputs", 2, lambda: call(empty_inputs)),
     ("grpc 200 000 parameters", 3, lambda: call(params)),
-    ("gzip binary 255 MiB", 0, lambda: post(s, "/v2/models/mlp/infer", gzip.compress(b"{}" + b"\0" * junk), {"Content-Encoding": "gzip", "Inference-Header-Content-Length": "2"})),
+    ("gzip binary 191 MiB", 0, lambda: post(s, "/v2/models/mlp/infer", gzip.compress(b"{}" + b"\0" * junk), {"Content-Encoding": "gzip", "Inference-Header-Content-Length": "2"})),
     ("gzip bomb 200 MiB", 0, lambda: post(s, "/v2/models/mlp/infer", gzip.compress(b"\0" * (200 * MIB)), {"Content-Encoding": "gzip"})),
 ]
 try:

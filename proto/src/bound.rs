@@ -254,16 +254,17 @@ fn decoded_size(wire: &[u8], schema: Schema) -> Result<usize, String> {
     Ok(total)
 }
 
-/// Refuses a message that would take more than [`limits::MAX_DECODE_GROWTH`] beyond its `wire` bytes once
+/// Refuses a message that would take more than [`limits::decode_growth_allowed`] beyond its `wire` bytes once
 /// decoded (about `decoded`), whatever the memory budget.
 fn check_growth(decoded: usize, wire: usize) -> Result<(), String> {
-    if decoded.saturating_sub(wire) <= limits::MAX_DECODE_GROWTH {
+    let allowed = limits::decode_growth_allowed(wire);
+    if decoded.saturating_sub(wire) <= allowed {
         return Ok(());
     }
     Err(format!(
         "the request would take about {decoded} bytes once decoded from its {wire} bytes, more than {} MiB beyond \
          them; send large tensors in raw_input_contents",
-        limits::MAX_DECODE_GROWTH >> 20
+        allowed >> 20
     ))
 }
 
@@ -452,6 +453,11 @@ mod tests {
         let raw = ModelInferRequest { raw_input_contents: vec![vec![0u8; 1 << 20].into()], ..Default::default() };
         assert!(check_growth(estimate(&raw), raw.encoded_len()).is_ok());
         assert!(check_growth(limits::MAX_DECODE_GROWTH + 10, 10).is_ok());
+        // A large message may grow less, so that message and growth stay within the request footprint.
+        let wire = 100 << 20;
+        assert!(check_growth(wire + (124 << 20), wire).is_ok());
+        let e = check_growth(wire + (125 << 20), wire).unwrap_err();
+        assert!(e.contains("more than 124 MiB beyond"), "{e}");
     }
 
     #[test]

@@ -19,3 +19,38 @@ pub const MAX_PARAMETERS: usize = 1024;
 /// listed strings is 64 bytes an entry where 78 were measured, so this keeps the real growth under 256 MB
 /// (4 Mi empty entries, estimated at 248 MiB beyond their 8 MiB, grew a release server by 313 MiB).
 pub const MAX_DECODE_GROWTH: usize = 192 << 20;
+
+/// Bytes one request may take in all while it is decoded: its own bytes (the message, the JSON body) and what
+/// decoding builds beside them. With the default `--max-message-bytes` of 192 MiB, no single request, refused or
+/// served, grows the server by more than 256 MB (244 MiB) on its way in: a 64 MiB JSON body of FP64 `0,` would
+/// otherwise hold its body and 192 MiB of tensors, 256 MiB (268 MB).
+pub const MAX_REQUEST_FOOTPRINT: usize = 224 << 20;
+
+/// What decoding may always build beside a request, however large the request (a deployment may allow
+/// messages past [`MAX_REQUEST_FOOTPRINT`] with `--max-message-bytes`): enough for the handles of raw contents,
+/// which are views of the message.
+pub const MIN_DECODE_GROWTH: usize = 8 << 20;
+
+/// Bytes a request of `wire` bytes may take once decoded beyond them: [`MAX_DECODE_GROWTH`], less what would
+/// carry the whole past [`MAX_REQUEST_FOOTPRINT`], and never under [`MIN_DECODE_GROWTH`].
+pub fn decode_growth_allowed(wire: usize) -> usize {
+    MAX_DECODE_GROWTH.min(MAX_REQUEST_FOOTPRINT.saturating_sub(wire)).max(MIN_DECODE_GROWTH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_growth_shrinks_as_the_request_grows() {
+        assert_eq!(decode_growth_allowed(0), MAX_DECODE_GROWTH);
+        assert_eq!(decode_growth_allowed(32 << 20), MAX_DECODE_GROWTH);
+        assert_eq!(decode_growth_allowed(64 << 20), 160 << 20);
+        assert_eq!(decode_growth_allowed(192 << 20), 32 << 20);
+        assert_eq!(decode_growth_allowed(220 << 20), MIN_DECODE_GROWTH);
+        assert_eq!(decode_growth_allowed(usize::MAX), MIN_DECODE_GROWTH);
+        for wire in [0, 1 << 20, 100 << 20, 216 << 20] {
+            assert!(wire + decode_growth_allowed(wire) <= MAX_REQUEST_FOOTPRINT, "{wire}");
+        }
+    }
+}

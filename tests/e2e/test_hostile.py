@@ -351,6 +351,64 @@ def test_no_single_request_grows_memory_past_the_budget():
         shutil.rmtree(root)
 
 
+def test_large_answers_are_written_as_they_are_sent():
+    """An answer over 256 KiB is written in chunks as it is sent, with the same bytes and a Content-Length: a string
+    of control characters answered in JSON (six characters a byte) is read back by tritonclient, and by a raw client
+    with the header; a mixed answer (one output JSON, one binary) has the right header length; and the server grows by
+    far less than the JSON text, over 10 times the string (held whole in a buffer grown by doubling, more)."""
+    import re
+
+    import numpy as np
+    import tritonclient.http as httpclient
+    from server import Server
+
+    text = bytes(range(32)) * (256 << 10)  # 8 MiB, every control character
+    s = Server()
+    try:
+        client = httpclient.InferenceServerClient(s.http_addr)
+        item = httpclient.InferInput("TEXT", [1, 1], "BYTES")
+        item.set_data_from_numpy(np.array([[text]], dtype=object), binary_data=True)
+        outputs = [httpclient.InferRequestedOutput("ECHO", binary_data=False),
+                   httpclient.InferRequestedOutput("UPPER", binary_data=True)]
+        result = client.infer("strings", [item], outputs=outputs)
+        assert result.as_numpy("ECHO")[0][0] in (text, text.decode())
+        assert result.as_numpy("UPPER")[0][0] == text
+        json_only = client.infer("strings", [item], outputs=[httpclient.InferRequestedOutput("ECHO", binary_data=False)])
+        assert json_only.as_numpy("ECHO")[0][0] in (text, text.decode())
+        client.close()
+
+        head = json.dumps({"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, 1],
+                                       "parameters": {"binary_data_size": 4 + len(text)}}]}).encode()
+        body = head + struct.pack("<I", len(text)) + text
+        host, port = s.http_addr.split(":")
+
+        def send():
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            conn.request("POST", "/v2/models/strings/infer", body=body,
+                         headers={"Inference-Header-Content-Length": str(len(head))})
+            resp = conn.getresponse()
+            answer = (resp.status, resp.getheader("Content-Length"), resp.getheader("Transfer-Encoding"), resp.read())
+            conn.close()
+            return answer
+
+        send()  # the model's own first-run allocations are not the answer's
+        with open(f"/proc/{s.proc.pid}/clear_refs", "w") as f:
+            f.write("5")
+        with open(f"/proc/{s.proc.pid}/status") as f:
+            base = int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) << 10
+        status, length, chunked, data = send()
+        with open(f"/proc/{s.proc.pid}/status") as f:
+            grown = (int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) << 10) - base
+        assert status == 200 and chunked is None and int(length) == len(data) > 10 * len(text)
+        answer = json.loads(data)
+        assert [o["data"][0] for o in answer["outputs"]] == [text.decode()] * 2
+        # The input, the model's copies and our two outputs: about 8 times the text; the JSON alone is 12 times it.
+        assert grown < 10 * len(text), f"{grown >> 20} MiB"
+        assert alive(s)
+    finally:
+        assert s.stop() == 0
+
+
 def test_large_json_and_inflated_bodies_are_held_once():
     """A JSON tensor (KServe v2 and v1) is packed as it is parsed (not first into a vector of 16-byte numbers or
     a JSON tree), and a body of
@@ -479,6 +537,42 @@ def test_json_data_that_would_decode_past_the_growth_cap_is_refused_before_it_is
         status, data = post(server, "/v2/models/mlp/infer", body)
         assert status == 400 and b"more than the 192 MiB that JSON data may take" in data, data[:300]
         assert b"binary tensor data extension" in data
+    assert alive(server)
+
+
+@pytest.mark.parametrize("order", ["client", "sorted"])
+def test_json_inputs_share_one_packing_allowance_per_request(server, order):
+    """The 192 MiB that JSON data may take once packed is for the whole request, not each input: an FP64 input of
+    96 MiB (24 MiB of `0,`, packed) leaves too little for a second one of 100 MiB, which is refused before anything is
+    reserved for it, whichever key comes first; the second alone is only refused for its data."""
+    def one(name, n, data):
+        fields = [("name", f'"{name}"'), ("shape", f"[{n}]"), ("datatype", '"FP64"'), ("data", data)]
+        if order == "sorted":
+            fields.sort()
+        return "{" + ",".join(f'"{k}":{v}' for k, v in fields) + "}"
+
+    n = 12 << 20
+    packed = one("A", n, "[" + "0," * (n - 1) + "0]")
+    claim = one("B", 100 << 17, "[0]")
+    status, data = post(server, "/v2/models/mlp/infer", '{"inputs":[' + packed + "," + claim + "]}")
+    assert status == 400 and b"input `B`" in data and b"more than the 192 MiB that JSON data may take" in data, data
+    assert b"bytes are left after the inputs before it" in data and b"binary tensor data extension" in data
+    status, data = post(server, "/v2/models/mlp/infer", '{"inputs":[' + claim + "]}")
+    assert status == 400 and b"`data` has 1" in data, data[:300]
+    assert alive(server)
+
+
+def test_bare_non_finite_tokens_are_refused_when_their_rewrite_would_not_fit(server):
+    """Bare NaN tokens are rewritten as markers before the parse, a copy up to 3 times the body: a 60 MiB body of
+    them (180 MiB rewritten, more than the 164 MiB that may be built beside it) is refused before the copy; a few of
+    them are read as NaN as always."""
+    n = 15 << 20
+    tokens = b'{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,%d],"data":[' % n + b"NaN," * (n - 1) + b"NaN]}]}"
+    status, data = post(server, "/v2/models/mlp/infer", tokens)
+    assert status == 400 and b"bare NaN or Infinity tokens" in data and b"binary tensor data extension" in data, data
+    few = b'{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,16],"data":[NaN' + b",0" * 15 + b"]}]}"
+    status, data = post(server, "/v2/models/mlp/infer", few)
+    assert status == 200, data[:300]
     assert alive(server)
 
 

@@ -106,8 +106,11 @@ pub struct Config {
     #[arg(long = "metrics-port", visible_alias = "metrics_port", env = "FERROSERVE_METRICS_PORT")]
     pub metrics_port: Option<u16>,
 
-    /// Largest HTTP request body and gRPC message, in bytes (both directions for gRPC).
-    #[arg(long = "max-message-bytes", env = "FERROSERVE_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    /// Largest HTTP request body and gRPC message, in bytes (both directions for gRPC). A request is held
+    /// whole once received, so this is what one request may grow the server by before decoding; the default
+    /// (192 MiB) keeps a request that is then refused, with what decoding builds beside it (at most 224 MiB in
+    /// all), under 256 MB.
+    #[arg(long = "max-message-bytes", env = "FERROSERVE_MAX_MESSAGE_BYTES", default_value_t = 192 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
     /// Largest HTTP request body once inflated from its `Content-Encoding` (gzip or deflate), in bytes; at most

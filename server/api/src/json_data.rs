@@ -6,6 +6,7 @@
 //! as a tree and as the reference the packer is tested against. Encoding serializes straight from the raw bytes
 //! through [`DataView`], without an intermediate `serde_json::Value`.
 
+use std::cell::Cell;
 use std::fmt;
 
 use bytes::Bytes;
@@ -197,18 +198,33 @@ const NEG_INFINITY_TEXT: &str = "\0-Infinity";
 /// tokens `NaN`, `Infinity` and `-Infinity` for such floats, and Triton reads them. serde_json does not, so a
 /// body that holds one of them outside a string is rewritten first: each token becomes a string marker that the
 /// `data` parser turns back into the float. `None` when there is nothing to rewrite (the common case, found by
-/// one scan for the letters). Tokens inside strings are left alone.
-pub fn non_finite_tokens_as_markers(json: &[u8]) -> Option<Vec<u8>> {
-    // One pass over the body, looking closer only at an `N` or an `I`.
-    let has_token = json.iter().enumerate().any(|(i, &b)| match b {
-        b'N' => json[i..].starts_with(b"NaN"),
-        b'I' => json[i..].starts_with(b"Infinity"),
-        _ => false,
-    });
-    if !has_token {
-        return None;
+/// one scan for the letters). Tokens inside strings are left alone. The rewrite is a copy of the body, up to 3
+/// times its size (`NaN,` becomes `"\u0000NaN",`): refused when it would take more than `room` bytes.
+pub fn non_finite_tokens_as_markers(json: &[u8], room: usize) -> Result<Option<Vec<u8>>, InferError> {
+    // One pass over the body, looking closer only at an `N` or an `I` (tokens inside strings are counted too, so
+    // the size is only ever overestimated).
+    let tokens = json
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| match b {
+            b'N' => json[i..].starts_with(b"NaN"),
+            b'I' => json[i..].starts_with(b"Infinity"),
+            _ => false,
+        })
+        .count();
+    if tokens == 0 {
+        return Ok(None);
     }
-    let mut out = Vec::with_capacity(json.len() + 16);
+    // A marker is its token, quoted, with `\u0000` before it: 8 characters longer.
+    let bound = json.len().saturating_add(tokens.saturating_mul(8));
+    if bound > room {
+        return Err(InferError::invalid(format!(
+            "the request has {tokens} bare NaN or Infinity tokens; read as floats they take {bound} bytes, more than \
+             the {} MiB this request may take beyond its body; send such tensors with the binary tensor data extension",
+            room >> 20
+        )));
+    }
+    let mut out = Vec::with_capacity(bound);
     let (mut i, mut in_string, mut escaped) = (0, false, false);
     while i < json.len() {
         let b = json[i];
@@ -242,7 +258,7 @@ pub fn non_finite_tokens_as_markers(json: &[u8]) -> Option<Vec<u8>> {
             }
         }
     }
-    Some(out)
+    Ok(Some(out))
 }
 
 /// Multiplies out a client-supplied shape, refusing negative dims and overflow.
@@ -366,10 +382,11 @@ pub fn tensor_from_json_text(
     shape: Vec<usize>,
     text: &str,
     markers: bool,
+    allowance: &PackAllowance,
 ) -> Result<Tensor, InferError> {
     // A value takes at least one character and a separator, a string (`"",`) three.
     let room = if datatype.size_of().is_some() { text.len() / 2 + 1 } else { text.len() / 3 + 1 };
-    let mut packer = DataPacker::new(name, datatype, shape, room, markers)?;
+    let mut packer = DataPacker::new(name, datatype, shape, room, markers, allowance)?;
     let mut parser = serde_json::Deserializer::from_str(text);
     let parsed = packer.seed().deserialize(&mut parser).and_then(|()| parser.end());
     if let Some(error) = packer.packer.error.take() {
@@ -377,6 +394,46 @@ pub fn tensor_from_json_text(
     }
     parsed.map_err(|e| InferError::invalid(format!("input `{name}`: malformed `data`: {e}")))?;
     packer.finish()
+}
+
+/// What the JSON `data` of one request may still take once packed, shared by its inputs in the order they are
+/// packed: [`decode_growth_allowed`](ferroserve_proto::limits::decode_growth_allowed) of the body, so that the
+/// body and all its tensors stay within the request footprint. Each input alone under the cap was not enough: two
+/// FP64 inputs of 32 MiB of `0,` took 256 MiB beside their 64 MiB body.
+pub struct PackAllowance {
+    allowed: usize,
+    left: Cell<usize>,
+}
+
+impl PackAllowance {
+    /// The allowance of a request whose body (the JSON, or the whole body it came in) has `len` bytes.
+    pub fn for_body(len: usize) -> Self {
+        let allowed = ferroserve_proto::limits::decode_growth_allowed(len);
+        PackAllowance { allowed, left: Cell::new(allowed) }
+    }
+
+    /// Takes what input `name`'s shape claims once packed (a BYTES element is a 32-byte handle before its text),
+    /// before anything is reserved for it; refused past what is left. JSON packs up to 4 bytes a character (FP64
+    /// `0,`): tensors that large belong in the binary extension.
+    fn take(&self, name: &str, datatype: DataType, shape: &[usize], expected: usize) -> Result<(), InferError> {
+        let handle = datatype.size_of().unwrap_or(std::mem::size_of::<Bytes>());
+        let decoded = expected.saturating_mul(handle);
+        let left = self.left.get();
+        if decoded <= left {
+            self.left.set(left - decoded);
+            return Ok(());
+        }
+        let others = if left < self.allowed {
+            format!(" ({left} bytes are left after the inputs before it)")
+        } else {
+            String::new()
+        };
+        Err(InferError::invalid(format!(
+            "input `{name}`: shape {shape:?} of {datatype} is {decoded} bytes once decoded, more than the {} MiB that \
+             JSON data may take in this request{others}; send large tensors with the binary tensor data extension",
+            self.allowed >> 20
+        )))
+    }
 }
 
 /// Packs one `data` value into a tensor while the JSON around it is parsed, for the callers that meet `data`
@@ -390,12 +447,14 @@ pub struct DataPacker<'a> {
 impl<'a> DataPacker<'a> {
     /// A packer for `shape`'s elements of `datatype`, with room reserved for at most `room` of them (the buffer
     /// grows as values arrive, never past the shape: what a shape claims is not reserved before the text holds it).
+    /// What the shape claims once packed is taken from the request's `allowance` first.
     pub fn new(
         name: &'a str,
         datatype: DataType,
         shape: Vec<usize>,
         room: usize,
         markers: bool,
+        allowance: &PackAllowance,
     ) -> Result<Self, InferError> {
         if matches!(datatype, DataType::Fp16 | DataType::Bf16) {
             return Err(InferError::invalid(format!(
@@ -403,19 +462,7 @@ impl<'a> DataPacker<'a> {
             )));
         }
         let expected: usize = shape.iter().product();
-        // What the shape claims once packed (a BYTES element is a 32-byte handle before its text), refused past the
-        // decode-growth cap before anything is reserved: JSON packs up to 4 bytes a character (FP64 `0,`), and a
-        // 64 MiB body of them would have become 256 MiB. Tensors that large belong in the binary extension.
-        let handle = datatype.size_of().unwrap_or(std::mem::size_of::<Bytes>());
-        let decoded = expected.saturating_mul(handle);
-        let cap = ferroserve_proto::limits::MAX_DECODE_GROWTH;
-        if decoded > cap {
-            return Err(InferError::invalid(format!(
-                "input `{name}`: shape {shape:?} of {datatype} is {decoded} bytes once decoded, more than the {} MiB \
-                 that JSON data may take; send large tensors with the binary tensor data extension",
-                cap >> 20
-            )));
-        }
+        allowance.take(name, datatype, &shape, expected)?;
         let room = expected.min(room);
         let sink = match datatype.size_of() {
             Some(size) if expected.saturating_mul(size) <= LARGE_TENSOR => {
@@ -796,15 +843,25 @@ pub struct DataView<'a>(pub &'a Tensor);
 /// serde_json serializer built with [`NonFiniteTokens`]: the values travel as out-of-band `i128` markers.
 pub struct TokenDataView<'a>(pub &'a Tensor);
 
+/// Elements `range` of a tensor's data as [`TokenDataView`] writes them: a part of its array, for answers written
+/// in chunks.
+pub struct TokenDataRange<'a>(pub &'a Tensor, pub std::ops::Range<usize>);
+
 impl serde::Serialize for DataView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serialize_data(self.0, serializer, false)
+        serialize_data(self.0, 0..self.0.element_count(), serializer, false)
     }
 }
 
 impl serde::Serialize for TokenDataView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serialize_data(self.0, serializer, true)
+        serialize_data(self.0, 0..self.0.element_count(), serializer, true)
+    }
+}
+
+impl serde::Serialize for TokenDataRange<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_data(self.0, self.1.clone(), serializer, true)
     }
 }
 
@@ -851,16 +908,26 @@ impl serde_json::ser::Formatter for NonFiniteTokens {
     }
 }
 
-fn serialize_data<S: Serializer>(tensor: &Tensor, serializer: S, tokens: bool) -> Result<S::Ok, S::Error> {
+/// Writes elements `range` of `tensor` (clamped to its elements) as one JSON array.
+fn serialize_data<S: Serializer>(
+    tensor: &Tensor,
+    range: std::ops::Range<usize>,
+    serializer: S,
+    tokens: bool,
+) -> Result<S::Ok, S::Error> {
     {
-        let mut seq = serializer.serialize_seq(Some(tensor.element_count()))?;
+        let end = range.end.min(tensor.element_count());
+        let range = range.start.min(end)..end;
+        let mut seq = serializer.serialize_seq(Some(range.len()))?;
         match tensor.data() {
             TensorData::Strings(items) => {
-                for s in items {
+                for s in &items[range] {
                     seq.serialize_element(&String::from_utf8_lossy(s))?;
                 }
             }
             TensorData::Fixed(bytes) => {
+                let size = tensor.datatype().size_of().unwrap_or(1);
+                let bytes = bytes.get(range.start * size..range.end * size).unwrap_or_default();
                 macro_rules! each {
                     ($ty:ty, $n:expr) => {
                         for c in bytes.chunks_exact($n) {
@@ -919,7 +986,9 @@ mod tests {
     #[test]
     fn non_finite_tokens_read_back_as_floats_and_strings_stay_strings() {
         let text = br#"{"a": [NaN, Infinity, -Infinity, 1.5], "s": ["NaN", "x\"NaN", "-Infinity"]}"#;
-        let rewritten = non_finite_tokens_as_markers(text).unwrap();
+        let rewritten = non_finite_tokens_as_markers(text, usize::MAX).unwrap().unwrap();
+        // Six tokens counted (three inside strings), each bounded at 8 more characters: the copy never grows.
+        assert!(rewritten.len() <= text.len() + 6 * 8 && rewritten.capacity() == text.len() + 6 * 8);
         let v: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
         assert_eq!(v["s"], serde_json::json!(["NaN", "x\"NaN", "-Infinity"]));
         let FlatData::Numbers(n) = serde_json::from_value::<FlatData>(v["a"].clone()).unwrap() else { panic!() };
@@ -928,7 +997,28 @@ mod tests {
             &n[1..],
             [JsonNumber::Float(f64::INFINITY), JsonNumber::Float(f64::NEG_INFINITY), JsonNumber::Float(1.5)]
         );
-        assert_eq!(non_finite_tokens_as_markers(br#"{"a": [1, 2], "b": "plain"}"#), None);
+        assert_eq!(non_finite_tokens_as_markers(br#"{"a": [1, 2], "b": "plain"}"#, 0).unwrap(), None);
+        // A body of tokens grows up to 3 times when rewritten: refused before the copy when that passes the room.
+        let tokens = b"[NaN,NaN,NaN]";
+        assert!(non_finite_tokens_as_markers(tokens, tokens.len() + 24).unwrap().is_some());
+        let e = non_finite_tokens_as_markers(tokens, tokens.len() + 23).unwrap_err().to_string();
+        assert!(e.contains("3 bare NaN or Infinity tokens") && e.contains("binary tensor data extension"), "{e}");
+    }
+
+    #[test]
+    fn inputs_of_one_request_share_its_packing_allowance() {
+        // Beside a 64 MiB body, 160 MiB may be packed: two 80 MiB claims fit, a third element does not.
+        let allowance = PackAllowance::for_body(64 << 20);
+        let claim = |n: usize| DataPacker::new("x", DataType::Fp64, vec![n], 1, true, &allowance).map(|_| ());
+        claim(10 << 20).unwrap();
+        claim(10 << 20).unwrap();
+        let e = claim(1).unwrap_err().to_string();
+        assert!(e.contains("more than the 160 MiB that JSON data may take") && e.contains("0 bytes are left"), "{e}");
+        // A refused claim takes nothing.
+        let allowance = PackAllowance::for_body(0);
+        let claim = |n: usize| DataPacker::new("x", DataType::Fp32, vec![n], 1, true, &allowance).map(|_| ());
+        assert!(claim(49 << 20).is_err());
+        claim(48 << 20).unwrap();
     }
 
     #[test]
@@ -993,7 +1083,9 @@ mod tests {
 
     #[test]
     fn packs_text_with_range_checks_and_refuses_surplus_values_early() {
-        let text = |dt, shape: Vec<usize>, json: &str| tensor_from_json_text("x", dt, shape, json, true);
+        let text = |dt, shape: Vec<usize>, json: &str| {
+            tensor_from_json_text("x", dt, shape, json, true, &PackAllowance::for_body(json.len()))
+        };
         let t = text(DataType::Int8, vec![2], "[[-128], [127]]").unwrap();
         assert_eq!(t.as_fixed().unwrap().as_ref(), &[0x80, 0x7f]);
         let e = text(DataType::Int8, vec![1], "[128]").unwrap_err();
@@ -1021,8 +1113,28 @@ mod tests {
         let t = text(DataType::Fp32, vec![2], r#"["\u0000NaN", 1]"#).unwrap();
         assert!(f32::from_le_bytes(t.as_fixed().unwrap()[..4].try_into().unwrap()).is_nan());
         // Without markers (v1), the same text is a string.
-        assert!(tensor_from_json_text("x", DataType::Fp32, vec![2], r#"["\u0000NaN", 1]"#, false).is_err());
-        assert!(tensor_from_json_text("x", DataType::Bytes, vec![1], r#"["\u0000NaN"]"#, false).is_ok());
+        assert!(
+            tensor_from_json_text(
+                "x",
+                DataType::Fp32,
+                vec![2],
+                r#"["\u0000NaN", 1]"#,
+                false,
+                &PackAllowance::for_body(0)
+            )
+            .is_err()
+        );
+        assert!(
+            tensor_from_json_text(
+                "x",
+                DataType::Bytes,
+                vec![1],
+                r#"["\u0000NaN"]"#,
+                false,
+                &PackAllowance::for_body(0)
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -1097,7 +1209,7 @@ mod tests {
             let flattened = serde_json::from_str::<FlatData>(&json)
                 .map_err(|e| InferError::invalid(e.to_string()))
                 .and_then(|flat| tensor_from_json("x", datatype, shape.clone(), flat));
-            let packed = tensor_from_json_text("x", datatype, shape, &json, true);
+            let packed = tensor_from_json_text("x", datatype, shape, &json, true, &PackAllowance::for_body(json.len()));
             match (flattened, packed) {
                 (Ok(a), Ok(b)) => proptest::prop_assert_eq!(a, b),
                 (Err(_), Err(_)) => {}

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use ferroserve::grpc::codec as grpc;
 use ferroserve::http::codec::{ResponseFormat, decode_request, encode_response, split_body};
 use ferroserve::json_data::{
-    DataView, FlatData, concrete_shape, shape_of_json_text, tensor_from_json, tensor_from_json_text,
+    DataView, FlatData, PackAllowance, concrete_shape, shape_of_json_text, tensor_from_json, tensor_from_json_text,
 };
 use ferroserve::raw::{tensor_from_raw, tensor_to_raw};
 use ferroserve::shm::SharedMemory;
@@ -502,7 +502,7 @@ proptest! {
         let text = data.to_string();
         let _ = shape_of_json_text("t", &text);
         let Ok(shape) = concrete_shape("t", &shape) else { return Ok(()) };
-        let _ = tensor_from_json_text("t", datatype, shape, &text, markers);
+        let _ = tensor_from_json_text("t", datatype, shape, &text, markers, &PackAllowance::for_body(text.len()));
     }
 
     /// `data` that is not JSON, or nested far too deep, is an error.

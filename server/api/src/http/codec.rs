@@ -13,23 +13,93 @@ use ferroserve_runtime::{DataType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::limits;
-use crate::json_data::{DataPacker, NonFiniteTokens, TokenDataView, concrete_shape, tensor_from_json_text};
+use crate::json_data::{
+    DataPacker, NonFiniteTokens, PackAllowance, TokenDataView, concrete_shape, tensor_from_json_text,
+};
 use crate::raw::{Split, tensor_from_raw, tensor_to_raw};
 use crate::shm::{OutputSlots, SharedMemory};
 
 /// The header that splits the JSON part from the binary part of a body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
-#[derive(Deserialize)]
 struct JsonRequest<'a> {
-    #[serde(default)]
     id: Option<String>,
-    #[serde(default, deserialize_with = "limits::parameters")]
     parameters: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(borrow, deserialize_with = "limits::inputs")]
     inputs: Vec<JsonInput<'a>>,
-    #[serde(default, deserialize_with = "limits::outputs")]
     outputs: Option<Vec<JsonRequestedOutput>>,
+}
+
+/// Reads a request whose inputs share one [`PackAllowance`]: what the data packed in the one pass takes from it
+/// is no longer there for the inputs after them.
+#[derive(Clone, Copy)]
+struct RequestSeed<'b>(&'b PackAllowance);
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum RequestField {
+    Id,
+    Parameters,
+    Inputs,
+    Outputs,
+    #[serde(other)]
+    Other,
+}
+
+/// A request's `outputs`, read through [`limits::outputs`].
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct RequestedOutputs(#[serde(deserialize_with = "limits::outputs")] Option<Vec<JsonRequestedOutput>>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for RequestSeed<'_> {
+    type Value = JsonRequest<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<JsonRequest<'de>, D::Error> {
+        const FIELDS: &[&str] = &["id", "parameters", "inputs", "outputs"];
+        deserializer.deserialize_struct("JsonRequest", FIELDS, self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RequestSeed<'_> {
+    type Value = JsonRequest<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an inference request object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonRequest<'de>, A::Error> {
+        use serde::de::Error;
+        let (mut id, mut parameters, mut inputs, mut outputs) = (None, None, None, None);
+        while let Some(field) = map.next_key()? {
+            match field {
+                RequestField::Id => once(&mut id, "id", map.next_value::<Option<String>>()?)?,
+                RequestField::Parameters => {
+                    once(&mut parameters, "parameters", map.next_value::<limits::Parameters>()?.0)?
+                }
+                RequestField::Inputs => {
+                    once(&mut inputs, "inputs", map.next_value_seed(limits::inputs_with(InputSeed(self.0)))?)?
+                }
+                RequestField::Outputs => once(&mut outputs, "outputs", map.next_value::<RequestedOutputs>()?.0)?,
+                RequestField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(JsonRequest {
+            id: id.flatten(),
+            parameters: parameters.flatten(),
+            inputs: inputs.ok_or_else(|| A::Error::missing_field("inputs"))?,
+            outputs: outputs.flatten(),
+        })
+    }
+}
+
+/// Sets a field read once; a repeated key is an error, as serde's derive reports it.
+fn once<T, E: serde::de::Error>(slot: &mut Option<T>, field: &'static str, value: T) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(E::duplicate_field(field));
+    }
+    *slot = Some(value);
+    Ok(())
 }
 
 struct JsonInput<'a> {
@@ -62,16 +132,20 @@ enum InputField {
     Other,
 }
 
-impl<'de> Deserialize<'de> for JsonInput<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+/// Reads one input, packing its data with what is left of the request's allowance.
+#[derive(Clone, Copy)]
+struct InputSeed<'b>(&'b PackAllowance);
+
+impl<'de> serde::de::DeserializeSeed<'de> for InputSeed<'_> {
+    type Value = JsonInput<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<JsonInput<'de>, D::Error> {
         const FIELDS: &[&str] = &["name", "shape", "datatype", "parameters", "data"];
-        deserializer.deserialize_struct("JsonInput", FIELDS, InputVisitor)
+        deserializer.deserialize_struct("JsonInput", FIELDS, self)
     }
 }
 
-struct InputVisitor;
-
-impl<'de> serde::de::Visitor<'de> for InputVisitor {
+impl<'de> serde::de::Visitor<'de> for InputSeed<'_> {
     type Value = JsonInput<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,13 +154,6 @@ impl<'de> serde::de::Visitor<'de> for InputVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonInput<'de>, A::Error> {
         use serde::de::Error;
-        fn once<T, E: Error>(slot: &mut Option<T>, field: &'static str, value: T) -> Result<(), E> {
-            if slot.is_some() {
-                return Err(E::duplicate_field(field));
-            }
-            *slot = Some(value);
-            Ok(())
-        }
         let (mut name, mut shape, mut datatype, mut parameters) = (None, None, None, None);
         let mut data = None;
         while let Some(field) = map.next_key()? {
@@ -98,7 +165,7 @@ impl<'de> serde::de::Visitor<'de> for InputVisitor {
                     once(&mut parameters, "parameters", map.next_value::<limits::Parameters>()?.0)?
                 }
                 InputField::Data => {
-                    let packer = packer_for(name.as_deref(), shape.as_deref(), datatype.as_deref());
+                    let packer = packer_for(name.as_deref(), shape.as_deref(), datatype.as_deref(), self.0);
                     let value = match packer {
                         Some(mut packer) => map
                             .next_value_seed(limits::Optional(packer.seed()))?
@@ -123,8 +190,14 @@ impl<'de> serde::de::Visitor<'de> for InputVisitor {
 }
 
 /// A packer for an input's `data` when what it needs came first and is valid; `None` leaves the data as text,
-/// for the checks in [`decode_request_charged`] to report in their order.
-fn packer_for<'a>(name: Option<&'a str>, shape: Option<&[i64]>, datatype: Option<&str>) -> Option<DataPacker<'a>> {
+/// for the checks in [`decode_request_charged`] to report in their order (a claim past the allowance takes
+/// nothing from it, and is refused there in its turn).
+fn packer_for<'a>(
+    name: Option<&'a str>,
+    shape: Option<&[i64]>,
+    datatype: Option<&str>,
+    allowance: &PackAllowance,
+) -> Option<DataPacker<'a>> {
     let name = name?;
     let datatype = DataType::parse(datatype?)?;
     // BYTES elements are handles in a vector that would grow by copying here; their text is counted first
@@ -134,7 +207,7 @@ fn packer_for<'a>(name: Option<&'a str>, shape: Option<&[i64]>, datatype: Option
     }
     let shape = concrete_shape(name, shape?).ok()?;
     // A value takes at least one character and a separator; room for more is made as they arrive.
-    DataPacker::new(name, datatype, shape, ONE_PASS_ROOM, true).ok()
+    DataPacker::new(name, datatype, shape, ONE_PASS_ROOM, true, allowance).ok()
 }
 
 /// The elements a one-pass packer reserves before it has seen any (a shape's claim is not trusted with more).
@@ -243,9 +316,16 @@ pub fn decode_request_charged(
     shm: &SharedMemory,
     charge: crate::raw::Charge<'_>,
 ) -> Result<(InferRequest, ResponseFormat), InferError> {
+    // What decoding may build beside the body (the JSON and binary parts are views of one buffer): the rewrite
+    // of bare tokens first, then the tensors packed from JSON, all inputs together.
+    let body_len = json.len() + binary.len();
     // Python clients write NaN and ±Infinity as bare tokens; they are read as those floats.
-    let rewritten = crate::json_data::non_finite_tokens_as_markers(json);
-    let request: JsonRequest = serde_json::from_slice(rewritten.as_deref().unwrap_or(json))
+    let room = ferroserve_proto::limits::decode_growth_allowed(body_len);
+    let rewritten = crate::json_data::non_finite_tokens_as_markers(json, room)?;
+    let allowance = PackAllowance::for_body(body_len + rewritten.as_ref().map_or(0, Vec::len));
+    let mut parser = serde_json::Deserializer::from_slice(rewritten.as_deref().unwrap_or(json));
+    let request = serde::de::DeserializeSeed::deserialize(RequestSeed(&allowance), &mut parser)
+        .and_then(|request| parser.end().map(|()| request))
         .map_err(|e| InferError::invalid(format!("malformed inference request JSON: {e}")))?;
     let parameters = parameters_from_json(request.parameters)?;
     let mut format = ResponseFormat {
@@ -298,7 +378,7 @@ pub fn decode_request_charged(
             }
             (None, None, Some(JsonData::Packed(tensor))) => tensor?,
             (None, None, Some(JsonData::Text(text))) => {
-                tensor_from_json_text(&input.name, datatype, shape, text.get(), true)?
+                tensor_from_json_text(&input.name, datatype, shape, text.get(), true, &allowance)?
             }
             (None, None, None) => {
                 return Err(InferError::invalid(format!(
@@ -377,28 +457,69 @@ fn is_utf8_text(tensor: &Tensor) -> bool {
     }
 }
 
-/// Encodes a v2 inference response.
-pub fn encode_response(response: &InferResponse, format: &ResponseFormat) -> Result<EncodedResponse, InferError> {
-    let mut binary_parts = Vec::new();
-    let mut outputs = Vec::with_capacity(response.outputs.len());
+/// How one output of an answer goes out.
+pub enum OutputForm {
+    /// Its elements in the JSON `data` array.
+    Json,
+    /// Its bytes after the JSON (`binary_data_size`).
+    Binary(Bytes),
+    /// Written into a shared-memory region: name, datatype and shape only, as Triton answers (its C++ client,
+    /// perf_analyzer's, reads any output `parameters` for `binary_data_size`).
+    Elsewhere,
+}
+
+/// Decides how each output of `response` goes out, in order, and writes those bound for shared memory.
+pub fn output_forms(response: &InferResponse, format: &ResponseFormat) -> Result<Vec<OutputForm>, InferError> {
+    let mut forms = Vec::with_capacity(response.outputs.len());
     for output in &response.outputs {
         let tensor = &output.tensor;
         // BYTES that are not UTF-8 text cannot be a JSON string without loss: such an output goes in binary
         // (which Triton's clients and the KServe SDK read whatever was asked), never mangled.
         let binary = format.binary(&output.name, tensor.datatype()) || !is_utf8_text(tensor);
-        let (parameters, data) = if let Some(slot) = format.shm_outputs.get(&output.name) {
-            // Name, datatype and shape only, as Triton answers: its C++ client (perf_analyzer's) reads any
-            // output `parameters` for `binary_data_size`.
+        forms.push(if let Some(slot) = format.shm_outputs.get(&output.name) {
             slot.write(&output.name, &tensor_to_raw(tensor))?;
-            (None, None)
+            OutputForm::Elsewhere
         } else if binary {
-            let raw = tensor_to_raw(tensor);
-            let mut p = serde_json::Map::new();
-            p.insert("binary_data_size".into(), raw.len().into());
-            binary_parts.push(raw);
-            (Some(p), None)
+            OutputForm::Binary(tensor_to_raw(tensor))
         } else {
-            (None, Some(TokenDataView(tensor)))
+            OutputForm::Json
+        });
+    }
+    Ok(forms)
+}
+
+/// At most how many bytes the answer's body takes: its JSON data (6 characters a string byte, 25 a number) and
+/// its binary parts; what decides whether it is written whole or in chunks.
+pub fn answer_size_bound(response: &InferResponse, forms: &[OutputForm]) -> usize {
+    let data = response.outputs.iter().zip(forms).map(|(output, form)| match (form, output.tensor.data()) {
+        (OutputForm::Json, TensorData::Strings(items)) => items.iter().map(|s| s.len() * 6 + 3).sum(),
+        (OutputForm::Json, TensorData::Fixed(_)) => output.tensor.element_count() * 25,
+        (OutputForm::Binary(bytes), _) => bytes.len(),
+        (OutputForm::Elsewhere, _) => 0,
+    });
+    data.fold(256, usize::saturating_add)
+}
+
+/// Encodes a v2 inference response.
+pub fn encode_response(response: &InferResponse, format: &ResponseFormat) -> Result<EncodedResponse, InferError> {
+    encode_whole(response, output_forms(response, format)?)
+}
+
+/// Encodes a v2 inference response whose outputs go out as `forms` say, into one buffer.
+pub fn encode_whole(response: &InferResponse, forms: Vec<OutputForm>) -> Result<EncodedResponse, InferError> {
+    let mut binary_parts = Vec::new();
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    for (output, form) in response.outputs.iter().zip(forms) {
+        let tensor = &output.tensor;
+        let (parameters, data) = match form {
+            OutputForm::Elsewhere => (None, None),
+            OutputForm::Binary(raw) => {
+                let mut p = serde_json::Map::new();
+                p.insert("binary_data_size".into(), raw.len().into());
+                binary_parts.push(raw);
+                (Some(p), None)
+            }
+            OutputForm::Json => (None, Some(TokenDataView(tensor))),
         };
         outputs.push(JsonOutput {
             name: &output.name,
@@ -544,9 +665,12 @@ mod tests {
 
     #[test]
     fn data_after_its_signature_is_packed_in_the_one_pass_and_before_it_read_as_text() {
-        let input = |json: &str| -> JsonInput<'static> {
-            serde_json::from_str(Box::leak(json.to_string().into_boxed_str())).unwrap()
+        let allowance = PackAllowance::for_body(0);
+        let read = |json: &str| -> Result<JsonInput<'static>, serde_json::Error> {
+            let mut parser = serde_json::Deserializer::from_str(Box::leak(json.to_string().into_boxed_str()));
+            serde::de::DeserializeSeed::deserialize(InputSeed(&allowance), &mut parser)
         };
+        let input = |json: &str| read(json).unwrap();
         let packed = input(r#"{"name":"x","shape":[2],"datatype":"INT32","data":[[1],[2]]}"#);
         let Some(JsonData::Packed(Ok(tensor))) = packed.data else { panic!("not packed in the one pass") };
         assert_eq!(&tensor.as_fixed().unwrap()[..], &[1u8, 0, 0, 0, 2, 0, 0, 0]);
@@ -564,11 +688,16 @@ mod tests {
             assert!(matches!(input(json).data, Some(JsonData::Text(_))), "{json}");
         }
         assert!(input(r#"{"name":"x","shape":[2],"datatype":"FP32","data":null}"#).data.is_none());
+        // A shape past what is left of the request's allowance is kept as text (refused at its turn), and takes
+        // nothing from it: the same claim fits once.
+        let big = format!(r#"{{"name":"x","shape":[{}],"datatype":"FP64","data":[1]}}"#, 13 << 20);
+        assert!(matches!(input(&big).data, Some(JsonData::Packed(Err(_)))));
+        assert!(matches!(input(&big).data, Some(JsonData::Text(_))));
         for duplicate in [
             r#"{"name":"x","shape":[1],"datatype":"FP32","data":[1],"data":[2]}"#,
             r#"{"name":"x","name":"y","shape":[1],"datatype":"FP32"}"#,
         ] {
-            let e = serde_json::from_str::<JsonInput>(duplicate).err().unwrap();
+            let e = read(duplicate).err().unwrap();
             assert!(e.to_string().contains("duplicate field"), "{e}");
         }
     }

@@ -10,18 +10,24 @@ use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, Seq
 use serde_json::{Map, Value};
 
 /// A request's `inputs`.
+#[cfg(test)]
 pub(crate) fn inputs<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    d.deserialize_seq(Bounded { limit: MAX_TENSORS, what: "inputs", item: PhantomData })
+    d.deserialize_seq(Bounded { limit: MAX_TENSORS, what: "inputs", seed: PhantomData })
+}
+
+/// A request's `inputs`, each read with `seed` (for inputs that share what the request may take while parsed).
+pub(crate) fn inputs_with<'de, S: DeserializeSeed<'de> + Copy>(seed: S) -> Bounded<S> {
+    Bounded { limit: MAX_TENSORS, what: "inputs", seed }
 }
 
 /// A request's `outputs`, when given.
 pub(crate) fn outputs<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Vec<T>>, D::Error> {
-    d.deserialize_option(Optional(Bounded { limit: MAX_TENSORS, what: "requested outputs", item: PhantomData }))
+    d.deserialize_option(Optional(Bounded { limit: MAX_TENSORS, what: "requested outputs", seed: PhantomData }))
 }
 
 /// An input's `shape`.
 pub(crate) fn shape<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
-    d.deserialize_seq(Bounded { limit: MAX_DIMS, what: "dims in a shape", item: PhantomData })
+    d.deserialize_seq(Bounded { limit: MAX_DIMS, what: "dims in a shape", seed: PhantomData })
 }
 
 /// A `parameters` object, when given.
@@ -47,23 +53,30 @@ impl<'de> Deserialize<'de> for Parameters {
     }
 }
 
-/// An array of at most `limit` items.
-struct Bounded<T> {
+/// An array of at most `limit` items, each read with `seed` (`PhantomData<T>` for a plain `T`).
+pub(crate) struct Bounded<S> {
     limit: usize,
     what: &'static str,
-    item: PhantomData<T>,
+    seed: S,
 }
 
-impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
-    type Value = Vec<T>;
+impl<'de, S: DeserializeSeed<'de> + Copy> DeserializeSeed<'de> for Bounded<S> {
+    type Value = Vec<S::Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de> + Copy> Visitor<'de> for Bounded<S> {
+    type Value = Vec<S::Value>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "an array of at most {} {}", self.limit, self.what)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
+        while let Some(item) = seq.next_element_seed(self.seed)? {
             if items.len() == self.limit {
                 return Err(de::Error::custom(format!("more than {} {}", self.limit, self.what)));
             }

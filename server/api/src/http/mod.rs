@@ -4,6 +4,7 @@ pub mod codec;
 pub mod error;
 mod limits;
 mod routes;
+pub mod streamed;
 mod v1;
 mod views;
 

@@ -204,10 +204,22 @@ async fn decode_route_encode(
     let (version, answer) = state.manager.infer_routed(request, keys).await;
     *served = version;
     let response = answer?;
-    let encoded = ferroserve_engine::trace_span!("encode").in_scope(|| codec::encode_response(&response, &format))?;
-    let mut http = Response::new(crate::admission::held_body(Body::from(encoded.body), work_charge));
+    let encoding = ferroserve_engine::trace_span!("encode").entered();
+    let forms = codec::output_forms(&response, &format)?;
+    // A large answer is written as it is sent, never held whole beside its outputs (JSON text can be six times
+    // their size); a small one in one buffer, which is faster.
+    let (body, json_length) = if codec::answer_size_bound(&response, &forms) > super::streamed::STREAM_ABOVE {
+        let answer = super::streamed::StreamedAnswer::new(response, forms)?;
+        let json_length = answer.json_length;
+        (Body::new(answer), json_length)
+    } else {
+        let encoded = codec::encode_whole(&response, forms)?;
+        (Body::from(encoded.body), encoded.json_length)
+    };
+    drop(encoding);
+    let mut http = Response::new(crate::admission::held_body(body, work_charge));
     let headers = http.headers_mut();
-    match encoded.json_length {
+    match json_length {
         Some(n) => {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             headers.insert(HEADER_LENGTH, HeaderValue::from(n));

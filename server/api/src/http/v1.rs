@@ -14,7 +14,9 @@ use ferroserve_runtime::{ModelSignature, Tensor, TensorSpec};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use crate::json_data::{DataView, FlatData, JsonScalar, shape_of_json_text, tensor_from_json, tensor_from_json_text};
+use crate::json_data::{
+    DataView, FlatData, JsonScalar, PackAllowance, shape_of_json_text, tensor_from_json, tensor_from_json_text,
+};
 use crate::state::AppState;
 
 /// `GET /v1/models`.
@@ -59,7 +61,7 @@ pub(crate) async fn post(
             // charged beside what admission charged for the body, so it is refused when it cannot fit.
             let held = crate::admission::http_cost(body.len(), body.len());
             let tree = body.len().saturating_mul(TREE_EXPANSION);
-            let growth = ferroserve_proto::limits::MAX_DECODE_GROWTH;
+            let growth = ferroserve_proto::limits::decode_growth_allowed(body.len());
             if (held + tree).saturating_sub(body.len()) > growth {
                 return Err(InferError::invalid(format!(
                     "the predict body would take about {} bytes as a JSON tree, more than {} MiB beyond its {} bytes; \
@@ -151,10 +153,11 @@ fn tensors_from_text(signature: &ModelSignature, body: &[u8]) -> Result<Option<V
         }
         _ => return Ok(None),
     };
+    let allowance = PackAllowance::for_body(body.len());
     let mut inputs = Vec::with_capacity(columns.len());
     for (spec, text) in columns {
         let Some(shape) = shape_of_json_text(&spec.name, text)? else { return Ok(None) };
-        let tensor = tensor_from_json_text(&spec.name, spec.datatype, shape, text, false)?;
+        let tensor = tensor_from_json_text(&spec.name, spec.datatype, shape, text, false, &allowance)?;
         inputs.push(InferInput { name: spec.name.clone(), tensor, parameters: Parameters::new() });
     }
     Ok(Some(inputs))
