@@ -155,6 +155,36 @@ def test_grpc_message_over_the_limit_is_refused():
         assert s.stop() == 0
 
 
+def test_a_body_over_the_message_limit_gets_its_413_while_the_client_is_still_sending():
+    """A body past --max-message-bytes is refused with 413, and read and thrown away first (nothing held), so a
+    client that sends its whole body before reading the answer (Python's http.client, tritonclient) sees the 413
+    instead of a broken pipe; declared with Content-Length or sent chunked. The server goes on."""
+    from server import Server
+
+    s = Server("--max-message-bytes", str(4 << 20))
+    host, port = s.http_addr.split(":")
+    try:
+        head = b'{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,16],"parameters":{"binary_data_size":64}}]}'
+        body = head + bytes(24 << 20)
+        headers = {"Inference-Header-Content-Length": str(len(head))}
+        for chunked in (False, True):
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            if chunked:
+                chunks = (body[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20))
+                conn.request("POST", "/v2/models/mlp/infer", body=chunks, headers=headers, encode_chunked=True)
+            else:
+                conn.request("POST", "/v2/models/mlp/infer", body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            assert resp.status == 413 and b"--max-message-bytes" in data, (chunked, resp.status, data[:200])
+            conn.request("GET", "/v2/health/ready")
+            assert conn.getresponse().status == 200
+            conn.close()
+        assert alive(s)
+    finally:
+        assert s.stop() == 0
+
+
 def _h2_settings(addr):
     """The SETTINGS the server sends first on a new HTTP/2 connection, read with a raw socket: {id: value}."""
     import socket
@@ -556,7 +586,7 @@ def test_json_inputs_share_one_packing_allowance_per_request(server, order):
     claim = one("B", 100 << 17, "[0]")
     status, data = post(server, "/v2/models/mlp/infer", '{"inputs":[' + packed + "," + claim + "]}")
     assert status == 400 and b"input `B`" in data and b"more than the 192 MiB that JSON data may take" in data, data
-    assert b"bytes are left after the inputs before it" in data and b"binary tensor data extension" in data
+    assert b"bytes of it are left" in data and b"binary tensor data extension" in data
     status, data = post(server, "/v2/models/mlp/infer", '{"inputs":[' + claim + "]}")
     assert status == 400 and b"`data` has 1" in data, data[:300]
     assert alive(server)

@@ -212,7 +212,11 @@ pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next
         || payload_too_large(format!("the request body is larger than {max_body_bytes} bytes (--max-message-bytes)"));
     let (request, reservation) = match header_number(&request, "content-length") {
         Some(0) => return next.run(request).await,
-        Some(length) if length > max_body_bytes => return too_large(),
+        Some(length) if length > max_body_bytes => {
+            let (parts, body) = request.into_parts();
+            drain(&parts.headers, body, length).await;
+            return too_large();
+        }
         Some(length) => match budget.reserve(http_cost(length, json_length.unwrap_or(length))) {
             Ok(r) if length > crate::body_buffer::SMALL && reads_its_body(&request) => {
                 let (parts, body) = request.into_parts();
@@ -251,10 +255,14 @@ pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next
                         let Ok(data) = frame.into_data() else { continue };
                         if collected.len() + data.len() > limit {
                             if inflated {
+                                // Not drained: what is left of it is inflated, and the client has likely sent its
+                                // compressed bytes already.
                                 return payload_too_large(format!(
                                     "the request body inflates to more than {limit} bytes (--max-inflated-bytes)"
                                 ));
                             }
+                            drop(collected);
+                            drain(&parts.headers, body, DRAIN_BYTES).await;
                             return too_large();
                         }
                         if let Err(e) = collected.extend(&data) {
@@ -350,26 +358,39 @@ impl http_body::Body for Held {
     }
 }
 
-/// Answers a refused request. Its body is read and thrown away first (a chunk at a time, up to the body limit,
-/// so nothing is held): an HTTP/1.1 client that is still sending when the answer comes would see its connection
-/// reset and a broken pipe instead of the 429. A client that asked `Expect: 100-continue` has sent nothing yet
-/// and gets the answer at once.
+/// Answers a refused request once its body is drained (see [`drain`]), up to the body limit.
 async fn refuse(request: Request, error: InferError, max_body_bytes: usize) -> Response {
-    let waits_for_continue = request
-        .headers()
-        .get(axum::http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if !waits_for_continue {
-        let mut body = request.into_body();
+    let (parts, body) = request.into_parts();
+    drain(&parts.headers, body, max_body_bytes).await;
+    ApiError(error).into_response()
+}
+
+/// The most of a refused request's body [`drain`] reads, and for how long (nginx's lingering close waits 30 s).
+const DRAIN_BYTES: usize = 1 << 30;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads what is left of a refused request's body and throws it away, a frame at a time (nothing is held), up to
+/// `limit` bytes (at most [`DRAIN_BYTES`]) or [`DRAIN_TIME`]. An HTTP/1.1 client that is still sending when the
+/// answer comes sees its connection reset and a broken pipe instead of the answer: Python's http.client sending
+/// 200 MiB past a 192 MiB limit got `BrokenPipeError`, not the 413. A client that asked `Expect: 100-continue`
+/// has sent nothing yet, and gets the answer at once.
+async fn drain(headers: &axum::http::HeaderMap, mut body: Body, limit: usize) {
+    let waits_for_continue =
+        headers.get(axum::http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if waits_for_continue {
+        return;
+    }
+    let limit = limit.min(DRAIN_BYTES);
+    let read = async {
         let mut drained = 0usize;
-        while drained <= max_body_bytes {
+        while drained < limit {
             match body.frame().await {
                 Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
                 Some(Err(_)) | None => break,
             }
         }
-    }
-    ApiError(error).into_response()
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
 #[cfg(test)]

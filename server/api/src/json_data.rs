@@ -216,20 +216,41 @@ pub fn non_finite_tokens_as_markers(json: &[u8], room: usize) -> Result<Option<V
         return Ok(None);
     }
     // A marker is its token, quoted, with `\u0000` before it: 8 characters longer.
-    let bound = json.len().saturating_add(tokens.saturating_mul(8));
+    let mut bound = json.len().saturating_add(tokens.saturating_mul(8));
     if bound > room {
-        return Err(InferError::invalid(format!(
-            "the request has {tokens} bare NaN or Infinity tokens; read as floats they take {bound} bytes, more than \
-             the {} MiB this request may take beyond its body; send such tensors with the binary tensor data extension",
-            room >> 20
-        )));
+        // The scan counted tokens inside strings too: count only the bare ones before refusing.
+        let bare = rewrite_bare_tokens(json, None);
+        if bare == 0 {
+            return Ok(None);
+        }
+        bound = json.len().saturating_add(bare.saturating_mul(8));
+        if bound > room {
+            return Err(InferError::invalid(format!(
+                "the request has {bare} bare NaN or Infinity tokens; read as floats they take {bound} bytes, more \
+                 than the {} MiB this request may take beyond its body; send such tensors with the binary tensor \
+                 data extension",
+                room >> 20
+            )));
+        }
     }
     let mut out = Vec::with_capacity(bound);
-    let (mut i, mut in_string, mut escaped) = (0, false, false);
+    rewrite_bare_tokens(json, Some(&mut out));
+    Ok(Some(out))
+}
+
+/// Walks `json`, writing it to `out` (when given) with each bare `NaN`, `Infinity` and `-Infinity` token (one
+/// outside a string) as its marker string; returns how many there were.
+fn rewrite_bare_tokens(json: &[u8], mut out: Option<&mut Vec<u8>>) -> usize {
+    let mut put = |bytes: &[u8]| {
+        if let Some(out) = out.as_deref_mut() {
+            out.extend_from_slice(bytes);
+        }
+    };
+    let (mut i, mut in_string, mut escaped, mut tokens) = (0, false, false, 0);
     while i < json.len() {
         let b = json[i];
         if in_string {
-            out.push(b);
+            put(&[b]);
             match (escaped, b) {
                 (true, _) => escaped = false,
                 (false, b'\\') => escaped = true,
@@ -245,20 +266,20 @@ pub fn non_finite_tokens_as_markers(json: &[u8], room: usize) -> Result<Option<V
             .find(|(t, _)| rest.starts_with(t));
         match token {
             Some((t, marker)) => {
-                out.push(b'"');
-                out.extend_from_slice(b"\\u0000");
-                out.extend_from_slice(&marker.as_bytes()[1..]);
-                out.push(b'"');
+                put(b"\"\\u0000");
+                put(&marker.as_bytes()[1..]);
+                put(b"\"");
                 i += t.len();
+                tokens += 1;
             }
             None => {
                 in_string = b == b'"';
-                out.push(b);
+                put(&[b]);
                 i += 1;
             }
         }
     }
-    Ok(Some(out))
+    tokens
 }
 
 /// Multiplies out a client-supplied shape, refusing negative dims and overflow.
@@ -412,22 +433,23 @@ impl PackAllowance {
         PackAllowance { allowed, left: Cell::new(allowed) }
     }
 
+    /// Gives back what a packer took and did not use (its data was `null`).
+    pub fn give_back(&self, bytes: usize) {
+        self.left.set((self.left.get() + bytes).min(self.allowed));
+    }
+
     /// Takes what input `name`'s shape claims once packed (a BYTES element is a 32-byte handle before its text),
     /// before anything is reserved for it; refused past what is left. JSON packs up to 4 bytes a character (FP64
     /// `0,`): tensors that large belong in the binary extension.
-    fn take(&self, name: &str, datatype: DataType, shape: &[usize], expected: usize) -> Result<(), InferError> {
+    fn take(&self, name: &str, datatype: DataType, shape: &[usize], expected: usize) -> Result<usize, InferError> {
         let handle = datatype.size_of().unwrap_or(std::mem::size_of::<Bytes>());
         let decoded = expected.saturating_mul(handle);
         let left = self.left.get();
         if decoded <= left {
             self.left.set(left - decoded);
-            return Ok(());
+            return Ok(decoded);
         }
-        let others = if left < self.allowed {
-            format!(" ({left} bytes are left after the inputs before it)")
-        } else {
-            String::new()
-        };
+        let others = if left < self.allowed { format!(" ({left} bytes of it are left)") } else { String::new() };
         Err(InferError::invalid(format!(
             "input `{name}`: shape {shape:?} of {datatype} is {decoded} bytes once decoded, more than the {} MiB that \
              JSON data may take in this request{others}; send large tensors with the binary tensor data extension",
@@ -442,6 +464,8 @@ impl PackAllowance {
 /// the value is skipped, and [`DataPacker::finish`] answers with the reason, so the caller can report it in turn.
 pub struct DataPacker<'a> {
     packer: Packer<'a>,
+    /// What it took from the request's allowance.
+    claimed: usize,
 }
 
 impl<'a> DataPacker<'a> {
@@ -462,7 +486,7 @@ impl<'a> DataPacker<'a> {
             )));
         }
         let expected: usize = shape.iter().product();
-        allowance.take(name, datatype, &shape, expected)?;
+        let claimed = allowance.take(name, datatype, &shape, expected)?;
         let room = expected.min(room);
         let sink = match datatype.size_of() {
             Some(size) if expected.saturating_mul(size) <= LARGE_TENSOR => {
@@ -474,7 +498,15 @@ impl<'a> DataPacker<'a> {
             ),
             None => Sink::Strings(Vec::with_capacity(room)),
         };
-        Ok(DataPacker { packer: Packer { name, datatype, shape, expected, count: 0, sink, markers, error: None } })
+        Ok(DataPacker {
+            claimed,
+            packer: Packer { name, datatype, shape, expected, count: 0, sink, markers, error: None },
+        })
+    }
+
+    /// What it took from the request's allowance (given back when its data turns out to be `null`).
+    pub fn claimed(&self) -> usize {
+        self.claimed
     }
 
     /// The seed that reads one `data` value into the packer.
@@ -1003,6 +1035,8 @@ mod tests {
         assert!(non_finite_tokens_as_markers(tokens, tokens.len() + 24).unwrap().is_some());
         let e = non_finite_tokens_as_markers(tokens, tokens.len() + 23).unwrap_err().to_string();
         assert!(e.contains("3 bare NaN or Infinity tokens") && e.contains("binary tensor data extension"), "{e}");
+        // Tokens inside strings are not bare: however many, they are not refused for want of room.
+        assert_eq!(non_finite_tokens_as_markers(br#"["NaNNaNNaN", "Infinity"]"#, 0).unwrap(), None);
     }
 
     #[test]
@@ -1013,7 +1047,10 @@ mod tests {
         claim(10 << 20).unwrap();
         claim(10 << 20).unwrap();
         let e = claim(1).unwrap_err().to_string();
-        assert!(e.contains("more than the 160 MiB that JSON data may take") && e.contains("0 bytes are left"), "{e}");
+        assert!(
+            e.contains("more than the 160 MiB that JSON data may take") && e.contains("0 bytes of it are left"),
+            "{e}"
+        );
         // A refused claim takes nothing.
         let allowance = PackAllowance::for_body(0);
         let claim = |n: usize| DataPacker::new("x", DataType::Fp32, vec![n], 1, true, &allowance).map(|_| ());

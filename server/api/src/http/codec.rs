@@ -167,9 +167,14 @@ impl<'de> serde::de::Visitor<'de> for InputSeed<'_> {
                 InputField::Data => {
                     let packer = packer_for(name.as_deref(), shape.as_deref(), datatype.as_deref(), self.0);
                     let value = match packer {
-                        Some(mut packer) => map
-                            .next_value_seed(limits::Optional(packer.seed()))?
-                            .map(|()| JsonData::Packed(packer.finish())),
+                        Some(mut packer) => match map.next_value_seed(limits::Optional(packer.seed()))? {
+                            Some(()) => Some(JsonData::Packed(packer.finish())),
+                            // `"data": null` (beside binary or shared-memory data) packs nothing, and takes nothing.
+                            None => {
+                                self.0.give_back(packer.claimed());
+                                None
+                            }
+                        },
                         None => map.next_value::<Option<&'de serde_json::value::RawValue>>()?.map(JsonData::Text),
                     };
                     once(&mut data, "data", value)?;
@@ -664,6 +669,29 @@ mod tests {
     }
 
     #[test]
+    fn the_request_object_reads_as_the_derived_one_did() {
+        let decode = |json: &str| {
+            decode_request("m", None, json.as_bytes(), Bytes::new(), &SharedMemory::default()).map(|(r, _)| r)
+        };
+        let input = r#"{"name":"x","shape":[1],"datatype":"FP32","data":[1]}"#;
+        let request = decode(&format!(
+            r#"{{"id":"a","future":{{"x":[1]}},"parameters":{{"p":1}},"inputs":[{input}],"outputs":null}}"#
+        ))
+        .unwrap();
+        assert_eq!((request.id.as_deref(), request.inputs.len(), request.outputs.len()), (Some("a"), 1, 0));
+        assert!(decode(&format!(r#"{{"id":null,"inputs":[{input}]}}"#)).unwrap().id.is_none());
+        for (json, error) in [
+            (r#"{"id":"a"}"#.to_string(), "missing field `inputs`"),
+            (format!(r#"{{"inputs":[{input}],"inputs":[{input}]}}"#), "duplicate field `inputs`"),
+            (format!(r#"{{"inputs":[{input}]}} x"#), "trailing characters"),
+            (r#"["a", null, []]"#.to_string(), "an inference request object"),
+        ] {
+            let e = decode(&json).unwrap_err().to_string();
+            assert!(e.contains("malformed inference request JSON") && e.contains(error), "{json}: {e}");
+        }
+    }
+
+    #[test]
     fn data_after_its_signature_is_packed_in_the_one_pass_and_before_it_read_as_text() {
         let allowance = PackAllowance::for_body(0);
         let read = |json: &str| -> Result<JsonInput<'static>, serde_json::Error> {
@@ -693,6 +721,15 @@ mod tests {
         let big = format!(r#"{{"name":"x","shape":[{}],"datatype":"FP64","data":[1]}}"#, 13 << 20);
         assert!(matches!(input(&big).data, Some(JsonData::Packed(Err(_)))));
         assert!(matches!(input(&big).data, Some(JsonData::Text(_))));
+        // `"data": null` takes nothing: the whole allowance is there for a claim of all of it after one.
+        let fresh = PackAllowance::for_body(0);
+        let read_fresh = |json: &str| -> JsonInput<'static> {
+            let mut parser = serde_json::Deserializer::from_str(Box::leak(json.to_string().into_boxed_str()));
+            serde::de::DeserializeSeed::deserialize(InputSeed(&fresh), &mut parser).unwrap()
+        };
+        let all = format!(r#"{{"name":"x","shape":[{}],"datatype":"FP64","data":"#, 24 << 20);
+        assert!(read_fresh(&format!("{all}null}}")).data.is_none());
+        assert!(matches!(read_fresh(&format!("{all}[1]}}")).data, Some(JsonData::Packed(Err(_)))));
         for duplicate in [
             r#"{"name":"x","shape":[1],"datatype":"FP32","data":[1],"data":[2]}"#,
             r#"{"name":"x","name":"y","shape":[1],"datatype":"FP32"}"#,

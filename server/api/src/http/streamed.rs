@@ -5,7 +5,8 @@
 //! was a copy of every output behind its JSON.
 //!
 //! The bytes are those [`super::codec::encode_response`] writes (a unit test holds the two together), and their
-//! number is counted before the first chunk goes out, so the answer has a `Content-Length` like any other.
+//! number is counted before the first chunk goes out (strings by the width of their escapes, numbers formatted into
+//! a scratch buffer), so the answer has a `Content-Length` like any other.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -107,17 +108,24 @@ impl StreamedAnswer {
         let has_binary = !raw.is_empty();
         pieces.extend(raw.into_iter().map(Piece::Raw));
         let layout = Layout { response, pieces };
-        let mut total = 0;
-        let mut cursor = Cursor::default();
-        while let Some(chunk) = layout.chunk(&mut cursor) {
-            total += chunk.len();
-        }
+        let total = layout.length();
         let json_length = has_binary.then_some(total - binary);
         Ok(StreamedAnswer { layout, cursor: Cursor::default(), remaining: total as u64, json_length })
     }
 }
 
 impl Layout {
+    /// How many bytes the answer takes, counted without making its chunks (numbers are formatted into one
+    /// scratch buffer: their length is known no other way).
+    fn length(&self) -> usize {
+        let mut scratch = Vec::new();
+        let mut piece = |piece: &Piece| match piece {
+            Piece::Text(bytes) | Piece::Raw(bytes) => bytes.len(),
+            Piece::Data(output) => data_length(&self.response.outputs[*output].tensor, &mut scratch),
+        };
+        self.pieces.iter().map(&mut piece).sum()
+    }
+
     /// The next chunk from `cursor`, which it moves on; `None` at the end.
     fn chunk(&self, cursor: &mut Cursor) -> Option<Bytes> {
         loop {
@@ -143,7 +151,7 @@ impl Layout {
 
 /// About [`CHUNK`] bytes of `tensor`'s JSON data from `cursor` (at least one element or part of one).
 fn data_chunk(tensor: &Tensor, cursor: &mut Cursor) -> Bytes {
-    let mut out = Vec::with_capacity(CHUNK + 64);
+    let mut out = Vec::with_capacity(CHUNK + 16);
     match tensor.data() {
         TensorData::Strings(items) => {
             while out.len() < CHUNK && cursor.element < items.len() {
@@ -154,8 +162,10 @@ fn data_chunk(tensor: &Tensor, cursor: &mut Cursor) -> Bytes {
                     }
                     out.push(b'"');
                 }
-                // At most 6 characters a byte: what fits in what is left of the chunk, one byte at least.
-                let take = ((CHUNK - out.len()) / 6).max(1).min(item.len() - cursor.byte);
+                // At most 6 characters a byte: what fits in what is left of the chunk, one byte at least (so a
+                // chunk ends at most a few bytes past CHUNK).
+                let room = CHUNK.saturating_sub(out.len()) / 6;
+                let take = room.max(1).min(item.len() - cursor.byte);
                 escape_json_text(&item[cursor.byte..cursor.byte + take], &mut out);
                 cursor.byte += take;
                 if cursor.byte == item.len() {
@@ -164,24 +174,81 @@ fn data_chunk(tensor: &Tensor, cursor: &mut Cursor) -> Bytes {
                     cursor.byte = 0;
                 }
             }
+            Bytes::from(out)
         }
         TensorData::Fixed(_) => {
             let end = (cursor.element + NUMBERS_PER_CHUNK).min(tensor.element_count());
-            if cursor.element > 0 {
-                out.push(b',');
-            }
-            let start = out.len();
-            let mut serializer = serde_json::Serializer::with_formatter(&mut out, NonFiniteTokens);
-            // Writing numbers into a vector cannot fail.
-            if serde::Serialize::serialize(&TokenDataRange(tensor, cursor.element..end), &mut serializer).is_ok() {
-                // The range's own brackets go: the array's are in the pieces around it.
-                out.remove(start);
-                out.pop();
-            }
+            write_numbers(tensor, cursor.element..end, &mut out);
+            let first = cursor.element == 0;
             cursor.element = end;
+            // The range's own brackets go (the array's are in the pieces around it): its `[` becomes the comma
+            // after the elements before it.
+            out.pop();
+            if first {
+                let out = Bytes::from(out);
+                return if out.is_empty() { out } else { out.slice(1..) };
+            }
+            if let Some(bracket) = out.first_mut() {
+                *bracket = b',';
+            }
+            Bytes::from(out)
         }
     }
-    Bytes::from(out)
+}
+
+/// Writes elements `range` of a fixed-size tensor as a JSON array, as [`TokenDataRange`] does.
+fn write_numbers(tensor: &Tensor, range: std::ops::Range<usize>, out: &mut Vec<u8>) {
+    let mut serializer = serde_json::Serializer::with_formatter(out, NonFiniteTokens);
+    // Numbers written into a vector cannot fail.
+    let _ = serde::Serialize::serialize(&TokenDataRange(tensor, range), &mut serializer);
+}
+
+/// How many bytes `tensor`'s JSON data takes without its brackets, as [`data_chunk`] writes it: strings by the
+/// width of their escapes, numbers formatted a chunk at a time into `scratch` and dropped.
+fn data_length(tensor: &Tensor, scratch: &mut Vec<u8>) -> usize {
+    match tensor.data() {
+        TensorData::Strings(items) => {
+            let quoted: usize = items.iter().map(|s| 2 + s.iter().map(|&b| escaped_width(b)).sum::<usize>()).sum();
+            quoted + items.len().saturating_sub(1)
+        }
+        TensorData::Fixed(_) => {
+            let (n, mut start, mut total) = (tensor.element_count(), 0, 0);
+            while start < n {
+                let end = (start + NUMBERS_PER_CHUNK).min(n);
+                scratch.clear();
+                write_numbers(tensor, start..end, scratch);
+                // Less its brackets; a comma before every range but the first.
+                total += scratch.len().saturating_sub(if start == 0 { 2 } else { 1 });
+                start = end;
+            }
+            total
+        }
+    }
+}
+
+/// The escape of a byte inside a JSON string, as serde_json writes it: a short escape's letter, `u` for
+/// `\u00XX`, `None` for a byte written as it is.
+fn escape_of(b: u8) -> Option<u8> {
+    match b {
+        b'"' => Some(b'"'),
+        b'\\' => Some(b'\\'),
+        0x08 => Some(b'b'),
+        0x0c => Some(b'f'),
+        b'\n' => Some(b'n'),
+        b'\r' => Some(b'r'),
+        b'\t' => Some(b't'),
+        0x00..=0x1f => Some(b'u'),
+        _ => None,
+    }
+}
+
+/// How many characters a byte takes inside a JSON string.
+fn escaped_width(b: u8) -> usize {
+    match escape_of(b) {
+        None => 1,
+        Some(b'u') => 6,
+        Some(_) => 2,
+    }
 }
 
 /// Writes UTF-8 text (or a piece of it: escapes are per byte) as serde_json escapes it inside a string: `"` and
@@ -190,22 +257,12 @@ fn escape_json_text(text: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut plain = 0;
     for (i, &b) in text.iter().enumerate() {
-        let short = match b {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            0x08 => b'b',
-            0x0c => b'f',
-            b'\n' => b'n',
-            b'\r' => b'r',
-            b'\t' => b't',
-            0x00..=0x1f => b'u',
-            _ => continue,
-        };
+        let Some(escape) = escape_of(b) else { continue };
         out.extend_from_slice(&text[plain..i]);
         plain = i + 1;
         out.push(b'\\');
-        out.push(short);
-        if short == b'u' {
+        out.push(escape);
+        if escape == b'u' {
             out.extend_from_slice(&[b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
         }
     }
@@ -299,6 +356,11 @@ mod tests {
         let long = [b"\x01\"\\\n".repeat(100_000), "é€😀".repeat(50_000).into_bytes()].concat();
         let text = strings(vec![ascii.clone(), Vec::new(), long.clone(), b"plain".to_vec(), long, Vec::new(), ascii]);
         same_as_whole(response(Some("req-1"), vec![text.clone()]), || vec![OutputForm::Json]);
+        // Short strings end chunks at every position near CHUNK (4 bytes each, so one ends at CHUNK - 1), then a
+        // long one of escapes starts late in a chunk.
+        let mut short = vec![b"a".to_vec(); 70_000];
+        short.push(vec![1u8; 200_000]);
+        same_as_whole(response(None, vec![strings(short)]), || vec![OutputForm::Json]);
         // Numbers of every JSON type, with non-finite floats, over several chunks; and no elements at all.
         let n = NUMBERS_PER_CHUNK * 2 + 7;
         let mut floats: Vec<f32> = (0..n).map(|i| i as f32 * 0.1 - 3.0).collect();
