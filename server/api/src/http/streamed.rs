@@ -208,7 +208,7 @@ fn write_numbers(tensor: &Tensor, range: std::ops::Range<usize>, out: &mut Vec<u
 fn data_length(tensor: &Tensor, scratch: &mut Vec<u8>) -> usize {
     match tensor.data() {
         TensorData::Strings(items) => {
-            let quoted: usize = items.iter().map(|s| 2 + s.iter().map(|&b| escaped_width(b)).sum::<usize>()).sum();
+            let quoted: usize = items.iter().map(|s| 2 + escaped_len(s)).sum();
             quoted + items.len().saturating_sub(1)
         }
         TensorData::Fixed(_) => {
@@ -226,29 +226,39 @@ fn data_length(tensor: &Tensor, scratch: &mut Vec<u8>) -> usize {
     }
 }
 
-/// The escape of a byte inside a JSON string, as serde_json writes it: a short escape's letter, `u` for
-/// `\u00XX`, `None` for a byte written as it is.
-fn escape_of(b: u8) -> Option<u8> {
-    match b {
-        b'"' => Some(b'"'),
-        b'\\' => Some(b'\\'),
-        0x08 => Some(b'b'),
-        0x0c => Some(b'f'),
-        b'\n' => Some(b'n'),
-        b'\r' => Some(b'r'),
-        b'\t' => Some(b't'),
-        0x00..=0x1f => Some(b'u'),
-        _ => None,
+/// The escape of each byte inside a JSON string, as serde_json writes it: a short escape's letter, `u` for
+/// `\u00XX`, 0 for a byte written as it is. A table, as serde_json's own: it is read for every byte of a large
+/// answer twice (counted, then written).
+static ESCAPES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
     }
-}
+    table[0x08] = b'b';
+    table[0x0c] = b'f';
+    table[b'\n' as usize] = b'n';
+    table[b'\r' as usize] = b'r';
+    table[b'\t' as usize] = b't';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
 
-/// How many characters a byte takes inside a JSON string.
-fn escaped_width(b: u8) -> usize {
-    match escape_of(b) {
-        None => 1,
-        Some(b'u') => 6,
-        Some(_) => 2,
+/// How many characters `text` takes inside a JSON string.
+fn escaped_len(text: &[u8]) -> usize {
+    // Most text has nothing to escape, which one pass the compiler vectorises finds out.
+    if text.iter().filter(|&&b| b < 0x20 || b == b'"' || b == b'\\').count() == 0 {
+        return text.len();
     }
+    text.iter()
+        .map(|&b| match ESCAPES[usize::from(b)] {
+            0 => 1,
+            b'u' => 6,
+            _ => 2,
+        })
+        .sum()
 }
 
 /// Writes UTF-8 text (or a piece of it: escapes are per byte) as serde_json escapes it inside a string: `"` and
@@ -257,7 +267,10 @@ fn escape_json_text(text: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut plain = 0;
     for (i, &b) in text.iter().enumerate() {
-        let Some(escape) = escape_of(b) else { continue };
+        let escape = ESCAPES[usize::from(b)];
+        if escape == 0 {
+            continue;
+        }
         out.extend_from_slice(&text[plain..i]);
         plain = i + 1;
         out.push(b'\\');
