@@ -29,7 +29,7 @@ const NUMBERS_PER_CHUNK: usize = CHUNK / 25;
 enum Piece {
     /// Small JSON text: the envelope, an output's name, datatype, shape and parameters.
     Text(Bytes),
-    /// The elements of output `0`'s JSON `data` array, without its brackets.
+    /// The elements of the JSON `data` array of the output at this index, without its brackets.
     Data(usize),
     /// A binary part: an output's bytes after the JSON.
     Raw(Bytes),
@@ -61,7 +61,7 @@ pub struct StreamedAnswer {
 
 impl StreamedAnswer {
     /// Lays out `response` with each output in its `forms` entry (one per output, in order), and counts its bytes
-    /// (one pass that makes and drops the chunks).
+    /// ([`Layout::length`]).
     pub fn new(response: InferResponse, forms: Vec<OutputForm>) -> Result<Self, InferError> {
         let mut pieces = Vec::new();
         let mut text = BytesMut::new();
