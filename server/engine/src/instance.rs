@@ -146,6 +146,7 @@ fn catch_load(loader: &dyn RuntimeLoader, spec: &LoadSpec) -> Result<Box<dyn Run
 fn serve(mut runtime: Box<dyn Runtime>, batcher: &Batcher, stats: &ModelStats) {
     while let Some((batch, reason)) = batcher.take() {
         stats.record_batch_reason(reason);
+        let items = batch.iter().map(|e| e.items).sum();
         let mut finish = Finish { batcher, requests: batch.len(), reported: false };
         let started = Instant::now();
         // A panic outside the model call (joining or splitting tensors) must not kill the instance: callers
@@ -155,7 +156,7 @@ fn serve(mut runtime: Box<dyn Runtime>, batcher: &Batcher, stats: &ModelStats) {
             tracing::error!("an instance panicked while preparing or answering a batch; it keeps serving");
         }
         finish.now();
-        batcher.record_execution(started.elapsed());
+        batcher.record_execution(items, started.elapsed());
     }
 }
 

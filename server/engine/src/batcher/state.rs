@@ -13,8 +13,11 @@
 //!   the last arrival and half an execution, and never for a request that cannot come: when every request
 //!   recently seen in flight at once is already queued or running (closed-loop clients, which send again only
 //!   after their answer), it runs at once. Otherwise it runs at once too, and what arrives while it executes
-//!   forms the next batch. An idle model, or one whose clients wait for each answer before sending again
-//!   (concurrency 1), never waits;
+//!   forms the next batch. Under sustained load, when the recent arrivals run one at a time would keep an
+//!   instance busy half the time or more, a partial batch waits for the next preferred size (or
+//!   `max_batch_size`) as the config asks, if that size can gather at the recent arrival rate within
+//!   `max_delay`, and only while arrivals go on. An idle model, or one whose clients wait for each answer
+//!   before sending again (concurrency 1), never waits;
 //! - queued requests past their deadline are taken out for a timeout reply.
 
 use std::collections::VecDeque;
@@ -115,6 +118,15 @@ const ARRIVALS_PER_EXECUTION: f64 = 8.0;
 const PEAK_SETTLED: Duration = Duration::from_millis(10);
 /// Weight of the newest execution time in its moving average.
 const EXECUTION_WEIGHT: f64 = 0.1;
+/// Share of the time one instance would be busy running the recent arrivals one at a time (arrival rate ×
+/// a one-item execution) from which the load counts as sustained: a partial batch then waits for the next
+/// preferred size, as the config asks, when that size can gather within the window. Below it, one item at a
+/// time keeps up with room to spare and waiting would only add latency; above it, every execution saved is
+/// time the instance and the CPU it shares with the request handlers get back (on the compute-bound MLP at
+/// concurrency 32, batches of 3 to 4 items cost 35 µs of execution per request, batches of 8 or more 23 µs).
+const SUSTAINED_LOAD: f64 = 0.5;
+/// Under sustained load, a partial batch stops waiting once this many expected gaps pass with no arrival.
+const GAPS_WITHOUT_ARRIVALS: f64 = 4.0;
 
 /// What the adaptive window knows of the recent past: arrivals that found requests already queued, the time
 /// the queue was non-empty, the most requests in flight at once (all three decaying), the last arrival, and a
@@ -130,6 +142,9 @@ struct History {
     updated: Option<Instant>,
     last_arrival: Option<Instant>,
     execution_secs: Option<f64>,
+    /// A one-item execution's time (moving average): what the arrivals would cost run one at a time. Kept
+    /// while batches are larger, so it does not move with the batching it decides.
+    single_item_secs: Option<f64>,
 }
 
 impl History {
@@ -254,6 +269,14 @@ impl<T> BatchState<T> {
         }
     }
 
+    /// Records how long an execution of a single item took (the sustained-load rule of the adaptive window
+    /// weighs the arrival rate against it).
+    pub fn single_item_executed(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let average = self.history.single_item_secs.map_or(secs, |e| e + EXECUTION_WEIGHT * (secs - e));
+        self.history.single_item_secs = Some(average);
+    }
+
     /// Takes out every request for which `remove` is true (callers gone away).
     pub fn remove_where(&mut self, mut remove: impl FnMut(&T) -> bool) -> Vec<Entry<T>> {
         let mut removed = Vec::new();
@@ -334,7 +357,7 @@ impl<T> BatchState<T> {
         let due = head_since + self.policy.max_delay;
         let wait_until = match self.policy.window {
             Window::Fixed => due,
-            Window::Adaptive => self.adaptive_until(head_since, due),
+            Window::Adaptive => self.adaptive_until(now, head_since, due, total),
         };
         let take = if full {
             let reason = if total == max { RunReason::Full } else { RunReason::Preferred };
@@ -356,12 +379,13 @@ impl<T> BatchState<T> {
         }
     }
 
-    /// Until when the adaptive window lets a partial batch wait: only when arrivals come much faster than a
-    /// batch executes (at least [`ARRIVALS_PER_EXECUTION`] expected during one execution), for at most one
-    /// expected gap after the last arrival and half an execution after the oldest request, never past `due`.
-    /// With no such expectation (an idle model, or clients that wait for each answer), not at all: requests
-    /// that arrive while a batch executes form the next batch anyway.
-    fn adaptive_until(&self, head_since: Instant, due: Instant) -> Instant {
+    /// Until when the adaptive window lets a partial batch of `queued` items wait: only when arrivals come
+    /// much faster than a batch executes (at least [`ARRIVALS_PER_EXECUTION`] expected during one execution),
+    /// for at most one expected gap after the last arrival and half an execution after the oldest request; or
+    /// under sustained load ([`Self::fuller_batch_until`]); never past `due`. With neither (an idle model, or
+    /// clients that wait for each answer), not at all: requests that arrive while a batch executes form the
+    /// next batch anyway.
+    fn adaptive_until(&self, now: Instant, head_since: Instant, due: Instant, queued: usize) -> Instant {
         // Every request recently seen in flight at once is here already, and that peak has held for a while:
         // clients that send again only after their answer (a closed loop) have nothing else on its way.
         let settled = self.history.peak_raised.is_none_or(|t| head_since.saturating_duration_since(t) >= PEAK_SETTLED);
@@ -372,10 +396,36 @@ impl<T> BatchState<T> {
             return head_since;
         };
         if gap * ARRIVALS_PER_EXECUTION > execution {
-            return head_since;
+            return self.fuller_batch_until(now, due, gap, queued).unwrap_or(head_since);
         }
         let last = self.history.last_arrival.map_or(head_since, |t| t.max(head_since));
         (last + Duration::from_secs_f64(gap)).min(head_since + Duration::from_secs_f64(execution / 2.0)).min(due)
+    }
+
+    /// The sustained-load rule: when the recent arrivals would keep one instance busy [`SUSTAINED_LOAD`] of
+    /// the time or more if run one at a time, and the next preferred batch size (or `max_batch_size`) is no
+    /// more than the requests recently in flight at once and can gather at the recent arrival rate before
+    /// `due`, the batch waits for it, as the config asks, until
+    /// [`GAPS_WITHOUT_ARRIVALS`] expected gaps pass with no arrival. `None`: run now.
+    fn fuller_batch_until(&self, now: Instant, due: Instant, gap: f64, queued: usize) -> Option<Instant> {
+        let single = self.history.single_item_secs?;
+        if single < SUSTAINED_LOAD * gap {
+            return None;
+        }
+        let target = self.policy.preferred_batch_sizes.iter().copied().find(|&p| p > queued);
+        let target = target.unwrap_or(self.policy.max_batch_size);
+        // A size that more requests than were recently in flight at once would fill cannot form: a few
+        // closed-loop clients would only take turns waiting for each other.
+        if target as f64 > self.history.peak_in_flight + 0.5 {
+            return None;
+        }
+        let missing = target.saturating_sub(queued);
+        let gather = Duration::try_from_secs_f64(missing as f64 * gap).ok()?;
+        if now.checked_add(gather).is_none_or(|ready| ready > due) {
+            return None;
+        }
+        let last = self.history.last_arrival?;
+        Some((last + Duration::try_from_secs_f64(GAPS_WITHOUT_ARRIVALS * gap).ok()?).min(due))
     }
 
     fn take(&mut self, picked: &[(usize, usize)]) -> Vec<Entry<T>> {
@@ -682,6 +732,160 @@ mod tests {
         assert_eq!(ids(d).len(), 50);
     }
 
+    /// One instance serving `clients` closed-loop clients, each sending its next request `think` µs (± a
+    /// fifth, varying) after its answer, on a model whose execution of `b` items takes `56 + 19·b` µs (the
+    /// compute-bound MLP's cost on this project's CI machine, per request handling included). Returns the
+    /// items of every batch, in order.
+    fn closed_loop(policy: BatchPolicy, clients: usize, think: u64, batches: usize) -> Vec<usize> {
+        let t0 = Instant::now();
+        let mut s = BatchState::new(policy);
+        let mut seed = 0x2545_f491_u64;
+        let mut jitter = move || {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % (think / 5 * 2 + 1)
+        };
+        let mut arrivals: Vec<Instant> = (0..clients as u64).map(|i| t0 + Duration::from_micros(i * 7)).collect();
+        let mut now = t0;
+        let mut sizes = Vec::new();
+        let mut next_id = 0u32;
+        while sizes.len() < batches {
+            arrivals.sort();
+            while arrivals.first().is_some_and(|&a| a <= now) {
+                s.push(entry(next_id, 1, arrivals.remove(0))).unwrap();
+                next_id += 1;
+            }
+            let next_arrival = arrivals.first().copied();
+            match s.next_batch(now, false) {
+                Decision::Run(b, _) => {
+                    let took = Duration::from_micros(56 + 19 * b.len() as u64);
+                    now += took;
+                    s.finished(b.len(), Some(took));
+                    if b.len() == 1 {
+                        s.single_item_executed(took);
+                    }
+                    for _ in 0..b.len() {
+                        arrivals.push(now + Duration::from_micros(think - think / 5 + jitter()));
+                    }
+                    sizes.push(b.len());
+                }
+                Decision::WaitUntil(until) => now = next_arrival.map_or(until, |a| a.min(until)).max(now),
+                Decision::Idle => now = next_arrival.expect("every client has a request queued or coming"),
+            }
+        }
+        sizes
+    }
+
+    fn mean(sizes: &[usize]) -> f64 {
+        sizes.iter().sum::<usize>() as f64 / sizes.len() as f64
+    }
+
+    #[test]
+    fn sustained_load_converges_to_the_preferred_batch_size() {
+        // 32 clients, 1.5 ms between an answer and the next request: about 16 000 arrivals a second against
+        // 75 us for one item, so one item at a time would keep the instance busy all the time. Running
+        // whatever is queued whenever the instance is free gives batches of 3 or 4; the config asks for 8.
+        let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
+        let sizes = closed_loop(policy.clone(), 32, 1_500, 4_000);
+        let tail = &sizes[2_000..];
+        assert!(mean(tail) >= 7.5, "mean batch {:.2}: {:?}", mean(tail), &tail[..50]);
+        // The fixed window forms the same batches.
+        let fixed = closed_loop(BatchPolicy { window: Window::Fixed, ..policy }, 32, 1_500, 4_000);
+        assert!((mean(tail) - mean(&fixed[2_000..])).abs() < 1.0, "{} against {}", mean(tail), mean(&fixed[2_000..]));
+    }
+
+    #[test]
+    fn light_load_still_runs_at_once() {
+        // 32 clients, 40 ms apart: 800 arrivals a second, 6 % of the instance's time one at a time.
+        let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
+        let sizes = closed_loop(policy, 32, 40_000, 2_000);
+        assert!(mean(&sizes[1_000..]) < 1.2, "mean batch {:.2}", mean(&sizes[1_000..]));
+    }
+
+    /// Builds a sustained-load history: 200 arrivals 50 us apart that found requests waiting, run in
+    /// batches of `batch` (so `batch` requests were in flight at once), one-item executions of 60 us and
+    /// batch executions of 150 us, then empties the queue. Returns the time of the last arrival.
+    fn sustained_history(s: &mut BatchState<u32>, t0: Instant, batch: usize) -> Instant {
+        s.single_item_executed(Duration::from_micros(60));
+        let mut last = t0;
+        for i in 0..200u32 {
+            last = t0 + Duration::from_micros(u64::from(i) * 50);
+            s.push(entry(i, 1, last)).unwrap();
+            if s.len() == batch {
+                let Decision::Run(b, _) = s.next_batch(last, true) else { panic!("flush runs") };
+                s.finished(b.len(), Some(Duration::from_micros(150)));
+            }
+        }
+        while let Decision::Run(b, _) = s.next_batch(last, true) {
+            s.finished(b.len(), Some(Duration::from_micros(150)));
+        }
+        last
+    }
+
+    #[test]
+    fn a_sustained_wait_ends_at_the_preferred_size_or_when_arrivals_stop() {
+        let t0 = Instant::now();
+        let mut s = BatchState::new(BatchPolicy { preferred_batch_sizes: vec![8], ..adaptive(32, 2_000) });
+        let mut t = sustained_history(&mut s, t0, 8);
+        // Arrivals go on: the batch waits, and runs the moment it holds 8.
+        for i in 0..8u32 {
+            t += Duration::from_micros(50);
+            s.push(entry(1000 + i, 1, t)).unwrap();
+            let d = s.next_batch(t, false);
+            if i < 7 {
+                assert!(matches!(d, Decision::WaitUntil(u) if u > t && u <= t + Duration::from_micros(200)), "{d:?}");
+            } else {
+                assert_eq!(reason(&d), Some(RunReason::Preferred));
+                assert_eq!(ids(d).len(), 8);
+            }
+        }
+        // Arrivals stop: the wait ends within two gaps or so of the last one, long before the window.
+        t += Duration::from_micros(50);
+        s.push(entry(2000, 1, t)).unwrap();
+        let mut at = t;
+        let d = loop {
+            match s.next_batch(at, false) {
+                Decision::WaitUntil(until) => {
+                    assert!(until > at);
+                    at = until;
+                }
+                d => break d,
+            }
+        };
+        assert!(at <= t + Duration::from_micros(250), "waited {:?}", at - t);
+        assert_eq!(reason(&d), Some(RunReason::Adaptive));
+    }
+
+    #[test]
+    fn a_size_that_cannot_gather_within_the_window_is_not_waited_for() {
+        let t0 = Instant::now();
+        let sixteen = |delay_us| BatchPolicy { preferred_batch_sizes: vec![16], ..adaptive(32, delay_us) };
+        // 15 more items at one every 50 us would take 750 us; the window is 500 us.
+        let mut s = BatchState::new(sixteen(500));
+        let t = sustained_history(&mut s, t0, 16) + Duration::from_micros(50);
+        s.push(entry(5000, 1, t)).unwrap();
+        assert_eq!(reason(&s.next_batch(t, false)), Some(RunReason::Adaptive));
+        // With a 2 ms window it is waited for.
+        let mut s = BatchState::new(sixteen(2_000));
+        let t = sustained_history(&mut s, t0, 16) + Duration::from_micros(50);
+        s.push(entry(5000, 1, t)).unwrap();
+        assert!(matches!(s.next_batch(t, false), Decision::WaitUntil(_)));
+    }
+
+    #[test]
+    fn a_size_more_than_the_requests_in_flight_is_not_waited_for() {
+        // The same arrivals, but never more than 4 requests in flight at once: a batch of 8 cannot form.
+        let t0 = Instant::now();
+        let mut s = BatchState::new(BatchPolicy { preferred_batch_sizes: vec![8], ..adaptive(32, 2_000) });
+        let t = sustained_history(&mut s, t0, 4) + Duration::from_micros(50);
+        s.push(entry(5000, 1, t)).unwrap();
+        assert_eq!(reason(&s.next_batch(t, false)), Some(RunReason::Adaptive));
+        // Two clients sending 20 us after each answer, on a model where one item takes 75 us: the load is
+        // sustained, but each request runs as it comes.
+        let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
+        let sizes = closed_loop(policy, 2, 20, 2_000);
+        assert!(mean(&sizes[1_000..]) < 1.5, "mean batch {:.2}", mean(&sizes[1_000..]));
+    }
+
     proptest::proptest! {
         /// Whatever the arrivals and execution times, the adaptive window never waits past `max_delay`, and
         /// every request runs.
@@ -689,10 +893,12 @@ mod tests {
         fn adaptive_never_waits_past_the_bound(
             gaps in proptest::collection::vec(0u64..500, 1..60),
             exec_us in 1u64..5_000,
+            single_us in 1u64..5_000,
             delay_us in 1u64..3_000,
+            preferred in proptest::collection::vec(1usize..17, 0..3),
         ) {
             let t0 = Instant::now();
-            let mut s = BatchState::new(adaptive(16, delay_us));
+            let mut s = BatchState::new(BatchPolicy { preferred_batch_sizes: preferred, ..adaptive(16, delay_us) });
             let mut t = t0;
             let mut ran = 0usize;
             for (i, gap) in gaps.iter().enumerate() {
@@ -703,6 +909,9 @@ mod tests {
                         Decision::Run(b, _) => {
                             ran += b.len();
                             s.finished(b.len(), Some(Duration::from_micros(exec_us)));
+                            if b.len() == 1 {
+                                s.single_item_executed(Duration::from_micros(single_us));
+                            }
                         }
                         Decision::WaitUntil(until) => {
                             let head = s.queues.iter().find_map(|q| q.front()).map(|e| e.enqueued).unwrap();
