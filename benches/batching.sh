@@ -6,12 +6,16 @@
 #   fixed     the same with `batch_window: fixed` (Triton's behaviour: a partial batch waits out the window)
 #   off       no dynamic_batching (one request per execution)
 # Prints, per model: closed-loop p50 at c=1,2,4 and throughput at c=32 (each variant, and the ratios the goals
-# use), then open-loop Poisson p99 at 30% and 80% of the saturated rate (the lowest c=32 throughput of the three:
-# a rate every variant can sustain).
+# use), with the server's own execution time per request and items per execution at c=32 (stable where
+# throughput is not: on a 2-core machine the load generator shares the CPU), then open-loop Poisson p99 at 30%
+# and 80% of the saturated rate (the lowest c=32 throughput of the three: a rate every variant can sustain).
 # SECS: seconds per measurement window (default 2).
+# ROUNDS: measurements of each point, the variants alternating; medians are printed (default 1). Single
+#   measurements at c=32 and in open loop move by 10-20% from run to run on a shared 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-2}
+ROUNDS=${ROUNDS:-1}
 . benches/server.sh
 build_release
 repo=$(mktemp -d)
@@ -34,23 +38,48 @@ done
 start_server "$repo"
 trap 'kill $server 2>/dev/null || true; rm -rf "$repo"' EXIT
 
-# One measurement: prints "infer/s p50_ms p99_ms".
+# One measurement: prints "infer/s p50_ms p99_ms compute_us items_per_execution" (the last two from the
+# server's statistics over the measured windows; "- -" when it reports none).
 measure() {
   target/release/ferroserve-bench --no-progress --warmup-secs 1 --window-secs "$SECS" --max-windows 4 \
-    -u "$http" -i http-binary "$@" | awk '$1 ~ /^(c=|[0-9.]+\/s)/ {print $2, $4, $7}' | tail -1
+    -u "$http" -i http-binary "$@" | awk '
+      $1 ~ /^(c=|[0-9.]+\/s)/ {line = $2 " " $4 " " $7}
+      $1 == "server:" {gsub(/[,;]/, ""); server = $6 " " $10}
+      END {print line, (server == "" ? "- -" : server)}'
 }
 ratio() { echo "$1 / $2" | bc -l | xargs printf '%.2f'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 
+# Measures every variant of model $1 ROUNDS times, alternating, with the load arguments that follow; sets the
+# medians in rate[], p50[], p99[], compute[] and items[] by variant.
+declare -A rate p50 p99 compute items
+measure_variants() {
+  local m=$1 variant r p q c i
+  shift
+  declare -A rates p50s p99s computes itemss
+  for _ in $(seq "$ROUNDS"); do
+    for variant in adaptive fixed off; do
+      read -r r p q c i < <(measure -m "${m}_$variant" "$@")
+      rates[$variant]+="$r " p50s[$variant]+="$p " p99s[$variant]+="$q " computes[$variant]+="$c " itemss[$variant]+="$i "
+    done
+  done
+  for variant in adaptive fixed off; do
+    # shellcheck disable=SC2086
+    rate[$variant]=$(median ${rates[$variant]}) p50[$variant]=$(median ${p50s[$variant]}) \
+      p99[$variant]=$(median ${p99s[$variant]}) compute[$variant]=$(median ${computes[$variant]//-/0}) \
+      items[$variant]=$(median ${itemss[$variant]//-/0})
+  done
+}
+
+[ "$ROUNDS" = 1 ] || echo "(medians of $ROUNDS alternating measurements)"
 for m in mlp mlp_large; do
   echo "== $m: closed loop (HTTP binary, batch-1 requests)"
   printf '%-6s %-28s %-28s %-28s %s\n' "" adaptive fixed off "adaptive/off p50, adaptive/fixed & /off rate"
-  declare -A rate p50
   for c in 1 2 4 32; do
+    measure_variants "$m" --concurrency "$c"
     line=""
     for variant in adaptive fixed off; do
-      read -r r p _ < <(measure -m "${m}_$variant" --concurrency "$c")
-      rate[$variant]=$r p50[$variant]=$p
-      line+=$(printf '%-28s ' "$(printf '%9.0f/s p50 %6.3f ms' "$r" "$p")")
+      line+=$(printf '%-28s ' "$(printf '%9.0f/s p50 %6.3f ms' "${rate[$variant]}" "${p50[$variant]}")")
     done
     if [ "$c" = 32 ]; then
       goal="rate x$(ratio "${rate[adaptive]}" "${rate[fixed]}") of fixed, x$(ratio "${rate[adaptive]}" "${rate[off]}") of off"
@@ -60,6 +89,13 @@ for m in mlp mlp_large; do
       goal="p50 x$(ratio "${p50[adaptive]}" "${p50[off]}") of off"
     fi
     printf 'c=%-4s %s%s\n' "$c" "$line" "$goal"
+    if [ "$c" = 32 ]; then
+      line=""
+      for variant in adaptive fixed off; do
+        line+=$(printf '%-28s ' "$(printf '%5.1f us, %4.1f items/exec' "${compute[$variant]}" "${items[$variant]}")")
+      done
+      printf '%-6s %sexecution time per request in the server, items per execution\n' "" "$line"
+    fi
   done
 done
 
@@ -68,17 +104,16 @@ for m in mlp mlp_large; do
   echo "== $m: open loop, Poisson arrivals (saturated rate $(printf '%.0f' "$saturated")/s): p99 ms"
   for share in 30 80; do
     r=$(echo "$saturated * $share / 100" | bc)
+    measure_variants "$m" --request-rate "$r" --distribution poisson
     line=""
-    declare -A p99
     for variant in adaptive fixed off; do
-      read -r _ _ p < <(measure -m "${m}_$variant" --request-rate "$r" --distribution poisson)
-      p99[$variant]=$p
-      line+=$(printf '%-10s p99 %7.3f   ' "$variant" "$p")
+      line+=$(printf '%-10s p99 %7.3f   ' "$variant" "${p99[$variant]}")
     done
     best=$(printf '%s\n' "${p99[fixed]}" "${p99[off]}" | sort -g | head -1)
     printf '%3s%% (%6s/s)  %s adaptive / better of fixed,off: x%s\n' "$share" "$r" "$line" "$(ratio "${p99[adaptive]}" "$best")"
   done
 done
+
 for m in mlp mlp_large; do
   echo "== why $m batches ran (adaptive variant)"
   curl -sf "http://$http/v2/models/${m}_adaptive/stats" | .venv/bin/python -c \

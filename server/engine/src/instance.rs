@@ -129,6 +129,7 @@ impl LoadedInstances {
     /// Starts serving: the instances take batches formed under `policy` from one shared queue.
     pub fn serve(self, policy: BatchPolicy) -> InstancePool {
         let batcher = Batcher::observed(self.label, policy, self.stats.metrics.queue_depth.clone());
+        batcher.set_instances(self.threads.len());
         for feed in &self.feeds {
             let _ = feed.send(batcher.clone());
         }
@@ -146,17 +147,21 @@ fn catch_load(loader: &dyn RuntimeLoader, spec: &LoadSpec) -> Result<Box<dyn Run
 fn serve(mut runtime: Box<dyn Runtime>, batcher: &Batcher, stats: &ModelStats) {
     while let Some((batch, reason)) = batcher.take() {
         stats.record_batch_reason(reason);
-        let items = batch.iter().map(|e| e.items).sum();
         let mut finish = Finish { batcher, requests: batch.len(), reported: false };
         let started = Instant::now();
         // A panic outside the model call (joining or splitting tensors) must not kill the instance: callers
         // of that batch get an error (their reply senders drop), the instance goes on.
-        if std::panic::catch_unwind(AssertUnwindSafe(|| execute(runtime.as_mut(), batch, stats, &mut finish))).is_err()
-        {
-            tracing::error!("an instance panicked while preparing or answering a batch; it keeps serving");
+        match std::panic::catch_unwind(AssertUnwindSafe(|| execute(runtime.as_mut(), batch, stats, &mut finish))) {
+            Ok(0) => finish.now(),
+            Ok(requests) => {
+                finish.now();
+                batcher.record_execution(requests, started.elapsed());
+            }
+            Err(_) => {
+                tracing::error!("an instance panicked while preparing or answering a batch; it keeps serving");
+                finish.now();
+            }
         }
-        finish.now();
-        batcher.record_execution(items, started.elapsed());
     }
 }
 
@@ -184,7 +189,9 @@ impl Drop for Finish<'_> {
     }
 }
 
-fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats, finish: &mut Finish<'_>) {
+/// Runs a batch and answers its requests; returns how many requests the model ran (0 when every caller had gone
+/// or timed out).
+fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats, finish: &mut Finish<'_>) -> usize {
     let picked = Instant::now();
     let mut live: Vec<Entry<Pending>> = Vec::with_capacity(batch.len());
     for e in batch {
@@ -198,7 +205,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats, finish: 
         live.push(e);
     }
     if live.is_empty() {
-        return;
+        return 0;
     }
     for e in &live {
         stats.record_queued(picked.saturating_duration_since(e.enqueued));
@@ -214,7 +221,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats, finish: 
     let mut kept_columns: Option<Vec<Vec<Tensor>>> = None;
     let (inputs, replies) = if live.len() == 1 {
         let mut live = live;
-        let Some(entry) = live.pop() else { return };
+        let Some(entry) = live.pop() else { return 0 };
         (entry.payload.inputs, vec![entry.payload.reply])
     } else {
         let arity = live[0].payload.inputs.len();
@@ -237,7 +244,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats, finish: 
                 for r in replies {
                     let _ = r.send(Err(InferError::Internal("the batch could not be formed".into())));
                 }
-                return;
+                return 0;
             }
         }
     };
@@ -251,7 +258,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats, finish: 
         finish.now();
         run_each_alone(runtime, columns, replies);
         drop(executing);
-        return;
+        return 0;
     }
     let result = match outcome {
         Ok(Ok(outputs)) => {
@@ -283,6 +290,7 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats, finish: 
             }
         }
     }
+    requests
 }
 
 /// Runs the requests of a refused batch one by one, so the invalid ones get their own error and the rest

@@ -88,8 +88,8 @@ struct Shared {
     queue: Mutex<Queue>,
     /// The latest batch execution time in nanoseconds not yet given to the state (0 = none).
     last_execution_ns: std::sync::atomic::AtomicU64,
-    /// The same for the latest execution of a single item.
-    last_single_item_ns: std::sync::atomic::AtomicU64,
+    /// The same for the latest execution of a single request.
+    last_single_request_ns: std::sync::atomic::AtomicU64,
     /// Requests whose batches finished since the state was last told.
     finished_requests: std::sync::atomic::AtomicUsize,
     /// Instances with nothing ready to run sleep here.
@@ -145,7 +145,7 @@ impl Batcher {
                 depth,
                 queue: Mutex::new(queue),
                 last_execution_ns,
-                last_single_item_ns: std::sync::atomic::AtomicU64::new(0),
+                last_single_request_ns: std::sync::atomic::AtomicU64::new(0),
                 finished_requests: std::sync::atomic::AtomicUsize::new(0),
                 work: Condvar::new(),
             }),
@@ -253,14 +253,19 @@ impl Batcher {
         }
     }
 
-    /// Tells the adaptive window how long a batch of `items` items took to execute. Left for the next
+    /// Tells the adaptive window how long a model execution of `requests` requests took. Left for the next
     /// [`Batcher::take`] to hand over under the lock it takes anyway, so an execution costs no extra lock.
-    pub fn record_execution(&self, items: usize, took: std::time::Duration) {
+    pub fn record_execution(&self, requests: usize, took: std::time::Duration) {
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.shared.last_execution_ns.store(nanos, std::sync::atomic::Ordering::Relaxed);
-        if items == 1 {
-            self.shared.last_single_item_ns.store(nanos, std::sync::atomic::Ordering::Relaxed);
+        if requests == 1 {
+            self.shared.last_single_request_ns.store(nanos, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Tells the adaptive window how many instances take batches from this queue.
+    pub fn set_instances(&self, instances: usize) {
+        self.shared.queue.lock().state.set_instances(instances);
     }
 
     /// Tells the adaptive window that `requests` taken in one batch (as [`Batcher::take`] gave it) are no
@@ -273,9 +278,9 @@ impl Batcher {
     /// Hands the executions and finished requests reported since the last look to the state (under the lock).
     fn catch_up(&self, queue: &mut Queue) {
         let executed = self.shared.last_execution_ns.swap(0, std::sync::atomic::Ordering::Relaxed);
-        let single = self.shared.last_single_item_ns.swap(0, std::sync::atomic::Ordering::Relaxed);
+        let single = self.shared.last_single_request_ns.swap(0, std::sync::atomic::Ordering::Relaxed);
         if single > 0 {
-            queue.state.single_item_executed(std::time::Duration::from_nanos(single));
+            queue.state.single_request_executed(std::time::Duration::from_nanos(single));
         }
         let finished = self.shared.finished_requests.swap(0, std::sync::atomic::Ordering::Relaxed);
         if executed > 0 || finished > 0 {

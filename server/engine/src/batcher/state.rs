@@ -13,11 +13,11 @@
 //!   the last arrival and half an execution, and never for a request that cannot come: when every request
 //!   recently seen in flight at once is already queued or running (closed-loop clients, which send again only
 //!   after their answer), it runs at once. Otherwise it runs at once too, and what arrives while it executes
-//!   forms the next batch. Under sustained load, when the recent arrivals run one at a time would keep an
-//!   instance busy half the time or more, a partial batch waits for the next preferred size (or
-//!   `max_batch_size`) as the config asks, if that size can gather at the recent arrival rate within
-//!   `max_delay`, and only while arrivals go on. An idle model, or one whose clients wait for each answer
-//!   before sending again (concurrency 1), never waits;
+//!   forms the next batch. Under sustained load, when the recent arrivals run one request at a time would
+//!   keep the instances busy half the time or more, a partial batch waits for the next preferred size (or
+//!   `max_batch_size`) as the config asks, if it takes fewer requests than were recently in flight at once
+//!   and can gather at the recent arrival rate within `max_delay`, and only while arrivals go on. An idle
+//!   model, or one whose clients wait for each answer before sending again (concurrency 1), never waits;
 //! - queued requests past their deadline are taken out for a timeout reply.
 
 use std::collections::VecDeque;
@@ -118,19 +118,22 @@ const ARRIVALS_PER_EXECUTION: f64 = 8.0;
 const PEAK_SETTLED: Duration = Duration::from_millis(10);
 /// Weight of the newest execution time in its moving average.
 const EXECUTION_WEIGHT: f64 = 0.1;
-/// Share of the time one instance would be busy running the recent arrivals one at a time (arrival rate ×
-/// a one-item execution) from which the load counts as sustained: a partial batch then waits for the next
-/// preferred size, as the config asks, when that size can gather within the window. Below it, one item at a
+/// Share of the time the instances would be busy running the recent arrivals one request at a time (arrival
+/// rate × a one-request execution ÷ instances) from which the load counts as sustained: a partial batch then
+/// waits for the next preferred size, as the config asks, when that size can form. Below it, one request at a
 /// time keeps up with room to spare and waiting would only add latency; above it, every execution saved is
 /// time the instance and the CPU it shares with the request handlers get back (on the compute-bound MLP at
-/// concurrency 32, batches of 3 to 4 items cost 35 µs of execution per request, batches of 8 or more 23 µs).
+/// concurrency 32, batches of 3 to 4 items cost 36-41 µs of execution per request, batches of 8 or more 26 µs).
 const SUSTAINED_LOAD: f64 = 0.5;
-/// Under sustained load, a partial batch stops waiting once this many expected gaps pass with no arrival.
+/// Under sustained load, a partial batch waits no longer than this many expected gaps after the last arrival
+/// (each look re-reads the gap, which grows while nothing arrives).
 const GAPS_WITHOUT_ARRIVALS: f64 = 4.0;
+/// Weight of the newest request's item count in the moving average of items per request.
+const ITEMS_WEIGHT: f64 = 0.1;
 
 /// What the adaptive window knows of the recent past: arrivals that found requests already queued, the time
-/// the queue was non-empty, the most requests in flight at once (all three decaying), the last arrival, and a
-/// batch's execution time.
+/// the queue was non-empty, the most requests in flight at once (all three decaying), the last arrival, a
+/// batch's execution time, a one-request execution's time and the items per request.
 #[derive(Debug, Clone, Default)]
 struct History {
     busy_arrivals: f64,
@@ -142,9 +145,11 @@ struct History {
     updated: Option<Instant>,
     last_arrival: Option<Instant>,
     execution_secs: Option<f64>,
-    /// A one-item execution's time (moving average): what the arrivals would cost run one at a time. Kept
-    /// while batches are larger, so it does not move with the batching it decides.
-    single_item_secs: Option<f64>,
+    /// A one-request execution's time (moving average): what the arrivals would cost run one at a time.
+    /// Kept while batches are larger, so it does not move with the batching it decides.
+    single_request_secs: Option<f64>,
+    /// Items per request (moving average; 0 until the first arrival).
+    items_per_request: f64,
 }
 
 impl History {
@@ -210,6 +215,8 @@ pub struct BatchState<T> {
     /// Requests taken for a batch whose execution has not been reported finished.
     running: usize,
     history: History,
+    /// Instances taking batches from this queue.
+    instances: usize,
 }
 
 impl<T> BatchState<T> {
@@ -218,7 +225,7 @@ impl<T> BatchState<T> {
         policy.priority_levels = policy.priority_levels.max(1);
         policy.preferred_batch_sizes.sort_unstable();
         let queues = (0..policy.priority_levels).map(|_| VecDeque::new()).collect();
-        BatchState { policy, queues, len: 0, running: 0, history: History::default() }
+        BatchState { policy, queues, len: 0, running: 0, history: History::default(), instances: 1 }
     }
 
     /// The policy in force.
@@ -248,6 +255,12 @@ impl<T> BatchState<T> {
             self.history.busy_arrivals += 1.0;
         }
         self.history.last_arrival = Some(self.history.last_arrival.map_or(entry.enqueued, |t| t.max(entry.enqueued)));
+        let items = entry.items as f64;
+        self.history.items_per_request = if self.history.items_per_request > 0.0 {
+            self.history.items_per_request + ITEMS_WEIGHT * (items - self.history.items_per_request)
+        } else {
+            items
+        };
         self.queues[entry.priority].push_back(entry);
         self.len += 1;
         let in_flight = (self.len + self.running) as f64;
@@ -269,12 +282,17 @@ impl<T> BatchState<T> {
         }
     }
 
-    /// Records how long an execution of a single item took (the sustained-load rule of the adaptive window
+    /// Records how long an execution of a single request took (the sustained-load rule of the adaptive window
     /// weighs the arrival rate against it).
-    pub fn single_item_executed(&mut self, took: Duration) {
+    pub fn single_request_executed(&mut self, took: Duration) {
         let secs = took.as_secs_f64();
-        let average = self.history.single_item_secs.map_or(secs, |e| e + EXECUTION_WEIGHT * (secs - e));
-        self.history.single_item_secs = Some(average);
+        let average = self.history.single_request_secs.map_or(secs, |e| e + EXECUTION_WEIGHT * (secs - e));
+        self.history.single_request_secs = Some(average);
+    }
+
+    /// Tells the state how many instances take batches from this queue (1 unless told).
+    pub fn set_instances(&mut self, instances: usize) {
+        self.instances = instances.max(1);
     }
 
     /// Takes out every request for which `remove` is true (callers gone away).
@@ -402,30 +420,31 @@ impl<T> BatchState<T> {
         (last + Duration::from_secs_f64(gap)).min(head_since + Duration::from_secs_f64(execution / 2.0)).min(due)
     }
 
-    /// The sustained-load rule: when the recent arrivals would keep one instance busy [`SUSTAINED_LOAD`] of
-    /// the time or more if run one at a time, and the next preferred batch size (or `max_batch_size`) is no
-    /// more than the requests recently in flight at once and can gather at the recent arrival rate before
-    /// `due`, the batch waits for it, as the config asks, until
-    /// [`GAPS_WITHOUT_ARRIVALS`] expected gaps pass with no arrival. `None`: run now.
+    /// The sustained-load rule for a partial batch of `queued` items: when the recent arrivals would keep the
+    /// instances busy [`SUSTAINED_LOAD`] of the time or more if run one request at a time, the next preferred
+    /// batch size (or `max_batch_size`) takes fewer requests than were recently in flight at once, and it can
+    /// gather at the recent arrival rate before `due`, the batch waits for it, as the config asks, for at most
+    /// [`GAPS_WITHOUT_ARRIVALS`] expected gaps after the last arrival. `None`: run now.
     fn fuller_batch_until(&self, now: Instant, due: Instant, gap: f64, queued: usize) -> Option<Instant> {
-        let single = self.history.single_item_secs?;
-        if single < SUSTAINED_LOAD * gap {
+        let single = self.history.single_request_secs?;
+        if single < SUSTAINED_LOAD * gap * self.instances as f64 {
             return None;
         }
-        let target = self.policy.preferred_batch_sizes.iter().copied().find(|&p| p > queued);
-        let target = target.unwrap_or(self.policy.max_batch_size);
-        // A size that more requests than were recently in flight at once would fill cannot form: a few
-        // closed-loop clients would only take turns waiting for each other.
-        if target as f64 > self.history.peak_in_flight + 0.5 {
+        let max = self.policy.max_batch_size;
+        let target = self.policy.preferred_batch_sizes.iter().copied().find(|&p| p > queued).unwrap_or(max).min(max);
+        let per_request = self.history.items_per_request.max(1.0);
+        // A size that takes as many requests as were recently in flight at once, or more, cannot form in time:
+        // a few closed-loop clients would only take turns waiting for each other.
+        if target as f64 / per_request + 0.5 > self.history.peak_in_flight {
             return None;
         }
-        let missing = target.saturating_sub(queued);
-        let gather = Duration::try_from_secs_f64(missing as f64 * gap).ok()?;
+        let missing = target.saturating_sub(queued) as f64 / per_request;
+        let gather = Duration::try_from_secs_f64(missing * gap).ok()?;
         if now.checked_add(gather).is_none_or(|ready| ready > due) {
             return None;
         }
         let last = self.history.last_arrival?;
-        Some((last + Duration::try_from_secs_f64(GAPS_WITHOUT_ARRIVALS * gap).ok()?).min(due))
+        Some(last.checked_add(Duration::try_from_secs_f64(GAPS_WITHOUT_ARRIVALS * gap).ok()?)?.min(due))
     }
 
     fn take(&mut self, picked: &[(usize, usize)]) -> Vec<Entry<T>> {
@@ -759,9 +778,15 @@ mod tests {
                 Decision::Run(b, _) => {
                     let took = Duration::from_micros(56 + 19 * b.len() as u64);
                     now += took;
+                    // What arrives while the batch runs finds it running.
+                    arrivals.sort();
+                    while arrivals.first().is_some_and(|&a| a <= now) {
+                        s.push(entry(next_id, 1, arrivals.remove(0))).unwrap();
+                        next_id += 1;
+                    }
                     s.finished(b.len(), Some(took));
                     if b.len() == 1 {
-                        s.single_item_executed(took);
+                        s.single_request_executed(took);
                     }
                     for _ in 0..b.len() {
                         arrivals.push(now + Duration::from_micros(think - think / 5 + jitter()));
@@ -801,15 +826,16 @@ mod tests {
         assert!(mean(&sizes[1_000..]) < 1.2, "mean batch {:.2}", mean(&sizes[1_000..]));
     }
 
-    /// Builds a sustained-load history: 200 arrivals 50 us apart that found requests waiting, run in
-    /// batches of `batch` (so `batch` requests were in flight at once), one-item executions of 60 us and
-    /// batch executions of 150 us, then empties the queue. Returns the time of the last arrival.
-    fn sustained_history(s: &mut BatchState<u32>, t0: Instant, batch: usize) -> Instant {
-        s.single_item_executed(Duration::from_micros(60));
+    /// Builds a sustained-load history: 200 requests of `items` items arriving 50 us apart that found requests
+    /// waiting, run in batches of `batch` requests (so `batch` were in flight at once), one-request
+    /// executions of `single_us` and batch executions of 150 us, then empties the queue. Returns the time of
+    /// the last arrival.
+    fn sustained_history(s: &mut BatchState<u32>, t0: Instant, batch: usize, single_us: u64, items: usize) -> Instant {
+        s.single_request_executed(Duration::from_micros(single_us));
         let mut last = t0;
         for i in 0..200u32 {
             last = t0 + Duration::from_micros(u64::from(i) * 50);
-            s.push(entry(i, 1, last)).unwrap();
+            s.push(entry(i, items, last)).unwrap();
             if s.len() == batch {
                 let Decision::Run(b, _) = s.next_batch(last, true) else { panic!("flush runs") };
                 s.finished(b.len(), Some(Duration::from_micros(150)));
@@ -821,11 +847,33 @@ mod tests {
         last
     }
 
+    /// After [`sustained_history`], whether one more request (of `items` items) 50 us later waits.
+    fn waits_after(policy: BatchPolicy, instances: usize, batch: usize, single_us: u64, items: usize) -> bool {
+        let mut s = BatchState::new(policy);
+        s.set_instances(instances);
+        let t = sustained_history(&mut s, Instant::now(), batch, single_us, items) + Duration::from_micros(50);
+        s.push(entry(5000, items, t)).unwrap();
+        match s.next_batch(t, false) {
+            Decision::WaitUntil(until) => {
+                assert!(until > t);
+                true
+            }
+            d => {
+                assert_eq!(reason(&d), Some(RunReason::Adaptive));
+                false
+            }
+        }
+    }
+
+    fn preferred(sizes: &[usize], max: usize, delay_us: u64) -> BatchPolicy {
+        BatchPolicy { preferred_batch_sizes: sizes.to_vec(), ..adaptive(max, delay_us) }
+    }
+
     #[test]
     fn a_sustained_wait_ends_at_the_preferred_size_or_when_arrivals_stop() {
         let t0 = Instant::now();
-        let mut s = BatchState::new(BatchPolicy { preferred_batch_sizes: vec![8], ..adaptive(32, 2_000) });
-        let mut t = sustained_history(&mut s, t0, 8);
+        let mut s = BatchState::new(preferred(&[8], 32, 2_000));
+        let mut t = sustained_history(&mut s, t0, 12, 60, 1);
         // Arrivals go on: the batch waits, and runs the moment it holds 8.
         for i in 0..8u32 {
             t += Duration::from_micros(50);
@@ -838,7 +886,7 @@ mod tests {
                 assert_eq!(ids(d).len(), 8);
             }
         }
-        // Arrivals stop: the wait ends within two gaps or so of the last one, long before the window.
+        // Arrivals stop: the wait ends within a few gaps of the last one, long before the window.
         t += Duration::from_micros(50);
         s.push(entry(2000, 1, t)).unwrap();
         let mut at = t;
@@ -856,34 +904,35 @@ mod tests {
     }
 
     #[test]
-    fn a_size_that_cannot_gather_within_the_window_is_not_waited_for() {
-        let t0 = Instant::now();
-        let sixteen = |delay_us| BatchPolicy { preferred_batch_sizes: vec![16], ..adaptive(32, delay_us) };
-        // 15 more items at one every 50 us would take 750 us; the window is 500 us.
-        let mut s = BatchState::new(sixteen(500));
-        let t = sustained_history(&mut s, t0, 16) + Duration::from_micros(50);
-        s.push(entry(5000, 1, t)).unwrap();
-        assert_eq!(reason(&s.next_batch(t, false)), Some(RunReason::Adaptive));
-        // With a 2 ms window it is waited for.
-        let mut s = BatchState::new(sixteen(2_000));
-        let t = sustained_history(&mut s, t0, 16) + Duration::from_micros(50);
-        s.push(entry(5000, 1, t)).unwrap();
-        assert!(matches!(s.next_batch(t, false), Decision::WaitUntil(_)));
+    fn the_sustained_rule_weighs_arrivals_against_one_request_per_instance() {
+        // Arrivals 50 us apart. One request at a time taking 30 us keeps one instance 60 % busy: wait.
+        assert!(waits_after(preferred(&[8], 32, 2_000), 1, 12, 30, 1));
+        // 20 us: 40 %, one at a time keeps up.
+        assert!(!waits_after(preferred(&[8], 32, 2_000), 1, 12, 20, 1));
+        // 60 us over two instances is 60 % each; over three, 40 %.
+        assert!(waits_after(preferred(&[8], 32, 2_000), 2, 12, 60, 1));
+        assert!(!waits_after(preferred(&[8], 32, 2_000), 3, 12, 60, 1));
     }
 
     #[test]
-    fn a_size_more_than_the_requests_in_flight_is_not_waited_for() {
-        // The same arrivals, but never more than 4 requests in flight at once: a batch of 8 cannot form.
-        let t0 = Instant::now();
-        let mut s = BatchState::new(BatchPolicy { preferred_batch_sizes: vec![8], ..adaptive(32, 2_000) });
-        let t = sustained_history(&mut s, t0, 4) + Duration::from_micros(50);
-        s.push(entry(5000, 1, t)).unwrap();
-        assert_eq!(reason(&s.next_batch(t, false)), Some(RunReason::Adaptive));
-        // Two clients sending 20 us after each answer, on a model where one item takes 75 us: the load is
-        // sustained, but each request runs as it comes.
-        let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
-        let sizes = closed_loop(policy, 2, 20, 2_000);
-        assert!(mean(&sizes[1_000..]) < 1.5, "mean batch {:.2}", mean(&sizes[1_000..]));
+    fn a_size_that_cannot_gather_within_the_window_is_not_waited_for() {
+        // 15 more requests at one every 50 us would take 750 us; the window is 500 us.
+        assert!(!waits_after(preferred(&[16], 32, 500), 1, 20, 60, 1));
+        // With a 2 ms window it is waited for.
+        assert!(waits_after(preferred(&[16], 32, 2_000), 1, 20, 60, 1));
+        // A preferred size past max_batch_size counts as max_batch_size.
+        assert!(waits_after(preferred(&[64], 16, 2_000), 1, 20, 60, 1));
+    }
+
+    #[test]
+    fn a_size_as_many_requests_as_were_in_flight_is_not_waited_for() {
+        // Never more than 4 requests in flight at once: a batch of 8 cannot form, and one of 4 would only
+        // make 4 closed-loop clients take turns waiting for each other.
+        assert!(!waits_after(preferred(&[8], 32, 2_000), 1, 4, 60, 1));
+        assert!(!waits_after(preferred(&[4], 32, 2_000), 1, 4, 60, 1));
+        assert!(!waits_after(adaptive(4, 2_000), 1, 4, 60, 1));
+        // Requests of 4 items, 4 in flight: 8 items are 2 requests, which can form.
+        assert!(waits_after(preferred(&[8], 32, 2_000), 1, 4, 60, 4));
     }
 
     proptest::proptest! {
@@ -910,7 +959,7 @@ mod tests {
                             ran += b.len();
                             s.finished(b.len(), Some(Duration::from_micros(exec_us)));
                             if b.len() == 1 {
-                                s.single_item_executed(Duration::from_micros(single_us));
+                                s.single_request_executed(Duration::from_micros(single_us));
                             }
                         }
                         Decision::WaitUntil(until) => {
