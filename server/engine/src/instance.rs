@@ -151,16 +151,12 @@ fn serve(mut runtime: Box<dyn Runtime>, batcher: &Batcher, stats: &ModelStats) {
         let started = Instant::now();
         // A panic outside the model call (joining or splitting tensors) must not kill the instance: callers
         // of that batch get an error (their reply senders drop), the instance goes on.
-        match std::panic::catch_unwind(AssertUnwindSafe(|| execute(runtime.as_mut(), batch, stats, &mut finish))) {
-            Ok(0) => finish.now(),
-            Ok(requests) => {
-                finish.now();
-                batcher.record_execution(requests, started.elapsed());
-            }
-            Err(_) => {
-                tracing::error!("an instance panicked while preparing or answering a batch; it keeps serving");
-                finish.now();
-            }
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| execute(runtime.as_mut(), batch, stats, &mut finish)));
+        finish.now();
+        match ran {
+            Ok(0) => {}
+            Ok(requests) => batcher.record_execution(requests, started.elapsed()),
+            Err(_) => tracing::error!("an instance panicked while preparing or answering a batch; it keeps serving"),
         }
     }
 }

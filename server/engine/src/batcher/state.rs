@@ -734,21 +734,27 @@ mod tests {
         }
         s.finished(0, Some(Duration::from_millis(1)));
         let last = t0 + Duration::from_micros(490);
-        let Decision::WaitUntil(mut until) = s.next_batch(last, false) else { panic!("expected a wait") };
+        let Decision::WaitUntil(until) = s.next_batch(last, false) else { panic!("expected a wait") };
         assert!(until <= last + Duration::from_micros(25) && until > last, "{:?}", until - last);
         // Each look lengthens the expected gap a little (no arrivals): the wait still ends within a few gaps.
-        let d = loop {
-            match s.next_batch(until, false) {
-                Decision::WaitUntil(later) => {
-                    assert!(later > until);
-                    until = later;
-                }
-                d => break d,
-            }
-        };
+        let (until, d) = wait_out(&mut s, until);
         assert!(until <= last + Duration::from_micros(50), "{:?}", until - last);
         assert_eq!(reason(&d), Some(RunReason::Adaptive));
         assert_eq!(ids(d).len(), 50);
+    }
+
+    /// Looks again at each time the state asks for, from `at`, with nothing arriving, until it decides
+    /// otherwise; each wait must end later than the look before. Returns the time and the decision.
+    fn wait_out(s: &mut BatchState<u32>, mut at: Instant) -> (Instant, Decision<u32>) {
+        loop {
+            match s.next_batch(at, false) {
+                Decision::WaitUntil(until) => {
+                    assert!(until > at);
+                    at = until;
+                }
+                d => return (at, d),
+            }
+        }
     }
 
     /// One instance serving `clients` closed-loop clients, each sending its next request `think` µs (± a
@@ -767,23 +773,23 @@ mod tests {
         let mut now = t0;
         let mut sizes = Vec::new();
         let mut next_id = 0u32;
-        while sizes.len() < batches {
+        // Queues every request due by `now`, in arrival order.
+        let mut arrive = |s: &mut BatchState<u32>, arrivals: &mut Vec<Instant>, now: Instant| {
             arrivals.sort();
             while arrivals.first().is_some_and(|&a| a <= now) {
                 s.push(entry(next_id, 1, arrivals.remove(0))).unwrap();
                 next_id += 1;
             }
+        };
+        while sizes.len() < batches {
+            arrive(&mut s, &mut arrivals, now);
             let next_arrival = arrivals.first().copied();
             match s.next_batch(now, false) {
                 Decision::Run(b, _) => {
                     let took = Duration::from_micros(56 + 19 * b.len() as u64);
                     now += took;
                     // What arrives while the batch runs finds it running.
-                    arrivals.sort();
-                    while arrivals.first().is_some_and(|&a| a <= now) {
-                        s.push(entry(next_id, 1, arrivals.remove(0))).unwrap();
-                        next_id += 1;
-                    }
+                    arrive(&mut s, &mut arrivals, now);
                     s.finished(b.len(), Some(took));
                     if b.len() == 1 {
                         s.single_request_executed(took);
@@ -889,16 +895,7 @@ mod tests {
         // Arrivals stop: the wait ends within a few gaps of the last one, long before the window.
         t += Duration::from_micros(50);
         s.push(entry(2000, 1, t)).unwrap();
-        let mut at = t;
-        let d = loop {
-            match s.next_batch(at, false) {
-                Decision::WaitUntil(until) => {
-                    assert!(until > at);
-                    at = until;
-                }
-                d => break d,
-            }
-        };
+        let (at, d) = wait_out(&mut s, t);
         assert!(at <= t + Duration::from_micros(250), "waited {:?}", at - t);
         assert_eq!(reason(&d), Some(RunReason::Adaptive));
     }
