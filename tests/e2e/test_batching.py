@@ -76,9 +76,10 @@ def infer(client, model, inputs):
     return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
 
 
-def grpc_batch_reasons(model_stats):
-    """ferroserve's `batch_reasons` map (field 1000) read from a ModelStatistics message's unknown fields: each
-    entry is a length-delimited MapEntry of key (field 1, string) and value (field 2, varint)."""
+def grpc_extra_map(model_stats, field_number):
+    """One of ferroserve's own ModelStatistics maps (`batch_reasons`, field 1000; `success_latency_buckets`, 1001)
+    read from the message's unknown fields: each entry is a length-delimited MapEntry of key (field 1, a string or
+    a varint) and value (field 2, varint)."""
     from google.protobuf.unknown_fields import UnknownFieldSet
 
     def varint(data, i):
@@ -90,21 +91,23 @@ def grpc_batch_reasons(model_stats):
             if not b & 0x80:
                 return value, i
 
-    reasons = {}
+    entries = {}
     for field in UnknownFieldSet(model_stats):
-        if field.field_number != 1000:
+        if field.field_number != field_number:
             continue
         entry = field.data if isinstance(field.data, bytes) else bytes(field.data)
-        i, key, value = 0, "", 0
+        i, key, value = 0, None, 0
         while i < len(entry):
             tag, i = varint(entry, i)
             if tag == 0x0A:
                 n, i = varint(entry, i)
                 key, i = entry[i:i + n].decode(), i + n
+            elif tag == 0x08:
+                key, i = varint(entry, i)
             else:
                 value, i = varint(entry, i)
-        reasons[key] = value
-    return reasons
+        entries[key] = value
+    return entries
 
 
 @pytest.mark.parametrize("model", ["mlp", "mlp_large", "mixed", "strings"])
@@ -217,12 +220,21 @@ def test_the_adaptive_window_does_not_hold_a_lone_request(tmp_path):
         assert took["adaptive"] < 0.1 < 0.2 <= took["fixed"] + 0.01, took  # the window is 200 ms
         stats = client.get_inference_statistics("adaptive")["model_stats"][0]
         assert stats["batch_reasons"]["adaptive"] == 3 and stats["batch_reasons"]["window"] == 0
-        assert client.get_inference_statistics("fixed")["model_stats"][0]["batch_reasons"]["window"] == 3
-        # gRPC carries the same counts in ModelStatistics field 1000 (a map tritonclient skips as unknown).
+        fixed = client.get_inference_statistics("fixed")["model_stats"][0]
+        assert fixed["batch_reasons"]["window"] == 3
+        # Latency inside the server, bucketed for percentiles: the fixed window's three requests each waited
+        # 200 ms; the adaptive ones none. Buckets are [exclusive upper bound in ns, count], about 6 % wide.
+        for model_stats, low, high in ((stats, 0, 100e6), (fixed, 200e6, 2e9)):
+            buckets = model_stats["success_latency_buckets"]
+            assert sum(n for _, n in buckets) == 3, buckets
+            assert all(low < upper <= high for upper, _ in buckets), buckets
+            assert [u for u, _ in buckets] == sorted(u for u, _ in buckets), buckets
+        # gRPC carries the same in ModelStatistics fields 1000 and 1001 (maps tritonclient skips as unknown).
         gclient = grpcclient.InferenceServerClient(s.grpc_addr)
-        for name, reason in (("adaptive", "adaptive"), ("fixed", "window")):
+        for name, reason, http_stats in (("adaptive", "adaptive", stats), ("fixed", "window", fixed)):
             model_stats = gclient.get_inference_statistics(name).model_stats[0]
-            assert grpc_batch_reasons(model_stats)[reason] == 3
+            assert grpc_extra_map(model_stats, 1000)[reason] == 3
+            assert grpc_extra_map(model_stats, 1001) == dict(http_stats["success_latency_buckets"])
         gclient.close()
         with urllib.request.urlopen(s.http_url + "/metrics") as r:
             text = r.read().decode()

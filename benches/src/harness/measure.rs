@@ -220,7 +220,7 @@ pub async fn measure(args: &Args, payload: &Payload, load: Load) -> anyhow::Resu
     }
     let first_used = windows.len().saturating_sub(need);
     let used = &windows[first_used..];
-    let server = match (counters.get(first_used).copied().flatten(), counters_after) {
+    let server = match (counters.get(first_used).cloned().flatten(), counters_after) {
         (Some(before), Some(after)) => after.since(&before),
         _ => None,
     };

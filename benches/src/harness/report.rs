@@ -37,8 +37,12 @@ pub fn print_row(m: &Measurement, header: bool) {
         if m.stable { "yes" } else { "no" }
     );
     if let Some(s) = &m.server {
+        let latency = match (s.p50_us, s.p99_us) {
+            (Some(p50), Some(p99)) => format!("; latency p50 {p50:.1} us, p99 {p99:.1} us"),
+            _ => String::new(),
+        };
         println!(
-            "{:>10} server: queue {:.1} us, compute {:.1} us per request; {:.1} items per execution",
+            "{:>10} server: queue {:.1} us, compute {:.1} us per request; {:.1} items per execution{latency}",
             "", s.queue_us, s.compute_us, s.batch
         );
     }
@@ -47,17 +51,27 @@ pub fn print_row(m: &Measurement, header: bool) {
 /// CSV with one row per point.
 pub fn csv(results: &[Measurement]) -> String {
     let mut out = String::from(
-        "load_kind,load,infer_per_sec,mean_ms,p50_ms,p90_ms,p95_ms,p99_ms,requests,errors,stable,server_queue_us,server_compute_us,server_batch\n",
+        "load_kind,load,infer_per_sec,mean_ms,p50_ms,p90_ms,p95_ms,p99_ms,requests,errors,stable,server_queue_us,server_compute_us,server_batch,server_p50_us,server_p99_us\n",
     );
     for m in results {
         let (kind, value) = match m.load {
             Load::Concurrency(c) => ("concurrency", c as f64),
             Load::Rate(r) => ("rate", r),
         };
+        let optional = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_default();
         let server = m
             .server
-            .map(|s| format!("{:.2},{:.2},{:.2}", s.queue_us, s.compute_us, s.batch))
-            .unwrap_or_else(|| ",,".into());
+            .map(|s| {
+                format!(
+                    "{:.2},{:.2},{:.2},{},{}",
+                    s.queue_us,
+                    s.compute_us,
+                    s.batch,
+                    optional(s.p50_us),
+                    optional(s.p99_us)
+                )
+            })
+            .unwrap_or_else(|| ",,,,".into());
         let _ = writeln!(
             out,
             "{kind},{value},{:.2},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{server}",

@@ -1,7 +1,11 @@
 //! Server-side statistics around a measurement, as perf_analyzer's "Server:" section: read through the
 //! statistics extension (`GET /v2/models/{m}/stats`, or gRPC `ModelStatistics`) before and after, and the
-//! difference turned into per-request queue and compute times and the mean batch the server ran. Servers
-//! without the extension (MLServer) simply give none.
+//! difference turned into per-request queue and compute times, the mean batch the server ran and, where the
+//! server reports latency buckets (ferroserve's `success_latency_buckets`), latency percentiles inside the server:
+//! those leave out the load generator's own delays, which on a small machine sharing its cores with the server
+//! dominate the client's tail. Servers without the extension (MLServer) simply give none.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -10,7 +14,7 @@ use super::cli::{Args, Protocol};
 use super::model::http_get;
 
 /// Cumulative counters of one model as the server reports them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Successful requests.
     pub success: u64,
@@ -22,6 +26,8 @@ pub struct Counters {
     pub inferences: u64,
     /// Model executions.
     pub executions: u64,
+    /// Successful requests by latency inside the server: exclusive upper bound in ns → requests.
+    pub latency_buckets: BTreeMap<u64, u64>,
 }
 
 /// What the server did during one measured point.
@@ -35,6 +41,10 @@ pub struct ServerSide {
     pub compute_us: f64,
     /// Mean items per model execution: how well the server batched.
     pub batch: f64,
+    /// Median latency inside the server, µs (the upper bound of its bucket, at most ~6 % over).
+    pub p50_us: Option<f64>,
+    /// 99th percentile latency inside the server, µs (likewise).
+    pub p99_us: Option<f64>,
 }
 
 impl Counters {
@@ -43,6 +53,12 @@ impl Counters {
         let requests = self.success.checked_sub(before.success).filter(|&n| n > 0)?;
         let per_request = |now: u64, then: u64| now.saturating_sub(then) as f64 / requests as f64 / 1000.0;
         let executions = self.executions.saturating_sub(before.executions);
+        let latency: Vec<(u64, u64)> = self
+            .latency_buckets
+            .iter()
+            .map(|(&upper, &n)| (upper, n.saturating_sub(before.latency_buckets.get(&upper).copied().unwrap_or(0))))
+            .filter(|&(_, n)| n > 0)
+            .collect();
         Some(ServerSide {
             requests,
             queue_us: per_request(self.queue_ns, before.queue_ns),
@@ -52,8 +68,24 @@ impl Counters {
             } else {
                 self.inferences.saturating_sub(before.inferences) as f64 / executions as f64
             },
+            p50_us: bucket_percentile(&latency, 0.50),
+            p99_us: bucket_percentile(&latency, 0.99),
         })
     }
+}
+
+/// The nearest-rank percentile `q` of bucketed counts, as the upper bound (µs) of the bucket it falls in.
+fn bucket_percentile(buckets: &[(u64, u64)], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    buckets.iter().find_map(|&(upper, n)| {
+        seen += n;
+        (seen >= rank).then_some(upper as f64 / 1000.0)
+    })
 }
 
 fn duration_ns(stats: &Value, field: &str) -> u64 {
@@ -72,6 +104,11 @@ pub fn from_json(doc: &Value) -> Option<Counters> {
             duration_ns(s, "compute_input") + duration_ns(s, "compute_infer") + duration_ns(s, "compute_output");
         c.inferences += m["inference_count"].as_u64().unwrap_or(0);
         c.executions += m["execution_count"].as_u64().unwrap_or(0);
+        for bucket in m["success_latency_buckets"].as_array().into_iter().flatten() {
+            if let (Some(upper), Some(n)) = (bucket[0].as_u64(), bucket[1].as_u64()) {
+                *c.latency_buckets.entry(upper).or_default() += n;
+            }
+        }
     }
     Some(c)
 }
@@ -108,6 +145,9 @@ pub async fn read(args: &Args) -> Option<Counters> {
                 c.compute_ns += ns(s.compute_input) + ns(s.compute_infer) + ns(s.compute_output);
                 c.inferences += m.inference_count;
                 c.executions += m.execution_count;
+                for (upper, n) in m.success_latency_buckets {
+                    *c.latency_buckets.entry(upper).or_default() += n;
+                }
             }
             Some(c)
         }
@@ -138,5 +178,25 @@ mod tests {
         assert!((side.batch - 4.0).abs() < 1e-9);
         assert_eq!(before.since(&before), None, "no requests, no figures");
         assert_eq!(from_json(&json!({"error": "x"})), None);
+        assert_eq!((side.p50_us, side.p99_us), (None, None), "no buckets reported, no percentiles");
+    }
+
+    #[test]
+    fn percentiles_from_the_buckets_counted_between_two_readings() {
+        let doc = |buckets: serde_json::Value, success: u64| {
+            json!({"model_stats": [{"inference_count": success, "execution_count": success,
+                "inference_stats": {"success": {"count": success, "ns": 0}},
+                "success_latency_buckets": buckets}]})
+        };
+        // Before: 50 requests at up to 1 ms. After: 100 more, 90 at up to 100 µs, 9 at up to 200 µs, 1 at 5 ms.
+        let before = from_json(&doc(json!([[1_000_000, 50]]), 50)).unwrap();
+        let after =
+            from_json(&doc(json!([[100_000, 90], [200_000, 9], [1_000_000, 50], [5_000_000, 1]]), 150)).unwrap();
+        let side = after.since(&before).unwrap();
+        assert_eq!(side.requests, 100);
+        assert_eq!(side.p50_us, Some(100.0));
+        assert_eq!(side.p99_us, Some(200.0), "the 99th of 100 is in the second bucket; the 1 ms ones came before");
+        assert_eq!(bucket_percentile(&[(10_000, 1)], 0.99), Some(10.0));
+        assert_eq!(bucket_percentile(&[], 0.5), None);
     }
 }

@@ -204,7 +204,7 @@ impl ModelVersion {
                 return Err(e);
             }
         };
-        self.stats.success.record(start.elapsed());
+        self.stats.record_success(start.elapsed());
         Ok(InferResponse { model_name: self.name.clone(), model_version: self.version.to_string(), id, outputs })
     }
 

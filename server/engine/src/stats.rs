@@ -31,6 +31,75 @@ impl DurationStat {
     }
 }
 
+/// A latency histogram with buckets about 6 % wide from 16 ns to over an hour: fine enough to read
+/// percentiles from (the statistics extension's count-and-sum durations give only means, and Prometheus buckets
+/// are a few per decade), and one relaxed atomic add per request to record.
+///
+/// Buckets are log-linear, as in HDR histograms: values below 16 ns have a bucket each, and every power of two
+/// above is cut into 16 equal buckets.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    counts: Box<[AtomicU64]>,
+}
+
+impl LatencyHistogram {
+    /// Sub-buckets per power of two, as a power of two.
+    const SUB_BITS: u32 = 4;
+    const SUB: u64 = 1 << Self::SUB_BITS;
+    /// The largest power of two the buckets cover; longer durations count in the last bucket.
+    const TOP_EXPONENT: u32 = 41;
+    const BUCKETS: usize =
+        ((Self::TOP_EXPONENT - Self::SUB_BITS + 1) as usize) * Self::SUB as usize + Self::SUB as usize;
+
+    /// The bucket of a duration of `ns` nanoseconds.
+    fn index(ns: u64) -> usize {
+        if ns < Self::SUB {
+            return ns as usize;
+        }
+        let exponent = (63 - ns.leading_zeros()).min(Self::TOP_EXPONENT);
+        if exponent == Self::TOP_EXPONENT && ns >> Self::TOP_EXPONENT > 1 {
+            return Self::BUCKETS - 1;
+        }
+        let mantissa = (ns >> (exponent - Self::SUB_BITS)) & (Self::SUB - 1);
+        ((exponent - Self::SUB_BITS + 1) as usize) * Self::SUB as usize + mantissa as usize
+    }
+
+    /// The exclusive upper bound of bucket `index`, in nanoseconds.
+    fn upper_bound_ns(index: usize) -> u64 {
+        let sub = Self::SUB as usize;
+        if index < sub {
+            return index as u64 + 1;
+        }
+        let exponent = (index / sub) as u32 + Self::SUB_BITS - 1;
+        let mantissa = (index % sub) as u64;
+        (Self::SUB + mantissa + 1) << (exponent - Self::SUB_BITS)
+    }
+
+    /// Counts one duration.
+    pub fn record(&self, d: Duration) {
+        let ns = d.as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.counts[Self::index(ns)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The buckets that counted something, as (exclusive upper bound in ns, count), shortest first.
+    pub fn read(&self) -> Vec<(u64, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let n = c.load(Ordering::Relaxed);
+                (n > 0).then(|| (Self::upper_bound_ns(i), n))
+            })
+            .collect()
+    }
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram { counts: (0..Self::BUCKETS).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
 /// Stats of executions at one batch size.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BatchStat {
@@ -52,6 +121,8 @@ pub struct ModelStats {
     pub metrics: VersionMetrics,
     /// Requests that succeeded, end to end inside the engine.
     pub success: DurationStat,
+    /// The same requests' latencies, for percentiles.
+    pub success_latency: LatencyHistogram,
     /// Requests that failed after reaching the model.
     pub fail: DurationStat,
     /// Time spent queued before an instance took the request.
@@ -97,6 +168,8 @@ pub struct StatsSnapshot {
     pub batches: Vec<(u64, BatchStat)>,
     /// Batches by why they ran, in [`RunReason::ALL`] order.
     pub batch_reasons: [u64; RunReason::ALL.len()],
+    /// Successful requests by latency: (exclusive upper bound in ns, count) of each bucket that counted any.
+    pub success_latency: Vec<(u64, u64)>,
 }
 
 impl Default for ModelStats {
@@ -111,6 +184,7 @@ impl ModelStats {
         ModelStats {
             metrics,
             success: DurationStat::default(),
+            success_latency: LatencyHistogram::default(),
             fail: DurationStat::default(),
             queue: DurationStat::default(),
             compute_input: DurationStat::default(),
@@ -152,6 +226,12 @@ impl ModelStats {
         entry.compute_output_ns += output.as_nanos() as u64;
     }
 
+    /// Records a request that succeeded after `took`, end to end inside the engine.
+    pub fn record_success(&self, took: Duration) {
+        self.success.record(took);
+        self.success_latency.record(took);
+    }
+
     /// Records how long a request waited in the queue.
     pub fn record_queued(&self, waited: Duration) {
         self.queue.record(waited);
@@ -172,6 +252,7 @@ impl ModelStats {
             compute_output: self.compute_output.read(),
             batches: self.batches.lock().iter().map(|(k, v)| (*k, *v)).collect(),
             batch_reasons: std::array::from_fn(|i| self.batch_reasons[i].load(Ordering::Relaxed)),
+            success_latency: self.success_latency.read(),
         }
     }
 }
@@ -185,7 +266,7 @@ mod tests {
         let stats = ModelStats::default();
         stats.record_execution(4, Duration::from_nanos(10), Duration::from_nanos(100), Duration::from_nanos(5));
         stats.record_execution(4, Duration::from_nanos(10), Duration::from_nanos(100), Duration::from_nanos(5));
-        stats.success.record(Duration::from_nanos(300));
+        stats.record_success(Duration::from_nanos(300));
         let snap = stats.snapshot();
         assert_eq!(snap.inference_count, 8);
         assert_eq!(snap.execution_count, 2);
@@ -195,5 +276,39 @@ mod tests {
             vec![(4, BatchStat { count: 2, compute_input_ns: 20, compute_infer_ns: 200, compute_output_ns: 10 })]
         );
         assert!(snap.last_inference_ms > 0);
+        assert_eq!(snap.success_latency, vec![(304, 1)]);
+    }
+
+    #[test]
+    fn latency_buckets_are_contiguous_and_about_six_percent_wide() {
+        let mut lower = 0;
+        for i in 0..LatencyHistogram::BUCKETS {
+            let upper = LatencyHistogram::upper_bound_ns(i);
+            assert!(upper > lower, "bucket {i}");
+            assert_eq!(LatencyHistogram::index(lower), i, "bucket {i} starts at {lower}");
+            assert_eq!(LatencyHistogram::index(upper - 1), i, "bucket {i} ends before {upper}");
+            if lower >= 16 {
+                assert!((upper - lower) as f64 / lower as f64 <= 1.0 / 16.0 + 1e-12, "bucket {i}: {lower}..{upper}");
+            }
+            lower = upper;
+        }
+        assert!(lower >= 3_600 * 1_000_000_000, "covers an hour: {lower}");
+        assert_eq!(LatencyHistogram::index(u64::MAX), LatencyHistogram::BUCKETS - 1);
+        assert_eq!(LatencyHistogram::index(lower), LatencyHistogram::BUCKETS - 1);
+    }
+
+    #[test]
+    fn latencies_count_in_their_bucket() {
+        let h = LatencyHistogram::default();
+        for ns in [0, 5, 1_000, 1_030, 1_000_000, 1_000_000, u64::MAX] {
+            h.record(Duration::from_nanos(ns));
+        }
+        let read = h.read();
+        assert_eq!(read.iter().map(|(_, n)| n).sum::<u64>(), 7);
+        assert_eq!(read[0], (1, 1));
+        assert_eq!(read[1], (6, 1));
+        assert!(read.contains(&(1_024, 1)) && read.contains(&(1_088, 1)), "{read:?}");
+        let million = read.iter().find(|(upper, _)| *upper > 1_000_000).copied();
+        assert!(matches!(million, Some((upper, 2)) if upper <= 1_000_000 * 17 / 16 + 1), "{read:?}");
     }
 }

@@ -473,5 +473,6 @@ fn stats_to_proto(name: &str, version: u64, s: &StatsSnapshot) -> pb::ModelStati
             .iter()
             .map(|r| (r.as_str().to_string(), s.batch_reasons[r.index()]))
             .collect(),
+        success_latency_buckets: s.success_latency.iter().copied().collect(),
     }
 }
