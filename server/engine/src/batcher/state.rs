@@ -131,13 +131,15 @@ const GAPS_WITHOUT_ARRIVALS: f64 = 4.0;
 /// Weight of the newest request's item count in the moving average of items per request.
 const ITEMS_WEIGHT: f64 = 0.1;
 
-/// What the adaptive window knows of the recent past: arrivals that found requests already queued, the time
-/// the queue was non-empty, the most requests in flight at once (all three decaying), the last arrival, a
-/// batch's execution time, a one-request execution's time and the items per request.
+/// What the adaptive window knows of the recent past: arrivals that found requests already queued and the time
+/// the queue was non-empty, all arrivals and all the time, the most requests in flight at once (all decaying),
+/// the last arrival, a batch's execution time, a one-request execution's time and the items per request.
 #[derive(Debug, Clone, Default)]
 struct History {
     busy_arrivals: f64,
     busy_secs: f64,
+    arrivals: f64,
+    secs: f64,
     peak_in_flight: f64,
     /// When an arrival last took the requests in flight past the peak by one or more: the peak is still growing
     /// (a burst, or clients joining), so it says nothing yet about how many requests can come.
@@ -165,6 +167,8 @@ impl History {
         let dt = (now - then).as_secs_f64();
         let keep = (-dt / HISTORY_SECS).exp();
         self.busy_arrivals *= keep;
+        self.arrivals *= keep;
+        self.secs = self.secs * keep + dt;
         self.peak_in_flight *= keep;
         self.busy_secs = self.busy_secs * keep + if queued { dt } else { 0.0 };
         self.updated = Some(now);
@@ -175,6 +179,13 @@ impl History {
     /// first estimate with four or more arrivals behind it.)
     fn gap(&self) -> Option<f64> {
         (self.busy_arrivals >= MIN_ARRIVALS && self.busy_secs > 0.0).then(|| self.busy_secs / self.busy_arrivals)
+    }
+
+    /// Mean gap between arrivals over all the recent time, idle or not: the arrival rate the instances must
+    /// keep up with. (The gap while requests wait is shorter when arrivals come in bursts, as closed-loop
+    /// clients' do when their answers went out together.)
+    fn mean_gap(&self) -> Option<f64> {
+        (self.arrivals >= MIN_ARRIVALS && self.secs > 0.0).then(|| self.secs / self.arrivals)
     }
 }
 
@@ -254,6 +265,7 @@ impl<T> BatchState<T> {
         if queued {
             self.history.busy_arrivals += 1.0;
         }
+        self.history.arrivals += 1.0;
         self.history.last_arrival = Some(self.history.last_arrival.map_or(entry.enqueued, |t| t.max(entry.enqueued)));
         let items = entry.items as f64;
         self.history.items_per_request = if self.history.items_per_request > 0.0 {
@@ -397,12 +409,12 @@ impl<T> BatchState<T> {
         }
     }
 
-    /// Until when the adaptive window lets a partial batch of `queued` items wait: only when arrivals come
-    /// much faster than a batch executes (at least [`ARRIVALS_PER_EXECUTION`] expected during one execution),
-    /// for at most one expected gap after the last arrival and half an execution after the oldest request; or
-    /// under sustained load ([`Self::fuller_batch_until`]); never past `due`. With neither (an idle model, or
-    /// clients that wait for each answer), not at all: requests that arrive while a batch executes form the
-    /// next batch anyway.
+    /// Until when the adaptive window lets a partial batch of `queued` items wait: under sustained load, for the
+    /// next preferred size ([`Self::fuller_batch_until`]); otherwise only when arrivals come much faster than a
+    /// batch executes (at least [`ARRIVALS_PER_EXECUTION`] expected during one execution), for at most one
+    /// expected gap after the last arrival and half an execution after the oldest request; never past `due`.
+    /// With neither (an idle model, or clients that wait for each answer), not at all: requests that arrive
+    /// while a batch executes form the next batch anyway.
     fn adaptive_until(&self, now: Instant, head_since: Instant, due: Instant, queued: usize) -> Instant {
         // Every request recently seen in flight at once is here already, and that peak has held for a while:
         // clients that send again only after their answer (a closed loop) have nothing else on its way.
@@ -413,8 +425,11 @@ impl<T> BatchState<T> {
         let (Some(gap), Some(execution)) = (self.history.gap(), self.history.execution_secs) else {
             return head_since;
         };
+        if let Some(until) = self.fuller_batch_until(now, due, gap, queued) {
+            return until;
+        }
         if gap * ARRIVALS_PER_EXECUTION > execution {
-            return self.fuller_batch_until(now, due, gap, queued).unwrap_or(head_since);
+            return head_since;
         }
         let last = self.history.last_arrival.map_or(head_since, |t| t.max(head_since));
         (last + Duration::from_secs_f64(gap)).min(head_since + Duration::from_secs_f64(execution / 2.0)).min(due)
@@ -423,11 +438,15 @@ impl<T> BatchState<T> {
     /// The sustained-load rule for a partial batch of `queued` items: when the recent arrivals would keep the
     /// instances busy [`SUSTAINED_LOAD`] of the time or more if run one request at a time, the next preferred
     /// batch size (or `max_batch_size`) takes fewer requests than were recently in flight at once, and it can
-    /// gather at the recent arrival rate before `due`, the batch waits for it, as the config asks, for at most
-    /// [`GAPS_WITHOUT_ARRIVALS`] expected gaps after the last arrival. `None`: run now.
+    /// gather at the recent arrival rate before `due`, the batch waits for it, as the config asks. The wait lasts
+    /// until `due` while the requests answered since the peak in flight are enough to fill it (they come back
+    /// from closed-loop clients in waves, with pauses of many gaps between them), and otherwise ends
+    /// [`GAPS_WITHOUT_ARRIVALS`] expected gaps (`gap`, while requests wait) after the last arrival. `None`: run
+    /// now.
     fn fuller_batch_until(&self, now: Instant, due: Instant, gap: f64, queued: usize) -> Option<Instant> {
         let single = self.history.single_request_secs?;
-        if single < SUSTAINED_LOAD * gap * self.instances as f64 {
+        let mean_gap = self.history.mean_gap()?;
+        if single < SUSTAINED_LOAD * mean_gap * self.instances as f64 {
             return None;
         }
         let max = self.policy.max_batch_size;
@@ -439,9 +458,13 @@ impl<T> BatchState<T> {
             return None;
         }
         let missing = target.saturating_sub(queued) as f64 / per_request;
-        let gather = Duration::try_from_secs_f64(missing * gap).ok()?;
+        let gather = Duration::try_from_secs_f64(missing * mean_gap).ok()?;
         if now.checked_add(gather).is_none_or(|ready| ready > due) {
             return None;
+        }
+        let answered = self.history.peak_in_flight - (self.len + self.running) as f64;
+        if answered + 0.5 >= missing {
+            return Some(due);
         }
         let last = self.history.last_arrival?;
         Some(last.checked_add(Duration::try_from_secs_f64(GAPS_WITHOUT_ARRIVALS * gap).ok()?)?.min(due))
@@ -757,17 +780,17 @@ mod tests {
         }
     }
 
-    /// One instance serving `clients` closed-loop clients, each sending its next request `think` µs (± a
-    /// fifth, varying) after its answer, on a model whose execution of `b` items takes `56 + 19·b` µs (the
+    /// One instance serving `clients` closed-loop clients, each sending its next request `think` ± `spread` µs
+    /// (varying) after its answer, on a model whose execution of `b` items takes `56 + 19·b` µs (the
     /// compute-bound MLP's cost on this project's CI machine, per request handling included). Returns the
     /// items of every batch, in order.
-    fn closed_loop(policy: BatchPolicy, clients: usize, think: u64, batches: usize) -> Vec<usize> {
+    fn closed_loop(policy: BatchPolicy, clients: usize, think: u64, spread: u64, batches: usize) -> Vec<usize> {
         let t0 = Instant::now();
         let mut s = BatchState::new(policy);
         let mut seed = 0x2545_f491_u64;
         let mut jitter = move || {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            (seed >> 33) % (think / 5 * 2 + 1)
+            (seed >> 33) % (spread * 2 + 1)
         };
         let mut arrivals: Vec<Instant> = (0..clients as u64).map(|i| t0 + Duration::from_micros(i * 7)).collect();
         let mut now = t0;
@@ -795,7 +818,7 @@ mod tests {
                         s.single_request_executed(took);
                     }
                     for _ in 0..b.len() {
-                        arrivals.push(now + Duration::from_micros(think - think / 5 + jitter()));
+                        arrivals.push(now + Duration::from_micros(think - spread + jitter()));
                     }
                     sizes.push(b.len());
                 }
@@ -816,19 +839,41 @@ mod tests {
         // 75 us for one item, so one item at a time would keep the instance busy all the time. Running
         // whatever is queued whenever the instance is free gives batches of 3 or 4; the config asks for 8.
         let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
-        let sizes = closed_loop(policy.clone(), 32, 1_500, 4_000);
+        let sizes = closed_loop(policy.clone(), 32, 1_500, 300, 4_000);
         let tail = &sizes[2_000..];
         assert!(mean(tail) >= 7.5, "mean batch {:.2}: {:?}", mean(tail), &tail[..50]);
         // The fixed window forms the same batches.
-        let fixed = closed_loop(BatchPolicy { window: Window::Fixed, ..policy }, 32, 1_500, 4_000);
+        let fixed = closed_loop(BatchPolicy { window: Window::Fixed, ..policy }, 32, 1_500, 300, 4_000);
         assert!((mean(tail) - mean(&fixed[2_000..])).abs() < 1.0, "{} against {}", mean(tail), mean(&fixed[2_000..]));
+    }
+
+    #[test]
+    fn closed_loop_waves_still_converge_to_the_preferred_batch_size() {
+        // Clients whose answers go out together come back together: 32 clients 1 ms ± 20 us after their
+        // answer arrive in waves, a batch's worth at a time, with pauses of several arrival gaps between
+        // waves. A partial batch must wait for the next wave (its requests are on their way back), not run
+        // at the first pause as if arrivals had stopped.
+        let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
+        let sizes = closed_loop(policy.clone(), 32, 1_000, 20, 4_000);
+        let fixed = closed_loop(BatchPolicy { window: Window::Fixed, ..policy }, 32, 1_000, 20, 4_000);
+        let small = |sizes: &[usize]| sizes.iter().filter(|&&b| b < 8).count();
+        let (tail, fixed_tail) = (&sizes[2_000..], &fixed[2_000..]);
+        assert!(
+            mean(tail) >= mean(fixed_tail) - 0.5 && small(tail) <= small(fixed_tail) + tail.len() / 50,
+            "mean batch {:.2} against the fixed window's {:.2}; batches under 8: {} against {}: {:?}",
+            mean(tail),
+            mean(fixed_tail),
+            small(tail),
+            small(fixed_tail),
+            &tail[..60]
+        );
     }
 
     #[test]
     fn light_load_still_runs_at_once() {
         // 32 clients, 40 ms apart: 800 arrivals a second, 6 % of the instance's time one at a time.
         let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
-        let sizes = closed_loop(policy, 32, 40_000, 2_000);
+        let sizes = closed_loop(policy, 32, 40_000, 8_000, 2_000);
         assert!(mean(&sizes[1_000..]) < 1.2, "mean batch {:.2}", mean(&sizes[1_000..]));
     }
 
@@ -880,24 +925,51 @@ mod tests {
         let t0 = Instant::now();
         let mut s = BatchState::new(preferred(&[8], 32, 2_000));
         let mut t = sustained_history(&mut s, t0, 12, 60, 1);
-        // Arrivals go on: the batch waits, and runs the moment it holds 8.
+        // Arrivals go on: the batch waits, never past the window, and runs the moment it holds 8.
+        let head = t + Duration::from_micros(50);
         for i in 0..8u32 {
             t += Duration::from_micros(50);
             s.push(entry(1000 + i, 1, t)).unwrap();
             let d = s.next_batch(t, false);
             if i < 7 {
-                assert!(matches!(d, Decision::WaitUntil(u) if u > t && u <= t + Duration::from_micros(200)), "{d:?}");
+                let due = head + Duration::from_micros(2_000);
+                assert!(matches!(d, Decision::WaitUntil(u) if u > t && u <= due), "{d:?}");
             } else {
                 assert_eq!(reason(&d), Some(RunReason::Preferred));
                 assert_eq!(ids(d).len(), 8);
             }
         }
-        // Arrivals stop: the wait ends within a few gaps of the last one, long before the window.
+        // Arrivals stop while those 8 run: with 9 of the 12 recently in flight here or running, the 7 more a
+        // batch of 8 needs cannot come back. The wait ends within a few gaps of the last arrival.
         t += Duration::from_micros(50);
         s.push(entry(2000, 1, t)).unwrap();
         let (at, d) = wait_out(&mut s, t);
         assert!(at <= t + Duration::from_micros(250), "waited {:?}", at - t);
         assert_eq!(reason(&d), Some(RunReason::Adaptive));
+    }
+
+    #[test]
+    fn a_sustained_wait_holds_for_answered_requests_up_to_the_window() {
+        // The same sustained load, with 12 requests in flight at its peak; the last batch has finished, so
+        // 11 of them were answered and can come back (closed-loop clients send again on their answer, all
+        // together when their answers went out together). A lone request waits for them, as the fixed window
+        // would, but never past the window.
+        let t0 = Instant::now();
+        let mut s = BatchState::new(preferred(&[8], 32, 2_000));
+        let t = sustained_history(&mut s, t0, 12, 60, 1) + Duration::from_micros(50);
+        s.push(entry(2000, 1, t)).unwrap();
+        let (at, d) = wait_out(&mut s, t);
+        assert_eq!(at, t + Duration::from_micros(2_000));
+        assert_eq!(reason(&d), Some(RunReason::Window));
+        // They come back before the window ends: the batch runs when it holds 8.
+        let t = at + Duration::from_micros(50);
+        s.push(entry(3000, 1, t)).unwrap();
+        assert!(matches!(s.next_batch(t, false), Decision::WaitUntil(_)));
+        for i in 1..8u32 {
+            s.push(entry(3000 + i, 1, t + Duration::from_micros(u64::from(i)))).unwrap();
+        }
+        let d = s.next_batch(t + Duration::from_micros(8), false);
+        assert_eq!(reason(&d), Some(RunReason::Preferred));
     }
 
     #[test]
