@@ -128,6 +128,11 @@ const SUSTAINED_LOAD: f64 = 0.5;
 /// Under sustained load, a partial batch waits no longer than this many expected gaps after the last arrival
 /// (each look re-reads the gap, which grows while nothing arrives).
 const GAPS_WITHOUT_ARRIVALS: f64 = 4.0;
+/// Share of the recent peak in flight kept each time a batch is taken: a peak that no batch has come near for a
+/// few executions no longer says that requests are on their way back.
+const RECENT_PEAK_KEEP: f64 = 0.75;
+/// A one-request execution counts in its moving average as at most this many times the average.
+const STALL_LIMIT: f64 = 2.0;
 /// Weight of the newest request's item count in the moving average of items per request.
 const ITEMS_WEIGHT: f64 = 0.1;
 
@@ -141,6 +146,8 @@ struct History {
     arrivals: f64,
     secs: f64,
     peak_in_flight: f64,
+    /// The most requests in flight at once over the last few batches taken (decaying per batch, not with time).
+    recent_peak: f64,
     /// When an arrival last took the requests in flight past the peak by one or more: the peak is still growing
     /// (a burst, or clients joining), so it says nothing yet about how many requests can come.
     peak_raised: Option<Instant>,
@@ -280,6 +287,7 @@ impl<T> BatchState<T> {
             self.history.peak_raised = self.history.updated;
         }
         self.history.peak_in_flight = self.history.peak_in_flight.max(in_flight);
+        self.history.recent_peak = self.history.recent_peak.max(in_flight);
         Ok(())
     }
 
@@ -298,7 +306,11 @@ impl<T> BatchState<T> {
     /// weighs the arrival rate against it).
     pub fn single_request_executed(&mut self, took: Duration) {
         let secs = took.as_secs_f64();
-        let average = self.history.single_request_secs.map_or(secs, |e| e + EXECUTION_WEIGHT * (secs - e));
+        // Wall-clock time: an instance thread preempted on a busy machine can take milliseconds for a
+        // microsecond model. One such sample counts as at most twice the average, so that a stall does not make
+        // light load look sustained.
+        let average =
+            self.history.single_request_secs.map_or(secs, |e| e + EXECUTION_WEIGHT * (secs.min(STALL_LIMIT * e) - e));
         self.history.single_request_secs = Some(average);
     }
 
@@ -439,8 +451,10 @@ impl<T> BatchState<T> {
     /// instances busy [`SUSTAINED_LOAD`] of the time or more if run one request at a time, the next preferred
     /// batch size (or `max_batch_size`) takes fewer requests than were recently in flight at once, and it can
     /// gather at the recent arrival rate before `due`, the batch waits for it, as the config asks. The wait lasts
-    /// until `due` while the requests answered since the peak in flight are enough to fill it (they come back
-    /// from closed-loop clients in waves, with pauses of many gaps between them), and otherwise ends
+    /// until `due` while the requests answered since the peak in flight of the last few batches are enough to
+    /// fill it (they come back from closed-loop clients in waves, with pauses of many gaps between them; a peak
+    /// that no batch has come near for a few executions, as after the load drops, no longer counts), and
+    /// otherwise ends
     /// [`GAPS_WITHOUT_ARRIVALS`] expected gaps (`gap`, while requests wait) after the last arrival. `None`: run
     /// now.
     fn fuller_batch_until(&self, now: Instant, due: Instant, gap: f64, queued: usize) -> Option<Instant> {
@@ -462,7 +476,7 @@ impl<T> BatchState<T> {
         if now.checked_add(gather).is_none_or(|ready| ready > due) {
             return None;
         }
-        let answered = self.history.peak_in_flight - (self.len + self.running) as f64;
+        let answered = self.history.recent_peak - (self.len + self.running) as f64;
         if answered + 0.5 >= missing {
             return Some(due);
         }
@@ -471,6 +485,8 @@ impl<T> BatchState<T> {
     }
 
     fn take(&mut self, picked: &[(usize, usize)]) -> Vec<Entry<T>> {
+        let in_flight = (self.len + self.running) as f64;
+        self.history.recent_peak = (self.history.recent_peak * RECENT_PEAK_KEEP).max(in_flight);
         let mut by_queue: Vec<Vec<usize>> = vec![Vec::new(); self.queues.len()];
         for &(qi, pos) in picked {
             by_queue[qi].push(pos);
@@ -970,6 +986,41 @@ mod tests {
         }
         let d = s.next_batch(t + Duration::from_micros(8), false);
         assert_eq!(reason(&d), Some(RunReason::Preferred));
+    }
+
+    #[test]
+    fn after_the_load_drops_a_lone_request_soon_stops_holding_for_the_window() {
+        // Sustained load with 12 in flight, then one client left, sending 100 us after each answer. Its first
+        // requests may hold for the 11 answered ones; within a few executions the recent peak has decayed and
+        // it no longer waits for the window.
+        let t0 = Instant::now();
+        let mut s = BatchState::new(preferred(&[8], 32, 2_000));
+        let mut t = sustained_history(&mut s, t0, 12, 60, 1) + Duration::from_micros(50);
+        let mut waits = Vec::new();
+        for i in 0..8u32 {
+            s.push(entry(2000 + i, 1, t)).unwrap();
+            let (at, d) = wait_out(&mut s, t);
+            assert_eq!(ids(d), vec![2000 + i]);
+            waits.push(at - t);
+            s.finished(1, Some(Duration::from_micros(60)));
+            t = at + Duration::from_micros(160);
+        }
+        assert!(waits[..3].iter().filter(|w| w.as_micros() >= 2_000).count() <= 2, "{waits:?}");
+        assert!(waits[3..].iter().all(|w| w.as_micros() < 500), "{waits:?}");
+    }
+
+    #[test]
+    fn a_stalled_execution_barely_moves_the_one_request_time() {
+        let mut s: BatchState<u32> = BatchState::new(preferred(&[8], 32, 2_000));
+        for _ in 0..20 {
+            s.single_request_executed(Duration::from_micros(20));
+        }
+        s.single_request_executed(Duration::from_millis(5));
+        let single = s.history.single_request_secs.unwrap();
+        assert!((single - 22e-6).abs() < 1e-9, "{single}");
+        // Faster executions pull it down without a limit.
+        s.single_request_executed(Duration::from_micros(2));
+        assert!(s.history.single_request_secs.unwrap() < single - 1.9e-6);
     }
 
     #[test]
