@@ -54,7 +54,7 @@ measure() {
       $1 == "server:" {gsub(/[,;]/, ""); server = $6 " " $10 " " ($18 == "p99" ? $19 / 1000 : "-")}
       END {print line, (server == "" ? "- - -" : server)}'
 }
-ratio() { if [ "$(echo "$2 == 0" | bc)" = 1 ]; then echo -; else echo "$1 / $2" | bc -l | xargs printf '%.2f'; fi; }
+ratio() { if [ "$(echo "$1 == 0 || $2 == 0" | bc)" = 1 ]; then echo -; else echo "$1 / $2" | bc -l | xargs printf '%.2f'; fi; }
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 
 # Measures every variant of model $1 ROUNDS times, alternating, with the load arguments that follow; sets the

@@ -53,12 +53,18 @@ impl Counters {
         let requests = self.success.checked_sub(before.success).filter(|&n| n > 0)?;
         let per_request = |now: u64, then: u64| now.saturating_sub(then) as f64 / requests as f64 / 1000.0;
         let executions = self.executions.saturating_sub(before.executions);
-        let latency: Vec<(u64, u64)> = self
-            .latency_buckets
-            .iter()
-            .map(|(&upper, &n)| (upper, n.saturating_sub(before.latency_buckets.get(&upper).copied().unwrap_or(0))))
-            .filter(|&(_, n)| n > 0)
-            .collect();
+        // Buckets that went back (the model was reloaded in between) would give percentiles of a part of the
+        // requests: none then.
+        let went_back = before.latency_buckets.iter().any(|(upper, &n)| self.latency_buckets.get(upper) < Some(&n));
+        let latency: Vec<(u64, u64)> = if went_back {
+            Vec::new()
+        } else {
+            self.latency_buckets
+                .iter()
+                .map(|(&upper, &n)| (upper, n - before.latency_buckets.get(&upper).copied().unwrap_or(0)))
+                .filter(|&(_, n)| n > 0)
+                .collect()
+        };
         Some(ServerSide {
             requests,
             queue_us: per_request(self.queue_ns, before.queue_ns),
@@ -197,6 +203,10 @@ mod tests {
         assert_eq!(side.p50_us, Some(100.0));
         assert_eq!(side.p99_us, Some(200.0), "the 99th of 100 is in the second bucket; the 1 ms ones came before");
         assert_eq!(bucket_percentile(&[(10_000, 1)], 0.99), Some(10.0));
+        // A reload in between: the buckets went back, so no percentiles (the other figures still come).
+        let reloaded = from_json(&doc(json!([[100_000, 200]]), 250)).unwrap();
+        let side = reloaded.since(&before).unwrap();
+        assert_eq!((side.requests, side.p50_us, side.p99_us), (200, None, None));
         assert_eq!(bucket_percentile(&[], 0.5), None);
     }
 }

@@ -81,7 +81,8 @@ impl LatencyHistogram {
         self.counts[Self::index(ns)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The buckets that counted something, as (exclusive upper bound in ns, count), shortest first.
+    /// The buckets that counted something, as (exclusive upper bound in ns, count), shortest first. The last
+    /// bucket (bound 2^42 ns, 73 minutes) also holds anything longer.
     pub fn read(&self) -> Vec<(u64, u64)> {
         self.counts
             .iter()

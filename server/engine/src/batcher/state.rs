@@ -7,17 +7,19 @@
 //!   up to `max_batch_size` items (batch dim 0 summed);
 //! - a batch runs at once when full or when it reaches a preferred size;
 //! - otherwise, under the [`Window::Fixed`] policy (Triton's), when the oldest request has waited `max_delay`;
-//!   under the default [`Window::Adaptive`] one, `max_delay` is only an upper bound: a partial batch waits only
-//!   when requests arrive much faster than a batch executes (the recent gap between arrivals that found
-//!   requests already queued is an eighth of a batch's execution time or less), for at most one such gap after
-//!   the last arrival and half an execution, and never for a request that cannot come: when every request
-//!   recently seen in flight at once is already queued or running (closed-loop clients, which send again only
-//!   after their answer), it runs at once. Otherwise it runs at once too, and what arrives while it executes
-//!   forms the next batch. Under sustained load, when the recent arrivals run one request at a time would
-//!   keep the instances busy half the time or more, a partial batch waits for the next preferred size (or
-//!   `max_batch_size`) as the config asks, if it takes fewer requests than were recently in flight at once
-//!   and can gather at the recent arrival rate within `max_delay`, and only while arrivals go on. An idle
-//!   model, or one whose clients wait for each answer before sending again (concurrency 1), never waits;
+//!   under the default [`Window::Adaptive`] one, `max_delay` is only an upper bound. A partial batch never
+//!   waits for a request that cannot come: when every request recently seen in flight at once is already
+//!   queued or running (closed-loop clients, which send again only after their answer), it runs at once.
+//!   Under sustained load, when the recent arrivals run one request at a time would keep the instances busy
+//!   half the time or more, it waits for the next preferred size (or `max_batch_size`) as the config asks, if
+//!   that takes fewer requests than were recently in flight at once and can gather at the recent arrival rate
+//!   within `max_delay`: up to `max_delay` while the requests answered since the last few batches' peak in
+//!   flight could fill it (closed-loop clients come back in waves), otherwise only while arrivals go on.
+//!   Below that load it waits only when requests arrive much faster than a batch executes (the recent gap
+//!   between arrivals that found requests already queued is an eighth of a batch's execution time or less),
+//!   for at most one such gap after the last arrival and half an execution; otherwise it runs at once, and what
+//!   arrives while it executes forms the next batch. An idle model, or one whose clients wait for each answer
+//!   before sending again (concurrency 1), never waits;
 //! - queued requests past their deadline are taken out for a timeout reply.
 
 use std::collections::VecDeque;
