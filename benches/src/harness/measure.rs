@@ -143,12 +143,23 @@ pub async fn measure(args: &Args, payload: &Payload, load: Load) -> anyhow::Resu
             let max_in_flight = args.max_in_flight as u64;
             let poisson = args.distribution == Distribution::Poisson;
             let mut rng = Rng::new(args.seed ^ 0xABCD);
-            tasks.push(tokio::spawn(async move {
+            // The schedule is kept by an OS thread, not a tokio timer: tokio's timers tick once a millisecond,
+            // which would send the requests of each millisecond together (bursts of 7 at 7 000/s) instead of
+            // at their own times. The thread sleeps to each send time (Linux oversleeps by ~50 us, and the
+            // schedule is absolute, so it catches up) and hands the request to the runtime.
+            let runtime = tokio::runtime::Handle::current();
+            std::thread::Builder::new().name("open-loop-pacer".into()).spawn(move || {
                 let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     let gap = if poisson { -(1.0 - rng.unit()).ln() / rate } else { 1.0 / rate };
                     next += Duration::from_secs_f64(gap);
-                    tokio::time::sleep_until(next.into()).await;
+                    // In slices, so that a slow schedule still notices the end of the measurement.
+                    while let Some(left) = next.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        std::thread::sleep(left.min(Duration::from_millis(50)));
+                    }
                     let scheduled = next;
                     if in_flight.load(Ordering::Relaxed) >= max_in_flight {
                         recorder.record(Err("too many requests in flight (--max-in-flight)".into()), Duration::ZERO);
@@ -157,7 +168,7 @@ pub async fn measure(args: &Args, payload: &Payload, load: Load) -> anyhow::Resu
                     in_flight.fetch_add(1, Ordering::Relaxed);
                     let (pool, payload, recorder, in_flight) =
                         (Arc::clone(&pool), payload.clone(), Arc::clone(&recorder), Arc::clone(&in_flight));
-                    tokio::spawn(async move {
+                    runtime.spawn(async move {
                         let reused = pool.lock().await.pop();
                         let connection = match reused {
                             Some(c) => Ok(c),
@@ -174,7 +185,7 @@ pub async fn measure(args: &Args, payload: &Payload, load: Load) -> anyhow::Resu
                         in_flight.fetch_sub(1, Ordering::Relaxed);
                     });
                 }
-            }));
+            })?;
         }
     }
 
