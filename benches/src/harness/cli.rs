@@ -108,7 +108,9 @@ pub fn parse_sweep(spec: &str) -> anyhow::Result<Vec<f64>> {
             Some('+') => (false, step.trim()[1..].parse().map_err(|_| bad())?),
             _ => (false, step.trim().parse().map_err(|_| bad())?),
         };
-        if start <= 0.0 || end < start || (multiply && by <= 1.0) || (!multiply && by <= 0.0) {
+        // NaN and infinities are not finite: a NaN would compare false everywhere and give no points.
+        let finite = [start, end, by].iter().all(|v| v.is_finite());
+        if !finite || start <= 0.0 || end < start || (multiply && by <= 1.0) || (!multiply && by <= 0.0) {
             return Err(bad());
         }
         while v <= end + 1e-9 && points.len() < 1000 {
@@ -118,7 +120,7 @@ pub fn parse_sweep(spec: &str) -> anyhow::Result<Vec<f64>> {
         return Ok(points);
     }
     let points = spec.split(',').map(|p| p.trim().parse::<f64>().map_err(|_| bad())).collect::<Result<Vec<_>, _>>()?;
-    if points.is_empty() || points.iter().any(|&p| p <= 0.0) {
+    if points.is_empty() || points.iter().any(|&p| !p.is_finite() || p <= 0.0) {
         return Err(bad());
     }
     Ok(points)
@@ -138,5 +140,8 @@ mod tests {
         assert!(parse_sweep("4:1:x2").is_err());
         assert!(parse_sweep("1:8:x1").is_err());
         assert!(parse_sweep("a,b").is_err());
+        for bad in ["inf", "NaN", "1,inf", "1:NaN:x2", "NaN:8:x2", "1:8:xNaN", "1:inf:+1"] {
+            assert!(parse_sweep(bad).is_err(), "{bad}");
+        }
     }
 }
