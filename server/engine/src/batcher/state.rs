@@ -177,7 +177,9 @@ impl History {
         let keep = (-dt / HISTORY_SECS).exp();
         self.busy_arrivals *= keep;
         self.arrivals *= keep;
-        self.secs = self.secs * keep + dt;
+        // The interval itself, decayed as it goes: an idle spell counts as at most HISTORY_SECS, as arrivals
+        // before it fade, so the mean gap does not overstate for long after it.
+        self.secs = self.secs * keep + HISTORY_SECS * (1.0 - keep);
         self.peak_in_flight *= keep;
         self.busy_secs = self.busy_secs * keep + if queued { dt } else { 0.0 };
         self.updated = Some(now);
