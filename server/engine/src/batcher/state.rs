@@ -458,9 +458,8 @@ impl<T> BatchState<T> {
     /// until `due` while the requests answered since the peak in flight of the last few batches are enough to
     /// fill it (they come back from closed-loop clients in waves, with pauses of many gaps between them; a peak
     /// that no batch has come near for a few executions, as after the load drops, no longer counts), and
-    /// otherwise ends
-    /// [`GAPS_WITHOUT_ARRIVALS`] expected gaps (`gap`, while requests wait) after the last arrival. `None`: run
-    /// now.
+    /// otherwise ends [`GAPS_WITHOUT_ARRIVALS`] expected gaps (`gap`, while requests wait) after the last
+    /// arrival. `None`: run now.
     fn fuller_batch_until(&self, now: Instant, due: Instant, gap: f64, queued: usize) -> Option<Instant> {
         let single = self.history.single_request_secs?;
         let mean_gap = self.history.mean_gap()?;
