@@ -138,8 +138,11 @@ const GAPS_WITHOUT_ARRIVALS: f64 = 4.0;
 /// Share of the recent peak in flight kept each time a batch is taken: a peak that no batch has come near for a
 /// few executions no longer says that requests are on their way back.
 const RECENT_PEAK_KEEP: f64 = 0.75;
-/// A one-request execution counts in its moving average as at most this many times the average.
-const STALL_LIMIT: f64 = 2.0;
+/// A one-request execution counts in its moving average as at most this many times the average. Once the
+/// sustained rule batches, one-request executions stop and nothing corrects the average, so a stall that lifted
+/// it over [`SUSTAINED_LOAD`] would hold batches for as long as the load lasts: at 2, one 1 ms stall in 500
+/// executions did so in the simulated open loop (p99 160 µs against 45 µs running at once).
+const STALL_LIMIT: f64 = 1.25;
 /// Weight of the newest request's item count in the moving average of items per request.
 const ITEMS_WEIGHT: f64 = 0.1;
 
@@ -316,8 +319,8 @@ impl<T> BatchState<T> {
     pub fn single_request_executed(&mut self, took: Duration) {
         let secs = took.as_secs_f64();
         // Wall-clock time: an instance thread preempted on a busy machine can take milliseconds for a
-        // microsecond model. One such sample counts as at most twice the average, so that a stall does not make
-        // light load look sustained.
+        // microsecond model. One such sample counts as at most STALL_LIMIT times the average, so that a stall
+        // does not make light load look sustained.
         let average =
             self.history.single_request_secs.map_or(secs, |e| e + EXECUTION_WEIGHT * (secs.min(STALL_LIMIT * e) - e));
         self.history.single_request_secs = Some(average);
@@ -901,12 +904,19 @@ mod tests {
         assert!(mean(&sizes[1_000..]) < 1.2, "mean batch {:.2}", mean(&sizes[1_000..]));
     }
 
-    /// One instance serving Poisson arrivals at `rate` a second (`requests` of them, one item each), whose
-    /// `n`-th execution, of `b` items, takes `cost(b, n)` µs. Returns each request's latency (arrival to
+    /// `instances` instances serving Poisson arrivals at `rate` a second (`requests` of them, one item each),
+    /// whose `n`-th execution, of `b` items, takes `cost(b, n)` µs. Returns each request's latency (arrival to
     /// answer) in µs, sorted.
-    fn open_loop(policy: BatchPolicy, rate: f64, requests: usize, cost: impl Fn(usize, usize) -> u64) -> Vec<u64> {
+    fn open_loop(
+        policy: BatchPolicy,
+        instances: usize,
+        rate: f64,
+        requests: usize,
+        cost: impl Fn(usize, usize) -> u64,
+    ) -> Vec<u64> {
         let t0 = Instant::now();
         let mut s = BatchState::new(policy);
+        s.set_instances(instances);
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         let mut at = t0;
         let arrivals: Vec<Instant> = (0..requests)
@@ -919,36 +929,42 @@ mod tests {
             })
             .collect();
         let (mut next, mut executions, mut now) = (0usize, 0usize, t0);
-        let mut running: Option<(Instant, Duration, Vec<Entry<u32>>)> = None;
+        // Per instance: when its batch is done, how long it took, and the batch.
+        type Execution = (Instant, Duration, Vec<Entry<u32>>);
+        let mut running: Vec<Option<Execution>> = (0..instances).map(|_| None).collect();
         let mut latencies = Vec::with_capacity(requests);
         while latencies.len() < requests {
             while next < requests && arrivals[next] <= now {
                 s.push(entry(next as u32, 1, arrivals[next])).unwrap();
                 next += 1;
             }
-            let next_arrival = arrivals.get(next).copied();
-            if let Some((done, took, batch)) = running.take() {
-                if done > now {
-                    now = next_arrival.map_or(done, |a| a.min(done));
-                    running = Some((done, took, batch));
-                    continue;
+            for slot in &mut running {
+                if let Some((done, took, batch)) = slot.take_if(|(done, ..)| *done <= now) {
+                    latencies.extend(batch.iter().map(|e| (done - e.enqueued).as_micros() as u64));
+                    s.finished(batch.len(), Some(took));
+                    if batch.len() == 1 {
+                        s.single_request_executed(took);
+                    }
                 }
-                latencies.extend(batch.iter().map(|e| (done - e.enqueued).as_micros() as u64));
-                s.finished(batch.len(), Some(took));
-                if batch.len() == 1 {
-                    s.single_request_executed(took);
-                }
-                continue;
             }
-            match s.next_batch(now, false) {
-                Decision::Run(b, _) => {
-                    let took = Duration::from_micros(cost(b.len(), executions));
-                    executions += 1;
-                    running = Some((now + took, took, b));
+            let mut wake = arrivals.get(next).copied();
+            for slot in running.iter_mut().filter(|slot| slot.is_none()) {
+                match s.next_batch(now, false) {
+                    Decision::Run(b, _) => {
+                        let took = Duration::from_micros(cost(b.len(), executions));
+                        executions += 1;
+                        *slot = Some((now + took, took, b));
+                    }
+                    Decision::WaitUntil(until) => {
+                        wake = Some(wake.map_or(until, |w| w.min(until)));
+                        break;
+                    }
+                    Decision::Idle => break,
                 }
-                Decision::WaitUntil(until) => now = next_arrival.map_or(until, |a| a.min(until)).max(now),
-                Decision::Idle => now = next_arrival.expect("requests remain"),
             }
+            let done = running.iter().flatten().map(|(done, ..)| *done).min();
+            let Some(then) = [wake, done].into_iter().flatten().min() else { break };
+            now = then.max(now);
         }
         latencies.sort_unstable();
         latencies
@@ -961,8 +977,8 @@ mod tests {
 
     #[test]
     fn open_loop_p99_is_no_worse_than_the_fixed_window_or_batching_off() {
-        // Poisson arrivals at 30 % and 80 % of the rate batching off saturates at, on the compute-bound MLP's
-        // cost model and on a 3 us model's. Arrivals do not wait for answers here, so holding a batch for more
+        // Poisson arrivals at 30 % and 80 % of the rate batching off saturates at, on one instance and on two,
+        // on the compute-bound MLP's cost model and on a 3 us model's. Arrivals do not wait for answers here, so holding a batch for more
         // only adds latency: waiting for the preferred size from half the instance's time on (as the sustained
         // rule once did) gave the compute-bound model a p99 of 1.3 ms at 80 %, against 0.8 ms with batching off
         // and 0.2 ms running whatever is queued whenever the instance is free ("at once"). With one execution
@@ -974,19 +990,19 @@ mod tests {
         type Cost<'a> = &'a dyn Fn(usize, usize) -> u64;
         let models: [(&str, Cost, bool); 3] =
             [("compute-bound", &large, true), ("3 us", &small, true), ("3 us, stalls", &stalled, false)];
-        for (model, cost, against_both) in models {
-            let saturated = 1e6 / cost(1, 0) as f64;
+        for ((model, cost, against_both), instances) in models.into_iter().flat_map(|m| [(m, 1), (m, 2)]) {
+            let saturated = 1e6 / cost(1, 0) as f64 * instances as f64;
             for share in [0.3, 0.8] {
                 let rate = saturated * share;
                 let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
-                let p99 = |policy: BatchPolicy| percentile(&open_loop(policy, rate, 20_000, cost), 0.99);
+                let p99 = |policy: BatchPolicy| percentile(&open_loop(policy, instances, rate, 20_000, cost), 0.99);
                 let adaptive = p99(policy.clone());
                 let fixed = p99(BatchPolicy { window: Window::Fixed, ..policy.clone() });
                 let off = p99(BatchPolicy { max_batch_size: 0, ..policy.clone() });
                 let at_once = p99(BatchPolicy { window: Window::Fixed, max_delay: Duration::ZERO, ..policy });
                 assert!(
                     (adaptive <= fixed.min(off) || !against_both) && adaptive * 10 <= at_once * 11,
-                    "{model} at {share}: p99 adaptive {adaptive} us, fixed {fixed}, off {off}, at once {at_once}"
+                    "{model}, {instances} instances, at {share}: p99 adaptive {adaptive} us, fixed {fixed}, off {off}, at once {at_once}"
                 );
             }
         }
@@ -1116,10 +1132,10 @@ mod tests {
         }
         s.single_request_executed(Duration::from_millis(5));
         let single = s.history.single_request_secs.unwrap();
-        assert!((single - 22e-6).abs() < 1e-9, "{single}");
+        assert!((single - 20.5e-6).abs() < 1e-9, "{single}");
         // Faster executions pull it down without a limit.
         s.single_request_executed(Duration::from_micros(2));
-        assert!(s.history.single_request_secs.unwrap() < single - 1.9e-6);
+        assert!(s.history.single_request_secs.unwrap() < single - 1.8e-6);
     }
 
     #[test]
