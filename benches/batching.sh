@@ -13,14 +13,19 @@
 # from the server's latency buckets). The server's p99 is the one the open-loop goal is judged on: on a machine
 # where the generator shares the cores, the client's tail is mostly the generator's own scheduling.
 # SECS: seconds per measurement window (default 2).
-# ROUNDS: measurements of each point, the variants alternating; medians are printed (default 1). Single
-#   measurements at c=32 and in open loop move by 10-20% from run to run on a shared 2-core machine.
+# ROUNDS: measurements of each closed-loop point, the variants alternating; medians are printed (default 1).
+#   Single measurements at c=32 move by 10-20% from run to run on a shared 2-core machine.
+# OPEN_ROUNDS: the same for each open-loop point (default 5): a single p99 there, even the server's, moves by
+#   up to 2x from run to run on a 2-core machine, set by the few requests behind a scheduling stall.
+# SATURATED: the saturated rates to take the open-loop rates from, as "mlp=15000 mlp_large=9000"; when set,
+#   the closed-loop part is skipped.
 # SERVER_CPUS, BENCH_CPUS: CPU lists (taskset) for the server and the load generator, for instance 0-5 and 6-7,
 #   so that they do not take each other's cores (default: not pinned).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-2}
 ROUNDS=${ROUNDS:-1}
+OPEN_ROUNDS=${OPEN_ROUNDS:-5}
 . benches/server.sh
 build_release
 repo=$(mktemp -d)
@@ -64,11 +69,11 @@ median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ?
 declare -A rate p50 p99 compute items server_p99
 overloaded=""
 measure_variants() {
-  local m=$1 variant r p q c i s e
-  shift
+  local rounds=$1 m=$2 variant r p q c i s e
+  shift 2
   overloaded=""
   declare -A rates p50s p99s computes itemss server_p99s
-  for _ in $(seq "$ROUNDS"); do
+  for _ in $(seq "$rounds"); do
     for variant in adaptive fixed off; do
       read -r r p q c i s e < <(measure -m "${m}_$variant" "$@")
       [ "${e:-0}" = 0 ] || [[ " $overloaded " == *" $variant "* ]] || overloaded+=" $variant"
@@ -84,12 +89,16 @@ measure_variants() {
   done
 }
 
-[ "$ROUNDS" = 1 ] || echo "(medians of $ROUNDS alternating measurements)"
+for pair in ${SATURATED:-}; do
+  eval "saturated_${pair%%=*}=${pair#*=}"
+done
+[ "$ROUNDS" = 1 ] || [ -n "${SATURATED:-}" ] || echo "(closed loop: medians of $ROUNDS alternating measurements)"
 for m in mlp mlp_large; do
+  [ -z "${SATURATED:-}" ] || break
   echo "== $m: closed loop (HTTP binary, batch-1 requests)"
   printf '%-6s %-28s %-28s %-28s %s\n' "" adaptive fixed off "adaptive/off p50, adaptive/fixed & /off rate"
   for c in 1 2 4 32; do
-    measure_variants "$m" --concurrency "$c"
+    measure_variants "$ROUNDS" "$m" --concurrency "$c"
     line=""
     for variant in adaptive fixed off; do
       line+=$(printf '%-28s ' "$(printf '%9.0f/s p50 %6.3f ms' "${rate[$variant]}" "${p50[$variant]}")")
@@ -114,10 +123,10 @@ done
 
 for m in mlp mlp_large; do
   eval "saturated=\$saturated_$m"
-  echo "== $m: open loop, Poisson arrivals (saturated rate $(printf '%.0f' "$saturated")/s): p99 ms, in the server / at the client"
+  echo "== $m: open loop, Poisson arrivals (saturated rate $(printf '%.0f' "$saturated")/s): p99 ms, in the server / at the client, medians of $OPEN_ROUNDS alternating measurements"
   for share in 30 80; do
     r=$(echo "$saturated * $share / 100" | bc)
-    measure_variants "$m" --request-rate "$r" --distribution poisson
+    measure_variants "$OPEN_ROUNDS" "$m" --request-rate "$r" --distribution poisson
     line=""
     for variant in adaptive fixed off; do
       line+=$(printf '%-8s %7.3f / %7.3f   ' "$variant" "${server_p99[$variant]}" "${p99[$variant]}")
