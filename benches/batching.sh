@@ -16,7 +16,8 @@
 # ROUNDS: measurements of each closed-loop point, the variants alternating; medians are printed (default 1).
 #   Single measurements at c=32 move by 10-20% from run to run on a shared 2-core machine.
 # OPEN_ROUNDS: the same for each open-loop point (default 5): a single p99 there, even the server's, moves by
-#   up to 2x from run to run on a 2-core machine, set by the few requests behind a scheduling stall.
+#   up to 2x from run to run on a 2-core machine, set by the few requests behind a scheduling stall. The open
+#   loop then takes about 10 minutes (60 measurements), the closed loop about 9.
 # SATURATED: the saturated rates to take the open-loop rates from, as "mlp=15000 mlp_large=9000"; when set,
 #   the closed-loop part is skipped.
 # SERVER_CPUS, BENCH_CPUS: CPU lists (taskset) for the server and the load generator, for instance 0-5 and 6-7,
@@ -26,6 +27,23 @@ cd "$(dirname "$0")/.."
 SECS=${SECS:-2}
 ROUNDS=${ROUNDS:-1}
 OPEN_ROUNDS=${OPEN_ROUNDS:-5}
+declare -A saturated_rate
+skip_closed=""
+if [ -n "${SATURATED:-}" ]; then
+  skip_closed=1
+  for pair in $SATURATED; do
+    name=${pair%%=*} value=${pair#*=}
+    [[ "$name" =~ ^(mlp|mlp_large)$ && "$value" =~ ^[0-9]+(\.[0-9]+)?$ ]] ||
+      { echo "SATURATED: '$pair' is not mlp=RATE or mlp_large=RATE" >&2; exit 2; }
+    saturated_rate[$name]=$value
+  done
+  for m in mlp mlp_large; do
+    [ -n "${saturated_rate[$m]:-}" ] || { echo "SATURATED needs a rate for $m" >&2; exit 2; }
+  done
+fi
+for n in "$ROUNDS" "$OPEN_ROUNDS"; do
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS and OPEN_ROUNDS must be whole numbers from 1" >&2; exit 2; }
+done
 . benches/server.sh
 build_release
 repo=$(mktemp -d)
@@ -63,7 +81,7 @@ measure() {
 ratio() { if [ "$(echo "$1 == 0 || $2 == 0" | bc)" = 1 ]; then echo -; else echo "$1 / $2" | bc -l | xargs printf '%.2f'; fi; }
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 
-# Measures every variant of model $1 ROUNDS times, alternating, with the load arguments that follow; sets the
+# Measures every variant of model $2 $1 times, alternating, with the load arguments that follow; sets the
 # medians in rate[], p50[], p99[], compute[], items[] and server_p99[] by variant, and in overloaded the
 # variants that had errors in any round.
 declare -A rate p50 p99 compute items server_p99
@@ -89,12 +107,9 @@ measure_variants() {
   done
 }
 
-for pair in ${SATURATED:-}; do
-  eval "saturated_${pair%%=*}=${pair#*=}"
-done
-[ "$ROUNDS" = 1 ] || [ -n "${SATURATED:-}" ] || echo "(closed loop: medians of $ROUNDS alternating measurements)"
+[ "$ROUNDS" = 1 ] || [ -n "$skip_closed" ] || echo "(closed loop: medians of $ROUNDS alternating measurements)"
 for m in mlp mlp_large; do
-  [ -z "${SATURATED:-}" ] || break
+  [ -z "$skip_closed" ] || break
   echo "== $m: closed loop (HTTP binary, batch-1 requests)"
   printf '%-6s %-28s %-28s %-28s %s\n' "" adaptive fixed off "adaptive/off p50, adaptive/fixed & /off rate"
   for c in 1 2 4 32; do
@@ -106,7 +121,7 @@ for m in mlp mlp_large; do
     if [ "$c" = 32 ]; then
       goal="rate x$(ratio "${rate[adaptive]}" "${rate[fixed]}") of fixed, x$(ratio "${rate[adaptive]}" "${rate[off]}") of off"
       saturated=$(printf "%s\n" "${rate[adaptive]}" "${rate[fixed]}" "${rate[off]}" | sort -g | head -1)
-      eval "saturated_$m=$saturated"
+      saturated_rate[$m]=$saturated
     else
       goal="p50 x$(ratio "${p50[adaptive]}" "${p50[off]}") of off"
     fi
@@ -122,7 +137,7 @@ for m in mlp mlp_large; do
 done
 
 for m in mlp mlp_large; do
-  eval "saturated=\$saturated_$m"
+  saturated=${saturated_rate[$m]}
   echo "== $m: open loop, Poisson arrivals (saturated rate $(printf '%.0f' "$saturated")/s): p99 ms, in the server / at the client, medians of $OPEN_ROUNDS alternating measurements"
   for share in 30 80; do
     r=$(echo "$saturated * $share / 100" | bc)
