@@ -185,7 +185,7 @@ def test_register_status_unregister_one_and_all(p, new_object):
     assert p.status("beta") == [beta]
     p.client.unregister_system_shared_memory("alpha")
     assert p.status() == [beta]
-    client_error(p, lambda: p.status("alpha"), "alpha", also={"404", "StatusCode.NOT_FOUND"})
+    refused_with(p, lambda: p.status("alpha"), UNKNOWN_REGION, "alpha")
     p.client.unregister_system_shared_memory("alpha")  # as in Triton, unregistering an unknown name is a no-op
     # A name is free again once unregistered; two regions may map the same object.
     p.client.register_system_shared_memory("alpha", key2, 48, offset=16)
@@ -312,14 +312,33 @@ def test_bytes_through_regions(p, new_object):
 
 # Client mistakes: each case makes its mistake and checks the answer; the test then checks the server serves on.
 
+# Triton's statuses for a region name not registered (NOT_FOUND) and for one registered twice (ALREADY_EXISTS,
+# which its HTTP server answers with 400).
+UNKNOWN_REGION = {"http": "404", "grpc": "StatusCode.NOT_FOUND"}
+TAKEN_REGION = {"http": "400", "grpc": "StatusCode.ALREADY_EXISTS"}
+
+
+def refused_with(p, call, statuses, name):
+    """`call` fails with `statuses[p.kind]` and a message naming `name`; returns the message."""
+    with pytest.raises(InferenceServerException) as caught:
+        call()
+    status, message = caught.value.status(), caught.value.message()
+    assert status == statuses[p.kind], (status, message)
+    assert f"'{name}'" in message, message
+    return message
+
+
 def _unregistered_input(p, make, tmp_path):
-    client_error(p, lambda: p.client.infer("mlp", [mlp_in(p, "never_registered", 1)]), "never_registered")
+    message = refused_with(
+        p, lambda: p.client.infer("mlp", [mlp_in(p, "never_registered", 1)]), UNKNOWN_REGION, "never_registered"
+    )
+    assert "Unable to find shared memory region: 'never_registered'" in message
 
 
 def _unregistered_output(p, make, tmp_path):
     inp = in_band(p, "INPUT0", np.zeros((1, 16), dtype=np.float32), "FP32")
     out = mlp_out(p, "never_registered", 1)
-    client_error(p, lambda: p.client.infer("mlp", [inp], outputs=[out]), "never_registered")
+    refused_with(p, lambda: p.client.infer("mlp", [inp], outputs=[out]), UNKNOWN_REGION, "never_registered")
 
 
 def _small_region(p, make):
@@ -433,9 +452,9 @@ def _register_twice(p, make, tmp_path):
     h1, key1 = make(64)
     h2, key2 = make(64)
     p.client.register_system_shared_memory("dup", key1, 64)
-    already = {"StatusCode.ALREADY_EXISTS"}
-    client_error(p, lambda: p.client.register_system_shared_memory("dup", key2, 64), "dup", also=already)
-    client_error(p, lambda: p.client.register_system_shared_memory("dup", key1, 64), "dup", also=already)
+    refused_with(p, lambda: p.client.register_system_shared_memory("dup", key2, 64), TAKEN_REGION, "dup")
+    message = refused_with(p, lambda: p.client.register_system_shared_memory("dup", key1, 64), TAKEN_REGION, "dup")
+    assert message == "shared memory region 'dup' already in manager", message
     assert p.status("dup") == [{"name": "dup", "key": key1, "offset": 0, "byte_size": 64}]
 
 
@@ -494,9 +513,8 @@ def test_cuda_shared_memory_is_refused_with_a_reason(p):
     p.client.unregister_cuda_shared_memory("gpu")
     status = p.client.get_cuda_shared_memory_status()
     assert (status if p.kind == "http" else list(status.regions)) == []
-    with pytest.raises(InferenceServerException) as caught:
-        p.client.get_cuda_shared_memory_status("gpu")
-    assert "cuda shared memory region: 'gpu'" in caught.value.message(), caught.value.message()
+    message = refused_with(p, lambda: p.client.get_cuda_shared_memory_status("gpu"), UNKNOWN_REGION, "gpu")
+    assert "cuda shared memory region: 'gpu'" in message, message
 
 
 def test_unregister_while_requests_run(p, server, reference, new_object):
@@ -569,7 +587,7 @@ def test_unregister_while_requests_run(p, server, reference, new_object):
                 assert detail, f"thread {i}: wrong values in its output region"
             else:
                 assert kind == "error", (i, kind, detail)
-                assert detail in CLIENT_ERROR[p.kind], (i, detail, message)
+                assert detail in CLIENT_ERROR[p.kind] | {UNKNOWN_REGION[p.kind]}, (i, detail, message)
                 assert "shared_in" in message or f"out_{i}" in message, (i, message)
         assert log[-1][0] == "error", (i, log[-1])
     assert p.status() == []

@@ -239,7 +239,7 @@ impl SharedMemory {
             InferError::invalid(format!("tensor '{tensor}' names shared memory region '{region}' without {BYTE_SIZE}"))
         })?;
         let offset = number(OFFSET)?.unwrap_or(0);
-        let found = self.read_regions().get(region.as_str()).cloned().ok_or_else(|| unknown_region(region))?;
+        let found = self.read_regions().get(region.as_str()).cloned().ok_or_else(|| unknown_tensor_region(region))?;
         found.span(offset, byte_size, format_args!("tensor '{tensor}'"))?;
         Ok(Some(Slot { region: found, offset, byte_size, max_tensor_bytes: self.max_tensor_bytes }))
     }
@@ -336,20 +336,23 @@ fn object_path(dir: &Path, key: &str) -> Result<PathBuf, InferError> {
     Ok(dir.join(name))
 }
 
+// Triton's wordings and statuses (its shared memory manager: ALREADY_EXISTS for a name taken, NOT_FOUND for a
+// name not registered, whether asked for by status or named by a tensor).
 fn already_registered(name: &str) -> InferError {
-    // Triton's wording.
-    InferError::invalid(format!("shared memory region '{name}' already in manager"))
+    InferError::AlreadyExists(format!("shared memory region '{name}' already in manager"))
 }
 
 /// A CUDA region by name: there never is one.
 pub fn unknown_cuda_region(name: &str) -> InferError {
-    // Triton's wording.
-    InferError::invalid(format!("Unable to find cuda shared memory region: '{name}'"))
+    InferError::NotFound(format!("Unable to find cuda shared memory region: '{name}'"))
 }
 
 fn unknown_region(name: &str) -> InferError {
-    // Triton's wording.
-    InferError::invalid(format!("Unable to find system shared memory region: '{name}'"))
+    InferError::NotFound(format!("Unable to find system shared memory region: '{name}'"))
+}
+
+fn unknown_tensor_region(name: &str) -> InferError {
+    InferError::NotFound(format!("Unable to find shared memory region: '{name}'"))
 }
 
 #[cfg(test)]
@@ -433,7 +436,7 @@ mod tests {
         assert!(err(params("r", 33, None)).contains("which has 32 bytes"));
         assert!(err(params("r", 8, Some(30))).contains("bytes 30..38"));
         assert!(err(params("r", 1, Some(u64::MAX))).contains("region 'r'"));
-        assert!(err(params("nope", 1, None)).contains("Unable to find system shared memory region: 'nope'"));
+        assert!(err(params("nope", 1, None)).contains("Unable to find shared memory region: 'nope'"));
         let mut negative = params("r", 1, None);
         negative.insert(OFFSET.into(), Parameter::Int(-1));
         assert!(err(negative).contains("shared_memory_offset must be a non-negative integer"));

@@ -16,6 +16,10 @@ pub enum InferError {
     /// The request is malformed or does not fit the model (400 / INVALID_ARGUMENT).
     #[error("{0}")]
     InvalidInput(String),
+    /// A name the request would register is taken (400 / ALREADY_EXISTS), as Triton answers a shared-memory
+    /// region registered twice. HTTP has no closer status that Triton's clients expect.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// A queue is full; the client should back off (429 / RESOURCE_EXHAUSTED).
     #[error("{0}")]
     Overloaded(String),
@@ -56,6 +60,7 @@ impl InferError {
             InferError::NotFound(_) => "not_found",
             InferError::NotReady(_) => "not_ready",
             InferError::InvalidInput(_) => "invalid_input",
+            InferError::AlreadyExists(_) => "already_exists",
             InferError::Overloaded(_) => "overloaded",
             InferError::Timeout(_) => "timeout",
             InferError::Unsupported(_) => "unsupported",

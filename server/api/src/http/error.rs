@@ -20,7 +20,7 @@ pub fn status_of(error: &InferError) -> StatusCode {
     match error {
         InferError::NotFound(_) => StatusCode::NOT_FOUND,
         InferError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-        InferError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+        InferError::InvalidInput(_) | InferError::AlreadyExists(_) => StatusCode::BAD_REQUEST,
         InferError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
         InferError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         InferError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,

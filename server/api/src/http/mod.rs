@@ -196,12 +196,12 @@ mod tests {
         assert_eq!(call("POST", "/v2/cudasharedmemory/region/r0/unregister", "").await.0, StatusCode::OK);
         assert_eq!(call("GET", "/v2/cudasharedmemory/status", "").await, (StatusCode::OK, serde_json::json!([])));
         let (status, body) = call("GET", "/v2/cudasharedmemory/region/r0/status", "").await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(body["error"].as_str().unwrap().contains("cuda shared memory region: 'r0'"));
         let (status, body) = call("GET", "/v2/systemsharedmemory/status", "").await;
         assert_eq!((status, body), (StatusCode::OK, serde_json::json!([])));
         let (status, body) = call("GET", "/v2/systemsharedmemory/region/r0/status", "").await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(body["error"].as_str().unwrap().contains("'r0'"));
         let (status, body) =
             call("POST", "/v2/systemsharedmemory/region/r0/register", r#"{"key":"/../x","byte_size":1}"#).await;
