@@ -7,7 +7,7 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InferError {
-    /// Unknown model or version (404 / NOT_FOUND).
+    /// Unknown model or version, or a shared-memory region not registered (404 / NOT_FOUND).
     #[error("{0}")]
     NotFound(String),
     /// The model exists but is not ready, or the server is shutting down (503 / UNAVAILABLE).
