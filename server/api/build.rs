@@ -8,5 +8,11 @@ fn main() {
     {
         let lib = std::path::Path::new(&root).join("lib");
         println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{}", lib.display());
+        // Nothing in our code calls into libtorch_cuda.so, so the linker's `--as-needed` drops it and libtorch
+        // then reports no CUDA device. With `cuda`, it is linked whatever the linker thinks.
+        let torch_cuda = lib.join("libtorch_cuda.so");
+        if std::env::var_os("CARGO_FEATURE_CUDA").is_some() && torch_cuda.is_file() {
+            println!("cargo:rustc-link-arg-bins=-Wl,--no-as-needed,{},--as-needed", torch_cuda.display());
+        }
     }
 }

@@ -52,6 +52,14 @@ impl RuntimeLoader for CandleLoader {
         (has("model.safetensors") || has("model.safetensors.index.json")) && has("config.json")
     }
 
+    fn cuda_support(&self) -> Result<(), String> {
+        if cfg!(feature = "cuda") {
+            Ok(())
+        } else {
+            Err("the candle runtime was built without CUDA (cargo feature `candle-cuda`)".into())
+        }
+    }
+
     fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Runtime>, RuntimeError> {
         let device = match spec.device {
             Device::Cpu => candle_core::Device::Cpu,

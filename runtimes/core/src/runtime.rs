@@ -120,6 +120,10 @@ pub enum RuntimeError {
     /// Execution failed inside the backend.
     #[error("execution failed: {0}")]
     Execution(String),
+    /// The device failed in a way that fails every later run too (a CUDA error that poisons the context):
+    /// the instance stops taking batches, and the model is not ready once no instance is left.
+    #[error("device failure: {0}")]
+    DeviceFault(String),
 }
 
 /// One loaded model instance, owned by exactly one worker thread.
@@ -151,6 +155,13 @@ pub trait RuntimeLoader: Send + Sync {
     /// (TorchScript): then a config without `max_batch_size` means 0, as in Triton, not "batch if you can".
     fn signature_from_config(&self) -> bool {
         false
+    }
+
+    /// Whether instances of this runtime can run on a CUDA device, or why not (built without its `cuda`
+    /// feature, say). A `KIND_AUTO` instance group goes to the GPUs only when this is `Ok`; a `KIND_GPU` group
+    /// fails its load with the reason.
+    fn cuda_support(&self) -> Result<(), String> {
+        Err(format!("the `{}` runtime has no CUDA support", self.backend()))
     }
 
     /// Whether a version directory holding `files` (names relative to it) is a model of this platform, when

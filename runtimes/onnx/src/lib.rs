@@ -5,6 +5,8 @@
 //! [`Runtime`] contract: each instance thread owns its session; parallelism comes from more instances.
 
 mod convert;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod strings;
 
 use std::path::Path;
@@ -55,6 +57,14 @@ impl RuntimeLoader for OnnxLoader {
         "model.onnx"
     }
 
+    fn cuda_support(&self) -> Result<(), String> {
+        if cfg!(feature = "cuda") {
+            Ok(())
+        } else {
+            Err("the onnxruntime runtime was built without CUDA (cargo feature `cuda`)".into())
+        }
+    }
+
     fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Runtime>, RuntimeError> {
         let runtime = OnnxRuntime::load(&self.environment, spec)?;
         Ok(Box::new(runtime))
@@ -65,6 +75,9 @@ impl RuntimeLoader for OnnxLoader {
 pub struct OnnxRuntime {
     session: Session,
     signature: ModelSignature,
+    /// The instance's own CUDA stream, which the session runs on; declared after `session` so it outlives it.
+    #[cfg(feature = "cuda")]
+    stream: Option<std::sync::Arc<cudarc::driver::CudaStream>>,
 }
 
 impl OnnxRuntime {
@@ -88,17 +101,27 @@ impl OnnxRuntime {
             builder = builder.with_intra_threads(spec.intra_op_threads).map_err(|e| fail(e.into()))?;
         }
         #[cfg(feature = "cuda")]
-        if let Device::Cuda(ordinal) = spec.device {
-            let ep = ort::ep::CUDA::default().with_device_id(ordinal as i32).build().error_on_failure();
-            builder = builder.with_execution_providers([ep]).map_err(|e| fail(e.into()))?;
-        }
+        let stream = match spec.device {
+            Device::Cuda(ordinal) => {
+                let stream = cuda::instance_stream(ordinal)?;
+                let ep = cuda::provider(ordinal, &stream).build().error_on_failure();
+                builder = builder.with_execution_providers([ep]).map_err(|e| fail(e.into()))?;
+                Some(stream)
+            }
+            Device::Cpu => None,
+        };
         let session = builder.commit_from_file(path).map_err(fail)?;
         let signature = ModelSignature {
             inputs: session.inputs().iter().map(|o| spec_of(o.name(), o.dtype())).collect::<Result<_, _>>()?,
             outputs: session.outputs().iter().map(|o| spec_of(o.name(), o.dtype())).collect::<Result<_, _>>()?,
         };
         tracing::debug!(model = %path.display(), device = %spec.device, "onnx session ready");
-        Ok(OnnxRuntime { session, signature })
+        Ok(OnnxRuntime {
+            session,
+            signature,
+            #[cfg(feature = "cuda")]
+            stream,
+        })
     }
 }
 
@@ -129,6 +152,11 @@ impl Runtime for OnnxRuntime {
             Ok(outputs) => outputs,
             Err(e) => return Err(run_error(&self.signature, &values, e)),
         };
+        // ONNX Runtime does not wait for a stream it does not own; the outputs are read once it is done.
+        #[cfg(feature = "cuda")]
+        if let Some(stream) = &self.stream {
+            stream.synchronize().map_err(|e| RuntimeError::DeviceFault(format!("CUDA stream failed: {e:?}")))?;
+        }
         let mut result = Vec::with_capacity(self.signature.outputs.len());
         for spec in &self.signature.outputs {
             let value = outputs
@@ -161,5 +189,15 @@ fn run_error(
             ));
         }
     }
-    RuntimeError::Execution(error.to_string())
+    let message = error.to_string();
+    if cuda_fault(&message) {
+        return RuntimeError::DeviceFault(message);
+    }
+    RuntimeError::Execution(message)
+}
+
+/// Whether ONNX Runtime's message is a CUDA failure (its CUDA provider reports `CUDA failure N: ...` and
+/// `CUDA error cudaErrorX: ...`): a device left in that state fails every later run, so the instance stops.
+fn cuda_fault(message: &str) -> bool {
+    message.contains("CUDA failure") || message.contains("CUDA error") || message.contains("CUBLAS failure")
 }

@@ -47,6 +47,17 @@ impl RuntimeLoader for TorchLoader {
         true
     }
 
+    /// libtorch must see a device: a binary linked without `libtorch_cuda.so` loads but reports none.
+    fn cuda_support(&self) -> Result<(), String> {
+        if !cfg!(feature = "cuda") {
+            Err("the pytorch runtime was built without CUDA (cargo feature `cuda`)".into())
+        } else if !tch::Cuda::is_available() {
+            Err("libtorch sees no CUDA device (libtorch_cuda.so not linked, or no driver)".into())
+        } else {
+            Ok(())
+        }
+    }
+
     fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Runtime>, RuntimeError> {
         let load_error = |reason: String| RuntimeError::Load { path: spec.model_path.clone(), reason };
         let signature = spec.declared.clone();

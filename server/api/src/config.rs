@@ -182,6 +182,12 @@ pub struct Config {
     #[arg(long = "instances-per-model", env = "FERROSERVE_INSTANCES_PER_MODEL", default_value_t = 1)]
     pub instances_per_model: u32,
 
+    /// The GPUs models may use: `all` found by the CUDA driver (the default), `none`, or CUDA ordinals such as
+    /// `0,1`. A model whose instance_group is KIND_AUTO (or absent) runs on these when there are any and its
+    /// runtime was built with CUDA, else on CPU; one asking for KIND_GPU fails its load when it cannot have one.
+    #[arg(long = "gpus", env = "FERROSERVE_GPUS", default_value = "all")]
+    pub gpus: ferroserve_gpu::GpuSelection,
+
     /// Intra-op threads per instance (0 = the number of cores divided by --instances-per-model).
     #[arg(long = "intra-op-threads", env = "FERROSERVE_INTRA_OP_THREADS", default_value_t = 0)]
     pub intra_op_threads: usize,
@@ -363,8 +369,8 @@ impl Config {
         }
     }
 
-    /// Engine defaults from the flags.
-    pub fn engine_options(&self) -> EngineOptions {
+    /// Engine defaults from the flags; `gpus` are the devices models may use (see [`crate::devices`]).
+    pub fn engine_options(&self, gpus: ferroserve_engine::Gpus) -> EngineOptions {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let instances = self.instances_per_model.max(1) as usize;
         EngineOptions {
@@ -378,6 +384,7 @@ impl Config {
             },
             retire_timeout: std::time::Duration::from_secs(self.drain_timeout_secs.max(1)),
             load_threads: self.model_load_thread_count.max(1),
+            gpus,
         }
     }
 }

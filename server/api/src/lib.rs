@@ -11,6 +11,7 @@ pub mod admin;
 pub mod admission;
 pub mod body_buffer;
 pub mod config;
+pub mod devices;
 pub mod grpc;
 pub mod http;
 pub mod json_data;
@@ -97,7 +98,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let repository = repository(&config)?;
     let loaders = loaders(&config)?;
-    let manager = Arc::new(ModelManager::new(repository, loaders, config.engine_options(), config.control_mode()));
+    let gpus = devices::find(&config.gpus)?;
+    if config.allow_metrics
+        && let Ok(found) = &gpus
+    {
+        metrics::watch_gpus(found);
+    }
+    let options = config.engine_options(devices::engine_gpus(gpus));
+    let manager = Arc::new(ModelManager::new(repository, loaders, options, config.control_mode()));
     // `stop` flips once: readiness off, then (after the grace period) the listeners stop accepting.
     let (stop_tx, stop_rx) = watch::channel(false);
     let budget = admission::MemoryBudget::new(config.max_inflight_bytes);

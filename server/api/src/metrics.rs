@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ferroserve_engine::metrics as names;
 use ferroserve_engine::{InferError, ModelManager};
+use ferroserve_gpu::{GpuInfo, GpuMonitor, GpuSample};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Installs the Prometheus recorder the first time (later calls return the same handle). `None` when
@@ -52,9 +53,26 @@ fn start_upkeep(handle: PrometheusHandle) {
     }
 }
 
-/// The text exposition: every family, then the process's CPU time and resident memory.
+/// NVML for the GPUs the server uses, opened once at start-up; unset where there are none or NVML is missing.
+static GPU_MONITOR: OnceLock<GpuMonitor> = OnceLock::new();
+
+/// Reports `gpus` in every scrape from now on (utilisation, memory and power, read from NVML then).
+pub fn watch_gpus(gpus: &[GpuInfo]) {
+    match GpuMonitor::open(gpus) {
+        Ok(monitor) => {
+            let _ = GPU_MONITOR.set(monitor);
+        }
+        Err(why) => tracing::warn!(reason = %why, "no GPU metrics"),
+    }
+}
+
+/// The text exposition: every family, then the GPUs (when watched), then the process's CPU time and resident
+/// memory.
 pub fn render(handle: &PrometheusHandle) -> String {
     let mut text = handle.render();
+    if let Some(monitor) = GPU_MONITOR.get() {
+        render_gpus(&monitor.sample(), &mut text);
+    }
     if let Some((cpu_seconds, rss_bytes)) = process_usage() {
         text.push_str(&format!(
             "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
@@ -64,6 +82,29 @@ pub fn render(handle: &PrometheusHandle) -> String {
         ));
     }
     text
+}
+
+/// The GPU families, one series per device (labels `gpu`, the CUDA ordinal, and `uuid`); a figure NVML could
+/// not give is left out.
+fn render_gpus(samples: &[GpuSample], text: &mut String) {
+    use std::fmt::Write;
+    type Figure = fn(&GpuSample) -> Option<f64>;
+    let families: [(&str, &str, Figure); 4] = [
+        (names::GPU_UTILIZATION, "Share of the last sample period in which a kernel ran on the GPU (0 to 1)", |s| {
+            s.utilization
+        }),
+        (names::GPU_MEMORY_USED, "GPU memory in use, by every process, in bytes", |s| s.memory_used.map(|b| b as f64)),
+        (names::GPU_MEMORY_TOTAL, "GPU memory in all, in bytes", |s| s.memory_total.map(|b| b as f64)),
+        (names::GPU_POWER, "GPU power draw in watts", |s| s.power_watts),
+    ];
+    for (name, help, value) in families {
+        let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} gauge\n");
+        for sample in samples {
+            if let Some(v) = value(sample) {
+                let _ = writeln!(text, "{name}{{gpu=\"{}\",uuid=\"{}\"}} {v}", sample.ordinal, sample.uuid);
+            }
+        }
+    }
 }
 
 /// (CPU seconds, resident bytes) from `/proc/self` (Linux; clock ticks of 1/100 s and 4 KiB pages).
@@ -119,5 +160,46 @@ pub fn record(manager: &ModelManager, r: &RequestRecord<'_>) {
             names::record_unrouted_request(r.model, r.protocol, r.code, seconds, r.bytes_in as u64)
         }
         Err(_) => names::record_unrouted_request("", r.protocol, r.code, seconds, r.bytes_in as u64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_families_have_one_series_per_device_and_leave_out_what_nvml_did_not_give() {
+        let samples = [
+            GpuSample {
+                ordinal: 0,
+                uuid: "GPU-a".into(),
+                utilization: Some(0.5),
+                memory_used: Some(1024),
+                memory_total: Some(4096),
+                power_watts: Some(71.5),
+            },
+            GpuSample {
+                ordinal: 1,
+                uuid: "GPU-b".into(),
+                utilization: Some(0.0),
+                memory_used: Some(0),
+                memory_total: Some(4096),
+                power_watts: None,
+            },
+        ];
+        let mut text = String::new();
+        render_gpus(&samples, &mut text);
+        for line in [
+            "# TYPE ferroserve_gpu_utilization_ratio gauge",
+            "ferroserve_gpu_utilization_ratio{gpu=\"0\",uuid=\"GPU-a\"} 0.5",
+            "ferroserve_gpu_utilization_ratio{gpu=\"1\",uuid=\"GPU-b\"} 0",
+            "ferroserve_gpu_memory_used_bytes{gpu=\"0\",uuid=\"GPU-a\"} 1024",
+            "ferroserve_gpu_memory_total_bytes{gpu=\"1\",uuid=\"GPU-b\"} 4096",
+            "ferroserve_gpu_power_watts{gpu=\"0\",uuid=\"GPU-a\"} 71.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("GPU-b\"} 71"), "no power series for the board that reports none");
+        assert_eq!(text.matches("ferroserve_gpu_power_watts{").count(), 1);
     }
 }

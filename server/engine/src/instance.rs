@@ -8,9 +8,12 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use ferroserve_runtime::{LoadSpec, ModelSignature, Runtime, RuntimeError, RuntimeLoader, Tensor};
 
@@ -31,13 +34,30 @@ pub struct PoolSpec {
     pub stats: Arc<ModelStats>,
 }
 
+/// How many of a pool's instances still serve, and why the last one to stop did.
+#[derive(Debug)]
+struct PoolHealth {
+    serving: AtomicUsize,
+    fault: Mutex<Option<String>>,
+}
+
+impl PoolHealth {
+    /// One instance hit a device fault and stops: returns whether it was the last one.
+    fn instance_stopped(&self, label: &str, fault: String) -> bool {
+        let left = self.serving.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        tracing::error!(model = label, fault = %fault, instances_left = left, "an instance stopped on a device failure");
+        *self.fault.lock() = Some(fault);
+        left == 0
+    }
+}
+
 /// Instances that have loaded and wait for their batcher; dropping this stops them.
 #[derive(Debug)]
 pub struct LoadedInstances {
     label: String,
     stats: Arc<ModelStats>,
     /// One per instance thread: where its batcher comes from.
-    feeds: Vec<mpsc::Sender<Batcher>>,
+    feeds: Vec<mpsc::Sender<Feed>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -47,6 +67,7 @@ pub struct LoadedInstances {
 pub struct InstancePool {
     batcher: Batcher,
     threads: Vec<JoinHandle<()>>,
+    health: Arc<PoolHealth>,
 }
 
 impl InstancePool {
@@ -60,9 +81,10 @@ impl InstancePool {
         let mut feeds = Vec::with_capacity(count);
         for (index, load) in spec.instances.into_iter().enumerate() {
             let loader = Arc::clone(&spec.loader);
-            let (feed, batcher) = mpsc::channel::<Batcher>();
+            let (feed, batcher) = mpsc::channel::<Feed>();
             let loaded_tx = loaded_tx.clone();
             let stats = Arc::clone(&spec.stats);
+            let busy = spec.stats.metrics.instance_busy(index, load.device);
             let thread = std::thread::Builder::new()
                 .name(format!("fs-{}-{index}", spec.label))
                 .spawn(move || match catch_load(loader.as_ref(), &load) {
@@ -70,8 +92,8 @@ impl InstancePool {
                         let _ = loaded_tx.send(Ok(runtime.signature().clone()));
                         drop(loaded_tx);
                         // No batcher means the pool was abandoned before serving: exit.
-                        if let Ok(batcher) = batcher.recv() {
-                            serve(runtime, &batcher, &stats);
+                        if let Ok(feed) = batcher.recv() {
+                            serve(runtime, &feed, &stats, &busy);
                         }
                     }
                     Err(e) => {
@@ -107,6 +129,16 @@ impl InstancePool {
         self.batcher.close();
     }
 
+    /// Why the pool no longer serves: every instance stopped on a device failure (the last one's reason).
+    /// `None` while at least one instance serves.
+    pub fn failed(&self) -> Option<String> {
+        if self.health.serving.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let fault = self.health.fault.lock().clone().unwrap_or_default();
+        Some(format!("no working instance left: {fault}"))
+    }
+
     /// Closes the queue and waits until every instance has answered what it held and exited (blocking: call
     /// off the async runtime). Once it returns, the instances' runtimes and their memory are released.
     pub fn shutdown(mut self) {
@@ -128,12 +160,14 @@ impl Drop for InstancePool {
 impl LoadedInstances {
     /// Starts serving: the instances take batches formed under `policy` from one shared queue.
     pub fn serve(self, policy: BatchPolicy) -> InstancePool {
-        let batcher = Batcher::observed(self.label, policy, self.stats.metrics.queue_depth.clone());
+        let batcher = Batcher::observed(self.label.clone(), policy, self.stats.metrics.queue_depth.clone());
         batcher.set_instances(self.threads.len());
+        let health = Arc::new(PoolHealth { serving: AtomicUsize::new(self.threads.len()), fault: Mutex::new(None) });
         for feed in &self.feeds {
-            let _ = feed.send(batcher.clone());
+            let _ =
+                feed.send(Feed { batcher: batcher.clone(), health: Arc::clone(&health), label: self.label.clone() });
         }
-        InstancePool { batcher, threads: self.threads }
+        InstancePool { batcher, threads: self.threads, health }
     }
 }
 
@@ -144,19 +178,62 @@ fn catch_load(loader: &dyn RuntimeLoader, spec: &LoadSpec) -> Result<Box<dyn Run
     })
 }
 
-fn serve(mut runtime: Box<dyn Runtime>, batcher: &Batcher, stats: &ModelStats) {
+/// What an instance thread gets once the pool serves: the shared queue, and the pool's health to report to.
+struct Feed {
+    batcher: Batcher,
+    health: Arc<PoolHealth>,
+    label: String,
+}
+
+fn serve(mut runtime: Box<dyn Runtime>, feed: &Feed, stats: &ModelStats, busy: &metrics::Counter) {
+    let batcher = &feed.batcher;
     while let Some((batch, reason)) = batcher.take() {
         stats.record_batch_reason(reason);
         let mut finish = Finish { batcher, requests: batch.len(), reported: false };
         let started = Instant::now();
+        let mut fault = None;
         // A panic outside the model call (joining or splitting tensors) must not kill the instance: callers
         // of that batch get an error (their reply senders drop), the instance goes on.
-        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| execute(runtime.as_mut(), batch, stats, &mut finish)));
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            execute(runtime.as_mut(), batch, stats, &mut finish, &mut |message| {
+                // Before the batch is answered, so a client that sees the error then sees the version not ready.
+                let last = feed.health.instance_stopped(&feed.label, message.clone());
+                fault = Some((message, last));
+            })
+        }));
         finish.now();
+        let busy_for = started.elapsed();
+        busy.increment(busy_time_nanos(busy_for));
         match ran {
             Ok(0) => {}
-            Ok(requests) => batcher.record_execution(requests, started.elapsed()),
+            Ok(requests) => batcher.record_execution(requests, busy_for),
             Err(_) => tracing::error!("an instance panicked while preparing or answering a batch; it keeps serving"),
+        }
+        if let Some((fault, last)) = fault {
+            stop_on_fault(feed, fault, last);
+            return;
+        }
+    }
+}
+
+fn busy_time_nanos(took: std::time::Duration) -> u64 {
+    u64::try_from(took.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A device fault stopped this instance (already counted in the pool's health): the others take its share of
+/// the queue. When it was the last one, the queue closes and what is queued is answered at once (there is
+/// nobody left to run it), and the version reports not ready until it is loaded again.
+fn stop_on_fault(feed: &Feed, fault: String, last: bool) {
+    if !last {
+        feed.batcher.set_instances(feed.health.serving.load(Ordering::Acquire).max(1));
+        return;
+    }
+    let message = format!("model `{}` has no working instance left: {fault}", feed.label);
+    feed.batcher.close();
+    while let Some((batch, _)) = feed.batcher.take() {
+        feed.batcher.record_finished(batch.len());
+        for entry in batch {
+            let _ = entry.payload.reply.send(Err(InferError::NotReady(message.clone())));
         }
     }
 }
@@ -187,7 +264,13 @@ impl Drop for Finish<'_> {
 
 /// Runs a batch and answers its requests; returns how many requests the model ran (0 when every caller had gone
 /// or timed out).
-fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats, finish: &mut Finish<'_>) -> usize {
+fn execute(
+    runtime: &mut dyn Runtime,
+    batch: Batch,
+    stats: &ModelStats,
+    finish: &mut Finish<'_>,
+    on_fault: &mut dyn FnMut(String),
+) -> usize {
     let picked = Instant::now();
     let mut live: Vec<Entry<Pending>> = Vec::with_capacity(batch.len());
     for e in batch {
@@ -262,6 +345,11 @@ fn execute(runtime: &mut dyn Runtime, batch: Batch, stats: &ModelStats, finish: 
             split_outputs(outputs, &rows, replies.len() > 1)
         }
         Ok(Err(RuntimeError::InvalidInput(message))) => Err(InferError::InvalidInput(message)),
+        Ok(Err(RuntimeError::DeviceFault(message))) => {
+            let error = InferError::Internal(format!("model execution failed: device failure: {message}"));
+            on_fault(message);
+            Err(error)
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "model execution failed");
             Err(InferError::Internal(format!("model execution failed: {e}")))
@@ -368,6 +456,9 @@ mod tests {
             if values.contains(&-2.0) {
                 return Err(RuntimeError::InvalidInput("-2 is not allowed".into()));
             }
+            if values.contains(&-3.0) {
+                return Err(RuntimeError::DeviceFault("CUDA error: an illegal memory access was encountered".into()));
+            }
             let doubled: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
             Ok(vec![
                 Tensor::from_f32(inputs[0].shape().to_vec(), &doubled)
@@ -408,6 +499,10 @@ mod tests {
     }
 
     fn harness(max_batch_size: usize, max_queue_size: usize, delay: Duration) -> Harness {
+        harness_of(1, max_batch_size, max_queue_size, delay)
+    }
+
+    fn harness_of(instances: usize, max_batch_size: usize, max_queue_size: usize, delay: Duration) -> Harness {
         let (started_tx, started) = mpsc::channel();
         let (open, gate) = mpsc::channel();
         let runs = Arc::new(AtomicUsize::new(0));
@@ -416,7 +511,7 @@ mod tests {
         let (loaded, signature) = InstancePool::start(PoolSpec {
             label: "test:1".into(),
             loader: Arc::new(loader),
-            instances: vec![LoadSpec::new("m".into(), Device::Cpu, 1)],
+            instances: vec![LoadSpec::new("m".into(), Device::Cpu, 1); instances],
             stats: Arc::new(ModelStats::default()),
         })
         .unwrap();
@@ -608,6 +703,52 @@ mod tests {
         h.pool.submit(fine).unwrap();
         h.open.send(()).unwrap();
         assert_eq!(value(fine_rx).unwrap(), vec![4.0]);
+    }
+
+    #[test]
+    fn a_device_fault_stops_its_instance_and_the_others_serve_on() {
+        let h = harness_of(2, 0, 8, Duration::ZERO);
+        let (fault, fault_rx) = job(-3.0);
+        h.pool.submit(fault).unwrap();
+        h.open.send(()).unwrap();
+        let failed = value(fault_rx).unwrap_err();
+        assert!(matches!(&failed, InferError::Internal(m) if m.contains("illegal memory access")), "{failed:?}");
+        assert_eq!(h.pool.failed(), None, "one instance still serves");
+        for v in [1.0, 2.0, 3.0] {
+            let (fine, fine_rx) = job(v);
+            h.pool.submit(fine).unwrap();
+            h.open.send(()).unwrap();
+            assert_eq!(value(fine_rx).unwrap(), vec![v * 2.0]);
+        }
+    }
+
+    #[test]
+    fn when_the_last_instance_faults_queued_requests_are_answered_and_the_pool_reports_why() {
+        let h = harness(0, 8, Duration::ZERO);
+        let (fault, fault_rx) = job(-3.0);
+        h.pool.submit(fault).unwrap();
+        h.started.recv().unwrap();
+        let queued: Vec<_> = (0..3)
+            .map(|i| {
+                let (j, rx) = job(i as f32);
+                h.pool.submit(j).unwrap();
+                rx
+            })
+            .collect();
+        h.open.send(()).unwrap();
+        assert!(matches!(value(fault_rx), Err(InferError::Internal(_))));
+        for rx in queued {
+            let refused = value(rx).unwrap_err();
+            assert!(
+                matches!(&refused, InferError::NotReady(m) if m.contains("no working instance left")
+                    && m.contains("illegal memory access")),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(h.runs.load(Ordering::SeqCst), 1, "nothing ran after the fault");
+        assert!(h.pool.failed().is_some_and(|why| why.contains("illegal memory access")));
+        let (later, _rx) = job(1.0);
+        assert!(matches!(h.pool.submit(later), Err(InferError::NotReady(_))));
     }
 
     #[test]

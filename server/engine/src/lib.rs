@@ -32,7 +32,7 @@ pub mod validate;
 
 pub use error::InferError;
 pub use manager::{
-    EngineOptions, IndexEntry, IndexState, ModelControlMode, ModelEntry, ModelManager, ModelPhase, StartupModels,
+    EngineOptions, Gpus, IndexEntry, IndexState, ModelControlMode, ModelEntry, ModelManager, ModelPhase, StartupModels,
     VersionState,
 };
 pub use model::ModelVersion;

@@ -48,6 +48,22 @@ pub const ROLLBACKS: &str = "ferroserve_traffic_rollbacks_total";
 /// The weight of each version in its model's split (absent under `latest`).
 pub const TRAFFIC_WEIGHT: &str = "ferroserve_traffic_weight";
 
+/// Time each instance spent on batches (taking them apart, running the model, answering), by model, version,
+/// instance (its index in the version) and device (`cpu`, `cuda:0`): with `rate()`, how busy each instance is.
+/// In nanoseconds: the `metrics` counters count whole numbers, and a 3 µs execution must not round away
+/// (Triton's own duration counters are whole microseconds, `nv_inference_compute_infer_duration_us`).
+pub const INSTANCE_BUSY: &str = "ferroserve_instance_busy_nanoseconds_total";
+
+/// Per GPU the server uses (labels `gpu`, the CUDA ordinal, and `uuid`), read from NVML at scrape time: the
+/// share of the last sample period in which a kernel ran, 0 to 1.
+pub const GPU_UTILIZATION: &str = "ferroserve_gpu_utilization_ratio";
+/// Per GPU: memory in use by every process, bytes.
+pub const GPU_MEMORY_USED: &str = "ferroserve_gpu_memory_used_bytes";
+/// Per GPU: memory in all, bytes.
+pub const GPU_MEMORY_TOTAL: &str = "ferroserve_gpu_memory_total_bytes";
+/// Per GPU: power draw, watts.
+pub const GPU_POWER: &str = "ferroserve_gpu_power_watts";
+
 /// Batches by why they ran (`reason`: unbatched, full, preferred, window, adaptive, flush).
 pub const BATCHES: &str = "ferroserve_batches_total";
 
@@ -86,6 +102,7 @@ pub fn describe() {
     describe_counter!(ROLLBACKS, "Canaries rolled back by the traffic guard");
     describe_gauge!(TRAFFIC_WEIGHT, "Weight of each version in its model's traffic split");
     describe_counter!(BATCHES, "Batches executed, by why they ran");
+    describe_counter!(INSTANCE_BUSY, "Nanoseconds each instance spent executing batches");
 }
 
 /// Publishes a model's split weights; versions of the `previous` split that left it go to 0.
@@ -137,6 +154,13 @@ pub struct VersionMetrics {
 }
 
 impl VersionMetrics {
+    /// The busy-time counter of instance `index`, on `device`.
+    pub(crate) fn instance_busy(&self, index: usize, device: ferroserve_runtime::Device) -> Counter {
+        let [(_, model), (_, version)] = &self.labels;
+        counter!(INSTANCE_BUSY, "model" => model.clone(), "version" => version.clone(),
+            "instance" => index.to_string(), "device" => device.to_string())
+    }
+
     /// Handles labelled with `model` and `version`.
     pub fn new(model: &str, version: u64) -> Self {
         let labels = [("model", model.to_string()), ("version", version.to_string())];

@@ -106,6 +106,11 @@ impl ModelVersion {
         })
     }
 
+    /// Why this version no longer serves: every instance stopped on a device failure. `None` while it serves.
+    pub fn failed(&self) -> Option<String> {
+        self.pool.failed()
+    }
+
     /// Refuses new requests; queued and running ones still finish.
     pub(crate) fn close(&self) {
         self.pool.close();

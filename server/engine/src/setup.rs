@@ -9,7 +9,7 @@ use crate::batcher::state::{BatchPolicy, Window};
 /// The config `parameters` key choosing the batching window: `adaptive` (default) or `fixed` (Triton's).
 pub(crate) const BATCH_WINDOW_KEY: &str = "batch_window";
 use crate::config::{InstanceGroup, InstanceKind, ModelConfig, TensorConfig, VersionPolicy};
-use crate::manager::EngineOptions;
+use crate::manager::{EngineOptions, Gpus};
 use crate::model::Scheduling;
 use crate::repository::ModelSource;
 use crate::reshape::Reshapes;
@@ -56,14 +56,57 @@ pub(crate) fn select_versions(source: &ModelSource) -> Vec<u64> {
     }
 }
 
+/// The instance groups as they will run: `KIND_AUTO` becomes `KIND_GPU` on every usable GPU (or the ones it
+/// lists) where there is one and the runtime can use it, else `KIND_CPU`, as in Triton; a `KIND_GPU` group
+/// that cannot be placed is an error naming why, never a silent fall-back to CPU.
+pub(crate) fn resolve_groups(
+    groups: &[InstanceGroup],
+    gpus: &Gpus,
+    runtime_cuda: Result<(), String>,
+) -> Result<Vec<InstanceGroup>, String> {
+    let mut resolved = Vec::with_capacity(groups.len());
+    for group in groups {
+        let gpu = match group.kind {
+            InstanceKind::Cpu if !group.gpus.is_empty() => {
+                return Err(format!("an instance_group of kind KIND_CPU lists GPUs {:?}", group.gpus));
+            }
+            InstanceKind::Cpu => false,
+            // An AUTO group that names GPUs asked for them: it is placed (or refused) as a GPU group.
+            InstanceKind::Auto => !group.gpus.is_empty() || (gpus.usable().is_ok() && runtime_cuda.is_ok()),
+            InstanceKind::Gpu => true,
+        };
+        if !gpu {
+            resolved.push(InstanceGroup { kind: InstanceKind::Cpu, ..group.clone() });
+            continue;
+        }
+        let usable = match (gpus.usable(), &runtime_cuda) {
+            (Ok(usable), Ok(())) => usable,
+            (Err(no_gpu), Err(no_cuda)) => {
+                return Err(format!("an instance_group asks for a GPU, but {no_gpu}; and {no_cuda}"));
+            }
+            (Err(why), _) => return Err(format!("an instance_group asks for a GPU, but {why}")),
+            (_, Err(why)) => return Err(format!("an instance_group asks for a GPU, but {why}")),
+        };
+        for ordinal in &group.gpus {
+            if !usable.contains(ordinal) {
+                return Err(format!(
+                    "an instance_group asks for GPU {ordinal}, which is not available; usable GPUs: {usable:?}"
+                ));
+            }
+        }
+        let ordinals = if group.gpus.is_empty() { usable.to_vec() } else { group.gpus.clone() };
+        resolved.push(InstanceGroup { count: group.count, kind: InstanceKind::Gpu, gpus: ordinals });
+    }
+    Ok(resolved)
+}
+
+/// One device per instance, `count` per GPU of a GPU group, from groups [`resolve_groups`] has placed.
 pub(crate) fn instance_devices(groups: &[InstanceGroup]) -> Vec<Device> {
     let mut devices = Vec::new();
     for group in groups {
         let targets: Vec<Device> = match group.kind {
-            // Device discovery comes with the CUDA backend; until then AUTO means CPU.
-            InstanceKind::Cpu | InstanceKind::Auto => vec![Device::Cpu],
-            InstanceKind::Gpu if group.gpus.is_empty() => vec![Device::Cuda(0)],
             InstanceKind::Gpu => group.gpus.iter().map(|&g| Device::Cuda(g)).collect(),
+            InstanceKind::Cpu | InstanceKind::Auto => vec![Device::Cpu],
         };
         for device in targets {
             devices.extend(std::iter::repeat_n(device, group.count as usize));
@@ -316,13 +359,48 @@ mod tests {
         assert_eq!(scheduling.default_timeout, Some(std::time::Duration::from_micros(500)));
     }
 
+    fn group(count: u32, kind: InstanceKind, gpus: &[u32]) -> InstanceGroup {
+        InstanceGroup { count, kind, gpus: gpus.to_vec() }
+    }
+
     #[test]
-    fn devices_per_group() {
-        let groups = [
-            InstanceGroup { count: 2, kind: InstanceKind::Cpu, gpus: vec![] },
-            InstanceGroup { count: 1, kind: InstanceKind::Gpu, gpus: vec![0, 1] },
+    fn auto_groups_go_to_every_usable_gpu_when_the_runtime_can_use_them_else_to_cpu() {
+        let two = Gpus::new(vec![0, 1]);
+        let cuda = || Ok(());
+        let no_cuda = || Err("built without CUDA".to_string());
+        let auto = [group(2, InstanceKind::Auto, &[])];
+        let on_gpus = resolve_groups(&auto, &two, cuda()).unwrap();
+        assert_eq!(on_gpus, vec![group(2, InstanceKind::Gpu, &[0, 1])]);
+        assert_eq!(instance_devices(&on_gpus), [Device::Cuda(0), Device::Cuda(0), Device::Cuda(1), Device::Cuda(1)]);
+        // No GPU, or a runtime without CUDA: AUTO is CPU, as in Triton.
+        assert_eq!(resolve_groups(&auto, &two, no_cuda()).unwrap(), vec![group(2, InstanceKind::Cpu, &[])]);
+        let none = Gpus::none("no CUDA driver on this machine");
+        assert_eq!(resolve_groups(&auto, &none, cuda()).unwrap(), vec![group(2, InstanceKind::Cpu, &[])]);
+        // AUTO naming GPUs asked for them.
+        let named = [group(1, InstanceKind::Auto, &[1])];
+        assert_eq!(resolve_groups(&named, &two, cuda()).unwrap(), vec![group(1, InstanceKind::Gpu, &[1])]);
+        let refused = resolve_groups(&named, &none, cuda()).unwrap_err();
+        assert!(refused.contains("no CUDA driver"), "{refused}");
+    }
+
+    #[test]
+    fn gpu_groups_that_cannot_be_placed_fail_with_the_reason_never_fall_back_to_cpu() {
+        let two = Gpus::new(vec![0, 1]);
+        let gpu = [group(1, InstanceKind::Gpu, &[])];
+        assert_eq!(resolve_groups(&gpu, &two, Ok(())).unwrap(), vec![group(1, InstanceKind::Gpu, &[0, 1])]);
+        let cases = [
+            (resolve_groups(&gpu, &Gpus::none("no CUDA driver on this machine"), Ok(())), "no CUDA driver"),
+            (resolve_groups(&gpu, &two, Err("built without CUDA (cargo feature `cuda`)".into())), "feature `cuda`"),
+            (resolve_groups(&[group(1, InstanceKind::Gpu, &[0, 2])], &two, Ok(())), "GPU 2, which is not available"),
+            (resolve_groups(&[group(1, InstanceKind::Cpu, &[0])], &two, Ok(())), "KIND_CPU lists GPUs"),
         ];
-        assert_eq!(instance_devices(&groups), vec![Device::Cpu, Device::Cpu, Device::Cuda(0), Device::Cuda(1)]);
+        for (result, reason) in cases {
+            let error = result.unwrap_err();
+            assert!(error.contains(reason), "{error:?} should say {reason:?}");
+        }
+        let cpu_and_gpu = [group(2, InstanceKind::Cpu, &[]), group(1, InstanceKind::Gpu, &[1])];
+        let placed = resolve_groups(&cpu_and_gpu, &two, Ok(())).unwrap();
+        assert_eq!(instance_devices(&placed), [Device::Cpu, Device::Cpu, Device::Cuda(1)]);
     }
 
     #[test]

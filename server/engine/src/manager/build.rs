@@ -13,7 +13,7 @@ use crate::manager::EngineOptions;
 use crate::metrics::VersionMetrics;
 use crate::model::{ModelVersion, VersionParts};
 use crate::repository::ModelSource;
-use crate::setup::{batch_policy, complete_config, instance_devices};
+use crate::setup::{batch_policy, complete_config, instance_devices, resolve_groups};
 use crate::stats::ModelStats;
 
 /// Most intra-op threads one instance may ask for: each is an OS thread, and a config from a repository must not
@@ -113,10 +113,11 @@ pub(super) fn build_version(
         },
     };
     let groups = if source.config.instance_groups.is_empty() {
-        vec![InstanceGroup { count: options.default_instance_count, kind: InstanceKind::Cpu, gpus: vec![] }]
+        vec![InstanceGroup { count: options.default_instance_count, kind: InstanceKind::Auto, gpus: vec![] }]
     } else {
         source.config.instance_groups.clone()
     };
+    let groups = resolve_groups(&groups, &options.gpus, loader.cuda_support())?;
     let max_batch_size = source.config.max_batch_size.unwrap_or(0);
     let declare = |tensors: &[TensorConfig]| -> Vec<TensorSpec> {
         tensors

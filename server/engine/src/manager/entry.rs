@@ -111,7 +111,7 @@ impl ModelEntry {
     pub fn is_ready(&self) -> bool {
         self.phase == ModelPhase::Loaded
             && !self.versions.is_empty()
-            && self.versions.values().all(|v| matches!(v, VersionState::Ready(_)))
+            && self.versions.values().all(|v| matches!(v, VersionState::Ready(m) if m.failed().is_none()))
     }
 
     /// Whether the server's readiness depends on this model (it has not been unloaded).
@@ -119,10 +119,10 @@ impl ModelEntry {
         !matches!(self.phase, ModelPhase::Unloading | ModelPhase::Unloaded)
     }
 
-    /// The ready versions, oldest first.
+    /// The ready versions, oldest first (a version whose instances all failed is not one).
     pub fn ready_versions(&self) -> impl DoubleEndedIterator<Item = &Arc<ModelVersion>> + '_ {
         self.versions.values().filter_map(|v| match v {
-            VersionState::Ready(m) => Some(m),
+            VersionState::Ready(m) if m.failed().is_none() => Some(m),
             _ => None,
         })
     }
@@ -148,6 +148,7 @@ impl ModelEntry {
                     .iter()
                     .filter_map(|(v, s)| match s {
                         VersionState::Unavailable(r) => Some(format!("version {v}: {r}")),
+                        VersionState::Ready(m) => m.failed().map(|r| format!("version {v}: {r}")),
                         _ => None,
                     })
                     .collect::<Vec<_>>()
@@ -167,6 +168,7 @@ impl ModelEntry {
             .iter()
             .map(|(n, v)| {
                 let (state, reason) = match v {
+                    VersionState::Ready(m) if let Some(why) = m.failed() => (IndexState::Unavailable, why),
                     VersionState::Ready(_) => {
                         (IndexState::Ready, self.last_failure.as_ref().map(|f| reload_failed(f)).unwrap_or_default())
                     }

@@ -255,7 +255,12 @@ impl ModelManager {
         for &version in &selected {
             let print = source.versions.iter().find(|v| v.version == version).map(|v| v.fingerprint);
             let reusable = current.as_ref().and_then(|c| match c.versions.get(&version) {
-                Some(VersionState::Ready(m)) if c.built_from.get(&version).copied() == print => Some(Arc::clone(m)),
+                // A version whose instances all failed is built again, even from the same files.
+                Some(VersionState::Ready(m))
+                    if c.built_from.get(&version).copied() == print && m.failed().is_none() =>
+                {
+                    Some(Arc::clone(m))
+                }
                 _ => None,
             });
             match reusable {

@@ -44,6 +44,39 @@ pub struct EngineOptions {
     pub retire_timeout: std::time::Duration,
     /// Models loading at once (start-up and polls).
     pub load_threads: usize,
+    /// The GPUs instances may be placed on.
+    pub gpus: Gpus,
+}
+
+/// The CUDA devices models may use: found at start-up and narrowed by `--gpus`, or why there are none (said
+/// in the reason of a model that asks for a GPU).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gpus(Result<Vec<u32>, String>);
+
+impl Gpus {
+    /// These ordinals (at least one).
+    pub fn new(ordinals: Vec<u32>) -> Self {
+        if ordinals.is_empty() { Gpus::none("no GPU was found") } else { Gpus(Ok(ordinals)) }
+    }
+
+    /// None, for this reason.
+    pub fn none(why: impl Into<String>) -> Self {
+        Gpus(Err(why.into()))
+    }
+
+    /// The ordinals, or why there are none.
+    pub fn usable(&self) -> Result<&[u32], &str> {
+        match &self.0 {
+            Ok(ordinals) => Ok(ordinals),
+            Err(why) => Err(why),
+        }
+    }
+}
+
+impl Default for Gpus {
+    fn default() -> Self {
+        Gpus::none("GPUs were not looked for")
+    }
 }
 
 impl Default for EngineOptions {
@@ -55,6 +88,7 @@ impl Default for EngineOptions {
             intra_op_threads: 1,
             retire_timeout: std::time::Duration::from_secs(30),
             load_threads: 4,
+            gpus: Gpus::default(),
         }
     }
 }
@@ -214,7 +248,7 @@ impl ModelManager {
             Some(v) => {
                 let number = parse_version(name, v)?;
                 match entry.versions.get(&number) {
-                    Some(VersionState::Ready(_)) => Ok(true),
+                    Some(VersionState::Ready(m)) => Ok(m.failed().is_none()),
                     Some(_) => Ok(false),
                     None => Err(unknown_version(name, v)),
                 }
@@ -230,7 +264,12 @@ impl ModelManager {
             Some(v) => {
                 let number = parse_version(name, v)?;
                 match entry.versions.get(&number) {
-                    Some(VersionState::Ready(m)) => Ok(Arc::clone(m)),
+                    Some(VersionState::Ready(m)) => match m.failed() {
+                        None => Ok(Arc::clone(m)),
+                        Some(reason) => {
+                            Err(InferError::NotReady(format!("model `{name}` version {v} is unavailable: {reason}")))
+                        }
+                    },
                     Some(VersionState::Loading) => {
                         Err(InferError::NotReady(format!("model `{name}` version {v} is still loading")))
                     }

@@ -36,6 +36,9 @@ impl Runtime for Adder {
     }
     fn infer(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
         std::thread::sleep(Duration::from_millis(1)); // long enough for reloads to overlap requests
+        if inputs[0].to_f32_vec().unwrap_or_default().contains(&-3.0) {
+            return Err(RuntimeError::DeviceFault("CUDA error: an illegal memory access was encountered".into()));
+        }
         let values: Vec<f32> = inputs[0].to_f32_vec().unwrap_or_default().iter().map(|v| v + self.add).collect();
         Ok(vec![
             Tensor::from_f32(inputs[0].shape().to_vec(), &values)
@@ -160,6 +163,35 @@ async fn reloads_never_fail_a_request_and_release_the_old_instances() {
         assert!(client.await.unwrap() > 0);
     }
     assert_eq!(answer(&f.manager, "m").await.unwrap(), 21.0);
+}
+
+#[tokio::test]
+async fn a_version_whose_instances_all_failed_is_not_ready_until_loaded_again() {
+    let f = fixture("fault", ModelControlMode::Explicit);
+    write(&f.root.join("m/1/model.add"), "1");
+    write(&f.root.join("other/1/model.add"), "2");
+    f.manager.start(StartupModels::All).await.unwrap();
+    let mut poison = request("m", None);
+    poison.inputs[0].tensor = Tensor::from_f32(vec![1], &[-3.0]).unwrap();
+    let failed = f.manager.infer(poison).await.unwrap_err();
+    assert!(matches!(&failed, InferError::Internal(m) if m.contains("device failure")), "{failed:?}");
+
+    assert!(!f.manager.is_ready());
+    assert_eq!(f.manager.model_ready("m", None), Ok(false));
+    assert_eq!(f.manager.model_ready("m", Some("1")), Ok(false));
+    let refused = answer(&f.manager, "m").await.unwrap_err();
+    assert!(matches!(&refused, InferError::NotReady(_)), "{refused:?}");
+    let refused = f.manager.infer(request("m", Some("1"))).await.unwrap_err();
+    assert!(matches!(&refused, InferError::NotReady(m) if m.contains("illegal memory access")), "{refused:?}");
+    let row = f.manager.index(false).await.into_iter().find(|r| r.name == "m").unwrap();
+    assert_eq!(row.state, IndexState::Unavailable);
+    assert!(row.reason.contains("no working instance left"), "{}", row.reason);
+    assert_eq!(answer(&f.manager, "other").await.unwrap(), 3.0, "other models serve on");
+
+    // Loading it again builds the version anew, from the same files.
+    f.manager.request_load("m", None).await.unwrap();
+    assert!(f.manager.is_ready());
+    assert_eq!(answer(&f.manager, "m").await.unwrap(), 2.0);
 }
 
 #[tokio::test]
