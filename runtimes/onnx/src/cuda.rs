@@ -21,3 +21,15 @@ pub(crate) fn provider(ordinal: u32, stream: &Arc<CudaStream>) -> ort::ep::CUDA 
     // SAFETY: the stream is kept by the runtime beside its session and dropped after it.
     unsafe { provider.with_compute_stream(stream.cu_stream() as *mut ()) }
 }
+
+/// Whether the ONNX Runtime library loaded has the CUDA provider, or why not.
+pub(crate) fn provider_available() -> Result<(), String> {
+    use ort::ep::ExecutionProvider;
+    match ort::ep::CUDA::is_available() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("the ONNX Runtime library loaded has no CUDA execution provider (point --onnxruntime-lib \
+                          at the `onnxruntime-gpu` wheel's library)"
+            .into()),
+        Err(e) => Err(format!("ONNX Runtime could not list its execution providers: {e}")),
+    }
+}

@@ -57,12 +57,13 @@ impl RuntimeLoader for OnnxLoader {
         "model.onnx"
     }
 
+    /// Built with `cuda`, and the ONNX Runtime library loaded has the CUDA provider (the `onnxruntime` wheel's
+    /// has not; the `onnxruntime-gpu` wheel's has), so `KIND_AUTO` goes to the GPU only where it can run there.
     fn cuda_support(&self) -> Result<(), String> {
-        if cfg!(feature = "cuda") {
-            Ok(())
-        } else {
-            Err("the onnxruntime runtime was built without CUDA (cargo feature `cuda`)".into())
-        }
+        #[cfg(feature = "cuda")]
+        return cuda::provider_available();
+        #[cfg(not(feature = "cuda"))]
+        Err("the onnxruntime runtime was built without CUDA (cargo feature `cuda`)".into())
     }
 
     fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Runtime>, RuntimeError> {
