@@ -14,5 +14,5 @@ mod runtime;
 mod tensor;
 
 pub use datatype::DataType;
-pub use runtime::{Device, LoadSpec, ModelSignature, Runtime, RuntimeError, RuntimeLoader, TensorSpec};
+pub use runtime::{Accelerator, Device, LoadSpec, ModelSignature, Runtime, RuntimeError, RuntimeLoader, TensorSpec};
 pub use tensor::{BatchError, Tensor, TensorData, TensorError};

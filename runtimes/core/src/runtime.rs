@@ -78,6 +78,18 @@ pub struct LoadSpec {
     pub max_batch_size: u32,
     /// The config's `parameters` (string values).
     pub parameters: BTreeMap<String, String>,
+    /// Accelerators the config asks for on a GPU, in order of preference (Triton's
+    /// `optimization.execution_accelerators.gpu_execution_accelerator`); ignored on CPU.
+    pub gpu_accelerators: Vec<Accelerator>,
+}
+
+/// One execution accelerator a config names (`tensorrt`), with its parameters as written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Accelerator {
+    /// Its name.
+    pub name: String,
+    /// Its `parameters` (`precision_mode: FP16`, `max_workspace_size_bytes`, ...).
+    pub parameters: BTreeMap<String, String>,
 }
 
 impl LoadSpec {
@@ -92,6 +104,7 @@ impl LoadSpec {
             declared: ModelSignature::default(),
             max_batch_size: 0,
             parameters: BTreeMap::new(),
+            gpu_accelerators: Vec::new(),
         }
     }
 }

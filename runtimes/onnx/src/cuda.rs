@@ -1,10 +1,12 @@
 //! The CUDA execution provider on a stream of the instance's own, so instances of one model on one GPU
 //! overlap instead of queueing on the device's default stream.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaStream};
-use ferroserve_runtime::{Device, RuntimeError};
+use ferroserve_runtime::{Accelerator, Device, RuntimeError};
+use ort::ep::ExecutionProviderDispatch;
 
 /// A new stream on the device's primary context (the one ONNX Runtime itself uses).
 pub(crate) fn instance_stream(ordinal: u32) -> Result<Arc<CudaStream>, RuntimeError> {
@@ -14,12 +16,54 @@ pub(crate) fn instance_stream(ordinal: u32) -> Result<Arc<CudaStream>, RuntimeEr
     context.new_stream().map_err(unavailable)
 }
 
-/// The provider for `ordinal`, running on `stream`.
+/// The providers for `ordinal`, all on `stream`, in order of preference: TensorRT first where the config asks for
+/// it (Triton's `gpu_execution_accelerator: [{ name: "tensorrt" }]`), then CUDA for what TensorRT does not take.
+/// Each must register (a library without TensorRT fails the load with the reason, never drops to CUDA alone).
 #[allow(unsafe_code)]
-pub(crate) fn provider(ordinal: u32, stream: &Arc<CudaStream>) -> ort::ep::CUDA {
-    let provider = ort::ep::CUDA::default().with_device_id(ordinal as i32);
-    // SAFETY: the stream is kept by the runtime beside its session and dropped after it.
-    unsafe { provider.with_compute_stream(stream.cu_stream() as *mut ()) }
+pub(crate) fn providers(
+    ordinal: u32,
+    stream: &Arc<CudaStream>,
+    accelerators: &[Accelerator],
+) -> Result<Vec<ExecutionProviderDispatch>, String> {
+    let raw_stream = stream.cu_stream() as *mut ();
+    let mut providers = Vec::with_capacity(accelerators.len() + 1);
+    for accelerator in accelerators {
+        match accelerator.name.as_str() {
+            "tensorrt" => {
+                let tensorrt = tensorrt(ordinal, &accelerator.parameters)?;
+                // SAFETY: the stream is kept by the runtime beside its session and dropped after it.
+                providers.push(unsafe { tensorrt.with_compute_stream(raw_stream) }.build().error_on_failure());
+            }
+            other => {
+                return Err(format!(
+                    "gpu_execution_accelerator `{other}` is not one ONNX Runtime takes here; `tensorrt` is"
+                ));
+            }
+        }
+    }
+    let cuda = ort::ep::CUDA::default().with_device_id(ordinal as i32);
+    // SAFETY: as above.
+    providers.push(unsafe { cuda.with_compute_stream(raw_stream) }.build().error_on_failure());
+    Ok(providers)
+}
+
+/// TensorRT's provider from Triton's parameters for it: `precision_mode` (`FP32`, `FP16`),
+/// `max_workspace_size_bytes`, `trt_engine_cache_enable` and `trt_engine_cache_path`.
+fn tensorrt(ordinal: u32, parameters: &BTreeMap<String, String>) -> Result<ort::ep::TensorRT, String> {
+    let mut tensorrt = ort::ep::TensorRT::default().with_device_id(ordinal as i32);
+    for (key, value) in parameters {
+        tensorrt = match (key.as_str(), value.as_str()) {
+            ("precision_mode", "FP32") => tensorrt,
+            ("precision_mode", "FP16") => tensorrt.with_fp16(true),
+            ("max_workspace_size_bytes", bytes) => tensorrt.with_max_workspace_size(
+                bytes.parse().map_err(|_| format!("tensorrt `max_workspace_size_bytes` is `{bytes}`, not a number"))?,
+            ),
+            ("trt_engine_cache_enable", flag) => tensorrt.with_engine_cache(flag == "true" || flag == "1"),
+            ("trt_engine_cache_path", path) => tensorrt.with_engine_cache_path(path),
+            _ => return Err(format!("tensorrt parameter `{key}: {value}` is not one ferroserve takes")),
+        };
+    }
+    Ok(tensorrt)
 }
 
 /// Whether the ONNX Runtime library loaded has the CUDA provider, or why not.

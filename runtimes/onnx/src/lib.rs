@@ -105,8 +105,9 @@ impl OnnxRuntime {
         let stream = match spec.device {
             Device::Cuda(ordinal) => {
                 let stream = cuda::instance_stream(ordinal)?;
-                let ep = cuda::provider(ordinal, &stream).build().error_on_failure();
-                builder = builder.with_execution_providers([ep]).map_err(|e| fail(e.into()))?;
+                let providers = cuda::providers(ordinal, &stream, &spec.gpu_accelerators)
+                    .map_err(|reason| RuntimeError::Load { path: path.clone(), reason })?;
+                builder = builder.with_execution_providers(providers).map_err(|e| fail(e.into()))?;
                 Some(stream)
             }
             Device::Cpu => None,

@@ -20,7 +20,7 @@ pub mod value;
 
 use std::collections::BTreeMap;
 
-use ferroserve_runtime::DataType;
+use ferroserve_runtime::{Accelerator, DataType};
 
 use crate::pbtxt::{self, Node};
 use schema::MODEL_CONFIG;
@@ -128,6 +128,9 @@ pub struct ModelConfig {
     pub default_model_filename: Option<String>,
     /// Free-form `parameters { key: "k" value: { string_value: "v" } }`.
     pub parameters: BTreeMap<String, String>,
+    /// `optimization.execution_accelerators.gpu_execution_accelerator`, for instances on a GPU (the ONNX
+    /// runtime takes `tensorrt`); CPU instances ignore them, as in Triton.
+    pub gpu_accelerators: Vec<Accelerator>,
     /// The tree this config was read from (`config.pbtxt`, or a load request's JSON config); its fields that
     /// the typed ones above do not carry are reported back as written (see [`ModelConfig::report`]).
     pub source: Node,
@@ -201,6 +204,7 @@ impl ModelConfig {
                     Some((key, value))
                 })
                 .collect(),
+            gpu_accelerators: gpu_accelerators(doc),
             source: doc.clone(),
         };
         let mut problems = Problems::default();
@@ -210,6 +214,23 @@ impl ModelConfig {
         }
         Ok(config)
     }
+}
+
+/// `optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" parameters {..} } ] } }`.
+fn gpu_accelerators(doc: &Node) -> Vec<Accelerator> {
+    let Some(accelerators) = doc.get("optimization").and_then(|o| o.get("execution_accelerators")) else {
+        return Vec::new();
+    };
+    accelerators
+        .all("gpu_execution_accelerator")
+        .map(|a| Accelerator {
+            name: string(a, "name").unwrap_or_default(),
+            parameters: a
+                .all("parameters")
+                .filter_map(|p| Some((string(p, "key")?, string(p, "value").unwrap_or_default())))
+                .collect(),
+        })
+        .collect()
 }
 
 fn string(node: &Node, field: &str) -> Option<String> {

@@ -230,6 +230,7 @@ pub(crate) fn complete_config(
         dynamic_batching: config.dynamic_batching.clone(),
         default_model_filename: config.default_model_filename.clone(),
         parameters: config.parameters.clone(),
+        gpu_accelerators: config.gpu_accelerators.clone(),
         source: config.source.clone(),
     };
     Ok((signature, completed, reshapes))

@@ -36,6 +36,8 @@ const ACTED_ON: &[&str] = &[
     "dynamic_batching.default_queue_policy.max_queue_size",
     "dynamic_batching.default_queue_policy.default_timeout_microseconds",
     "default_model_filename",
+    // Handed to the runtime of a GPU instance (ONNX: `tensorrt`).
+    "optimization.execution_accelerators.gpu_execution_accelerator",
     // Handed to the runtime, which reads the keys it knows.
     "parameters",
     // `false` is what ferroserve does; `true` is refused (see `refuse_unsupported`).
@@ -311,6 +313,12 @@ mod tests {
             &text("FP16")
         );
         assert_eq!(at(&report, "optimization.input_pinned_memory.enable"), &Value::Bool(false));
+        // The accelerators are also read for GPU instances.
+        let tensorrt = ferroserve_runtime::Accelerator {
+            name: "tensorrt".into(),
+            parameters: [("precision_mode".to_string(), "FP16".to_string())].into(),
+        };
+        assert_eq!(ModelConfig::from_pbtxt(WIDE).unwrap().gpu_accelerators, [tensorrt]);
         assert_eq!(at(&report, "model_warmup.0.inputs.INPUT0.zero_data"), &Value::Bool(true));
         assert_eq!(at(&report, "model_warmup.0.inputs.INPUT0.dims"), &Value::List(vec![Value::Int(3), Value::Int(2)]));
         assert_eq!(at(&report, "response_cache.enable"), &Value::Bool(true));
@@ -344,7 +352,6 @@ mod tests {
                 "dynamic_batching.default_queue_policy.allow_timeout_override",
                 "dynamic_batching.priority_queue_policy",
                 "optimization.graph.level",
-                "optimization.execution_accelerators.gpu_execution_accelerator",
                 "optimization.input_pinned_memory.enable",
                 "model_warmup",
                 "response_cache.enable",

@@ -144,6 +144,7 @@ pub(super) fn build_version(
             declared: declared.clone(),
             max_batch_size,
             parameters: source.config.parameters.clone().into_iter().collect(),
+            gpu_accelerators: source.config.gpu_accelerators.clone(),
             version_dir: dir.to_path_buf(),
             ..LoadSpec::new(model_path.clone(), device, intra_op_threads)
         })
