@@ -13,7 +13,25 @@ pub(crate) fn instance_stream(ordinal: u32) -> Result<Arc<CudaStream>, RuntimeEr
     let unavailable =
         |e: cudarc::driver::DriverError| RuntimeError::DeviceUnavailable(Device::Cuda(ordinal), format!("{e:?}"));
     let context = CudaContext::new(ordinal as usize).map_err(unavailable)?;
+    // SAFETY: the server allocates no `CudaSlice` through cudarc (ONNX Runtime owns all device memory), so there
+    // is nothing for event tracking to order; without it, making the first stream of this context handle does not
+    // wait for every kernel running on the device (each instance has its own handle).
+    #[allow(unsafe_code)]
+    unsafe {
+        context.disable_event_tracking();
+    }
     context.new_stream().map_err(unavailable)
+}
+
+/// What a failed run means for the device. A failure that leaves the CUDA context unusable (an illegal address,
+/// a kernel fault) is sticky: every later call on the device returns it, so a synchronisation tells it from one
+/// the device recovers from (out of memory for one large batch, an unsupported shape). Only the former is a
+/// [`RuntimeError::DeviceFault`], which stops the instance.
+pub(crate) fn classify(stream: &CudaStream, error: RuntimeError) -> RuntimeError {
+    match stream.synchronize() {
+        Ok(()) => error,
+        Err(fault) => RuntimeError::DeviceFault(format!("{error} (the CUDA context is unusable: {fault:?})")),
+    }
 }
 
 /// The providers for `ordinal`, all on `stream`, in order of preference: TensorRT first where the config asks for

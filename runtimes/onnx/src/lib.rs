@@ -152,12 +152,19 @@ impl Runtime for OnnxRuntime {
             .collect::<Result<Vec<_>, _>>()?;
         let mut outputs = match self.session.run(&values[..]) {
             Ok(outputs) => outputs,
-            Err(e) => return Err(run_error(&self.signature, &values, e)),
+            Err(e) => {
+                let error = run_error(&self.signature, &values, e);
+                #[cfg(feature = "cuda")]
+                if let Some(stream) = &self.stream {
+                    return Err(cuda::classify(stream, error));
+                }
+                return Err(error);
+            }
         };
         // ONNX Runtime does not wait for a stream it does not own; the outputs are read once it is done.
         #[cfg(feature = "cuda")]
         if let Some(stream) = &self.stream {
-            stream.synchronize().map_err(|e| RuntimeError::DeviceFault(format!("CUDA stream failed: {e:?}")))?;
+            stream.synchronize().map_err(|e| RuntimeError::DeviceFault(format!("the CUDA stream failed: {e:?}")))?;
         }
         let mut result = Vec::with_capacity(self.signature.outputs.len());
         for spec in &self.signature.outputs {
@@ -191,15 +198,5 @@ fn run_error(
             ));
         }
     }
-    let message = error.to_string();
-    if cuda_fault(&message) {
-        return RuntimeError::DeviceFault(message);
-    }
-    RuntimeError::Execution(message)
-}
-
-/// Whether ONNX Runtime's message is a CUDA failure (its CUDA provider reports `CUDA failure N: ...` and
-/// `CUDA error cudaErrorX: ...`): a device left in that state fails every later run, so the instance stops.
-fn cuda_fault(message: &str) -> bool {
-    message.contains("CUDA failure") || message.contains("CUDA error") || message.contains("CUBLAS failure")
+    RuntimeError::Execution(error.to_string())
 }

@@ -113,7 +113,7 @@ impl Runtime for TorchScript {
                 .iter()
                 .map(|t| convert::to_torch(t, self.device).map(tch::IValue::Tensor))
                 .collect::<Result<Vec<_>, _>>()?;
-            let result = self.module.forward_is(&args).map_err(|e| RuntimeError::Execution(e.to_string()))?;
+            let result = self.module.forward_is(&args).map_err(|e| device_failure(self.device, e.to_string()))?;
             let tensors = convert::flatten(result)?;
             if tensors.len() != self.signature.outputs.len() {
                 return Err(RuntimeError::Execution(format!(
@@ -124,5 +124,19 @@ impl Runtime for TorchScript {
             }
             tensors.iter().zip(&self.signature.outputs).map(|(t, spec)| convert::from_torch(t, spec)).collect()
         })
+    }
+}
+
+/// What a failed run means for the device: on a GPU, a synchronisation that fails too says the CUDA context is
+/// unusable (a sticky error: every later call fails), so the instance must stop ([`RuntimeError::DeviceFault`]);
+/// one that succeeds says the device recovered (out of memory for one batch, say).
+fn device_failure(device: tch::Device, message: String) -> RuntimeError {
+    let tch::Device::Cuda(ordinal) = device else {
+        return RuntimeError::Execution(message);
+    };
+    // tch panics when libtorch throws, as synchronising a failed context does.
+    match std::panic::catch_unwind(|| tch::Cuda::synchronize(ordinal as i64)) {
+        Ok(()) => RuntimeError::Execution(message),
+        Err(_) => RuntimeError::DeviceFault(format!("{message} (the CUDA context is unusable)")),
     }
 }

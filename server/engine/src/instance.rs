@@ -15,12 +15,12 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use ferroserve_runtime::{LoadSpec, ModelSignature, Runtime, RuntimeError, RuntimeLoader, Tensor};
+use ferroserve_runtime::{Device, LoadSpec, ModelSignature, Runtime, RuntimeError, RuntimeLoader, Tensor};
 
-use crate::InferError;
 use crate::batcher::state::{BatchPolicy, Entry};
 use crate::batcher::{Batch, Batcher, Pending, Ticket};
 use crate::stats::ModelStats;
+use crate::{Gpus, InferError};
 
 /// How to start a pool.
 pub struct PoolSpec {
@@ -32,6 +32,8 @@ pub struct PoolSpec {
     pub instances: Vec<LoadSpec>,
     /// Where to record statistics.
     pub stats: Arc<ModelStats>,
+    /// Where a GPU that fails is recorded (see [`Gpus`]).
+    pub gpus: Gpus,
 }
 
 /// How many of a pool's instances still serve, and why the last one to stop did.
@@ -85,6 +87,8 @@ impl InstancePool {
             let loaded_tx = loaded_tx.clone();
             let stats = Arc::clone(&spec.stats);
             let busy = spec.stats.metrics.instance_busy(index, load.device);
+            let device = load.device;
+            let gpus = spec.gpus.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("fs-{}-{index}", spec.label))
                 .spawn(move || match catch_load(loader.as_ref(), &load) {
@@ -93,7 +97,7 @@ impl InstancePool {
                         drop(loaded_tx);
                         // No batcher means the pool was abandoned before serving: exit.
                         if let Ok(feed) = batcher.recv() {
-                            serve(runtime, &feed, &stats, &busy);
+                            serve(runtime, &feed, Placement { device, gpus: &gpus }, &stats, &busy);
                         }
                     }
                     Err(e) => {
@@ -185,7 +189,19 @@ struct Feed {
     label: String,
 }
 
-fn serve(mut runtime: Box<dyn Runtime>, feed: &Feed, stats: &ModelStats, busy: &metrics::Counter) {
+/// Where an instance runs, and where a failure of its GPU is recorded.
+struct Placement<'a> {
+    device: Device,
+    gpus: &'a Gpus,
+}
+
+fn serve(
+    mut runtime: Box<dyn Runtime>,
+    feed: &Feed,
+    placement: Placement<'_>,
+    stats: &ModelStats,
+    busy: &metrics::Counter,
+) {
     let batcher = &feed.batcher;
     while let Some((batch, reason)) = batcher.take() {
         stats.record_batch_reason(reason);
@@ -197,6 +213,9 @@ fn serve(mut runtime: Box<dyn Runtime>, feed: &Feed, stats: &ModelStats, busy: &
         let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
             execute(runtime.as_mut(), batch, stats, &mut finish, &mut |message| {
                 // Before the batch is answered, so a client that sees the error then sees the version not ready.
+                if let Device::Cuda(ordinal) = placement.device {
+                    placement.gpus.record_fault(ordinal, &message);
+                }
                 let last = feed.health.instance_stopped(&feed.label, message.clone());
                 fault = Some((message, last));
             })
@@ -229,7 +248,7 @@ fn stop_on_fault(feed: &Feed, fault: String, last: bool) {
         return;
     }
     let message = format!("model `{}` has no working instance left: {fault}", feed.label);
-    feed.batcher.close();
+    feed.batcher.close_because(message.clone());
     while let Some((batch, _)) = feed.batcher.take() {
         feed.batcher.record_finished(batch.len());
         for entry in batch {
@@ -335,7 +354,7 @@ fn execute(
     let output_started = Instant::now();
     if let (Some(columns), Ok(Err(RuntimeError::InvalidInput(_)))) = (kept_columns, &outcome) {
         finish.now();
-        run_each_alone(runtime, columns, replies);
+        run_each_alone(runtime, columns, replies, on_fault);
         drop(executing);
         return 0;
     }
@@ -383,12 +402,25 @@ fn run_each_alone(
     runtime: &mut dyn Runtime,
     columns: Vec<Vec<Tensor>>,
     replies: Vec<tokio::sync::oneshot::Sender<crate::batcher::BatchResult>>,
+    on_fault: &mut dyn FnMut(String),
 ) {
+    let mut failed: Option<String> = None;
     for (r, reply) in replies.into_iter().enumerate() {
+        if let Some(fault) = &failed {
+            // The device failed on an earlier one: nothing more runs on it.
+            let _ = reply.send(Err(InferError::Internal(format!("model execution failed: device failure: {fault}"))));
+            continue;
+        }
         let inputs: Vec<Tensor> = columns.iter().map(|column| column[r].clone()).collect();
         let result = match std::panic::catch_unwind(AssertUnwindSafe(|| runtime.infer(inputs))) {
             Ok(Ok(outputs)) => Ok(outputs),
             Ok(Err(RuntimeError::InvalidInput(message))) => Err(InferError::InvalidInput(message)),
+            Ok(Err(RuntimeError::DeviceFault(message))) => {
+                on_fault(message.clone());
+                let error = InferError::Internal(format!("model execution failed: device failure: {message}"));
+                failed = Some(message);
+                Err(error)
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "model execution failed");
                 Err(InferError::Internal(format!("model execution failed: {e}")))
@@ -513,6 +545,7 @@ mod tests {
             loader: Arc::new(loader),
             instances: vec![LoadSpec::new("m".into(), Device::Cpu, 1); instances],
             stats: Arc::new(ModelStats::default()),
+            gpus: Gpus::default(),
         })
         .unwrap();
         let pool = loaded.serve(BatchPolicy {
@@ -570,6 +603,7 @@ mod tests {
             loader: Arc::new(DoublerLoader),
             instances: vec![spec.clone(), spec],
             stats: Arc::new(ModelStats::default()),
+            gpus: Gpus::default(),
         })
         .unwrap();
         let pool = Arc::new(loaded.serve(BatchPolicy {
@@ -723,6 +757,30 @@ mod tests {
     }
 
     #[test]
+    fn a_device_fault_while_a_refused_batch_runs_alone_stops_the_rest_of_it() {
+        let h = harness(4, 8, Duration::from_secs(10));
+        let receivers: Vec<_> = [1.0, -2.0, -3.0, 4.0]
+            .iter()
+            .map(|&v| {
+                let (j, rx) = job(v);
+                h.pool.submit(j).unwrap();
+                rx
+            })
+            .collect();
+        for _ in 0..4 {
+            h.open.send(()).unwrap(); // the refused batch, then 1, -2 and -3 alone; 4 never runs
+        }
+        let got: Vec<Result<Vec<f32>, InferError>> = receivers.into_iter().map(value).collect();
+        assert_eq!(got[0], Ok(vec![2.0]));
+        assert!(matches!(&got[1], Err(InferError::InvalidInput(_))), "{:?}", got[1]);
+        for refused in &got[2..] {
+            assert!(matches!(refused, Err(InferError::Internal(m)) if m.contains("device failure")), "{refused:?}");
+        }
+        assert_eq!(h.runs.load(Ordering::SeqCst), 4);
+        assert!(h.pool.failed().is_some());
+    }
+
+    #[test]
     fn when_the_last_instance_faults_queued_requests_are_answered_and_the_pool_reports_why() {
         let h = harness(0, 8, Duration::ZERO);
         let (fault, fault_rx) = job(-3.0);
@@ -748,7 +806,8 @@ mod tests {
         assert_eq!(h.runs.load(Ordering::SeqCst), 1, "nothing ran after the fault");
         assert!(h.pool.failed().is_some_and(|why| why.contains("illegal memory access")));
         let (later, _rx) = job(1.0);
-        assert!(matches!(h.pool.submit(later), Err(InferError::NotReady(_))));
+        let refused = h.pool.submit(later).unwrap_err();
+        assert!(matches!(&refused, InferError::NotReady(m) if m.contains("no working instance left")), "{refused:?}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod classify;
 pub mod config;
 mod error;
 pub mod files;
+mod gpus;
 pub mod instance;
 pub mod manager;
 pub mod memory;
@@ -31,8 +32,9 @@ pub mod trace;
 pub mod validate;
 
 pub use error::InferError;
+pub use gpus::Gpus;
 pub use manager::{
-    EngineOptions, Gpus, IndexEntry, IndexState, ModelControlMode, ModelEntry, ModelManager, ModelPhase, StartupModels,
+    EngineOptions, IndexEntry, IndexState, ModelControlMode, ModelEntry, ModelManager, ModelPhase, StartupModels,
     VersionState,
 };
 pub use model::ModelVersion;

@@ -8,8 +8,9 @@ use crate::batcher::state::{BatchPolicy, Window};
 
 /// The config `parameters` key choosing the batching window: `adaptive` (default) or `fixed` (Triton's).
 pub(crate) const BATCH_WINDOW_KEY: &str = "batch_window";
+use crate::Gpus;
 use crate::config::{InstanceGroup, InstanceKind, ModelConfig, TensorConfig, VersionPolicy};
-use crate::manager::{EngineOptions, Gpus};
+use crate::manager::EngineOptions;
 use crate::model::Scheduling;
 use crate::repository::ModelSource;
 use crate::reshape::Reshapes;
@@ -95,6 +96,9 @@ pub(crate) fn resolve_groups(
             }
         }
         let ordinals = if group.gpus.is_empty() { usable.to_vec() } else { group.gpus.clone() };
+        if let Some((ordinal, why)) = ordinals.iter().find_map(|&g| Some((g, gpus.fault(g)?))) {
+            return Err(format!("GPU {ordinal} failed and cannot be used until the server restarts: {why}"));
+        }
         resolved.push(InstanceGroup { count: group.count, kind: InstanceKind::Gpu, gpus: ordinals });
     }
     Ok(resolved)
@@ -399,6 +403,9 @@ mod tests {
             let error = result.unwrap_err();
             assert!(error.contains(reason), "{error:?} should say {reason:?}");
         }
+        two.record_fault(0, "CUDA error: an illegal memory access was encountered");
+        let refused = resolve_groups(&gpu, &two, Ok(())).unwrap_err();
+        assert!(refused.contains("GPU 0 failed") && refused.contains("illegal memory access"), "{refused}");
         let cpu_and_gpu = [group(2, InstanceKind::Cpu, &[]), group(1, InstanceKind::Gpu, &[1])];
         let placed = resolve_groups(&cpu_and_gpu, &two, Ok(())).unwrap();
         assert_eq!(instance_devices(&placed), [Device::Cpu, Device::Cpu, Device::Cuda(1)]);

@@ -118,10 +118,10 @@ pub enum GpuSelection {
 impl FromStr for GpuSelection {
     type Err = String;
 
-    /// `all`, `none`, or ordinals separated by commas (`0,2`).
+    /// `all` (or nothing: an empty `FERROSERVE_GPUS=`), `none`, or ordinals separated by commas (`0,2`).
     fn from_str(text: &str) -> Result<Self, String> {
         match text.trim() {
-            "all" => Ok(GpuSelection::All),
+            "" | "all" => Ok(GpuSelection::All),
             "none" => Ok(GpuSelection::None),
             list => {
                 let mut ordinals = Vec::new();
@@ -197,7 +197,8 @@ mod tests {
         assert_eq!("0, 2,0".parse(), Ok(GpuSelection::Only(vec![0, 2])));
         assert!("0;1".parse::<GpuSelection>().is_err());
         assert!("-1".parse::<GpuSelection>().is_err());
-        assert!("".parse::<GpuSelection>().is_err());
+        assert_eq!("".parse(), Ok(GpuSelection::All));
+        assert!(",".parse::<GpuSelection>().is_err());
     }
 
     #[test]

@@ -82,7 +82,7 @@ type StreamResult = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferRespons
 #[tonic::async_trait]
 impl GrpcInferenceService for InferenceService {
     async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
-        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+        Ok(Response::new(pb::ServerLiveResponse { live: self.state.manager.device_faults().is_empty() }))
     }
 
     async fn server_ready(

@@ -17,9 +17,15 @@ use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// `GET /v2/health/live`.
-pub(crate) async fn live() -> Json<Value> {
-    Json(json!({"live": true}))
+/// `GET /v2/health/live`: 200, or 503 once a GPU has failed in a way only a restart clears (a liveness probe
+/// then restarts the server).
+pub(crate) async fn live(State(state): State<AppState>) -> Response {
+    let faults = state.manager.device_faults();
+    if faults.is_empty() {
+        return Json(json!({"live": true})).into_response();
+    }
+    let reason: Vec<String> = faults.iter().map(|(gpu, why)| format!("GPU {gpu} failed: {why}")).collect();
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"live": false, "error": reason.join("; ")}))).into_response()
 }
 
 /// `GET /v2/health/ready`: 200 only when every model is ready and no shutdown has begun.

@@ -118,6 +118,8 @@ struct Queue {
     last_batch: usize,
     /// No more requests are taken; the instances drain what is queued and exit.
     closed: bool,
+    /// Why, when it is not the version being unloaded (every instance failed, say).
+    closed_because: Option<String>,
     /// The next request's ticket.
     next_ticket: u64,
 }
@@ -136,6 +138,7 @@ impl Batcher {
             linger: Linger::Nobody,
             last_batch: 1,
             closed: false,
+            closed_because: None,
             next_ticket: 1,
         };
         let last_execution_ns = std::sync::atomic::AtomicU64::new(0);
@@ -156,7 +159,10 @@ impl Batcher {
     pub fn submit(&self, mut entry: Entry<Pending>) -> Result<Ticket, InferError> {
         let mut queue = self.shared.queue.lock();
         if queue.closed {
-            return Err(InferError::NotReady(format!("model `{}` is unloading", self.shared.label)));
+            return Err(InferError::NotReady(match &queue.closed_because {
+                Some(why) => why.clone(),
+                None => format!("model `{}` is unloading", self.shared.label),
+            }));
         }
         // Requests that finished since the last look stop counting as running before this one is counted in.
         self.catch_up(&mut queue);
@@ -291,6 +297,15 @@ impl Batcher {
     /// Refuses new requests and wakes every instance so they drain the queue and exit.
     pub fn close(&self) {
         self.shared.queue.lock().closed = true;
+        self.shared.work.notify_all();
+    }
+
+    /// As [`Batcher::close`], refusing new requests with `why` (503) instead of "unloading".
+    pub fn close_because(&self, why: String) {
+        let mut queue = self.shared.queue.lock();
+        queue.closed = true;
+        queue.closed_because.get_or_insert(why);
+        drop(queue);
         self.shared.work.notify_all();
     }
 }

@@ -155,6 +155,7 @@ pub(super) fn build_version(
         loader: Arc::clone(loader),
         instances,
         stats: Arc::clone(&stats),
+        gpus: options.gpus.clone(),
     })
     .map_err(|e| e.to_string())?;
     // Where the config is the signature (TorchScript), a missing max_batch_size means 0, as in Triton: the

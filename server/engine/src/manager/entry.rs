@@ -168,10 +168,13 @@ impl ModelEntry {
             .iter()
             .map(|(n, v)| {
                 let (state, reason) = match v {
-                    VersionState::Ready(m) if let Some(why) = m.failed() => (IndexState::Unavailable, why),
-                    VersionState::Ready(_) => {
-                        (IndexState::Ready, self.last_failure.as_ref().map(|f| reload_failed(f)).unwrap_or_default())
-                    }
+                    VersionState::Ready(m) => match m.failed() {
+                        Some(why) => (IndexState::Unavailable, why),
+                        None => (
+                            IndexState::Ready,
+                            self.last_failure.as_ref().map(|f| reload_failed(f)).unwrap_or_default(),
+                        ),
+                    },
                     VersionState::Loading => (IndexState::Loading, String::new()),
                     VersionState::Unavailable(r) => (IndexState::Unavailable, r.clone()),
                 };

@@ -25,6 +25,7 @@ pub use entry::{IndexEntry, IndexState, ModelEntry, ModelPhase, VersionState};
 pub use lifecycle::{ModelControlMode, StartupModels};
 
 use crate::InferError;
+use crate::gpus::Gpus;
 use crate::model::ModelVersion;
 use crate::repository::Repository;
 use crate::request::{InferRequest, InferResponse};
@@ -46,37 +47,6 @@ pub struct EngineOptions {
     pub load_threads: usize,
     /// The GPUs instances may be placed on.
     pub gpus: Gpus,
-}
-
-/// The CUDA devices models may use: found at start-up and narrowed by `--gpus`, or why there are none (said
-/// in the reason of a model that asks for a GPU).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Gpus(Result<Vec<u32>, String>);
-
-impl Gpus {
-    /// These ordinals (at least one).
-    pub fn new(ordinals: Vec<u32>) -> Self {
-        if ordinals.is_empty() { Gpus::none("no GPU was found") } else { Gpus(Ok(ordinals)) }
-    }
-
-    /// None, for this reason.
-    pub fn none(why: impl Into<String>) -> Self {
-        Gpus(Err(why.into()))
-    }
-
-    /// The ordinals, or why there are none.
-    pub fn usable(&self) -> Result<&[u32], &str> {
-        match &self.0 {
-            Ok(ordinals) => Ok(ordinals),
-            Err(why) => Err(why),
-        }
-    }
-}
-
-impl Default for Gpus {
-    fn default() -> Self {
-        Gpus::none("GPUs were not looked for")
-    }
 }
 
 impl Default for EngineOptions {
@@ -146,6 +116,12 @@ impl ModelManager {
     /// The model control mode.
     pub fn control_mode(&self) -> ModelControlMode {
         self.control
+    }
+
+    /// The GPUs that failed in a way only a restart clears (see [`Gpus`]), and why: while there is one, the server
+    /// reports itself not live.
+    pub fn device_faults(&self) -> Vec<(u32, String)> {
+        self.options.gpus.faults()
     }
 
     /// True once start-up finished, the repository is readable, every model that should serve is ready,

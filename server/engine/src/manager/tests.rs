@@ -60,6 +60,10 @@ impl RuntimeLoader for AdderLoader {
     fn default_model_filename(&self) -> &'static str {
         "model.add"
     }
+    /// It claims CUDA, so that placement on (listed) GPUs can be tested; it runs on the CPU wherever it is put.
+    fn cuda_support(&self) -> Result<(), String> {
+        Ok(())
+    }
     fn load(&self, spec: &LoadSpec) -> Result<Box<dyn Runtime>, RuntimeError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
         let text = std::fs::read_to_string(&spec.model_path).unwrap_or_default();
@@ -98,13 +102,17 @@ fn write(path: &Path, text: &str) {
 }
 
 fn fixture(tag: &str, control: ModelControlMode) -> Fixture {
+    fixture_with(tag, control, EngineOptions::default())
+}
+
+fn fixture_with(tag: &str, control: ModelControlMode, options: EngineOptions) -> Fixture {
     let root = std::env::temp_dir().join(format!("ferroserve-lifecycle-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let loader = Arc::new(AdderLoader::default());
     let repository =
         Repository::new(vec![Root::models(Files::open(&root.to_string_lossy(), Default::default()).unwrap())]);
-    let options = EngineOptions { retire_timeout: Duration::from_secs(10), ..EngineOptions::default() };
+    let options = EngineOptions { retire_timeout: Duration::from_secs(10), ..options };
     let manager =
         Arc::new(ModelManager::new(repository, vec![loader.clone() as Arc<dyn RuntimeLoader>], options, control));
     Fixture { root, loader, manager }
@@ -192,6 +200,40 @@ async fn a_version_whose_instances_all_failed_is_not_ready_until_loaded_again() 
     f.manager.request_load("m", None).await.unwrap();
     assert!(f.manager.is_ready());
     assert_eq!(answer(&f.manager, "m").await.unwrap(), 2.0);
+}
+
+#[tokio::test]
+async fn a_device_fault_on_a_gpu_keeps_every_model_off_that_gpu_until_a_restart() {
+    let gpus = crate::Gpus::new(vec![0, 1]);
+    let f = fixture_with(
+        "gpu-fault",
+        ModelControlMode::Explicit,
+        EngineOptions { gpus: gpus.clone(), ..Default::default() },
+    );
+    write(&f.root.join("m/1/model.add"), "1");
+    write(&f.root.join("m/config.pbtxt"), "instance_group [{ kind: KIND_GPU gpus: [0] }]");
+    write(&f.root.join("n/1/model.add"), "2");
+    write(&f.root.join("n/config.pbtxt"), "instance_group [{ kind: KIND_GPU gpus: [0] }]");
+    write(&f.root.join("o/1/model.add"), "3");
+    write(&f.root.join("o/config.pbtxt"), "instance_group [{ kind: KIND_GPU gpus: [1] }]");
+    f.manager.start(StartupModels::All).await.unwrap();
+    assert!(f.manager.is_ready());
+    assert!(f.manager.device_faults().is_empty());
+
+    let mut poison = request("m", None);
+    poison.inputs[0].tensor = Tensor::from_f32(vec![1], &[-3.0]).unwrap();
+    f.manager.infer(poison).await.unwrap_err();
+    assert_eq!(f.manager.device_faults().len(), 1);
+    assert_eq!(f.manager.device_faults()[0].0, 0);
+    // Building a version on the failed GPU again, this model's or another's, is refused with the reason; the
+    // other GPU serves.
+    write(&f.root.join("n/1/model.add"), "5");
+    for model in ["m", "n"] {
+        let refused = f.manager.request_load(model, None).await.unwrap_err();
+        assert!(format!("{refused:?}").contains("GPU 0 failed"), "{refused:?}");
+    }
+    assert_eq!(answer(&f.manager, "o").await.unwrap(), 4.0);
+    assert!(!f.manager.is_ready());
 }
 
 #[tokio::test]

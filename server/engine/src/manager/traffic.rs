@@ -211,6 +211,9 @@ impl ModelManager {
         let Some(VersionState::Ready(target)) = entry.versions.get(&policy.version) else {
             return None;
         };
+        if target.failed().is_some() {
+            return None;
+        }
         let Ok(slot) = Arc::clone(&traffic.shadow_slots).try_acquire_owned() else {
             super::shadow::count(&entry.name, policy.version, "dropped");
             return None;
