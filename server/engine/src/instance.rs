@@ -363,16 +363,7 @@ fn execute(
             stats.output_ratio.observe(input_bytes, outputs.iter().map(Tensor::memory_size).sum());
             split_outputs(outputs, &rows, replies.len() > 1)
         }
-        Ok(Err(RuntimeError::InvalidInput(message))) => Err(InferError::InvalidInput(message)),
-        Ok(Err(RuntimeError::DeviceFault(message))) => {
-            let error = InferError::Internal(format!("model execution failed: device failure: {message}"));
-            on_fault(message);
-            Err(error)
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "model execution failed");
-            Err(InferError::Internal(format!("model execution failed: {e}")))
-        }
+        Ok(Err(e)) => Err(run_failure(e, on_fault)),
         Err(_) => {
             tracing::error!("model execution panicked; the instance keeps serving");
             Err(InferError::Internal("model execution failed".into()))
@@ -408,27 +399,43 @@ fn run_each_alone(
     for (r, reply) in replies.into_iter().enumerate() {
         if let Some(fault) = &failed {
             // The device failed on an earlier one: nothing more runs on it.
-            let _ = reply.send(Err(InferError::Internal(format!("model execution failed: device failure: {fault}"))));
+            let _ = reply.send(Err(device_failure(fault)));
             continue;
         }
         let inputs: Vec<Tensor> = columns.iter().map(|column| column[r].clone()).collect();
         let result = match std::panic::catch_unwind(AssertUnwindSafe(|| runtime.infer(inputs))) {
             Ok(Ok(outputs)) => Ok(outputs),
-            Ok(Err(RuntimeError::InvalidInput(message))) => Err(InferError::InvalidInput(message)),
-            Ok(Err(RuntimeError::DeviceFault(message))) => {
-                on_fault(message.clone());
-                let error = InferError::Internal(format!("model execution failed: device failure: {message}"));
-                failed = Some(message);
-                Err(error)
-            }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "model execution failed");
-                Err(InferError::Internal(format!("model execution failed: {e}")))
+                if let RuntimeError::DeviceFault(fault) = &e {
+                    failed = Some(fault.clone());
+                }
+                Err(run_failure(e, on_fault))
             }
             Err(_) => Err(InferError::Internal("model execution failed".into())),
         };
         let _ = reply.send(result);
     }
+}
+
+/// What the callers of a run the runtime refused or failed are answered. A device fault is reported through
+/// `on_fault` first, before anyone is answered.
+fn run_failure(error: RuntimeError, on_fault: &mut dyn FnMut(String)) -> InferError {
+    match error {
+        RuntimeError::InvalidInput(message) => InferError::InvalidInput(message),
+        RuntimeError::DeviceFault(fault) => {
+            let answer = device_failure(&fault);
+            on_fault(fault);
+            answer
+        }
+        e => {
+            tracing::warn!(error = %e, "model execution failed");
+            InferError::Internal(format!("model execution failed: {e}"))
+        }
+    }
+}
+
+fn device_failure(fault: &str) -> InferError {
+    InferError::Internal(format!("model execution failed: device failure: {fault}"))
 }
 
 /// Splits each output along dim 0 by `rows`, giving each request its own outputs.
@@ -558,6 +565,18 @@ mod tests {
         });
         assert_eq!(signature.inputs[0].name, "x");
         Harness { pool, started, open, runs }
+    }
+
+    /// Submits one single-value request per value, in order.
+    fn submit_all(h: &Harness, values: &[f32]) -> Vec<oneshot::Receiver<BatchResult>> {
+        values
+            .iter()
+            .map(|&v| {
+                let (j, rx) = job(v);
+                h.pool.submit(j).unwrap();
+                rx
+            })
+            .collect()
     }
 
     fn value(rx: oneshot::Receiver<BatchResult>) -> Result<Vec<f32>, InferError> {
@@ -692,14 +711,7 @@ mod tests {
     #[test]
     fn requests_are_batched_and_split_back_in_order() {
         let h = harness(3, 16, Duration::from_secs(10));
-        let receivers: Vec<_> = [1.0, 2.0, 3.0]
-            .iter()
-            .map(|&v| {
-                let (j, rx) = job(v);
-                h.pool.submit(j).unwrap();
-                rx
-            })
-            .collect();
+        let receivers = submit_all(&h, &[1.0, 2.0, 3.0]);
         h.open.send(()).unwrap();
         let got: Vec<Vec<f32>> = receivers.into_iter().map(|rx| value(rx).unwrap()).collect();
         assert_eq!(got, vec![vec![2.0], vec![4.0], vec![6.0]]);
@@ -709,14 +721,7 @@ mod tests {
     #[test]
     fn an_invalid_request_in_a_batch_fails_only_itself() {
         let h = harness(3, 16, Duration::from_secs(10));
-        let receivers: Vec<_> = [1.0, -2.0, 3.0]
-            .iter()
-            .map(|&v| {
-                let (j, rx) = job(v);
-                h.pool.submit(j).unwrap();
-                rx
-            })
-            .collect();
+        let receivers = submit_all(&h, &[1.0, -2.0, 3.0]);
         for _ in 0..4 {
             h.open.send(()).unwrap(); // the refused batch, then each request alone
         }
@@ -759,14 +764,7 @@ mod tests {
     #[test]
     fn a_device_fault_while_a_refused_batch_runs_alone_stops_the_rest_of_it() {
         let h = harness(4, 8, Duration::from_secs(10));
-        let receivers: Vec<_> = [1.0, -2.0, -3.0, 4.0]
-            .iter()
-            .map(|&v| {
-                let (j, rx) = job(v);
-                h.pool.submit(j).unwrap();
-                rx
-            })
-            .collect();
+        let receivers = submit_all(&h, &[1.0, -2.0, -3.0, 4.0]);
         for _ in 0..4 {
             h.open.send(()).unwrap(); // the refused batch, then 1, -2 and -3 alone; 4 never runs
         }
@@ -786,13 +784,7 @@ mod tests {
         let (fault, fault_rx) = job(-3.0);
         h.pool.submit(fault).unwrap();
         h.started.recv().unwrap();
-        let queued: Vec<_> = (0..3)
-            .map(|i| {
-                let (j, rx) = job(i as f32);
-                h.pool.submit(j).unwrap();
-                rx
-            })
-            .collect();
+        let queued = submit_all(&h, &[0.0, 1.0, 2.0]);
         h.open.send(()).unwrap();
         assert!(matches!(value(fault_rx), Err(InferError::Internal(_))));
         for rx in queued {

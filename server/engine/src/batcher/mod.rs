@@ -296,15 +296,20 @@ impl Batcher {
 
     /// Refuses new requests and wakes every instance so they drain the queue and exit.
     pub fn close(&self) {
-        self.shared.queue.lock().closed = true;
-        self.shared.work.notify_all();
+        self.close_with(None);
     }
 
     /// As [`Batcher::close`], refusing new requests with `why` (503) instead of "unloading".
     pub fn close_because(&self, why: String) {
+        self.close_with(Some(why));
+    }
+
+    fn close_with(&self, why: Option<String>) {
         let mut queue = self.shared.queue.lock();
         queue.closed = true;
-        queue.closed_because.get_or_insert(why);
+        if queue.closed_because.is_none() {
+            queue.closed_because = why;
+        }
         drop(queue);
         self.shared.work.notify_all();
     }
