@@ -34,6 +34,26 @@ pub struct PoolSpec {
     pub stats: Arc<ModelStats>,
     /// Where a GPU that fails is recorded (see [`Gpus`]).
     pub gpus: Gpus,
+    /// Called once every instance has stopped on a device fault (the pool then serves nothing), on the thread
+    /// of the last one, before its callers are answered: whoever reports readiness looks again.
+    pub on_failed: Option<FailureHook>,
+}
+
+/// See [`PoolSpec::on_failed`].
+#[derive(Clone)]
+pub struct FailureHook(Arc<dyn Fn() + Send + Sync>);
+
+impl FailureHook {
+    /// A hook that calls `f`.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Self {
+        FailureHook(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for FailureHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FailureHook")
+    }
 }
 
 /// How many of a pool's instances still serve, and why the last one to stop did.
@@ -41,14 +61,21 @@ pub struct PoolSpec {
 struct PoolHealth {
     serving: AtomicUsize,
     fault: Mutex<Option<String>>,
+    on_failed: Option<FailureHook>,
 }
 
 impl PoolHealth {
-    /// One instance hit a device fault and stops: returns whether it was the last one.
+    /// One instance hit a device fault and stops: returns whether it was the last one (the failure hook has
+    /// then run).
     fn instance_stopped(&self, label: &str, fault: String) -> bool {
+        *self.fault.lock() = Some(fault.clone());
         let left = self.serving.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
         tracing::error!(model = label, fault = %fault, instances_left = left, "an instance stopped on a device failure");
-        *self.fault.lock() = Some(fault);
+        if left == 0
+            && let Some(hook) = &self.on_failed
+        {
+            (hook.0)();
+        }
         left == 0
     }
 }
@@ -58,6 +85,7 @@ impl PoolHealth {
 pub struct LoadedInstances {
     label: String,
     stats: Arc<ModelStats>,
+    on_failed: Option<FailureHook>,
     /// One per instance thread: where its batcher comes from.
     feeds: Vec<mpsc::Sender<Feed>>,
     threads: Vec<JoinHandle<()>>,
@@ -115,7 +143,10 @@ impl InstancePool {
             signature.get_or_insert(loaded);
         }
         let signature = signature.ok_or_else(|| RuntimeError::Execution("the pool has no instances".into()))?;
-        Ok((LoadedInstances { label: spec.label, stats: spec.stats, feeds, threads }, signature))
+        Ok((
+            LoadedInstances { label: spec.label, stats: spec.stats, on_failed: spec.on_failed, feeds, threads },
+            signature,
+        ))
     }
 
     /// Queues a request with the batcher.
@@ -166,7 +197,11 @@ impl LoadedInstances {
     pub fn serve(self, policy: BatchPolicy) -> InstancePool {
         let batcher = Batcher::observed(self.label.clone(), policy, self.stats.metrics.queue_depth.clone());
         batcher.set_instances(self.threads.len());
-        let health = Arc::new(PoolHealth { serving: AtomicUsize::new(self.threads.len()), fault: Mutex::new(None) });
+        let health = Arc::new(PoolHealth {
+            serving: AtomicUsize::new(self.threads.len()),
+            fault: Mutex::new(None),
+            on_failed: self.on_failed,
+        });
         for feed in &self.feeds {
             let _ =
                 feed.send(Feed { batcher: batcher.clone(), health: Arc::clone(&health), label: self.label.clone() });
@@ -535,6 +570,8 @@ mod tests {
         started: mpsc::Receiver<()>,
         open: mpsc::Sender<()>,
         runs: Arc<AtomicUsize>,
+        /// Calls of the pool's failure hook.
+        failures: Arc<AtomicUsize>,
     }
 
     fn harness(max_batch_size: usize, max_queue_size: usize, delay: Duration) -> Harness {
@@ -547,12 +584,17 @@ mod tests {
         let runs = Arc::new(AtomicUsize::new(0));
         let loader =
             GatedLoader { started: Mutex::new(started_tx), gate: Arc::new(Mutex::new(gate)), runs: Arc::clone(&runs) };
+        let failures = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&failures);
         let (loaded, signature) = InstancePool::start(PoolSpec {
             label: "test:1".into(),
             loader: Arc::new(loader),
             instances: vec![LoadSpec::new("m".into(), Device::Cpu, 1); instances],
             stats: Arc::new(ModelStats::default()),
             gpus: Gpus::default(),
+            on_failed: Some(FailureHook::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            })),
         })
         .unwrap();
         let pool = loaded.serve(BatchPolicy {
@@ -564,7 +606,7 @@ mod tests {
             window: crate::batcher::state::Window::Fixed,
         });
         assert_eq!(signature.inputs[0].name, "x");
-        Harness { pool, started, open, runs }
+        Harness { pool, started, open, runs, failures }
     }
 
     /// Submits one single-value request per value, in order.
@@ -623,6 +665,7 @@ mod tests {
             instances: vec![spec.clone(), spec],
             stats: Arc::new(ModelStats::default()),
             gpus: Gpus::default(),
+            on_failed: None,
         })
         .unwrap();
         let pool = Arc::new(loaded.serve(BatchPolicy {
@@ -753,6 +796,7 @@ mod tests {
         let failed = value(fault_rx).unwrap_err();
         assert!(matches!(&failed, InferError::Internal(m) if m.contains("illegal memory access")), "{failed:?}");
         assert_eq!(h.pool.failed(), None, "one instance still serves");
+        assert_eq!(h.failures.load(Ordering::SeqCst), 0, "the pool has not failed");
         for v in [1.0, 2.0, 3.0] {
             let (fine, fine_rx) = job(v);
             h.pool.submit(fine).unwrap();
@@ -776,6 +820,7 @@ mod tests {
         }
         assert_eq!(h.runs.load(Ordering::SeqCst), 4);
         assert!(h.pool.failed().is_some());
+        assert_eq!(h.failures.load(Ordering::SeqCst), 1, "the failure hook ran once");
     }
 
     #[test]
@@ -787,6 +832,7 @@ mod tests {
         let queued = submit_all(&h, &[0.0, 1.0, 2.0]);
         h.open.send(()).unwrap();
         assert!(matches!(value(fault_rx), Err(InferError::Internal(_))));
+        assert_eq!(h.failures.load(Ordering::SeqCst), 1, "the hook ran before the faulting request was answered");
         for rx in queued {
             let refused = value(rx).unwrap_err();
             assert!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ferroserve_runtime::{LoadSpec, ModelSignature, RuntimeLoader, TensorSpec};
 
 use crate::config::{InstanceGroup, InstanceKind, TensorConfig};
-use crate::instance::{InstancePool, PoolSpec};
+use crate::instance::{FailureHook, InstancePool, PoolSpec};
 use crate::manager::EngineOptions;
 use crate::metrics::VersionMetrics;
 use crate::model::{ModelVersion, VersionParts};
@@ -91,6 +91,7 @@ pub(super) fn build_version(
     dir: &Path,
     loader: &Arc<dyn RuntimeLoader>,
     options: &EngineOptions,
+    on_failed: &FailureHook,
 ) -> Result<ModelVersion, String> {
     let file = source.config.default_model_filename.as_deref().unwrap_or(loader.default_model_filename());
     let model_path = dir.join(file);
@@ -156,6 +157,7 @@ pub(super) fn build_version(
         instances,
         stats: Arc::clone(&stats),
         gpus: options.gpus.clone(),
+        on_failed: Some(on_failed.clone()),
     })
     .map_err(|e| e.to_string())?;
     // Where the config is the signature (TorchScript), a missing max_batch_size means 0, as in Triton: the

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::InferError;
 use crate::config::ModelConfig;
+use crate::instance::FailureHook;
 use crate::manager::build::{build_version, pick_loader};
 use crate::manager::{IndexState, ModelEntry, ModelManager, ModelPhase, VersionState};
 use crate::model::ModelVersion;
@@ -279,9 +280,12 @@ impl ModelManager {
         };
         let built = {
             let (source, options, loader) = (source.clone(), self.options.clone(), Arc::clone(&loader));
+            let on_failed = self.failure_hook();
             tokio::task::spawn_blocking(move || {
                 dirs.iter()
-                    .map(|(&version, dir)| (version, build_version(&source, version, dir, &loader, &options)))
+                    .map(|(&version, dir)| {
+                        (version, build_version(&source, version, dir, &loader, &options, &on_failed))
+                    })
                     .collect::<Vec<_>>()
             })
             .await
@@ -351,13 +355,22 @@ impl ModelManager {
     }
 
     pub(super) fn swap(&self, name: &str, entry: ModelEntry) {
-        let (state, _) = entry.state();
-        for s in [IndexState::Ready, IndexState::Loading, IndexState::Unloading, IndexState::Unavailable] {
-            let labels = [("model", name.to_string()), ("state", s.as_str().to_string())];
-            metrics::gauge!(crate::metrics::MODEL_STATE, &labels).set(if s == state { 1.0 } else { 0.0 });
-        }
+        record_state(&entry);
         self.models.write().insert(name.to_string(), Arc::new(entry));
         self.publish();
+    }
+
+    /// What a version's instance pool calls once all its instances have stopped on device faults: the model's
+    /// state changed without a lifecycle step, so its state gauge and the server's readiness (which the gRPC
+    /// health `Watch` follows) are brought up to date. Holds the manager weakly: a pool may outlive it.
+    fn failure_hook(self: &Arc<Self>) -> FailureHook {
+        let manager = Arc::downgrade(self);
+        FailureHook::new(move || {
+            if let Some(manager) = manager.upgrade() {
+                manager.entries().iter().for_each(|entry| record_state(entry));
+                manager.publish();
+            }
+        })
     }
 
     /// Unloads a model: new requests get 404 at once; queued and in-flight ones finish; returns once its
@@ -466,6 +479,15 @@ impl ModelManager {
             let _ = self.unload_model(&name).await;
         }
         self.load_many(to_load).await;
+    }
+}
+
+/// Sets the model's state gauge: 1 for the state it is in, 0 for the others.
+fn record_state(entry: &ModelEntry) {
+    let (state, _) = entry.state();
+    for s in [IndexState::Ready, IndexState::Loading, IndexState::Unloading, IndexState::Unavailable] {
+        let labels = [("model", entry.name.clone()), ("state", s.as_str().to_string())];
+        metrics::gauge!(crate::metrics::MODEL_STATE, &labels).set(if s == state { 1.0 } else { 0.0 });
     }
 }
 

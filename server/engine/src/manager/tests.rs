@@ -179,12 +179,16 @@ async fn a_version_whose_instances_all_failed_is_not_ready_until_loaded_again() 
     write(&f.root.join("m/1/model.add"), "1");
     write(&f.root.join("other/1/model.add"), "2");
     f.manager.start(StartupModels::All).await.unwrap();
+    let readiness = f.manager.readiness();
+    assert!(*readiness.borrow());
     let mut poison = request("m", None);
     poison.inputs[0].tensor = Tensor::from_f32(vec![1], &[-3.0]).unwrap();
     let failed = f.manager.infer(poison).await.unwrap_err();
     assert!(matches!(&failed, InferError::Internal(m) if m.contains("device failure")), "{failed:?}");
 
     assert!(!f.manager.is_ready());
+    // Published before the failed request was answered, with no lifecycle step: gRPC health `Watch` sees it.
+    assert!(!*readiness.borrow(), "the readiness watch follows a version that failed while serving");
     assert_eq!(f.manager.model_ready("m", None), Ok(false));
     assert_eq!(f.manager.model_ready("m", Some("1")), Ok(false));
     let refused = answer(&f.manager, "m").await.unwrap_err();
