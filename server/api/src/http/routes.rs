@@ -113,13 +113,15 @@ pub(crate) async fn version_infer(
     run_infer(&state, &model, Some(&version), &headers, body).await
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format. Rendered off the async workers: it formats every series, and reads
+/// NVML (a driver call per GPU and figure) and `/proc`, none of which may hold up requests on the same worker.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    match &state.metrics {
-        Some(handle) => {
-            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(handle)).into_response()
-        }
-        None => ApiError(InferError::Unsupported("metrics are not enabled in this process".into())).into_response(),
+    let Some(handle) = state.metrics.clone() else {
+        return ApiError(InferError::Unsupported("metrics are not enabled in this process".into())).into_response();
+    };
+    match tokio::task::spawn_blocking(move || crate::metrics::render(&handle)).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => ApiError(InferError::Internal(format!("rendering the metrics failed: {e}"))).into_response(),
     }
 }
 
