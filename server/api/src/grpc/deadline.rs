@@ -69,11 +69,16 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let timeout = request.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.as_bytes()));
+        // The deadline is fixed here, before the inner call, not at the first poll: on the dedicated port tonic's
+        // own timeout (which answers CANCELLED, "Timeout expired") wraps this one and starts its clock after
+        // calling in, so this one is never the later of the two, and fires first or in the same timer tick (when
+        // tonic polls this future first).
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let answer = self.inner.call(request);
-        match timeout {
+        match timeout.zip(deadline) {
             None => Either::Left(answer),
-            Some(timeout) => Either::Right(Box::pin(async move {
-                match tokio::time::timeout(timeout, answer).await {
+            Some((timeout, deadline)) => Either::Right(Box::pin(async move {
+                match tokio::time::timeout_at(deadline, answer).await {
                     Ok(response) => response,
                     Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
                         "the caller's deadline (grpc-timeout {timeout:?}) passed before the call was answered"
@@ -115,5 +120,23 @@ mod tests {
         assert_eq!(response.headers()["grpc-status"], "4");
         let request = Request::builder().body(()).unwrap();
         assert_eq!(service.oneshot(request).await.unwrap().into_body(), "late");
+    }
+
+    #[tokio::test]
+    async fn the_deadline_runs_from_the_call_not_from_the_first_poll() {
+        // tonic's own timeout on the dedicated port starts its clock right after calling in; this one must not
+        // start later, or tonic's CANCELLED could win the race.
+        use tower::{Layer, Service};
+        let slow = tower::service_fn(|_: Request<()>| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, Infallible>(Response::new(String::from("late")))
+        });
+        let mut service = DeadlineLayer.layer(slow);
+        let request = Request::builder().header("grpc-timeout", "50m").body(()).unwrap();
+        let answer = service.call(request);
+        std::thread::sleep(Duration::from_millis(60)); // past the deadline before the first poll
+        let response = tokio::time::timeout(Duration::from_millis(20), answer).await;
+        let response = response.expect("answered at once: the deadline had passed").unwrap();
+        assert_eq!(response.headers()["grpc-status"], "4");
     }
 }
