@@ -12,6 +12,8 @@
 # the client saw it and as the server measured it (from the request's arrival in the engine to its answer, read
 # from the server's latency buckets). The server's p99 is the one the open-loop goal is judged on: on a machine
 # where the generator shares the cores, the client's tail is mostly the generator's own scheduling.
+# Beside c=32 and each open-loop point: the CPU's busy share the adaptive window saw at the end of the run
+# (`ferroserve_cpu_busy_ratio`); it holds partial batches for the preferred size only from 0.85 on.
 # SECS: seconds per measurement window (default 2).
 # ROUNDS: measurements of each closed-loop point, the variants alternating; medians are printed (default 1).
 #   Single measurements at c=32 move by 10-20% from run to run on a shared 2-core machine.
@@ -66,17 +68,21 @@ done
 start_server "$repo"
 trap 'kill $server 2>/dev/null || true; rm -rf "$repo"' EXIT
 
-# One measurement: prints "infer/s p50_ms p99_ms compute_us items_per_execution server_p99_ms errors" (compute,
-# items and the server's p99 from its statistics over the measured windows, "-" where it reports none; errors:
-# requests that failed or that the generator could not send).
+# One measurement: prints "infer/s p50_ms p99_ms compute_us items_per_execution server_p99_ms errors cpu_busy"
+# (compute, items and the server's p99 from its statistics over the measured windows, "-" where it reports none;
+# errors: requests that failed or that the generator could not send; cpu_busy: the CPU's busy share as the
+# adaptive window saw it at the end, `ferroserve_cpu_busy_ratio`, from which on it holds partial batches).
 bench_pin=()
 [ -z "${BENCH_CPUS:-}" ] || bench_pin=(taskset -c "$BENCH_CPUS")
 measure() {
-  "${bench_pin[@]}" target/release/ferroserve-bench --no-progress --warmup-secs 1 --window-secs "$SECS" --max-windows 4 \
-    -u "$http" -i http-binary "$@" | awk '
+  local out cpu
+  out=$("${bench_pin[@]}" target/release/ferroserve-bench --no-progress --warmup-secs 1 --window-secs "$SECS" \
+    --max-windows 4 -u "$http" -i http-binary "$@" | awk '
       $1 ~ /^(c=|[0-9.]+\/s)/ {line = $2 " " $4 " " $7; errors = $8}
       $1 == "server:" {gsub(/[,;]/, ""); server = $6 " " $10 " " ($18 == "p99" ? $19 / 1000 : "-")}
-      END {print line, (server == "" ? "- - -" : server), errors}'
+      END {print line, (server == "" ? "- - -" : server), errors}')
+  cpu=$(curl -sf "http://$http/metrics" | awk '$1 == "ferroserve_cpu_busy_ratio" {print $2}')
+  echo "$out ${cpu:--}"
 }
 ratio() { if [ "$(echo "$1 == 0 || $2 == 0" | bc)" = 1 ]; then echo -; else echo "$1 / $2" | bc -l | xargs printf '%.2f'; fi; }
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
@@ -84,26 +90,27 @@ median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ?
 # Measures every variant of model $2 $1 times, alternating, with the load arguments that follow; sets the
 # medians in rate[], p50[], p99[], compute[], items[] and server_p99[] by variant, and in overloaded the
 # variants that had errors in any round.
-declare -A rate p50 p99 compute items server_p99
+declare -A rate p50 p99 compute items server_p99 cpu
 overloaded=""
 measure_variants() {
-  local rounds=$1 m=$2 variant r p q c i s e
+  local rounds=$1 m=$2 variant r p q c i s e u
   shift 2
   overloaded=""
-  declare -A rates p50s p99s computes itemss server_p99s
+  declare -A rates p50s p99s computes itemss server_p99s cpus
   for _ in $(seq "$rounds"); do
     for variant in adaptive fixed off; do
-      read -r r p q c i s e < <(measure -m "${m}_$variant" "$@")
+      read -r r p q c i s e u < <(measure -m "${m}_$variant" "$@")
       [ "${e:-0}" = 0 ] || [[ " $overloaded " == *" $variant "* ]] || overloaded+=" $variant"
       rates[$variant]+="$r " p50s[$variant]+="$p " p99s[$variant]+="$q " computes[$variant]+="$c " itemss[$variant]+="$i "
-      server_p99s[$variant]+="$s "
+      server_p99s[$variant]+="$s " cpus[$variant]+="$u "
     done
   done
   for variant in adaptive fixed off; do
     # shellcheck disable=SC2086
     rate[$variant]=$(median ${rates[$variant]}) p50[$variant]=$(median ${p50s[$variant]}) \
       p99[$variant]=$(median ${p99s[$variant]}) compute[$variant]=$(median ${computes[$variant]//-/0}) \
-      items[$variant]=$(median ${itemss[$variant]//-/0}) server_p99[$variant]=$(median ${server_p99s[$variant]//-/0})
+      items[$variant]=$(median ${itemss[$variant]//-/0}) server_p99[$variant]=$(median ${server_p99s[$variant]//-/0}) \
+      cpu[$variant]=$(median ${cpus[$variant]//-/0})
   done
 }
 
@@ -132,6 +139,8 @@ for m in mlp mlp_large; do
         line+=$(printf '%-28s ' "$(printf '%5.1f us, %4.1f items/exec' "${compute[$variant]}" "${items[$variant]}")")
       done
       printf '%-6s %sexecution time per request in the server, items per execution\n' "" "$line"
+      printf '%-6s CPU busy at the end (adaptive window: holds from 0.85): adaptive %s, fixed %s, off %s\n' "" \
+        "${cpu[adaptive]}" "${cpu[fixed]}" "${cpu[off]}"
     fi
   done
 done
@@ -148,8 +157,9 @@ for m in mlp mlp_large; do
     done
     best_server=$(printf '%s\n' "${server_p99[fixed]}" "${server_p99[off]}" | sort -g | head -1)
     best=$(printf '%s\n' "${p99[fixed]}" "${p99[off]}" | sort -g | head -1)
-    printf '%3s%% (%6s/s)  %s adaptive / better of fixed,off: x%s in the server, x%s at the client\n' "$share" "$r" \
-      "$line" "$(ratio "${server_p99[adaptive]}" "$best_server")" "$(ratio "${p99[adaptive]}" "$best")"
+    printf '%3s%% (%6s/s)  %s adaptive / better of fixed,off: x%s in the server, x%s at the client; CPU busy %s\n' \
+      "$share" "$r" "$line" "$(ratio "${server_p99[adaptive]}" "$best_server")" "$(ratio "${p99[adaptive]}" "$best")" \
+      "${cpu[adaptive]}"
     # An open loop the machine cannot keep up with (the generator shares its cores) queues without bound:
     # its p99 measures the backlog, not the batching.
     [ -z "$overloaded" ] || echo "      overloaded (requests failed or not sent):$overloaded; this rate measures the machine, not batching"

@@ -3,7 +3,8 @@
 //! - [`repository`] finds models and versions (Triton layout, or one KServe model directory) through [`files`];
 //! - [`config`] types the `config.pbtxt` fields we honour, parsed by [`pbtxt`];
 //! - [`manager`] loads models, tracks readiness and routes a request to a version;
-//! - [`batcher`] queues a version's requests and forms dynamic batches (pure [`batcher::state`] + shared queue);
+//! - [`batcher`] queues a version's requests and forms dynamic batches (pure [`batcher::state`] + shared queue),
+//!   holding partial batches only while [`cpu`] says the CPU is saturated;
 //! - [`instance`] runs each version on N runtime instances, each on its own thread, fed by the batcher;
 //! - [`memory`] estimates what a request holds while it runs, for the server's budget of bytes in flight;
 //! - [`classify`] answers Triton's classification extension (an output's top classes as BYTES);
@@ -13,6 +14,7 @@
 pub mod batcher;
 pub mod classify;
 pub mod config;
+pub mod cpu;
 mod error;
 pub mod files;
 mod gpus;

@@ -64,6 +64,11 @@ pub const GPU_MEMORY_TOTAL: &str = "ferroserve_gpu_memory_total_bytes";
 /// Per GPU: power draw, watts.
 pub const GPU_POWER: &str = "ferroserve_gpu_power_watts";
 
+/// The CPU's busy share as the adaptive batching window sees it (the larger of this process's share of the CPUs
+/// it may use and the machine's; a moving average over about a third of a second): from
+/// [`crate::cpu::SATURATED_SHARE`] on, partial batches are held for the preferred size under sustained load.
+pub const CPU_BUSY: &str = "ferroserve_cpu_busy_ratio";
+
 /// Batches by why they ran (`reason`: unbatched, full, preferred, window, adaptive, flush).
 pub const BATCHES: &str = "ferroserve_batches_total";
 
@@ -103,6 +108,7 @@ pub fn describe() {
     describe_gauge!(TRAFFIC_WEIGHT, "Weight of each version in its model's traffic split");
     describe_counter!(BATCHES, "Batches executed, by why they ran");
     describe_counter!(INSTANCE_BUSY, "Nanoseconds each instance spent executing batches");
+    describe_gauge!(CPU_BUSY, "CPU busy share the adaptive batching window sees (0 to 1)");
 }
 
 /// Publishes a model's split weights; versions of the `previous` split that left it go to 0.

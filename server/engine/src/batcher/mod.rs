@@ -132,6 +132,9 @@ impl Batcher {
 
     /// As [`Batcher::new`], keeping `depth` set to the number of queued requests.
     pub fn observed(label: String, policy: BatchPolicy, depth: metrics::Gauge) -> Self {
+        if policy.window == state::Window::Adaptive && policy.max_batch_size > 0 {
+            crate::cpu::start_sampling();
+        }
         let queue = Queue {
             state: BatchState::new(policy),
             idle: 0,
@@ -221,6 +224,7 @@ impl Batcher {
                 continue;
             }
             let closed = queue.closed;
+            queue.state.set_cpu_saturated(crate::cpu::saturated());
             let decision = queue.state.next_batch(now, closed);
             self.shared.depth.set(queue.state.len() as f64);
             // Whatever it decides, a lingering instance stops lingering unless it goes on below.
