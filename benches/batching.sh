@@ -12,8 +12,8 @@
 # the client saw it and as the server measured it (from the request's arrival in the engine to its answer, read
 # from the server's latency buckets). The server's p99 is the one the open-loop goal is judged on: on a machine
 # where the generator shares the cores, the client's tail is mostly the generator's own scheduling.
-# Beside c=32 and each open-loop point: the CPU's busy share the adaptive window saw at the end of the run
-# (`ferroserve_cpu_busy_ratio`); it holds partial batches for the preferred size only from 0.85 on.
+# Beside c=32 and each open-loop point: the CPU's busy share the adaptive window saw during the run
+# (`ferroserve_cpu_busy_ratio`); on CPU it holds partial batches for the preferred size only from 0.85 on.
 # SECS: seconds per measurement window (default 2).
 # ROUNDS: measurements of each closed-loop point, the variants alternating; medians are printed (default 1).
 #   Single measurements at c=32 move by 10-20% from run to run on a shared 2-core machine.
@@ -71,19 +71,24 @@ trap 'kill $server 2>/dev/null || true; rm -rf "$repo"' EXIT
 # One measurement: prints "infer/s p50_ms p99_ms compute_us items_per_execution server_p99_ms errors cpu_busy"
 # (compute, items and the server's p99 from its statistics over the measured windows, "-" where it reports none;
 # errors: requests that failed or that the generator could not send; cpu_busy: the CPU's busy share as the
-# adaptive window saw it at the end, `ferroserve_cpu_busy_ratio`, from which on it holds partial batches).
+# adaptive window saw it, `ferroserve_cpu_busy_ratio`, read after the first measured window, "-" without it).
 bench_pin=()
 [ -z "${BENCH_CPUS:-}" ] || bench_pin=(taskset -c "$BENCH_CPUS")
 measure() {
-  local out cpu
+  local out busy sample
+  sample=$(mktemp)
+  (sleep "$((1 + SECS))"; curl -sf "http://$http/metrics" | awk '$1 == "ferroserve_cpu_busy_ratio" {print $2}' > "$sample") &
   out=$("${bench_pin[@]}" target/release/ferroserve-bench --no-progress --warmup-secs 1 --window-secs "$SECS" \
     --max-windows 4 -u "$http" -i http-binary "$@" | awk '
       $1 ~ /^(c=|[0-9.]+\/s)/ {line = $2 " " $4 " " $7; errors = $8}
       $1 == "server:" {gsub(/[,;]/, ""); server = $6 " " $10 " " ($18 == "p99" ? $19 / 1000 : "-")}
-      END {print line, (server == "" ? "- - -" : server), errors}')
-  cpu=$(curl -sf "http://$http/metrics" | awk '$1 == "ferroserve_cpu_busy_ratio" {print $2}')
-  echo "$out ${cpu:--}"
+      END {print (line == "" ? "0 0 0" : line), (server == "" ? "- - -" : server), (errors == "" ? 1 : errors)}') || true
+  wait $! || true
+  busy=$(cat "$sample")
+  rm -f "$sample"
+  echo "$out ${busy:--}"
 }
+
 ratio() { if [ "$(echo "$1 == 0 || $2 == 0" | bc)" = 1 ]; then echo -; else echo "$1 / $2" | bc -l | xargs printf '%.2f'; fi; }
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 
@@ -139,7 +144,7 @@ for m in mlp mlp_large; do
         line+=$(printf '%-28s ' "$(printf '%5.1f us, %4.1f items/exec' "${compute[$variant]}" "${items[$variant]}")")
       done
       printf '%-6s %sexecution time per request in the server, items per execution\n' "" "$line"
-      printf '%-6s CPU busy at the end (adaptive window: holds from 0.85): adaptive %s, fixed %s, off %s\n' "" \
+      printf '%-6s CPU busy during the run (the adaptive window holds from 0.85): adaptive %s, fixed %s, off %s\n' "" \
         "${cpu[adaptive]}" "${cpu[fixed]}" "${cpu[off]}"
     fi
   done

@@ -73,8 +73,10 @@ impl PoolHealth {
         tracing::error!(model = label, fault = %fault, instances_left = left, "an instance stopped on a device failure");
         if left == 0
             && let Some(hook) = &self.on_failed
+            && std::panic::catch_unwind(AssertUnwindSafe(|| (hook.0)())).is_err()
         {
-            (hook.0)();
+            // The pool has stopped all the same: it must still close its queue.
+            tracing::error!(model = label, "the failure hook panicked");
         }
         left == 0
     }
@@ -86,6 +88,8 @@ pub struct LoadedInstances {
     label: String,
     stats: Arc<ModelStats>,
     on_failed: Option<FailureHook>,
+    /// Whether every instance runs on CPU.
+    on_cpu: bool,
     /// One per instance thread: where its batcher comes from.
     feeds: Vec<mpsc::Sender<Feed>>,
     threads: Vec<JoinHandle<()>>,
@@ -106,6 +110,7 @@ impl InstancePool {
     /// depends on that signature, is given to [`LoadedInstances::serve`].
     pub fn start(spec: PoolSpec) -> Result<(LoadedInstances, ModelSignature), RuntimeError> {
         let count = spec.instances.len();
+        let on_cpu = spec.instances.iter().all(|load| load.device == Device::Cpu);
         let (loaded_tx, loaded_rx) = mpsc::channel::<Result<ModelSignature, RuntimeError>>();
         let mut threads = Vec::with_capacity(count);
         let mut feeds = Vec::with_capacity(count);
@@ -143,10 +148,9 @@ impl InstancePool {
             signature.get_or_insert(loaded);
         }
         let signature = signature.ok_or_else(|| RuntimeError::Execution("the pool has no instances".into()))?;
-        Ok((
-            LoadedInstances { label: spec.label, stats: spec.stats, on_failed: spec.on_failed, feeds, threads },
-            signature,
-        ))
+        let loaded =
+            LoadedInstances { label: spec.label, stats: spec.stats, on_failed: spec.on_failed, on_cpu, feeds, threads };
+        Ok((loaded, signature))
     }
 
     /// Queues a request with the batcher.
@@ -197,6 +201,9 @@ impl LoadedInstances {
     pub fn serve(self, policy: BatchPolicy) -> InstancePool {
         let batcher = Batcher::observed(self.label.clone(), policy, self.stats.metrics.queue_depth.clone());
         batcher.set_instances(self.threads.len());
+        if self.on_cpu {
+            batcher.gate_on_cpu();
+        }
         let health = Arc::new(PoolHealth {
             serving: AtomicUsize::new(self.threads.len()),
             fault: Mutex::new(None),

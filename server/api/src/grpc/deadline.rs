@@ -32,6 +32,9 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
     })
 }
 
+/// tokio's timer resolution.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
 /// Wraps a gRPC service in [`Deadline`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DeadlineLayer;
@@ -69,11 +72,13 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let timeout = request.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.as_bytes()));
-        // The deadline is fixed here, before the inner call, not at the first poll: on the dedicated port tonic's
-        // own timeout (which answers CANCELLED, "Timeout expired") wraps this one and starts its clock after
-        // calling in, so this one is never the later of the two, and fires first or in the same timer tick (when
-        // tonic polls this future first).
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        // On the dedicated port tonic's own timeout (which answers CANCELLED, "Timeout expired") wraps this one,
+        // and its clock starts first: axum calls this layer only at the route future's first poll. Both run on
+        // tokio's millisecond timer, so where the two deadlines straddle a tick, tonic's would fire a tick
+        // earlier. This one is therefore set one tick (1 ms) early, and fixed here rather than at its own first
+        // poll. The caller's deadline has then nearly passed anyway: answering 1 ms before it changes nothing
+        // for it.
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t.saturating_sub(TIMER_TICK));
         let answer = self.inner.call(request);
         match timeout.zip(deadline) {
             None => Either::Left(answer),
@@ -122,10 +127,23 @@ mod tests {
         assert_eq!(service.oneshot(request).await.unwrap().into_body(), "late");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_is_one_timer_tick_early() {
+        // So that tonic's own timeout, whose clock starts a little earlier, cannot fire a tick before it.
+        use tower::{Layer, ServiceExt};
+        let slow = tower::service_fn(|_: Request<()>| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, Infallible>(Response::new(String::from("late")))
+        });
+        let started = tokio::time::Instant::now();
+        let request = Request::builder().header("grpc-timeout", "50m").body(()).unwrap();
+        let response = DeadlineLayer.layer(slow).oneshot(request).await.unwrap();
+        assert_eq!(response.headers()["grpc-status"], "4");
+        assert_eq!(started.elapsed(), Duration::from_millis(49));
+    }
+
     #[tokio::test]
     async fn the_deadline_runs_from_the_call_not_from_the_first_poll() {
-        // tonic's own timeout on the dedicated port starts its clock right after calling in; this one must not
-        // start later, or tonic's CANCELLED could win the race.
         use tower::{Layer, Service};
         let slow = tower::service_fn(|_: Request<()>| async {
             tokio::time::sleep(Duration::from_millis(300)).await;

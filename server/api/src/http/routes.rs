@@ -121,7 +121,10 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     };
     match tokio::task::spawn_blocking(move || crate::metrics::render(&handle)).await {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        Err(e) => ApiError(InferError::Internal(format!("rendering the metrics failed: {e}"))).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering the metrics failed");
+            ApiError(InferError::Internal("rendering the metrics failed".into())).into_response()
+        }
     }
 }
 

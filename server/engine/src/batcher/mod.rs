@@ -116,6 +116,9 @@ struct Queue {
     linger: Linger,
     /// Requests in the batch taken last: lingering pays only when they come one at a time.
     last_batch: usize,
+    /// Whether the adaptive window's sustained rule follows the CPU's saturation (instances on CPU), or holds
+    /// as if the CPU were always saturated (instances on GPUs, which share the device; see [`crate::cpu`]).
+    cpu_gated: bool,
     /// No more requests are taken; the instances drain what is queued and exit.
     closed: bool,
     /// Why, when it is not the version being unloaded (every instance failed, say).
@@ -132,14 +135,12 @@ impl Batcher {
 
     /// As [`Batcher::new`], keeping `depth` set to the number of queued requests.
     pub fn observed(label: String, policy: BatchPolicy, depth: metrics::Gauge) -> Self {
-        if policy.window == state::Window::Adaptive && policy.max_batch_size > 0 {
-            crate::cpu::start_sampling();
-        }
         let queue = Queue {
             state: BatchState::new(policy),
             idle: 0,
             linger: Linger::Nobody,
             last_batch: 1,
+            cpu_gated: false,
             closed: false,
             closed_because: None,
             next_ticket: 1,
@@ -224,7 +225,8 @@ impl Batcher {
                 continue;
             }
             let closed = queue.closed;
-            queue.state.set_cpu_saturated(crate::cpu::saturated());
+            let cpu_saturated = !queue.cpu_gated || crate::cpu::saturated();
+            queue.state.set_cpu_saturated(cpu_saturated);
             let decision = queue.state.next_batch(now, closed);
             self.shared.depth.set(queue.state.len() as f64);
             // Whatever it decides, a lingering instance stops lingering unless it goes on below.
@@ -270,6 +272,16 @@ impl Batcher {
         self.shared.last_execution_ns.store(nanos, std::sync::atomic::Ordering::Relaxed);
         if requests == 1 {
             self.shared.last_single_request_ns.store(nanos, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Tells the adaptive window that its instances run on CPU: partial batches are then held for the preferred
+    /// size only while the CPU is saturated (and the CPU sampler starts, once per process).
+    pub fn gate_on_cpu(&self) {
+        let mut queue = self.shared.queue.lock();
+        if queue.state.policy().window == state::Window::Adaptive && queue.state.policy().max_batch_size > 0 {
+            crate::cpu::start_sampling();
+            queue.cpu_gated = true;
         }
     }
 
@@ -468,6 +480,19 @@ pub(crate) mod tests {
         assert!(!batcher.cancel(second));
         batcher.close();
         assert!(batcher.take().is_none());
+    }
+
+    #[test]
+    fn only_an_adaptive_window_follows_the_cpu() {
+        // Pools on CPU call `gate_on_cpu`; a fixed window, or no batching, has nothing to hold and stays as it is.
+        for (window, max_batch_size, gated) in
+            [(state::Window::Adaptive, 8, true), (state::Window::Fixed, 8, false), (state::Window::Adaptive, 0, false)]
+        {
+            let b = Batcher::new("m:1".into(), BatchPolicy { window, ..policy(max_batch_size, Duration::ZERO) });
+            assert!(!b.shared.queue.lock().cpu_gated, "a new queue holds as if the CPU were saturated");
+            b.gate_on_cpu();
+            assert_eq!(b.shared.queue.lock().cpu_gated, gated, "{window:?}, max_batch_size {max_batch_size}");
+        }
     }
 
     #[test]

@@ -280,7 +280,7 @@ impl ModelManager {
         };
         let built = {
             let (source, options, loader) = (source.clone(), self.options.clone(), Arc::clone(&loader));
-            let on_failed = self.failure_hook();
+            let on_failed = self.failure_hook(name);
             tokio::task::spawn_blocking(move || {
                 dirs.iter()
                     .map(|(&version, dir)| {
@@ -355,19 +355,26 @@ impl ModelManager {
     }
 
     pub(super) fn swap(&self, name: &str, entry: ModelEntry) {
-        record_state(&entry);
-        self.models.write().insert(name.to_string(), Arc::new(entry));
+        {
+            // Recorded under the lock, so the gauge is always that of the entry in the map (see `failure_hook`).
+            let mut models = self.models.write();
+            record_state(&entry);
+            models.insert(name.to_string(), Arc::new(entry));
+        }
         self.publish();
     }
 
-    /// What a version's instance pool calls once all its instances have stopped on device faults: the model's
-    /// state changed without a lifecycle step, so its state gauge and the server's readiness (which the gRPC
-    /// health `Watch` follows) are brought up to date. Holds the manager weakly: a pool may outlive it.
-    fn failure_hook(self: &Arc<Self>) -> FailureHook {
-        let manager = Arc::downgrade(self);
+    /// What the instance pool of a version of model `name` calls once all its instances have stopped on device
+    /// faults: the model's state changed without a lifecycle step, so its state gauge and the server's readiness
+    /// (which the gRPC health `Watch` follows) are brought up to date. Holds the manager weakly: a pool may
+    /// outlive it.
+    fn failure_hook(self: &Arc<Self>, name: &str) -> FailureHook {
+        let (manager, name) = (Arc::downgrade(self), name.to_string());
         FailureHook::new(move || {
             if let Some(manager) = manager.upgrade() {
-                manager.entries().iter().for_each(|entry| record_state(entry));
+                if let Some(entry) = manager.models.read().get(&name) {
+                    record_state(entry);
+                }
                 manager.publish();
             }
         })

@@ -141,7 +141,9 @@ impl ModelManager {
     /// Recomputes readiness and wakes watchers. Called after every state change (a model's readiness may
     /// change while the server's does not: per-model health watchers look again too).
     fn publish(&self) {
-        self.readiness.send_replace(self.is_ready());
+        // Computed under the watch's own lock: publishes from a lifecycle step and from an instance thread (a
+        // pool that failed) cannot land in the opposite order of what they read.
+        self.readiness.send_modify(|ready| *ready = self.is_ready());
     }
 
     /// Why the repository could not be read, if it could not.
