@@ -72,25 +72,27 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let timeout = request.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.as_bytes()));
-        // On the dedicated port tonic's own timeout (which answers CANCELLED, "Timeout expired") wraps this one,
-        // and its clock starts first: axum calls this layer only at the route future's first poll. Both run on
-        // tokio's millisecond timer, so where the two deadlines straddle a tick, tonic's would fire a tick
-        // earlier. This one is therefore set one tick (1 ms) early, and fixed here rather than at its own first
-        // poll. The caller's deadline has then nearly passed anyway: answering 1 ms before it changes nothing
-        // for it.
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t.saturating_sub(TIMER_TICK));
         let answer = self.inner.call(request);
-        match timeout.zip(deadline) {
+        match timeout {
             None => Either::Left(answer),
-            Some((timeout, deadline)) => Either::Right(Box::pin(async move {
-                match tokio::time::timeout_at(deadline, answer).await {
-                    Ok(response) => response,
-                    Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
-                        "the caller's deadline (grpc-timeout {timeout:?}) passed before the call was answered"
-                    ))
-                    .into_http()),
-                }
-            })),
+            Some(timeout) => {
+                // On the dedicated port tonic's own timeout (which answers CANCELLED, "Timeout expired") wraps
+                // this one, and its clock starts first: axum calls this layer only at the route future's first
+                // poll. Both run on tokio's millisecond timer, so where the two deadlines straddle a tick, tonic's
+                // would fire a tick earlier. This one is therefore set one tick (1 ms) early, and fixed here
+                // rather than at its own first poll. The caller's deadline has then nearly passed anyway:
+                // answering 1 ms before it changes nothing for it.
+                let deadline = tokio::time::Instant::now() + timeout.saturating_sub(TIMER_TICK);
+                Either::Right(Box::pin(async move {
+                    match tokio::time::timeout_at(deadline, answer).await {
+                        Ok(response) => response,
+                        Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                            "the caller's deadline (grpc-timeout {timeout:?}) passed before the call was answered"
+                        ))
+                        .into_http()),
+                    }
+                }))
+            }
         }
     }
 }

@@ -1004,6 +1004,27 @@ mod tests {
         latencies
     }
 
+    /// An execution's cost in µs from its items and its number (see [`open_loop`]).
+    type Cost = fn(usize, usize) -> u64;
+
+    /// The compute-bound MLP's cost.
+    fn large(items: usize, _: usize) -> u64 {
+        56 + 19 * items as u64
+    }
+
+    /// A 3 µs model's cost.
+    fn small(items: usize, _: usize) -> u64 {
+        13 + 3 * items as u64
+    }
+
+    /// A 3 µs model's cost with one execution in 500 stalled by 1 ms (a preempted instance thread).
+    fn stalled(items: usize, n: usize) -> u64 {
+        small(items, n) + if n % 500 == 499 { 1_000 } else { 0 }
+    }
+
+    /// The cost models the open-loop tests run, by name.
+    const OPEN_LOOP_MODELS: [(&str, Cost); 3] = [("compute-bound", large), ("3 us", small), ("3 us, stalls", stalled)];
+
     /// Nearest-rank percentile of sorted values.
     fn percentile(sorted: &[u64], share: f64) -> u64 {
         sorted[((sorted.len() as f64 * share).ceil() as usize).clamp(1, sorted.len()) - 1]
@@ -1020,13 +1041,8 @@ mod tests {
         // stalled by 1 ms (a preempted instance thread), the stalls make the p99 and the fixed window can come
         // out ahead, so that model is checked against "at once" only: the adaptive window must still not wait
         // where running at once would not.
-        let large = |b: usize, _: usize| 56 + 19 * b as u64;
-        let small = |b: usize, _: usize| 13 + 3 * b as u64;
-        let stalled = |b: usize, n: usize| 13 + 3 * b as u64 + if n % 500 == 499 { 1_000 } else { 0 };
-        type Cost<'a> = &'a dyn Fn(usize, usize) -> u64;
-        let models: [(&str, Cost, bool); 3] =
-            [("compute-bound", &large, true), ("3 us", &small, true), ("3 us, stalls", &stalled, false)];
-        for ((model, cost, against_both), instances) in models.into_iter().flat_map(|m| [(m, 1), (m, 2)]) {
+        for ((model, cost), instances) in OPEN_LOOP_MODELS.into_iter().flat_map(|m| [(m, 1), (m, 2)]) {
+            let against_both = model != "3 us, stalls";
             let saturated = 1e6 / cost(1, 0) as f64 * instances as f64;
             for share in [0.3, 0.8] {
                 let rate = saturated * share;
@@ -1051,12 +1067,7 @@ mod tests {
         // at any load up to 95 % of the rate batching off saturates at are run as running at once runs them. With
         // the CPU saturated, from about 85 % the rule holds them as the fixed window does (p99 3 to 4 times
         // running at once in this model, where the instance is the only resource).
-        let large = |b: usize, _: usize| 56 + 19 * b as u64;
-        let small = |b: usize, _: usize| 13 + 3 * b as u64;
-        let stalled = |b: usize, n: usize| 13 + 3 * b as u64 + if n % 500 == 499 { 1_000 } else { 0 };
-        type Cost<'a> = &'a dyn Fn(usize, usize) -> u64;
-        let models: [(&str, Cost); 3] = [("compute-bound", &large), ("3 us", &small), ("3 us, stalls", &stalled)];
-        for ((model, cost), instances) in models.into_iter().flat_map(|m| [(m, 1), (m, 2)]) {
+        for ((model, cost), instances) in OPEN_LOOP_MODELS.into_iter().flat_map(|m| [(m, 1), (m, 2)]) {
             let saturated = 1e6 / cost(1, 0) as f64 * instances as f64;
             for share in [0.3, 0.8, 0.85, 0.9, 0.95] {
                 let rate = saturated * share;
