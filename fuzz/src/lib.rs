@@ -148,7 +148,7 @@ pub fn pbtxt_config(data: &[u8]) {
 /// The body of a repository load request (HTTP), whose `parameters.config` is a model configuration in
 /// Triton's JSON form.
 pub fn load_config(data: &[u8]) {
-    if let Ok(Some((config, _))) = ferroserve::load_parameters::from_http_body(data) {
+    if let Ok(Some((config, _))) = ferroserve::load_parameters::from_http_body("fuzzed", data) {
         let _ = config.report("m");
     }
 }

@@ -31,7 +31,7 @@ def test_health_and_metadata(client):
     assert client.is_model_ready("mlp")
     assert not client.is_model_ready("no_such_model")
     meta = client.get_server_metadata(as_json=True)
-    assert meta["name"] == "ferroserve"
+    assert meta["name"] == "triton"
     m = client.get_model_metadata("mlp", as_json=True)
     assert m["inputs"][0] == {"name": "INPUT0", "datatype": "FP32", "shape": ["-1", "16"]}
     config = client.get_model_config("mlp", as_json=True)["config"]

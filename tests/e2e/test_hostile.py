@@ -546,14 +546,15 @@ def test_v1_predict_bodies_that_are_not_objects_or_name_null_are_refused(server)
     assert status == 200 and len(json.loads(data)["predictions"]) == 4, data[:200]
 
 
-def test_a_version_that_is_not_a_number_is_not_found_before_its_size_is_checked(server):
-    """Too many raw BYTES elements for a version that cannot exist: 404 for the version, as Triton answers."""
+def test_a_version_that_is_not_a_number_is_refused_before_its_size_is_checked(server):
+    """Too many raw BYTES elements for a version that cannot exist: 400 for the version string, as Triton
+    answers (`failed to get model version from specified version string`)."""
     n = 1 << 16
     head = json.dumps({"inputs": [{"name": "TEXT", "shape": [n], "datatype": "BYTES",
                                    "parameters": {"binary_data_size": 4 * n}}]}).encode()
     status, data = post(server, "/v2/models/strings/versions/abc/infer", head + b"\0" * (4 * n),
                         {"Inference-Header-Content-Length": str(len(head))})
-    assert status == 404, (status, data[:200])
+    assert status == 400 and b"version string 'abc'" in data, (status, data[:200])
 
 
 @pytest.mark.parametrize("order", ["client", "sorted"])

@@ -33,7 +33,7 @@ def test_health_and_metadata(client):
     assert client.is_server_live()
     assert client.is_server_ready()
     meta = client.get_server_metadata()
-    assert meta["name"] == "ferroserve"
+    assert meta["name"] == "triton"
     assert "binary_tensor_data" in meta["extensions"]
     assert client.is_model_ready("mlp")
     assert client.is_model_ready("add_version", "2")
@@ -181,7 +181,8 @@ def mlp_body(**override):
 @pytest.mark.parametrize("path,body,status,needle", [
     ("/v2/models/nope/infer", mlp_body(), 404, "unknown model"),
     ("/v2/models/mlp/versions/9/infer", mlp_body(), 404, "Request for unknown model: 'mlp' version 9 is not found"),
-    ("/v2/models/mlp/versions/abc/infer", mlp_body(), 404, "Request for unknown model: 'mlp' version abc is not found"),
+    ("/v2/models/mlp/versions/abc/infer", mlp_body(), 400,
+     "failed to get model version from specified version string 'abc'"),
     (MLP, mlp_body(name="WRONG"), 400, "unexpected inference input `WRONG`"),
     (MLP, mlp_body(datatype="FP64"), 400, "datatype FP64, the model expects FP32"),
     (MLP, mlp_body(datatype="NOPE"), 400, "unknown datatype"),
@@ -273,16 +274,28 @@ def test_v1_protocol(server, reference):
     assert len(big) > 5 << 20
     status, _, data = raw(server, "POST", "/v1/models/mlp:predict", big)
     assert status == 400 and b"JSON tree" not in data and b"INPUT0" in data, data[:300]
-    for body in ({"inputs": {"A": [[1, 2, 3, 4]], "B": [[1, 1, 1, 1]], "C": [[0, 0]]}},
-                 {"instances": [{"A": [1, 2, 3, 4], "B": [1, 1, 1, 1], "C": [0, 0]}]}):
+    # FP16 in and out: v1 has only JSON, so half-precision values are JSON numbers both ways (never their bits).
+    for body in ({"inputs": {"A": [[1, 2, 3, 4]], "B": [[1, 1, 1, 1]], "C": [[1.5, -3]]}},
+                 {"instances": [{"A": [1, 2, 3, 4], "B": [1, 1, 1, 1], "C": [1.5, -3]}]}):
         status, _, data = raw(server, "POST", "/v1/models/mixed:predict", json.dumps(body))
-        assert status == 400, data  # FP16 has no JSON form
+        assert status == 200, data
+        row = json.loads(data)["predictions"][0]
+        assert row["C_HALF"] == [0.75, -1.5] and row["SUM"] == [2, 3, 4, 5] and row["A_POSITIVE"] == [True] * 4, row
+    status, _, data = raw(server, "POST", "/v1/models/mixed:predict",
+                          json.dumps({"instances": [{"A": [0] * 4, "B": [0] * 4, "C": [70000, 1e-8]}]}))
+    assert status == 200 and json.loads(data)["predictions"][0]["C_HALF"] == [None, 0.0], data  # inf is null in v1
     status, _, data = raw(server, "POST", "/v1/models/strings:predict", json.dumps({"instances": ["ab", "cd"]}))
     assert status == 200 and json.loads(data)["predictions"][0] == {"UPPER": "AB", "ECHO": "ab"}
     status, _, data = raw(server, "POST", "/v1/models/mlp:predict", json.dumps({"instances": [[1, 2], [3]]}))
     assert status == 400
+    # As KServe answers a model without an explainer; an unknown model is still 404.
     status, _, data = raw(server, "POST", "/v1/models/mlp:explain", "{}")
-    assert status == 404
+    assert status == 501 and b"explain" in data, data
+    status, _, data = raw(server, "POST", "/v1/models/nope:explain", "{}")
+    assert status == 404, data
+    # KServe's liveness check (its SDK's v1 is_server_live, a transformer's check of a v1 predictor).
+    status, _, data = raw(server, "GET", "/")
+    assert status == 200 and json.loads(data) == {"status": "alive"}, data
 
 
 def test_mlp_large_matches_numpy(client):
@@ -315,6 +328,11 @@ def test_non_finite_floats_travel_as_json_tokens(server, client):
     assert status == 200, data
     assert b"NaN" in data and b"null" not in data
     assert np.isnan(json.loads(data)["outputs"][0]["data"]).any()
+    # `null` is NaN in a float input: the KServe SDK writes NaN so (orjson), and KServe reads it so.
+    body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32",
+                                   "data": [None] + [0.0] * 15}]})
+    status, _, data = raw(server, "POST", "/v2/models/mlp/infer", body.encode())
+    assert status == 200 and np.isnan(json.loads(data)["outputs"][0]["data"]).any(), data
     # A token where a number cannot be is still a 400, and a "NaN" string stays a string (refused for FP32).
     for bad in ('{"inputs": [{"name": "INPUT0", "shape": [1, NaN], "datatype": "FP32", "data": []}]}',
                 '{"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": ["NaN"]}]}'):

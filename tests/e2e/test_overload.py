@@ -96,6 +96,24 @@ def test_past_the_budget_requests_are_refused_at_once_and_taken_again_after(budg
     assert len(http_infer(budgeted, 3 * MB)) == 3 * MB
 
 
+def test_a_declared_body_that_does_not_arrive_holds_none_of_the_budget(budgeted):
+    """A client that declares 7 MB of JSON (84 MB of the 90 MB budget once expanded) and sends none of it holds
+    only what it sent: others are served meanwhile (before, every request got 429 until it hung up)."""
+    import socket
+    host, port = budgeted.http_addr.rsplit(":", 1)
+    stalled = socket.create_connection((host, int(port)), timeout=30)
+    try:
+        stalled.sendall(b"POST /v2/models/strings/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n{\"inputs\": [" % (7 * MB))
+        time.sleep(0.3)
+        assert len(http_infer(budgeted, 3 * MB)) == 3 * MB
+        client = grpcclient.InferenceServerClient(budgeted.grpc_addr)
+        assert len(client.infer("strings", [text_input(grpcclient, 3 * MB)]).as_numpy("ECHO")[0][0]) == 3 * MB
+        client.close()
+    finally:
+        stalled.close()
+
+
 def test_a_request_larger_than_the_whole_budget_is_a_client_error(budgeted):
     import urllib.error
     import urllib.request

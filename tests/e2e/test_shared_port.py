@@ -38,7 +38,7 @@ def test_tritonclient_grpc_on_the_http_port(server, reference):
     client = grpcclient.InferenceServerClient(server.http_addr)
     try:
         assert client.is_server_live() and client.is_server_ready()
-        assert client.get_server_metadata().name == "ferroserve"
+        assert client.get_server_metadata().name == "triton"
         assert [i.name for i in client.get_model_metadata("mlp").inputs] == ["INPUT0"]
         assert client.get_model_config("mlp").config.max_batch_size == 64
         x = np.random.default_rng(7).standard_normal((5, 16)).astype(np.float32)

@@ -97,6 +97,26 @@ def test_unknown_version_is_worded_as_triton_words_it(srv):
         client.close()
 
 
+def test_a_version_that_is_not_a_number_is_worded_as_triton_words_it(srv):
+    """grpc_explicit_int8_content_client.py matches this text for model_version="wrong_specification"."""
+    expected = "failed to get model version from specified version string 'wrong_specification'"
+    for kind, client in clients(srv):
+        assert raised(lambda: client.infer("mlp", [mlp_input(kind)], model_version="wrong_specification")) == (
+            INVALID[kind], expected)
+        assert raised(lambda: client.get_model_metadata("mlp", model_version="wrong_specification")) == (
+            INVALID[kind], expected)
+        client.close()
+
+
+def test_server_metadata_names_triton_as_its_client_programs_expect(srv):
+    """simple_*_health_metadata.py fail unless the name is `triton`; the version is ferroserve's own."""
+    http = httpclient.InferenceServerClient(srv.http_addr)
+    assert http.get_server_metadata()["name"] == "triton"
+    http.close()
+    with grpcclient.InferenceServerClient(srv.grpc_addr) as client:
+        assert client.get_server_metadata().name == "triton"
+
+
 def mixed_request():
     request = service_pb2.ModelInferRequest(model_name="mlp")
     inp = request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
@@ -133,6 +153,15 @@ def test_loading_a_model_outside_the_repository(srv):
         assert status == NOT_FOUND[kind], (kind, status, message)
         assert message.startswith("failed to load 'not_a_model', failed to poll from model repository"), message
         assert "not_a_model" not in index_rows(kind, client), "a failed load of an unknown name leaves no row"
+        client.close()
+
+
+def test_a_malformed_config_override_fails_the_load_in_triton_words(srv):
+    """simple_*_model_control.py load `simple` with a config that is not JSON and match "failed to load"."""
+    for kind, client in clients(srv):
+        status, message = raised(lambda: client.load_model("spare", config='{"max_batch_size": }'))
+        assert status == INVALID[kind], (kind, status, message)
+        assert message.startswith("failed to load 'spare', repository load parameter `config` is not valid JSON"), message
         client.close()
 
 

@@ -126,7 +126,7 @@ def test_health_and_metadata(srv, protocol):
     else:
         server = client.get_server_metadata()
         model = client.get_model_metadata("simple")
-    assert server["name"] == "ferroserve" and server["version"]
+    assert server["name"] == "triton" and server["version"]
     assert "binary_tensor_data" in server["extensions"] and "classification" in server["extensions"]
     assert model["name"] == "simple" and model["versions"] == ["1"] and model["platform"] == "onnxruntime_onnx"
     for kind in ("inputs", "outputs"):

@@ -5,9 +5,10 @@
 //! limits count requests; this counts bytes, so a burst of large requests cannot exhaust memory however few
 //! they are.
 //!
-//! HTTP: a request with a `Content-Length` is charged before its body is read; one without (chunked) is read
-//! first (bounded by the body limit) and charged its real size. The charge is held until the response body has
-//! been sent. gRPC: a message is charged once tonic has decoded it (its size is bounded by the message limit),
+//! HTTP: a request with a `Content-Length` is refused before its body is read when its whole cost cannot fit
+//! now; while its body arrives it holds what has arrived, and its whole cost once it is in. One without
+//! (chunked) is charged its real size frame by frame (bounded by the body limit). A body that stops arriving for
+//! [`BODY_IDLE_TIMEOUT`] gets 408. The charge is held until the response body has been sent. gRPC: a message is charged once tonic has decoded it (its size is bounded by the message limit),
 //! and held until the answer is built. Once an inference request is decoded, what it will hold beside its body
 //! (inputs read from shared memory, the copies of its inputs and outputs: `ferroserve_engine::memory`) is
 //! charged too, and the request as a whole must fit.
@@ -217,17 +218,24 @@ pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next
             drain(&parts.headers, body, length).await;
             return too_large();
         }
-        Some(length) => match budget.reserve(http_cost(length, json_length.unwrap_or(length))) {
-            Ok(r) if length > crate::body_buffer::SMALL && reads_its_body(&request) => {
-                let (parts, body) = request.into_parts();
-                match gather(body, length).await {
-                    Ok(body) => (Request::from_parts(parts, Body::from(body)), r),
-                    Err(response) => return response,
-                }
+        Some(length) => {
+            let cost = http_cost(length, json_length.unwrap_or(length));
+            // Refused before anything is read when the whole request cannot fit now (a client that sent
+            // `Expect: 100-continue` then sends nothing). Only a check: what a body holds while it arrives is
+            // what has arrived, or one client that declares a large body and sends none would hold the whole
+            // budget for as long as it keeps the connection.
+            if let Err(e) = budget.reserve(cost) {
+                return refuse(request, e, max_body_bytes).await;
             }
-            Ok(r) => (request, r),
-            Err(e) => return refuse(request, e, max_body_bytes).await,
-        },
+            let (parts, body) = request.into_parts();
+            match gather(body, length, &budget, cost).await {
+                Ok((body, r)) => (Request::from_parts(parts, Body::from(body)), r),
+                Err(Gather::Refused(body, e)) => {
+                    return refuse(Request::from_parts(parts, body), e, max_body_bytes).await;
+                }
+                Err(Gather::Failed(response)) => return response,
+            }
+        }
         None => {
             // No declared length (chunked, or decompressed on the way in): charged frame by frame as it is read,
             // so a body that would pass the budget is refused before it is all in memory.
@@ -245,7 +253,10 @@ pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next
             let mut collected = crate::body_buffer::BodyBuffer::new();
             let mut charged = 0;
             loop {
-                match body.frame().await {
+                let Ok(frame) = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await else {
+                    return body_timed_out();
+                };
+                match frame {
                     None => break,
                     Some(Err(e)) => {
                         return ApiError(InferError::invalid(format!("cannot read the request body: {e}")))
@@ -289,31 +300,72 @@ pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next
     response.map(|body| held_body(body, reservation))
 }
 
-/// Whether the request goes to an inference endpoint, whose handler reads the whole body: others (a 404, a 405)
-/// may answer without reading it, and a large body is not gathered for them.
-fn reads_its_body(request: &Request) -> bool {
-    let path = request.uri().path();
-    *request.method() == axum::http::Method::POST && (path.ends_with("/infer") || path.ends_with(":predict"))
+/// How long a request body may go without a byte arriving before it is answered 408 and its connection closed
+/// (nginx's `client_body_timeout` is 60 s between reads; hyper's header read timeout is 30 s). What a body holds
+/// of the budget while it arrives is only what arrived, and this bounds how long a client that stops sending can
+/// keep even that.
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why [`gather`] did not get a whole body.
+enum Gather {
+    /// The budget has no room for it: refused (and what is left of the body drained) with the error.
+    Refused(Body, InferError),
+    /// The answer to send: the body could not be read, or stopped arriving.
+    Failed(Response),
 }
 
-/// Reads a large body of `length` declared bytes into one buffer of that size as its frames arrive, so it is held
-/// once. Left to the handler, its frames are kept until the last one and then copied into one buffer: a 62 MiB
-/// JSON body was held twice (the allocator keeps the freed frames), 256 MiB with its tensor.
-async fn gather(mut body: Body, length: usize) -> Result<bytes::Bytes, Response> {
-    let mut gathered = crate::body_buffer::BodyBuffer::with_capacity(length).map_err(cannot_hold)?;
-    while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| ApiError(InferError::invalid(format!("cannot read the request body: {e}"))).into_response())?;
+/// Reads a body of `length` declared bytes into one buffer of that size as its frames arrive, so it is held once
+/// (left to the handler, its frames were kept until the last one and then copied: a 62 MiB JSON body was held
+/// twice). The budget is charged what has arrived as it arrives, then the request's whole `cost` (its JSON's
+/// expansion included) once it is all in; the reservation comes back with the body. A body that stops arriving
+/// for [`BODY_IDLE_TIMEOUT`] is answered 408.
+async fn gather(
+    mut body: Body,
+    length: usize,
+    budget: &Arc<MemoryBudget>,
+    cost: usize,
+) -> Result<(bytes::Bytes, Reservation), Gather> {
+    let failed = |response: Response| Gather::Failed(response);
+    let mut reservation = budget.reserve(0).map_err(|e| failed(ApiError(e).into_response()))?;
+    let mut gathered = crate::body_buffer::BodyBuffer::with_capacity(length).map_err(|e| failed(cannot_hold(e)))?;
+    loop {
+        let Ok(frame) = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await else {
+            return Err(failed(body_timed_out()));
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| {
+            failed(ApiError(InferError::invalid(format!("cannot read the request body: {e}"))).into_response())
+        })?;
         let Ok(data) = frame.into_data() else { continue };
         if gathered.len() + data.len() > length {
-            return Err(ApiError(InferError::invalid(format!(
-                "the request body is longer than its Content-Length of {length} bytes"
-            )))
-            .into_response());
+            return Err(failed(
+                ApiError(InferError::invalid(format!(
+                    "the request body is longer than its Content-Length of {length} bytes"
+                )))
+                .into_response(),
+            ));
         }
-        gathered.extend(&data).map_err(cannot_hold)?;
+        if let Err(e) = reservation.grow(data.len()) {
+            return Err(Gather::Refused(body, e));
+        }
+        gathered.extend(&data).map_err(|e| failed(cannot_hold(e)))?;
     }
-    Ok(gathered.freeze())
+    if let Err(e) = reservation.grow(cost.saturating_sub(gathered.len())) {
+        return Err(Gather::Refused(body, e));
+    }
+    Ok((gathered.freeze(), reservation))
+}
+
+/// 408 for a body that stopped arriving, closing the connection (what is left of the body will not be read).
+fn body_timed_out() -> Response {
+    let message = format!(
+        "the request body stopped arriving: nothing came for {} s; send the whole body promptly",
+        BODY_IDLE_TIMEOUT.as_secs()
+    );
+    let mut response =
+        (axum::http::StatusCode::REQUEST_TIMEOUT, axum::Json(serde_json::json!({"error": message}))).into_response();
+    response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    response
 }
 
 /// 413 with the JSON error body every error leaves with.
@@ -406,6 +458,55 @@ mod tests {
         assert_eq!(budget.used(), 10);
         drop(held);
         assert_eq!(budget.used(), 0);
+    }
+
+    fn streamed() -> (futures::channel::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>, Body) {
+        let (tx, rx) = futures::channel::mpsc::channel(4);
+        (tx, Body::from_stream(rx))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_declared_body_holds_only_what_arrived_until_it_is_all_in() {
+        use futures::SinkExt;
+        let budget = MemoryBudget::new(1000);
+        let (mut tx, body) = streamed();
+        let task = tokio::spawn({
+            let budget = budget.clone();
+            async move { gather(body, 20, &budget, 240).await.map(|(b, r)| (b, r.bytes)).map_err(|_| ()) }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(budget.used(), 0, "nothing arrived, nothing held");
+        tx.send(Ok(bytes::Bytes::from_static(b"0123456789"))).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        assert_eq!(budget.used(), 10);
+        tx.send(Ok(bytes::Bytes::from_static(b"abcdefghij"))).await.unwrap();
+        drop(tx);
+        let (body, held) = task.await.unwrap().unwrap();
+        assert_eq!((&body[..], held), (&b"0123456789abcdefghij"[..], 240));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_is_answered_408_and_gives_its_charge_back() {
+        use futures::SinkExt;
+        let budget = MemoryBudget::new(1000);
+        let (mut tx, body) = streamed();
+        tx.send(Ok(bytes::Bytes::from_static(b"01234"))).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let Err(Gather::Failed(response)) = gather(body, 100 << 20, &budget, 1200 << 20).await else { panic!() };
+        assert_eq!(response.status(), axum::http::StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()[axum::http::header::CONNECTION], "close");
+        assert_eq!(started.elapsed(), BODY_IDLE_TIMEOUT);
+        assert_eq!(budget.used(), 0);
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_budget_is_refused_when_it_no_longer_fits() {
+        let budget = MemoryBudget::new(100);
+        let _other = budget.reserve(60).unwrap();
+        let body = Body::from(vec![0u8; 50]);
+        assert!(matches!(gather(body, 50, &budget, 50).await, Err(Gather::Refused(_, InferError::Overloaded(_)))));
+        assert_eq!(budget.used(), 60);
     }
 
     #[test]

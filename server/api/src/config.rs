@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::state::DEFAULT_SERVER_NAME;
 use clap::{Parser, ValueEnum};
 use ferroserve_engine::{EngineOptions, ModelControlMode, StartupModels};
 use ferroserve_storage::StorageOptions;
@@ -164,6 +165,12 @@ pub struct Config {
     /// 403 / PERMISSION_DENIED.
     #[arg(long = "disable-admin-api", env = "FERROSERVE_DISABLE_ADMIN_API", conflicts_with = "admin_token")]
     pub disable_admin_api: bool,
+
+    /// The server's name in server metadata (`GET /v2`, gRPC ServerMetadata). Triton's client programs check
+    /// for `triton` (its health-metadata examples fail on any other name), so that is the default; the version
+    /// stays ferroserve's own.
+    #[arg(long = "server-name", env = "FERROSERVE_SERVER_NAME", default_value = DEFAULT_SERVER_NAME)]
+    pub server_name: String,
 
     /// Largest JSON part of an HTTP request, in bytes (JSON tensor data takes far more memory than binary).
     #[arg(long = "max-json-bytes", env = "FERROSERVE_MAX_JSON_BYTES", default_value_t = 64 * 1024 * 1024)]

@@ -390,6 +390,23 @@ pub fn tensor_from_json(
     Tensor::new(datatype, shape, packed).map_err(|e| InferError::invalid(format!("input `{name}`: {e}")))
 }
 
+/// An FP32 tensor's values as `datatype` (FP16 or BF16, rounded to nearest); any other tensor unchanged. v1
+/// `:predict` reads half-precision inputs as FP32 JSON numbers and narrows them so, since it has no binary form.
+pub fn narrow_floats(name: &str, tensor: Tensor, datatype: DataType) -> Result<Tensor, InferError> {
+    if tensor.datatype() != DataType::Fp32 || !matches!(datatype, DataType::Fp16 | DataType::Bf16) {
+        return Ok(tensor);
+    }
+    let TensorData::Fixed(bytes) = tensor.data() else { return Ok(tensor) };
+    let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+    let narrowed: Vec<u8> = if datatype == DataType::Fp16 {
+        values.flat_map(|v| half::f16::from_f32(v).to_le_bytes()).collect()
+    } else {
+        values.flat_map(|v| half::bf16::from_f32(v).to_le_bytes()).collect()
+    };
+    Tensor::new(datatype, tensor.shape().to_vec(), TensorData::Fixed(Bytes::from(narrowed)))
+        .map_err(|e| InferError::invalid(format!("input `{name}`: {e}")))
+}
+
 /// Packs the JSON text of a `data` field (a flat or nested array in row-major order, or one scalar) straight into a
 /// tensor of `datatype` and `shape`: each value is checked and written as it is parsed, into a buffer sized by
 /// the shape (and by how many values the text can hold, whatever the shape claims), so decoding holds the tensor
@@ -570,7 +587,10 @@ enum Scalar<'a> {
     Uint(u64),
     Float(f64),
     Str(std::borrow::Cow<'a, str>),
-    /// A JSON value no tensor element can be (`null`, an object), named for the error.
+    /// `null`: NaN for a float input (the KServe SDK writes NaN so, through `orjson`, and KServe reads it back so),
+    /// refused for any other.
+    Null,
+    /// A JSON value no tensor element can be (an object), named for the error.
     Other(&'static str),
 }
 
@@ -601,6 +621,7 @@ impl Packer<'_> {
                 Some(f) => Scalar::Float(f),
                 None => Scalar::Str(s),
             },
+            Scalar::Null if matches!(datatype, DataType::Fp32 | DataType::Fp64) => Scalar::Float(f64::NAN),
             other => other,
         };
         macro_rules! int {
@@ -665,6 +686,7 @@ impl Packer<'_> {
                     Scalar::Uint(u) => u.to_string(),
                     Scalar::Float(f) => f.to_string(),
                     Scalar::Str(s) => format!("{:?}", s.chars().take(32).collect::<String>()),
+                    Scalar::Null => "null".to_string(),
                     Scalar::Other(what) => what.to_string(),
                 };
                 Err(InferError::invalid(format!("input `{name}` element {i}: {shown} is not a valid {datatype} value")))
@@ -724,7 +746,7 @@ impl<'de> Visitor<'de> for Pack<'_, '_> {
         self.push(Scalar::Str(std::borrow::Cow::Owned(v)))
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.push(Scalar::Other("null"))
+        self.push(Scalar::Null)
     }
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
@@ -996,9 +1018,19 @@ fn serialize_data<S: Serializer>(
                             seq.serialize_element(&Float { value: f64::from_le_bytes(a), single: false, tokens })?;
                         }
                     }
-                    // The codecs send these in binary; keep JSON valid if one slips through.
-                    DataType::Fp16 => each!(u16, 2),
-                    DataType::Bf16 => each!(u16, 2),
+                    // v2 sends these in binary; v1 `:predict` has only JSON, where they are numbers as any float.
+                    DataType::Fp16 => {
+                        for c in bytes.chunks_exact(2) {
+                            let value = half::f16::from_le_bytes([c[0], c[1]]).to_f64();
+                            seq.serialize_element(&Float { value, single: true, tokens })?;
+                        }
+                    }
+                    DataType::Bf16 => {
+                        for c in bytes.chunks_exact(2) {
+                            let value = half::bf16::from_le_bytes([c[0], c[1]]).to_f64();
+                            seq.serialize_element(&Float { value, single: true, tokens })?;
+                        }
+                    }
                     DataType::Bytes => {}
                 }
             }
@@ -1076,6 +1108,43 @@ mod tests {
         let mut ser = serde_json::Serializer::with_formatter(&mut out, NonFiniteTokens);
         serde::Serialize::serialize(&TokenDataView(&t), &mut ser).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "[NaN,Infinity,-Infinity,0.1]");
+    }
+
+    #[test]
+    fn half_precision_writes_as_numbers_and_narrows_from_fp32() {
+        let halves: Vec<u8> =
+            [0.75f32, -1.5, f32::INFINITY].iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+        let t = Tensor::new(DataType::Fp16, vec![3], TensorData::Fixed(Bytes::from(halves))).unwrap();
+        assert_eq!(serde_json::to_string(&DataView(&t)).unwrap(), "[0.75,-1.5,null]");
+        let b: Vec<u8> = [2.5f32, -0.125].iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect();
+        let t = Tensor::new(DataType::Bf16, vec![2], TensorData::Fixed(Bytes::from(b))).unwrap();
+        assert_eq!(serde_json::to_string(&DataView(&t)).unwrap(), "[2.5,-0.125]");
+        let allowance = PackAllowance::for_body(64);
+        let fp32 = tensor_from_json_text("c", DataType::Fp32, vec![2], "[1.5, 70000]", false, &allowance).unwrap();
+        let narrowed = narrow_floats("c", fp32, DataType::Fp16).unwrap();
+        assert_eq!(narrowed.datatype(), DataType::Fp16);
+        let TensorData::Fixed(bytes) = narrowed.data() else { panic!() };
+        let values: Vec<f32> = bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+        assert_eq!(values, [1.5, f32::INFINITY]);
+    }
+
+    #[test]
+    fn null_is_nan_for_float_inputs_only() {
+        let allowance = PackAllowance::for_body(1024);
+        for datatype in [DataType::Fp32, DataType::Fp64] {
+            let t = tensor_from_json_text("x", datatype, vec![2], "[null, 1]", true, &allowance).unwrap();
+            let TensorData::Fixed(bytes) = t.data() else { panic!() };
+            let first = if datatype == DataType::Fp32 {
+                f64::from(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+            } else {
+                f64::from_le_bytes(bytes[..8].try_into().unwrap())
+            };
+            assert!(first.is_nan(), "{datatype}");
+        }
+        for datatype in [DataType::Int32, DataType::Bool, DataType::Bytes] {
+            let e = tensor_from_json_text("x", datatype, vec![1], "[null]", true, &allowance).unwrap_err();
+            assert!(e.to_string().contains("null is not a valid"), "{datatype}: {e}");
+        }
     }
 
     #[test]

@@ -119,6 +119,7 @@ pub async fn run(
         request_timeout: (config.request_timeout_secs > 0).then(|| Duration::from_secs(config.request_timeout_secs)),
         metrics: if config.allow_metrics { metrics::install() } else { None },
         shm: Arc::new(shm::SharedMemory::default().with_max_tensor_bytes(config.max_message_bytes)),
+        server_name: config.server_name.clone(),
     });
 
     let http_listener = TcpListener::bind((config.host, config.http_port))

@@ -18,8 +18,17 @@ use serde_json::Value;
 /// A parsed config override with the text it came from.
 pub type ConfigOverride = Option<(ModelConfig, String)>;
 
-/// The override from an HTTP load body (`{}` or empty: none).
-pub fn from_http_body(body: &[u8]) -> Result<ConfigOverride, InferError> {
+/// The override from an HTTP load body (`{}` or empty: none) for loading `model`. Refusals start "failed to load
+/// 'MODEL'", as Triton's do, which its client programs match on.
+pub fn from_http_body(model: &str, body: &[u8]) -> Result<ConfigOverride, InferError> {
+    http_body(body).map_err(|e| refused_load(model, e))
+}
+
+fn refused_load(model: &str, e: InferError) -> InferError {
+    e.map_message(|m| format!("failed to load '{model}', {m}"))
+}
+
+fn http_body(body: &[u8]) -> Result<ConfigOverride, InferError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
@@ -37,10 +46,15 @@ pub fn from_http_body(body: &[u8]) -> Result<ConfigOverride, InferError> {
     }
 }
 
-/// The override from a gRPC load request's parameters.
+/// The override from a gRPC load request's parameters for loading `model` (refusals worded as for HTTP).
 pub(crate) fn from_grpc(
+    model: &str,
     parameters: &HashMap<String, pb::ModelRepositoryParameter>,
 ) -> Result<ConfigOverride, InferError> {
+    grpc_parameters(parameters).map_err(|e| refused_load(model, e))
+}
+
+fn grpc_parameters(parameters: &HashMap<String, pb::ModelRepositoryParameter>) -> Result<ConfigOverride, InferError> {
     use pb::model_repository_parameter::ParameterChoice;
     refuse_files(parameters.keys())?;
     match parameters.get("config").and_then(|p| p.parameter_choice.as_ref()) {
@@ -107,7 +121,7 @@ mod tests {
             "instance_group":[{"count":2,"kind":"KIND_CPU"}],"dynamic_batching":{"max_queue_delay_microseconds":"100"},
             "parameters":{"intra_op_thread_count":{"string_value":"1"}}}"#;
         let body = serde_json::to_vec(&serde_json::json!({"parameters": {"config": config}})).unwrap();
-        let (parsed, text) = from_http_body(&body).unwrap().unwrap();
+        let (parsed, text) = from_http_body("mlp", &body).unwrap().unwrap();
         assert_eq!(text, config);
         assert_eq!(parsed.max_batch_size, Some(8));
         assert_eq!(parsed.inputs[0].name, "INPUT0");
@@ -118,16 +132,17 @@ mod tests {
 
     #[test]
     fn empty_bodies_and_bad_parameters() {
-        assert!(from_http_body(b"").unwrap().is_none());
-        assert!(from_http_body(b"{}").unwrap().is_none());
-        assert!(matches!(from_http_body(b"{"), Err(InferError::InvalidInput(_))));
-        assert!(matches!(from_http_body(br#"{"parameters":{"config":"{nope"}}"#), Err(InferError::InvalidInput(_))));
+        assert!(from_http_body("m", b"").unwrap().is_none());
+        assert!(from_http_body("m", b"{}").unwrap().is_none());
+        assert!(matches!(from_http_body("m", b"{"), Err(InferError::InvalidInput(_))));
+        let refused = from_http_body("m", br#"{"parameters":{"config":"{nope"}}"#).unwrap_err();
+        assert!(matches!(&refused, InferError::InvalidInput(m) if m.starts_with("failed to load 'm', ")), "{refused}");
         assert!(matches!(
-            from_http_body(br#"{"parameters":{"config":"{\"max_batch_size\":\"x\"}"}}"#),
+            from_http_body("m", br#"{"parameters":{"config":"{\"max_batch_size\":\"x\"}"}}"#),
             Err(InferError::InvalidInput(_))
         ));
         assert!(matches!(
-            from_http_body(br#"{"parameters":{"file:1/model.onnx":"AAAA"}}"#),
+            from_http_body("m", br#"{"parameters":{"file:1/model.onnx":"AAAA"}}"#),
             Err(InferError::Unsupported(_))
         ));
         let mut grpc = HashMap::new();
@@ -139,6 +154,6 @@ mod tests {
                 )),
             },
         );
-        assert_eq!(from_grpc(&grpc).unwrap().unwrap().0.max_batch_size, Some(4));
+        assert_eq!(from_grpc("m", &grpc).unwrap().unwrap().0.max_batch_size, Some(4));
     }
 }

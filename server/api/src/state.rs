@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use ferroserve_engine::ModelManager;
 
-/// The server's name in metadata responses.
-pub const SERVER_NAME: &str = "ferroserve";
+/// The server's name in metadata responses unless `--server-name` says otherwise: the name Triton's clients
+/// check for (see [`crate::config::Config::server_name`]).
+pub const DEFAULT_SERVER_NAME: &str = "triton";
 
 /// The server's version in metadata responses.
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -61,4 +62,6 @@ pub struct Shared {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Registered system shared-memory regions (Triton's extension).
     pub shm: Arc<crate::shm::SharedMemory>,
+    /// The name server metadata gives (`--server-name`).
+    pub server_name: String,
 }

@@ -74,6 +74,20 @@ impl InferError {
         InferError::Timeout("the request timed out in the queue before it could run".into())
     }
 
+    /// The same error (same status) with its message rewritten by `f`, to put it in a call's context.
+    pub fn map_message(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            InferError::NotFound(m) => InferError::NotFound(f(m)),
+            InferError::NotReady(m) => InferError::NotReady(f(m)),
+            InferError::InvalidInput(m) => InferError::InvalidInput(f(m)),
+            InferError::AlreadyExists(m) => InferError::AlreadyExists(f(m)),
+            InferError::Overloaded(m) => InferError::Overloaded(f(m)),
+            InferError::Timeout(m) => InferError::Timeout(f(m)),
+            InferError::Unsupported(m) => InferError::Unsupported(f(m)),
+            InferError::Internal(m) => InferError::Internal(f(m)),
+        }
+    }
+
     /// Shorthand for [`InferError::InvalidInput`].
     pub fn invalid(message: impl Into<String>) -> Self {
         InferError::InvalidInput(message.into())
@@ -92,5 +106,11 @@ mod tests {
         assert!(message.len() < MAX_CLIENT_MESSAGE + 64 && message.ends_with("more bytes)"), "{}", message.len());
         let wide = InferError::invalid("é".repeat(5000)).client_message();
         assert!(wide.starts_with("é") && wide.len() < MAX_CLIENT_MESSAGE + 64);
+    }
+
+    #[test]
+    fn a_rewritten_message_keeps_its_status() {
+        let e = InferError::Unsupported("files".into()).map_message(|m| format!("failed to load 'm', {m}"));
+        assert_eq!(e, InferError::Unsupported("failed to load 'm', files".into()));
     }
 }

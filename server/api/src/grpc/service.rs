@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::codec;
 use super::config::config_to_proto;
 use super::status::{self, code_name, code_of, to_status};
-use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
+use crate::state::{AppState, EXTENSIONS, SERVER_VERSION};
 use crate::{admission, load_parameters};
 
 /// The gRPC service; cheap to clone.
@@ -110,7 +110,7 @@ impl GrpcInferenceService for InferenceService {
         _: Request<pb::ServerMetadataRequest>,
     ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
         Ok(Response::new(pb::ServerMetadataResponse {
-            name: SERVER_NAME.into(),
+            name: self.state.server_name.clone(),
             version: SERVER_VERSION.into(),
             extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
         }))
@@ -336,7 +336,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
         crate::admin::check_grpc(&self.state, &request)?;
         let request = request.into_inner();
-        let config = load_parameters::from_grpc(&request.parameters).map_err(to_status)?;
+        let config = load_parameters::from_grpc(&request.model_name, &request.parameters).map_err(to_status)?;
         self.state.manager.request_load(&request.model_name, config).await.map_err(to_status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }

@@ -28,6 +28,7 @@ pub fn router(state: AppState, max_body_bytes: usize, max_inflated_bytes: usize)
     let admission = axum::middleware::from_fn_with_state(limits, crate::admission::admit_http);
     Router::new()
         .route("/metrics", get(routes::metrics))
+        .route("/", get(routes::root_live))
         .route("/v2/health/live", get(routes::live))
         .route("/v2/health/ready", get(routes::ready))
         .route("/v2", get(routes::server_metadata))
@@ -141,6 +142,7 @@ mod tests {
                 request_timeout: None,
                 metrics: None,
                 shm: Default::default(),
+                server_name: "triton".into(),
             }),
             4096,
             4096,
@@ -164,8 +166,9 @@ mod tests {
         assert_eq!(call("GET", "/v2/health/ready", "").await, (StatusCode::OK, serde_json::json!({"ready": true})));
         let (status, meta) = call("GET", "/v2", "").await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(meta["name"], "ferroserve");
+        assert_eq!(meta["name"], "triton");
         assert_eq!(call("GET", "/v1/models", "").await.1, serde_json::json!({"models": []}));
+        assert_eq!(call("GET", "/", "").await, (StatusCode::OK, serde_json::json!({"status": "alive"})));
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::views;
 use crate::admin::AdminAccess;
 use crate::load_parameters;
-use crate::state::{AppState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
+use crate::state::{AppState, EXTENSIONS, SERVER_VERSION};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -36,8 +36,19 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /v2`.
-pub(crate) async fn server_metadata() -> Json<Value> {
-    Json(json!({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}))
+pub(crate) async fn server_metadata(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"name": state.server_name, "version": SERVER_VERSION, "extensions": EXTENSIONS}))
+}
+
+/// `GET /`: KServe's liveness check (its SDK's v1 `is_server_live`, and a transformer's check of a v1
+/// predictor), answered as `/v2/health/live` is, in KServe's words.
+pub(crate) async fn root_live(State(state): State<AppState>) -> Response {
+    let faults = state.manager.device_faults();
+    if faults.is_empty() {
+        return Json(json!({"status": "alive"})).into_response();
+    }
+    let reason: Vec<String> = faults.iter().map(|(gpu, why)| format!("GPU {gpu} failed: {why}")).collect();
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not alive", "error": reason.join("; ")}))).into_response()
 }
 
 /// `GET /v2/models/{m}`.
@@ -306,7 +317,7 @@ pub(crate) async fn repository_load(
     Path(model): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let config = load_parameters::from_http_body(&body)?;
+    let config = load_parameters::from_http_body(&model, &body)?;
     state.manager.request_load(&model, config).await?;
     Ok(Json(json!({})))
 }

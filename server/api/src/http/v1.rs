@@ -10,12 +10,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ferroserve_engine::{InferError, InferInput, InferRequest, Parameters};
-use ferroserve_runtime::{ModelSignature, Tensor, TensorSpec};
+use ferroserve_runtime::{DataType, ModelSignature, Tensor, TensorSpec};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
 use crate::json_data::{
-    DataView, FlatData, JsonScalar, PackAllowance, shape_of_json_text, tensor_from_json, tensor_from_json_text,
+    DataView, FlatData, JsonScalar, PackAllowance, narrow_floats, shape_of_json_text, tensor_from_json,
+    tensor_from_json_text,
 };
 use crate::state::AppState;
 
@@ -40,6 +41,14 @@ pub(crate) async fn post(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let Some(model) = rest.strip_suffix(":predict") else {
+        if let Some(model) = rest.strip_suffix(":explain") {
+            // As KServe answers a model without an explainer: the model is there, the verb is not.
+            state.manager.version(model, None)?;
+            return Err(InferError::Unsupported(format!(
+                "model '{model}' has no explainer: :explain is not supported"
+            ))
+            .into());
+        }
         return Err(InferError::NotFound(format!("no such endpoint: POST /v1/models/{rest}")).into());
     };
     let version = state.manager.version(model, None)?;
@@ -157,7 +166,9 @@ fn tensors_from_text(signature: &ModelSignature, body: &[u8]) -> Result<Option<V
     let mut inputs = Vec::with_capacity(columns.len());
     for (spec, text) in columns {
         let Some(shape) = shape_of_json_text(&spec.name, text)? else { return Ok(None) };
-        let tensor = tensor_from_json_text(&spec.name, spec.datatype, shape, text, false, &allowance)?;
+        let read_as = json_datatype(spec.datatype);
+        let tensor = tensor_from_json_text(&spec.name, read_as, shape, text, false, &allowance)?;
+        let tensor = narrow_floats(&spec.name, tensor, spec.datatype)?;
         inputs.push(InferInput { name: spec.name.clone(), tensor, parameters: Parameters::new() });
     }
     Ok(Some(inputs))
@@ -248,7 +259,8 @@ fn inputs_from_body(signature: &ModelSignature, body: Value) -> Result<Vec<Infer
             let shape = shape_of(&name, &value)?;
             let mut flat = FlatData::Empty;
             flatten(&name, &value, &mut flat)?;
-            let tensor = tensor_from_json(&name, spec.datatype, shape, flat)?;
+            let tensor = tensor_from_json(&name, json_datatype(spec.datatype), shape, flat)?;
+            let tensor = narrow_floats(&name, tensor, spec.datatype)?;
             Ok(InferInput { name, tensor, parameters: Parameters::new() })
         })
         .collect()
@@ -299,6 +311,15 @@ fn flatten(name: &str, value: &Value, out: &mut FlatData) -> Result<(), InferErr
     }
     let shape = shape_of(name, value)?;
     walk(name, value, &shape, out)
+}
+
+/// The datatype v1 reads an input's JSON numbers as: FP16 and BF16 as FP32, narrowed after (v1 has no binary
+/// form, so JSON is the only way in for them); every other as itself.
+fn json_datatype(datatype: DataType) -> DataType {
+    match datatype {
+        DataType::Fp16 | DataType::Bf16 => DataType::Fp32,
+        other => other,
+    }
 }
 
 /// A tensor as nested JSON arrays following its shape.

@@ -224,7 +224,7 @@ impl ModelManager {
         match version {
             None => Ok(entry.latest_ready().is_some()),
             Some(v) => {
-                let number = parse_version(name, v)?;
+                let number = parse_version(v)?;
                 match entry.versions.get(&number) {
                     Some(VersionState::Ready(m)) => Ok(m.failed().is_none()),
                     Some(_) => Ok(false),
@@ -240,7 +240,7 @@ impl ModelManager {
         match version {
             None => entry.latest_ready().cloned().ok_or_else(|| not_ready(&entry)),
             Some(v) => {
-                let number = parse_version(name, v)?;
+                let number = parse_version(v)?;
                 match entry.versions.get(&number) {
                     Some(VersionState::Ready(m)) => match m.failed() {
                         None => Ok(Arc::clone(m)),
@@ -288,7 +288,7 @@ impl ModelManager {
     ) -> Result<(), InferError> {
         let Ok(entry) = self.entry(model) else { return Ok(()) };
         let named = match version.map(str::parse::<u64>) {
-            // Not a version: the request fails as usual (404), not for its size.
+            // Not a version: the request fails as usual (400), not for its size.
             Some(Err(_)) => return Ok(()),
             named => named.and_then(Result::ok),
         };
@@ -319,8 +319,12 @@ fn not_ready(entry: &ModelEntry) -> InferError {
     }
 }
 
-fn parse_version(name: &str, version: &str) -> Result<u64, InferError> {
-    version.parse::<u64>().map_err(|_| unknown_version(name, version))
+/// A version that is not a number is the client's mistake (400 / INVALID_ARGUMENT), in Triton's words, which
+/// its client programs match on; a number that names no version is [`unknown_version`].
+fn parse_version(version: &str) -> Result<u64, InferError> {
+    version.parse::<u64>().map_err(|_| {
+        InferError::invalid(format!("failed to get model version from specified version string '{version}'"))
+    })
 }
 
 /// Triton's wording, which client scripts match on.

@@ -441,11 +441,15 @@ async fn unknown_models_and_versions_are_worded_as_triton_words_them() {
     f.manager.start(StartupModels::All).await.unwrap();
     let error = answer(&f.manager, "nope").await.unwrap_err();
     assert_eq!(error, InferError::NotFound("Request for unknown model: 'nope' is not found".into()));
-    for version in ["9", "abc"] {
+    let error = f.manager.infer(request("m", Some("9"))).await.unwrap_err();
+    assert_eq!(error, InferError::NotFound("Request for unknown model: 'm' version 9 is not found".into()));
+    assert!(f.manager.model_ready("m", Some("9")).unwrap_err().to_string().contains("is not found"));
+    // Not a number: the client's mistake, as Triton words it.
+    for version in ["abc", "-1", "99999999999999999999"] {
+        let expected = format!("failed to get model version from specified version string '{version}'");
         let error = f.manager.infer(request("m", Some(version))).await.unwrap_err();
-        let expected = format!("Request for unknown model: 'm' version {version} is not found");
-        assert_eq!(error, InferError::NotFound(expected));
-        assert!(f.manager.model_ready("m", Some(version)).unwrap_err().to_string().contains("is not found"));
+        assert_eq!(error, InferError::invalid(expected.clone()));
+        assert_eq!(f.manager.model_ready("m", Some(version)).unwrap_err(), InferError::invalid(expected));
     }
     assert_eq!(
         f.manager.model_ready("nope", None).unwrap_err().to_string(),
