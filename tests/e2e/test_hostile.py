@@ -644,3 +644,38 @@ def test_a_large_body_that_ends_short_of_its_content_length_is_refused_and_the_s
     body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": row}]})
     status, data = post(server, "/v2/models/mlp/infer", body)
     assert status == 200, data[:200]
+
+
+def test_slow_clients_are_cut_off_after_the_read_timeout():
+    """Slowloris: a connection that sends nothing, half a request line, or half a body, or sits idle after an
+    answer, is closed once `--read-timeout-secs` passes (the stalled body answered 408 first), while others are
+    served meanwhile."""
+    import socket
+    import time
+
+    from server import Server
+    s = Server("--read-timeout-secs", "1")
+    try:
+        host, port = s.http_addr.rsplit(":", 1)
+        conns = {name: socket.create_connection((host, int(port)), timeout=10)
+                 for name in ("nothing", "half a line", "idle", "half a body")}
+        conns["half a line"].sendall(b"POST /v2/models/mlp/in")
+        conns["idle"].sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        conns["half a body"].sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        started = time.monotonic()
+        status, _ = post(s, "/v2/models/mlp/infer", json.dumps(
+            {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}))
+        assert status == 200
+        answers = {}
+        for name, conn in conns.items():
+            data = b""
+            while chunk := conn.recv(65536):  # b"" once the server closes; socket.timeout (10 s) if it never does
+                data += chunk
+            answers[name] = data
+            conn.close()
+        assert time.monotonic() - started < 5
+        assert answers["nothing"] == b"" and answers["half a line"] == b"", answers
+        assert answers["idle"].startswith(b"HTTP/1.1 200"), answers
+        assert answers["half a body"].startswith(b"HTTP/1.1 408") and b"--read-timeout-secs" in answers["half a body"]
+    finally:
+        assert s.stop() == 0

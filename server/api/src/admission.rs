@@ -8,7 +8,7 @@
 //! HTTP: a request with a `Content-Length` is refused before its body is read when its whole cost cannot fit
 //! now; while its body arrives it holds what has arrived, and its whole cost once it is in. One without
 //! (chunked) is charged its real size frame by frame (bounded by the body limit). A body that stops arriving for
-//! [`BODY_IDLE_TIMEOUT`] gets 408. The charge is held until the response body has been sent. gRPC: a message is charged once tonic has decoded it (its size is bounded by the message limit),
+//! `--read-timeout-secs` gets 408. The charge is held until the response body has been sent. gRPC: a message is charged once tonic has decoded it (its size is bounded by the message limit),
 //! and held until the answer is built. Once an inference request is decoded, what it will hold beside its body
 //! (inputs read from shared memory, the copies of its inputs and outputs: `ferroserve_engine::memory`) is
 //! charged too, and the request as a whole must fit.
@@ -182,6 +182,8 @@ pub struct BodyLimits {
     pub max_body_bytes: usize,
     /// Largest body once inflated from a `Content-Encoding` (`--max-inflated-bytes`).
     pub max_inflated_bytes: usize,
+    /// Longest a body may go without a byte arriving (`--read-timeout-secs`); past it, 408.
+    pub read_timeout: std::time::Duration,
 }
 
 /// Marks a request that arrived with a `Content-Encoding` (set before it is inflated, which removes the header).
@@ -207,7 +209,7 @@ pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next
     if matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD) {
         return next.run(request).await;
     }
-    let BodyLimits { budget, max_body_bytes, max_inflated_bytes } = limits;
+    let BodyLimits { budget, max_body_bytes, max_inflated_bytes, read_timeout } = limits;
     let json_length = header_number(&request, crate::http::codec::HEADER_LENGTH);
     let too_large =
         || payload_too_large(format!("the request body is larger than {max_body_bytes} bytes (--max-message-bytes)"));
@@ -228,7 +230,7 @@ pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next
                 return refuse(request, e, max_body_bytes).await;
             }
             let (parts, body) = request.into_parts();
-            match gather(body, length, &budget, cost).await {
+            match gather(body, length, &budget, cost, read_timeout).await {
                 Ok((body, r)) => (Request::from_parts(parts, Body::from(body)), r),
                 Err(Gather::Refused(body, e)) => {
                     return refuse(Request::from_parts(parts, body), e, max_body_bytes).await;
@@ -253,8 +255,8 @@ pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next
             let mut collected = crate::body_buffer::BodyBuffer::new();
             let mut charged = 0;
             loop {
-                let Ok(frame) = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await else {
-                    return body_timed_out();
+                let Ok(frame) = tokio::time::timeout(read_timeout, body.frame()).await else {
+                    return body_timed_out(read_timeout);
                 };
                 match frame {
                     None => break,
@@ -300,12 +302,6 @@ pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next
     response.map(|body| held_body(body, reservation))
 }
 
-/// How long a request body may go without a byte arriving before it is answered 408 and its connection closed
-/// (nginx's `client_body_timeout` is 60 s between reads; hyper's header read timeout is 30 s). What a body holds
-/// of the budget while it arrives is only what arrived, and this bounds how long a client that stops sending can
-/// keep even that.
-pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Why [`gather`] did not get a whole body.
 enum Gather {
     /// The budget has no room for it: refused (and what is left of the body drained) with the error.
@@ -317,20 +313,22 @@ enum Gather {
 /// Reads a body of `length` declared bytes into one buffer of that size as its frames arrive, so it is held once
 /// (left to the handler, its frames were kept until the last one and then copied: a 62 MiB JSON body was held
 /// twice). The budget is charged what has arrived as it arrives, then the request's whole `cost` (its JSON's
-/// expansion included) once it is all in; the reservation comes back with the body. A body that stops arriving
-/// for [`BODY_IDLE_TIMEOUT`] is answered 408.
+/// expansion included) once it is all in; the reservation comes back with the body. A body that goes `idle`
+/// without a byte arriving is answered 408: what a body holds while it arrives is only what arrived, and this
+/// bounds how long a client that stops sending keeps even that.
 async fn gather(
     mut body: Body,
     length: usize,
     budget: &Arc<MemoryBudget>,
     cost: usize,
+    idle: std::time::Duration,
 ) -> Result<(bytes::Bytes, Reservation), Gather> {
     let failed = |response: Response| Gather::Failed(response);
     let mut reservation = budget.reserve(0).map_err(|e| failed(ApiError(e).into_response()))?;
     let mut gathered = crate::body_buffer::BodyBuffer::with_capacity(length).map_err(|e| failed(cannot_hold(e)))?;
     loop {
-        let Ok(frame) = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await else {
-            return Err(failed(body_timed_out()));
+        let Ok(frame) = tokio::time::timeout(idle, body.frame()).await else {
+            return Err(failed(body_timed_out(idle)));
         };
         let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| {
@@ -356,11 +354,12 @@ async fn gather(
     Ok((gathered.freeze(), reservation))
 }
 
-/// 408 for a body that stopped arriving, closing the connection (what is left of the body will not be read).
-fn body_timed_out() -> Response {
+/// 408 for a body that stopped arriving for `idle`, closing the connection (what is left of the body will not be
+/// read).
+fn body_timed_out(idle: std::time::Duration) -> Response {
     let message = format!(
-        "the request body stopped arriving: nothing came for {} s; send the whole body promptly",
-        BODY_IDLE_TIMEOUT.as_secs()
+        "the request body stopped arriving: nothing came for {} s (--read-timeout-secs); send the whole body promptly",
+        idle.as_secs()
     );
     let mut response =
         (axum::http::StatusCode::REQUEST_TIMEOUT, axum::Json(serde_json::json!({"error": message}))).into_response();
@@ -460,6 +459,8 @@ mod tests {
         assert_eq!(budget.used(), 0);
     }
 
+    const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
     fn streamed() -> (futures::channel::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>, Body) {
         let (tx, rx) = futures::channel::mpsc::channel(4);
         (tx, Body::from_stream(rx))
@@ -472,7 +473,7 @@ mod tests {
         let (mut tx, body) = streamed();
         let task = tokio::spawn({
             let budget = budget.clone();
-            async move { gather(body, 20, &budget, 240).await.map(|(b, r)| (b, r.bytes)).map_err(|_| ()) }
+            async move { gather(body, 20, &budget, 240, IDLE).await.map(|(b, r)| (b, r.bytes)).map_err(|_| ()) }
         });
         tokio::task::yield_now().await;
         assert_eq!(budget.used(), 0, "nothing arrived, nothing held");
@@ -492,10 +493,10 @@ mod tests {
         let (mut tx, body) = streamed();
         tx.send(Ok(bytes::Bytes::from_static(b"01234"))).await.unwrap();
         let started = tokio::time::Instant::now();
-        let Err(Gather::Failed(response)) = gather(body, 100 << 20, &budget, 1200 << 20).await else { panic!() };
+        let Err(Gather::Failed(response)) = gather(body, 100 << 20, &budget, 1200 << 20, IDLE).await else { panic!() };
         assert_eq!(response.status(), axum::http::StatusCode::REQUEST_TIMEOUT);
         assert_eq!(response.headers()[axum::http::header::CONNECTION], "close");
-        assert_eq!(started.elapsed(), BODY_IDLE_TIMEOUT);
+        assert_eq!(started.elapsed(), IDLE);
         assert_eq!(budget.used(), 0);
         drop(tx);
     }
@@ -505,7 +506,10 @@ mod tests {
         let budget = MemoryBudget::new(100);
         let _other = budget.reserve(60).unwrap();
         let body = Body::from(vec![0u8; 50]);
-        assert!(matches!(gather(body, 50, &budget, 50).await, Err(Gather::Refused(_, InferError::Overloaded(_)))));
+        assert!(matches!(
+            gather(body, 50, &budget, 50, IDLE).await,
+            Err(Gather::Refused(_, InferError::Overloaded(_)))
+        ));
         assert_eq!(budget.used(), 60);
     }
 

@@ -166,6 +166,13 @@ pub struct Config {
     #[arg(long = "disable-admin-api", env = "FERROSERVE_DISABLE_ADMIN_API", conflicts_with = "admin_token")]
     pub disable_admin_api: bool,
 
+    /// Longest a client may take to send a request's headers (from its connection's start or its previous
+    /// answer), and longest a request body may go without a byte arriving: past it, the connection is closed (a
+    /// body that stopped gets 408 first). Slow clients that stop sending hold nothing for longer than this.
+    #[arg(long = "read-timeout-secs", env = "FERROSERVE_READ_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_timeout_secs: u64,
+
     /// The server's name in server metadata (`GET /v2`, gRPC ServerMetadata). Triton's client programs check
     /// for `triton` (its health-metadata examples fail on any other name), so that is the default; the version
     /// stays ferroserve's own.

@@ -194,7 +194,7 @@ const NAN_TEXT: &str = "\0NaN";
 const INFINITY_TEXT: &str = "\0Infinity";
 const NEG_INFINITY_TEXT: &str = "\0-Infinity";
 
-/// JSON itself has no NaN or Infinity, but Python's `json` (tritonclient, the KServe SDK) writes the bare
+/// JSON itself has no NaN or Infinity, but tritonclient (python-rapidjson) and Python's `json` write the bare
 /// tokens `NaN`, `Infinity` and `-Infinity` for such floats, and Triton reads them. serde_json does not, so a
 /// body that holds one of them outside a string is rewritten first: each token becomes a string marker that the
 /// `data` parser turns back into the float. `None` when there is nothing to rewrite (the common case, found by
@@ -893,8 +893,9 @@ fn describe(v: &JsonNumber) -> String {
 pub struct DataView<'a>(pub &'a Tensor);
 
 /// As [`DataView`], but NaN, Infinity and -Infinity are written as those bare tokens, as Triton writes them
-/// (rapidjson's NaN/Inf flags) and as Python's `json` (tritonclient, the KServe SDK) reads them back. It needs a
-/// serde_json serializer built with [`NonFiniteTokens`]: the values travel as out-of-band `i128` markers.
+/// (rapidjson's NaN/Inf flags) and as tritonclient (python-rapidjson) reads them back (the KServe SDK's orjson
+/// does not). It needs a serde_json serializer built with [`NonFiniteTokens`]: the values travel as out-of-band
+/// `i128` markers.
 pub struct TokenDataView<'a>(pub &'a Tensor);
 
 /// Elements `range` of a tensor's data as [`TokenDataView`] writes them: a part of its array, for answers written

@@ -14,6 +14,7 @@ pub mod config;
 pub mod devices;
 pub mod grpc;
 pub mod http;
+pub mod http_serve;
 pub mod json_data;
 pub mod load_parameters;
 pub mod metrics;
@@ -120,6 +121,7 @@ pub async fn run(
         metrics: if config.allow_metrics { metrics::install() } else { None },
         shm: Arc::new(shm::SharedMemory::default().with_max_tensor_bytes(config.max_message_bytes)),
         server_name: config.server_name.clone(),
+        read_timeout: Duration::from_secs(config.read_timeout_secs),
     });
 
     let http_listener = TcpListener::bind((config.host, config.http_port))
@@ -211,22 +213,23 @@ pub async fn run(
         None => None,
     };
     let http_stop = shutdown::wait_for(stop_rx.clone());
+    let read_timeout = Duration::from_secs(config.read_timeout_secs);
     let http_tls = tls.clone();
     let http_server = async move {
         use axum::serve::ListenerExt;
-        let app = axum::ServiceExt::<::http::Request<axum::body::Body>>::into_make_service(http_app);
         match http_tls {
             Some(settings) => {
                 let listener = tls::TlsListener::new(http_listener, settings)?;
-                axum::serve(listener, app).with_graceful_shutdown(http_stop).await
+                http_serve::serve(listener, http_app, http_stop, read_timeout).await;
             }
             None => {
                 let listener = http_listener.tap_io(|tcp| {
                     let _ = tcp.set_nodelay(true);
                 });
-                axum::serve(listener, app).with_graceful_shutdown(http_stop).await
+                http_serve::serve(listener, http_app, http_stop, read_timeout).await;
             }
         }
+        std::io::Result::Ok(())
     };
 
     let grpc_stop = shutdown::wait_for(stop_rx.clone());

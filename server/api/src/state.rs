@@ -64,4 +64,6 @@ pub struct Shared {
     pub shm: Arc<crate::shm::SharedMemory>,
     /// The name server metadata gives (`--server-name`).
     pub server_name: String,
+    /// How long headers may take, and a body may go without a byte (`--read-timeout-secs`).
+    pub read_timeout: std::time::Duration,
 }

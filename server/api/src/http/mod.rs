@@ -24,7 +24,12 @@ pub fn metrics_router(state: AppState) -> Router {
 /// Builds the router; `max_body_bytes` bounds a request body (after decompression), `max_inflated_bytes` one that
 /// came compressed, once inflated.
 pub fn router(state: AppState, max_body_bytes: usize, max_inflated_bytes: usize) -> Router {
-    let limits = crate::admission::BodyLimits { budget: state.budget.clone(), max_body_bytes, max_inflated_bytes };
+    let limits = crate::admission::BodyLimits {
+        budget: state.budget.clone(),
+        max_body_bytes,
+        max_inflated_bytes,
+        read_timeout: state.read_timeout,
+    };
     let admission = axum::middleware::from_fn_with_state(limits, crate::admission::admit_http);
     Router::new()
         .route("/metrics", get(routes::metrics))
@@ -143,6 +148,7 @@ mod tests {
                 metrics: None,
                 shm: Default::default(),
                 server_name: "triton".into(),
+                read_timeout: std::time::Duration::from_secs(30),
             }),
             4096,
             4096,

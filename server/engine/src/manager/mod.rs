@@ -322,7 +322,9 @@ fn not_ready(entry: &ModelEntry) -> InferError {
 /// A version that is not a number is the client's mistake (400 / INVALID_ARGUMENT), in Triton's words, which
 /// its client programs match on; a number that names no version is [`unknown_version`].
 fn parse_version(version: &str) -> Result<u64, InferError> {
-    version.parse::<u64>().map_err(|_| {
+    // Digits only: `u64::from_str` takes a leading `+` too.
+    let digits = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| version.parse::<u64>().ok()).flatten().ok_or_else(|| {
         InferError::invalid(format!("failed to get model version from specified version string '{version}'"))
     })
 }

@@ -445,7 +445,7 @@ async fn unknown_models_and_versions_are_worded_as_triton_words_them() {
     assert_eq!(error, InferError::NotFound("Request for unknown model: 'm' version 9 is not found".into()));
     assert!(f.manager.model_ready("m", Some("9")).unwrap_err().to_string().contains("is not found"));
     // Not a number: the client's mistake, as Triton words it.
-    for version in ["abc", "-1", "99999999999999999999"] {
+    for version in ["abc", "-1", "+1", "", "99999999999999999999"] {
         let expected = format!("failed to get model version from specified version string '{version}'");
         let error = f.manager.infer(request("m", Some(version))).await.unwrap_err();
         assert_eq!(error, InferError::invalid(expected.clone()));
