@@ -647,8 +647,8 @@ def test_a_large_body_that_ends_short_of_its_content_length_is_refused_and_the_s
 
 
 def test_slow_clients_are_cut_off_after_the_read_timeout():
-    """Slowloris: a connection that sends nothing, half a request line, or half a body, or sits idle after an
-    answer, is closed once `--read-timeout-secs` passes (the stalled body answered 408 first), while others are
+    """Slowloris: a connection that sends nothing, one byte, part of HTTP/2's preface, half a request line, or half
+    a body, or sits idle after an answer, is closed once `--read-timeout-secs` passes (the stalled body answered 408 first), while others are
     served meanwhile."""
     import socket
     import time
@@ -658,7 +658,9 @@ def test_slow_clients_are_cut_off_after_the_read_timeout():
     try:
         host, port = s.http_addr.rsplit(":", 1)
         conns = {name: socket.create_connection((host, int(port)), timeout=10)
-                 for name in ("nothing", "half a line", "idle", "half a body")}
+                 for name in ("nothing", "P", "part of HTTP/2's preface", "half a line", "idle", "half a body")}
+        conns["P"].sendall(b"P")  # the start of both POST and PRI: protocol detection waits for more
+        conns["part of HTTP/2's preface"].sendall(b"PRI * HTTP/2.0\r\n")
         conns["half a line"].sendall(b"POST /v2/models/mlp/in")
         conns["idle"].sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
         conns["half a body"].sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
@@ -674,7 +676,8 @@ def test_slow_clients_are_cut_off_after_the_read_timeout():
             answers[name] = data
             conn.close()
         assert time.monotonic() - started < 5
-        assert answers["nothing"] == b"" and answers["half a line"] == b"", answers
+        for name in ("nothing", "P", "part of HTTP/2's preface", "half a line"):
+            assert answers[name] == b"", answers
         assert answers["idle"].startswith(b"HTTP/1.1 200"), answers
         assert answers["half a body"].startswith(b"HTTP/1.1 408") and b"--read-timeout-secs" in answers["half a body"]
     finally:

@@ -233,7 +233,10 @@ pub async fn admit_http(State(limits): State<BodyLimits>, request: Request, next
             match gather(body, length, &budget, cost, read_timeout).await {
                 Ok((body, r)) => (Request::from_parts(parts, Body::from(body)), r),
                 Err(Gather::Refused(body, e)) => {
-                    return refuse(Request::from_parts(parts, body), e, max_body_bytes).await;
+                    // Part of the body has been read (and `100 Continue` sent, if asked): the rest is on its way,
+                    // so it is drained whatever `Expect` said, or the client sees a reset instead of the 429.
+                    drain(&axum::http::HeaderMap::new(), body, max_body_bytes).await;
+                    return ApiError(e).into_response();
                 }
                 Err(Gather::Failed(response)) => return response,
             }
@@ -325,7 +328,11 @@ async fn gather(
 ) -> Result<(bytes::Bytes, Reservation), Gather> {
     let failed = |response: Response| Gather::Failed(response);
     let mut reservation = budget.reserve(0).map_err(|e| failed(ApiError(e).into_response()))?;
-    let mut gathered = crate::body_buffer::BodyBuffer::with_capacity(length).map_err(|e| failed(cannot_hold(e)))?;
+    // Allocated at the first byte, not at the declaration: a connection that sends nothing holds no memory.
+    let mut gathered: Option<crate::body_buffer::BodyBuffer> = None;
+    // Progress over each `idle` window: a client that sends a byte now and then, never `idle` apart, must still
+    // send MIN_PROGRESS a window (or the rest of its body), or it could hold what it sent for as long as it likes.
+    let mut window = (tokio::time::Instant::now(), 0usize);
     loop {
         let Ok(frame) = tokio::time::timeout(idle, body.frame()).await else {
             return Err(failed(body_timed_out(idle)));
@@ -335,7 +342,12 @@ async fn gather(
             failed(ApiError(InferError::invalid(format!("cannot read the request body: {e}"))).into_response())
         })?;
         let Ok(data) = frame.into_data() else { continue };
-        if gathered.len() + data.len() > length {
+        let buffer = match &mut gathered {
+            Some(buffer) => buffer,
+            None => gathered
+                .insert(crate::body_buffer::BodyBuffer::with_capacity(length).map_err(|e| failed(cannot_hold(e)))?),
+        };
+        if buffer.len() + data.len() > length {
             return Err(failed(
                 ApiError(InferError::invalid(format!(
                     "the request body is longer than its Content-Length of {length} bytes"
@@ -346,19 +358,33 @@ async fn gather(
         if let Err(e) = reservation.grow(data.len()) {
             return Err(Gather::Refused(body, e));
         }
-        gathered.extend(&data).map_err(|e| failed(cannot_hold(e)))?;
+        buffer.extend(&data).map_err(|e| failed(cannot_hold(e)))?;
+        window.1 += data.len();
+        if window.0.elapsed() >= idle {
+            let left_at_start = length - (buffer.len() - window.1);
+            if window.1 < MIN_PROGRESS.min(left_at_start) {
+                return Err(failed(body_timed_out(idle)));
+            }
+            window = (tokio::time::Instant::now(), 0);
+        }
     }
+    let gathered = gathered.map_or_else(bytes::Bytes::new, crate::body_buffer::BodyBuffer::freeze);
     if let Err(e) = reservation.grow(cost.saturating_sub(gathered.len())) {
         return Err(Gather::Refused(body, e));
     }
-    Ok((gathered.freeze(), reservation))
+    Ok((gathered, reservation))
 }
+
+/// The least a body must deliver in each `--read-timeout-secs` window (64 KiB: 2 KiB/s at the default 30 s),
+/// unless less is left of it.
+const MIN_PROGRESS: usize = 64 << 10;
 
 /// 408 for a body that stopped arriving for `idle`, closing the connection (what is left of the body will not be
 /// read).
 fn body_timed_out(idle: std::time::Duration) -> Response {
     let message = format!(
-        "the request body stopped arriving: nothing came for {} s (--read-timeout-secs); send the whole body promptly",
+        "the request body stopped arriving: less than 64 KiB came in {} s (--read-timeout-secs); send the whole body \
+         promptly",
         idle.as_secs()
     );
     let mut response =
@@ -499,6 +525,27 @@ mod tests {
         assert_eq!(started.elapsed(), IDLE);
         assert_eq!(budget.used(), 0);
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_dripped_a_byte_at_a_time_is_cut_off_after_a_window() {
+        use futures::SinkExt;
+        let budget = MemoryBudget::new(1 << 30);
+        let (mut tx, body) = streamed();
+        let drip = tokio::spawn(async move {
+            for _ in 0..10 {
+                if tx.send(Ok(bytes::Bytes::from_static(b"x"))).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let Err(Gather::Failed(response)) = gather(body, 1 << 20, &budget, 1 << 20, IDLE).await else { panic!() };
+        assert_eq!(response.status(), axum::http::StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(started.elapsed(), std::time::Duration::from_secs(40), "the first frame past one window");
+        assert_eq!(budget.used(), 0);
+        drip.abort();
     }
 
     #[tokio::test]

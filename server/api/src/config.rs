@@ -170,7 +170,7 @@ pub struct Config {
     /// answer), and longest a request body may go without a byte arriving: past it, the connection is closed (a
     /// body that stopped gets 408 first). Slow clients that stop sending hold nothing for longer than this.
     #[arg(long = "read-timeout-secs", env = "FERROSERVE_READ_TIMEOUT_SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub read_timeout_secs: u64,
 
     /// The server's name in server metadata (`GET /v2`, gRPC ServerMetadata). Triton's client programs check

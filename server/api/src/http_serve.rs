@@ -3,13 +3,18 @@
 //! hyper times out reading a request's headers only when it is given a timer, and `axum::serve` gives it none: a
 //! client that sent half a request line, or half of a 380 KiB header, kept its connection (and about 570 KB of
 //! memory) for as long as it liked, so a few thousand such clients could hold the server's memory and file
-//! descriptors. Here hyper has a timer: headers must arrive within `--read-timeout-secs` (30 s by default,
-//! hyper's own default once it can tell time), and a connection idle between requests is closed after as long,
-//! since waiting for the next request's headers is reading them. Bodies have the same bound between bytes
+//! descriptors. Here a connection must make its first request within `--read-timeout-secs` (30 s by default), TLS
+//! or not, whatever bytes it sends meanwhile (hyper's protocol detection reads up to 24 bytes with no time limit:
+//! `P` alone, the start of both `POST` and HTTP/2's preface, used to hold a connection for good). hyper has a
+//! timer too, so later HTTP/1 requests' headers must arrive within as long, and an HTTP/1 connection idle between
+//! requests is closed after as long (waiting for the next request's headers is reading them). HTTP/2 connections
+//! are pinged, and closed when a ping goes unanswered. Bodies have the same bound between bytes
 //! ([`crate::admission`]).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -25,32 +30,12 @@ use tower::{Service, ServiceExt};
 const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(60);
 const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// What a connection's socket offers the accept loop: the TCP stream to wait on for a first request, where
-/// waiting on it cannot miss one (a TLS stream may hold the request, already read and decrypted, in its buffer).
-pub trait Socket {
-    /// The plain TCP stream, if the connection is one.
-    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream>;
-}
-
-impl Socket for tokio::net::TcpStream {
-    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
-        Some(self)
-    }
-}
-
-impl Socket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
-    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
-        None
-    }
-}
-
 /// Serves `service` on every connection `listener` accepts until `stop` completes, then stops accepting, asks
 /// each connection to finish its requests in flight and close, and returns once they all have. A client has
 /// `read_timeout` to send a request's headers, from its connection's start or its previous answer.
 pub async fn serve<L, S>(mut listener: L, service: S, stop: impl Future<Output = ()>, read_timeout: Duration)
 where
     L: Listener,
-    L::Io: Socket,
     S: Service<axum::http::Request<Body>, Response = axum::response::Response, Error = Infallible>
         + Clone
         + Send
@@ -73,34 +58,44 @@ where
             accepted = listener.accept() => accepted,
             () = &mut stop => break,
         };
-        let service = service.clone().map_request(|request: axum::http::Request<Incoming>| request.map(Body::new));
+        // Set by the connection's first request: until then it has `read_timeout` to send one, whatever it is
+        // sending (hyper's own header timer starts only once protocol detection has read the first bytes).
+        let started = Arc::new(AtomicBool::new(false));
+        let service = service.clone().map_request({
+            let started = Arc::clone(&started);
+            move |request: axum::http::Request<Incoming>| {
+                started.store(true, Ordering::Relaxed);
+                request.map(Body::new)
+            }
+        });
         let builder = builder.clone();
         let mut closing = closing.subscribe();
         let open = open.subscribe();
         tokio::spawn(async move {
-            // hyper's header timer starts at a request's first byte: a connection that sends nothing at all is
-            // closed here instead.
-            if let Some(tcp) = io.plain_tcp() {
-                let mut byte = [0u8; 1];
-                let first_byte = tokio::time::timeout(read_timeout, tcp.peek(&mut byte));
-                tokio::select! {
-                    peeked = first_byte => if !matches!(peeked, Ok(Ok(1..))) { return },
-                    // Shutting down: a connection with no request yet has nothing to finish.
-                    _ = closing.wait_for(|&c| c) => return,
-                }
-            }
             let connection =
                 builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
             let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::trace!(error = %e, "HTTP connection ended with an error");
+            let mut first_request = std::pin::pin!(tokio::time::sleep(read_timeout));
+            let mut waiting_for_first = true;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::trace!(error = %e, "HTTP connection ended with an error");
+                        }
+                        return;
                     }
-                    return;
+                    _ = closing.wait_for(|&c| c) => break,
+                    () = &mut first_request, if waiting_for_first => {
+                        if !started.load(Ordering::Relaxed) {
+                            // Dropping the connection closes it: nothing was asked, so nothing is cut short.
+                            return;
+                        }
+                        waiting_for_first = false;
+                    }
                 }
-                _ = closing.wait_for(|&c| c) => connection.as_mut().graceful_shutdown(),
             }
+            connection.as_mut().graceful_shutdown();
             if let Err(e) = connection.await {
                 tracing::trace!(error = %e, "HTTP connection ended with an error while closing");
             }

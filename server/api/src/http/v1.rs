@@ -295,6 +295,8 @@ fn flatten(name: &str, value: &Value, out: &mut FlatData) -> Result<(), InferErr
                 Err(InferError::invalid(format!("input `{name}` is not a rectangular array")))
             }
             (Value::Bool(b), None) => push(out, JsonScalar::Bool(*b)),
+            // NaN, as the text path reads it for float inputs (an integer input refuses it there).
+            (Value::Null, None) => push(out, JsonScalar::Float(f64::NAN)),
             (Value::Number(n), None) => push(
                 out,
                 if let Some(u) = n.as_u64() {

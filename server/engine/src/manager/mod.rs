@@ -265,7 +265,7 @@ impl ModelManager {
     /// model is unknown or not ready (the request fails before it holds anything).
     pub fn working_bytes(&self, request: &InferRequest) -> usize {
         let Ok(entry) = self.entry(&request.model_name) else { return 0 };
-        let named = request.model_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+        let named = request.model_version.as_deref().and_then(|v| parse_version(v).ok());
         let input_bytes = request.inputs.iter().map(|i| i.tensor.memory_size()).sum();
         entry
             .ready_versions()
@@ -287,7 +287,7 @@ impl ModelManager {
         elements: usize,
     ) -> Result<(), InferError> {
         let Ok(entry) = self.entry(model) else { return Ok(()) };
-        let named = match version.map(str::parse::<u64>) {
+        let named = match version.map(parse_version) {
             // Not a version: the request fails as usual (400), not for its size.
             Some(Err(_)) => return Ok(()),
             named => named.and_then(Result::ok),
