@@ -8,8 +8,9 @@
 //! HTTP: a request with a `Content-Length` is refused before its body is read when its whole cost cannot fit
 //! now; while its body arrives it holds what has arrived, and its whole cost once it is in. One without
 //! (chunked) is charged its real size frame by frame (bounded by the body limit). A body that stops arriving for
-//! `--read-timeout-secs` gets 408. The charge is held until the response body has been sent. gRPC: a message is charged once tonic has decoded it (its size is bounded by the message limit),
-//! and held until the answer is built. Once an inference request is decoded, what it will hold beside its body
+//! `--read-timeout-secs` (or delivers less than 64 KiB in that long) gets 408. The charge is held until the
+//! response body has been sent. gRPC: a message is charged once tonic has decoded it (its size is bounded by the
+//! message limit), and held until the answer is built. Once an inference request is decoded, what it will hold beside its body
 //! (inputs read from shared memory, the copies of its inputs and outputs: `ferroserve_engine::memory`) is
 //! charged too, and the request as a whole must fit.
 
@@ -326,7 +327,7 @@ async fn gather(
     cost: usize,
     idle: std::time::Duration,
 ) -> Result<(bytes::Bytes, Reservation), Gather> {
-    let failed = |response: Response| Gather::Failed(response);
+    let failed = Gather::Failed;
     let mut reservation = budget.reserve(0).map_err(|e| failed(ApiError(e).into_response()))?;
     // Allocated at the first byte, not at the declaration: a connection that sends nothing holds no memory.
     let mut gathered: Option<crate::body_buffer::BodyBuffer> = None;

@@ -111,6 +111,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let budget = admission::MemoryBudget::new(config.max_inflight_bytes);
     admission::gate_grpc_decoding(&budget);
+    let read_timeout = Duration::from_secs(config.read_timeout_secs);
     let state = AppState::new(state::Shared {
         manager: manager.clone(),
         max_json_bytes: config.max_json_bytes,
@@ -121,7 +122,7 @@ pub async fn run(
         metrics: if config.allow_metrics { metrics::install() } else { None },
         shm: Arc::new(shm::SharedMemory::default().with_max_tensor_bytes(config.max_message_bytes)),
         server_name: config.server_name.clone(),
-        read_timeout: Duration::from_secs(config.read_timeout_secs),
+        read_timeout,
     });
 
     let http_listener = TcpListener::bind((config.host, config.http_port))
@@ -213,7 +214,6 @@ pub async fn run(
         None => None,
     };
     let http_stop = shutdown::wait_for(stop_rx.clone());
-    let read_timeout = Duration::from_secs(config.read_timeout_secs);
     let http_tls = tls.clone();
     let http_server = async move {
         use axum::serve::ListenerExt;

@@ -20,12 +20,19 @@ type ApiResult<T> = Result<T, ApiError>;
 /// `GET /v2/health/live`: 200, or 503 once a GPU has failed in a way only a restart clears (a liveness probe
 /// then restarts the server).
 pub(crate) async fn live(State(state): State<AppState>) -> Response {
-    let faults = state.manager.device_faults();
-    if faults.is_empty() {
-        return Json(json!({"live": true})).into_response();
+    match device_faults(&state) {
+        None => Json(json!({"live": true})).into_response(),
+        Some(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"live": false, "error": reason}))).into_response()
+        }
     }
-    let reason: Vec<String> = faults.iter().map(|(gpu, why)| format!("GPU {gpu} failed: {why}")).collect();
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"live": false, "error": reason.join("; ")}))).into_response()
+}
+
+/// Why the server is not live (its GPUs that failed), or `None` when it is.
+fn device_faults(state: &AppState) -> Option<String> {
+    let faults = state.manager.device_faults();
+    (!faults.is_empty())
+        .then(|| faults.iter().map(|(gpu, why)| format!("GPU {gpu} failed: {why}")).collect::<Vec<_>>().join("; "))
 }
 
 /// `GET /v2/health/ready`: 200 only when every model is ready and no shutdown has begun.
@@ -43,12 +50,12 @@ pub(crate) async fn server_metadata(State(state): State<AppState>) -> Json<Value
 /// `GET /`: KServe's liveness check (its SDK's v1 `is_server_live`, and a transformer's check of a v1
 /// predictor), answered as `/v2/health/live` is, in KServe's words.
 pub(crate) async fn root_live(State(state): State<AppState>) -> Response {
-    let faults = state.manager.device_faults();
-    if faults.is_empty() {
-        return Json(json!({"status": "alive"})).into_response();
+    match device_faults(&state) {
+        None => Json(json!({"status": "alive"})).into_response(),
+        Some(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not alive", "error": reason}))).into_response()
+        }
     }
-    let reason: Vec<String> = faults.iter().map(|(gpu, why)| format!("GPU {gpu} failed: {why}")).collect();
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not alive", "error": reason.join("; ")}))).into_response()
 }
 
 /// `GET /v2/models/{m}`.
