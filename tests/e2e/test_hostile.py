@@ -682,3 +682,46 @@ def test_slow_clients_are_cut_off_after_the_read_timeout():
         assert answers["half a body"].startswith(b"HTTP/1.1 408") and b"--read-timeout-secs" in answers["half a body"]
     finally:
         assert s.stop() == 0
+
+
+def test_slow_grpc_clients_are_cut_off_after_the_read_timeout():
+    """The dedicated gRPC port: a connection that sends nothing or part of HTTP/2's preface is closed once
+    `--read-timeout-secs` passes. On both ports, a call whose message stops arriving ends with DEADLINE_EXCEEDED and
+    gives back what it held, while others are served meanwhile."""
+    import socket
+    import time
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from grpc_wire import PartialCall
+    from server import Server
+    s = Server("--read-timeout-secs", "1")
+    try:
+        host, port = s.grpc_addr.rsplit(":", 1)
+        conns = {name: socket.create_connection((host, int(port)), timeout=10) for name in ("nothing", "P", "PRI")}
+        conns["P"].sendall(b"P")
+        conns["PRI"].sendall(b"PRI * HTTP/2.0\r\n")
+        calls = [PartialCall(s.grpc_addr), PartialCall(s.http_addr)]
+        for call in calls:
+            call.send_part_of_message(1 << 20, 1000)
+        started = time.monotonic()
+        client = grpcclient.InferenceServerClient(s.grpc_addr)
+        inp = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+        inp.set_data_from_numpy(np.ones((1, 16), dtype=np.float32))
+        assert client.infer("mlp", [inp]).as_numpy("OUTPUT0").shape == (1, 4)
+        client.close()
+        for name, conn in conns.items():
+            try:
+                while conn.recv(65536):  # b"" once the server closes; socket.timeout (10 s) if it never does
+                    pass
+            except ConnectionResetError:
+                pass
+            conn.close()
+        for call in calls:
+            status = call.wait_status(timeout=10)
+            assert status is not None and status[0] == 4, status  # DEADLINE_EXCEEDED
+            assert "--read-timeout-secs" in status[1], status
+            call.close()
+        assert time.monotonic() - started < 6
+    finally:
+        assert s.stop() == 0

@@ -252,3 +252,36 @@ def test_a_model_whose_answers_outgrow_its_requests_is_charged_what_it_learned()
     finally:
         assert s.stop() == 0
         shutil.rmtree(root)
+
+
+def test_a_grpc_message_still_arriving_holds_what_has_arrived(budgeted):
+    """tonic gathers a gRPC message whole before it decodes it; meanwhile the message holds what has arrived of it
+    (before, nothing: four calls each 100 MiB into a 150 MiB message held 400 MiB against a 64 MiB budget). A
+    call 30 MB into a declared 50 MB message leaves no room for a second to declare 70 MB: refused with
+    RESOURCE_EXHAUSTED as soon as it waits for the rest, on either port. Once the first hangs up, its share is
+    free again."""
+    from grpc_wire import PartialCall
+    first = PartialCall(budgeted.grpc_addr)
+    try:
+        first.send_part_of_message(50 * MB, 30 * MB)
+        time.sleep(0.3)
+        for addr in (budgeted.grpc_addr, budgeted.http_addr):
+            second = PartialCall(addr)
+            try:
+                second.send_part_of_message(70 * MB, MB)
+                status = second.wait_status()
+                assert status is not None and status[0] == 8, status  # RESOURCE_EXHAUSTED
+                assert "--max-inflight-bytes" in status[1], status
+            finally:
+                second.close()
+        assert first.status is None, first.status
+    finally:
+        first.close()
+    time.sleep(0.3)
+    # Its share is free again; and a compressed message is inflated (and charged) on its way in.
+    client = grpcclient.InferenceServerClient(budgeted.grpc_addr)
+    try:
+        out = client.infer("strings", [text_input(grpcclient, 8 * MB)], compression_algorithm="gzip")
+        assert len(out.as_numpy("ECHO")[0][0]) == 8 * MB
+    finally:
+        client.close()

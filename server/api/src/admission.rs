@@ -9,8 +9,9 @@
 //! now; while its body arrives it holds what has arrived, and its whole cost once it is in. One without
 //! (chunked) is charged its real size frame by frame (bounded by the body limit). A body that stops arriving for
 //! `--read-timeout-secs` (or delivers less than 64 KiB in that long) gets 408. The charge is held until the
-//! response body has been sent. gRPC: a message is charged once tonic has decoded it (its size is bounded by the
-//! message limit), and held until the answer is built. Once an inference request is decoded, what it will hold beside its body
+//! response body has been sent. gRPC: a message holds what has arrived of it while it arrives, on the same terms
+//! (`crate::grpc::metered`), is charged what prost builds of it while it decodes, and once decoded is charged
+//! until the answer is built. Once an inference request is decoded, what it will hold beside its body
 //! (inputs read from shared memory, the copies of its inputs and outputs: `ferroserve_engine::memory`) is
 //! charged too, and the request as a whole must fit.
 
@@ -378,7 +379,7 @@ async fn gather(
 
 /// The least a body must deliver in each `--read-timeout-secs` window (64 KiB: 2 KiB/s at the default 30 s),
 /// unless less is left of it.
-const MIN_PROGRESS: usize = 64 << 10;
+pub(crate) const MIN_PROGRESS: usize = 64 << 10;
 
 /// 408 for a body that stopped arriving for `idle`, closing the connection (what is left of the body will not be
 /// read).

@@ -166,9 +166,10 @@ pub struct Config {
     #[arg(long = "disable-admin-api", env = "FERROSERVE_DISABLE_ADMIN_API", conflicts_with = "admin_token")]
     pub disable_admin_api: bool,
 
-    /// Longest a connection may take to make its first request, an HTTP/1 request to send its headers (or an
-    /// HTTP/1 connection to sit idle between requests), and a request body to go without a byte or to deliver
-    /// 64 KiB (or its rest): past it, the connection is closed (a stalled body gets 408 first).
+    /// Longest a connection may take to make its first request (on the gRPC port, to send HTTP/2's preface), an
+    /// HTTP/1 request to send its headers (or an HTTP/1 connection to sit idle between requests), and a request
+    /// body or gRPC message to go without a byte or to deliver 64 KiB (or its rest): past it, the connection is
+    /// closed (a stalled body gets 408 first, a stalled gRPC message DEADLINE_EXCEEDED).
     #[arg(long = "read-timeout-secs", env = "FERROSERVE_READ_TIMEOUT_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub read_timeout_secs: u64,

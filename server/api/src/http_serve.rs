@@ -26,9 +26,11 @@ use hyper_util::service::TowerToHyperService;
 use tower::{Service, ServiceExt};
 
 /// How often an HTTP/2 connection (gRPC on the HTTP port) is pinged, and how long a ping may go unanswered
-/// before the connection is closed: a peer that went away without closing frees what its streams held.
-const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(60);
-const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// before the connection is closed: a peer that went away without closing frees what its streams held. The
+/// dedicated gRPC port uses the same.
+pub const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(60);
+/// See [`HTTP2_KEEP_ALIVE`].
+pub const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Serves `service` on every connection `listener` accepts until `stop` completes, then stops accepting, asks
 /// each connection to finish its requests in flight and close, and returns once they all have. A client has

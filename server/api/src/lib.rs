@@ -235,17 +235,32 @@ pub async fn run(
     let grpc_stop = shutdown::wait_for(stop_rx.clone());
     let max_streams = config.grpc_max_concurrent_streams;
     let grpc_server = async move {
+        use tokio_stream::StreamExt;
+        // As on the HTTP port: a connection has --read-timeout-secs to start speaking HTTP/2, and one whose peer
+        // stops answering pings is closed.
         let server = tonic::transport::Server::builder()
             .max_concurrent_streams((max_streams > 0).then_some(max_streams))
+            .http2_keepalive_interval(Some(http_serve::HTTP2_KEEP_ALIVE))
+            .http2_keepalive_timeout(Some(http_serve::HTTP2_KEEP_ALIVE_TIMEOUT))
             .add_routes(grpc_routes);
         match tls {
             Some(settings) => {
                 let incoming = tls::TlsListener::new(grpc_listener, settings)?.into_stream();
-                server.serve_with_incoming_shutdown(incoming, grpc_stop).await?;
+                server
+                    .serve_with_incoming_shutdown(
+                        incoming.map(move |io| io.map(|io| grpc::preface::PrefaceDeadline::new(io, read_timeout))),
+                        grpc_stop,
+                    )
+                    .await?;
             }
             None => {
                 let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-                server.serve_with_incoming_shutdown(incoming, grpc_stop).await?;
+                server
+                    .serve_with_incoming_shutdown(
+                        incoming.map(move |io| io.map(|io| grpc::preface::PrefaceDeadline::new(io, read_timeout))),
+                        grpc_stop,
+                    )
+                    .await?;
             }
         }
         anyhow::Ok(())

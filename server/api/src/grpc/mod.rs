@@ -5,6 +5,8 @@ pub mod codec;
 mod config;
 pub mod deadline;
 pub mod health;
+pub mod metered;
+pub mod preface;
 mod service;
 pub mod status;
 mod traffic;
@@ -21,11 +23,13 @@ use crate::state::AppState;
 /// whose content-type is `application/grpc`) both serve clones of this one value, so limits, deadlines,
 /// request ids, errors and metrics are the same whichever port a call came in on.
 pub fn routes(state: AppState, max_message_bytes: usize) -> tonic::service::Routes {
+    let meter = metered::MeterLayer::new(state.budget.clone(), max_message_bytes, state.read_timeout);
     let router = tonic::service::Routes::new(health::health_server(state.manager.clone()))
         .add_service(traffic_server(state.clone()))
         .add_service(inference_server(state, max_message_bytes))
         .prepare()
         .into_axum_router()
+        .layer(meter)
         .layer(deadline::DeadlineLayer)
         .layer(crate::request_id::RequestIdLayer)
         .layer(tower::util::MapResponseLayer::new(status::oversized_request_as_resource_exhausted::<axum::body::Body>));
