@@ -62,6 +62,8 @@ CASES = [
     ("invalid utf-8 in bytes tensor", "/v2/models/strings/infer", *binary({"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}]}, struct.pack("<I", 2) + b"\xff\xfe")),
     ("input in shared memory", "/v2/models/mlp/infer", infer_json([{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "parameters": {"shared_memory_region": "r0", "shared_memory_byte_size": 64}}]), None),
     ("output to shared memory", "/v2/models/mlp/infer", infer_json([{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}], outputs=[{"name": "OUTPUT0", "parameters": {"shared_memory_region": "r1", "shared_memory_byte_size": 16}}]), None),
+    ("binary_data_output not a bool", "/v2/models/mlp/infer", infer_json([{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}], parameters={"binary_data_output": "yes"}), None),
+    ("v1 instances and inputs", "/v1/models/mlp:predict", json.dumps({"instances": [[0.5] * 16], "inputs": [[0.5] * 16]}), None),
     ("v1 ragged instances", "/v1/models/mlp:predict", '{"instances": [[1, 2], [[3]]]}', None),
     ("v1 deep instances", "/v1/models/mlp:predict", '{"instances": ' + "[" * 100 + "]" * 100 + "}", None),
 ]
@@ -84,10 +86,21 @@ def test_gzip_bomb_is_bounded(server):
     assert alive(server)
 
 
-def test_gzip_request_is_accepted(server):
+@pytest.mark.parametrize("coding", ["gzip", "GZIP", "x-gzip", " Gzip "])
+def test_gzip_request_is_accepted(server, coding):
+    """Content codings are case-insensitive and x-gzip is gzip (RFC 9110)."""
     body = gzip.compress(infer_json([{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]).encode())
-    status, data = post(server, "/v2/models/mlp/infer", body, {"Content-Encoding": "gzip"})
+    status, data = post(server, "/v2/models/mlp/infer", body, {"Content-Encoding": coding})
     assert status == 200, data
+
+
+def test_deflate_in_capitals_and_identity_are_accepted(server):
+    import zlib
+    text = infer_json([{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]).encode()
+    assert post(server, "/v2/models/mlp/infer", zlib.compress(text), {"Content-Encoding": "DEFLATE"})[0] == 200
+    assert post(server, "/v2/models/mlp/infer", text, {"Content-Encoding": "Identity"})[0] == 200
+    status, data = post(server, "/v2/models/mlp/infer", text, {"Content-Encoding": "br"})
+    assert status == 415, data
 
 
 def grpc_request(**kw):

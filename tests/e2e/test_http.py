@@ -288,6 +288,12 @@ def test_v1_protocol(server, reference):
     assert status == 200 and json.loads(data)["predictions"][0] == {"UPPER": "AB", "ECHO": "ab"}
     status, _, data = raw(server, "POST", "/v1/models/mlp:predict", json.dumps({"instances": [[1, 2], [3]]}))
     assert status == 400
+    # Both forms at once are ambiguous (TensorFlow Serving refuses them too), on the text path and the tree path
+    # (the multi-input model).
+    for model, rows in (("mlp", [[0.5] * 16]), ("mixed", [{"A": [1] * 4, "B": [1] * 4, "C": [1.0, 2.0]}])):
+        body = json.dumps({"instances": rows, "inputs": rows})
+        status, _, data = raw(server, "POST", f"/v1/models/{model}:predict", body)
+        assert status == 400 and b"both `instances` and `inputs`" in data, data
     # As KServe answers a model without an explainer; an unknown model is still 404.
     status, _, data = raw(server, "POST", "/v1/models/mlp:explain", "{}")
     assert status == 501 and b"explain" in data, data

@@ -193,13 +193,29 @@ pub struct BodyLimits {
 pub struct Compressed;
 
 /// Marks a compressed request for [`admit_http`]; mapped over requests outside decompression (a plain request
-/// map, not a middleware that clones the stack under it per request).
+/// map, not a middleware that clones the stack under it per request). Content codings are case-insensitive, and
+/// `x-gzip` is gzip (RFC 9110, 8.4.1): the decompression layer matches only the lowercase names, so this spells the
+/// ones it knows that way (`GZIP` and `x-gzip` used to be refused with 415).
 pub fn mark_compressed(mut request: Request) -> Request {
-    let encoded = request
-        .headers()
-        .get(axum::http::header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
+    use axum::http::HeaderValue;
+    use axum::http::header::CONTENT_ENCODING;
+    let Some(value) = request.headers().get(CONTENT_ENCODING) else { return request };
+    let coding = value.as_bytes().trim_ascii();
+    let canonical = if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
+        Some("gzip")
+    } else if coding.eq_ignore_ascii_case(b"deflate") {
+        Some("deflate")
+    } else if coding.eq_ignore_ascii_case(b"identity") {
+        Some("identity")
+    } else {
+        None
+    };
+    if let Some(name) = canonical
+        && coding != name.as_bytes()
+    {
+        request.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static(name));
+    }
+    if canonical != Some("identity") {
         request.extensions_mut().insert(Compressed);
     }
     request

@@ -295,7 +295,8 @@ impl MeteredBody {
         let limit = self.limits.max_message_bytes;
         let mut reader: Box<dyn Read> = match self.encoding {
             Some(Encoding::Deflate) => Box::new(flate2::read::ZlibDecoder::new(compressed.as_slice())),
-            _ => Box::new(flate2::read::GzDecoder::new(compressed.as_slice())),
+            // A gzip stream may hold several members, as Go's gzip reader (grpc-go's) also reads.
+            _ => Box::new(flate2::read::MultiGzDecoder::new(compressed.as_slice())),
         };
         let mut out = vec![0; PREFIX];
         let mut filled = PREFIX;
@@ -603,6 +604,16 @@ mod tests {
             assert!(out == want, "{encoding:?}: {} bytes out, {} wanted", out.len(), want.len());
             assert_eq!(budget.used(), 0);
         }
+    }
+
+    #[tokio::test]
+    async fn a_gzip_message_of_several_members_is_read_whole() {
+        let budget = MemoryBudget::new(1 << 20);
+        let (tx, mut body) = fed(&budget, Some(Encoding::Gzip));
+        let mut members = gzip(b"first, ");
+        members.extend(gzip(b"second"));
+        tx.send(Bytes::from(message(1, &members))).unwrap();
+        assert_eq!(drain(&mut body).unwrap(), message(0, b"first, second"));
     }
 
     #[tokio::test]

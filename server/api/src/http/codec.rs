@@ -333,11 +333,11 @@ pub fn decode_request_charged(
         .and_then(|request| parser.end().map(|()| request))
         .map_err(|e| InferError::invalid(format!("malformed inference request JSON: {e}")))?;
     let parameters = parameters_from_json(request.parameters)?;
-    let mut format = ResponseFormat {
-        all_binary: parameters.get("binary_data_output").and_then(Parameter::as_bool).unwrap_or(false),
-        per_output: HashMap::new(),
-        shm_outputs: HashMap::new(),
+    let all_binary = match parameters.get("binary_data_output") {
+        None => false,
+        Some(b) => b.as_bool().ok_or_else(|| InferError::invalid("binary_data_output must be true or false"))?,
     };
+    let mut format = ResponseFormat { all_binary, per_output: HashMap::new(), shm_outputs: HashMap::new() };
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
         let datatype = DataType::parse(&input.datatype).ok_or_else(|| {

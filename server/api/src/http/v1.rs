@@ -152,7 +152,8 @@ fn tensors_from_text(signature: &ModelSignature, body: &[u8]) -> Result<Option<V
         Err(_) => return Ok(None),
     };
     let columns: Vec<(&TensorSpec, &str)> = match (parsed.instances, parsed.inputs) {
-        (Some(rows), _) | (None, Some(rows)) if rows.get().starts_with('[') => match signature.inputs.as_slice() {
+        (Some(_), Some(_)) => return Err(both_forms()),
+        (Some(rows), None) | (None, Some(rows)) if rows.get().starts_with('[') => match signature.inputs.as_slice() {
             [spec] => vec![(spec, rows.get())],
             _ => return Ok(None),
         },
@@ -211,11 +212,19 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for ColumnsVisitor<'a> {
     }
 }
 
+/// A body with both forms is ambiguous: refused, as TensorFlow Serving's REST API (where v1 comes from) refuses it.
+fn both_forms() -> InferError {
+    InferError::invalid("predict body has both `instances` and `inputs`; send one of them")
+}
+
 fn inputs_from_body(signature: &ModelSignature, body: Value) -> Result<Vec<InferInput>, InferError> {
     let mut object = match body {
         Value::Object(o) => o,
         _ => return Err(InferError::invalid("predict body must be a JSON object with `instances` or `inputs`")),
     };
+    if object.contains_key("instances") && object.contains_key("inputs") {
+        return Err(both_forms());
+    }
     let columns: Vec<(String, Value)> = if let Some(instances) = object.remove("instances") {
         let Value::Array(rows) = instances else {
             return Err(InferError::invalid("`instances` must be a list"));
