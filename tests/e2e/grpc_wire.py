@@ -9,6 +9,12 @@ import h2.connection
 import h2.events
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
+STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def framed(message_bytes, compressed=False):
+    """One gRPC message on the wire: its flag, its length, its bytes."""
+    return struct.pack(">BI", int(compressed), len(message_bytes)) + message_bytes
 
 
 class PartialCall:
@@ -25,15 +31,19 @@ class PartialCall:
         self.flush()
         self.status = None
         self.closed = False
+        self.received = b""
 
     def flush(self):
         data = self.conn.data_to_send()
         if data:
             self.sock.sendall(data)
 
-    def send_part_of_message(self, declared, sent):
-        """Sends a message's prefix declaring `declared` bytes, then `sent` bytes of it (within flow control)."""
-        pending = struct.pack(">BI", 0, declared) + bytes(sent)
+    def send_part_of_message(self, declared, sent, before=b""):
+        """Sends `before` (whole messages), then a message's prefix declaring `declared` bytes and `sent` bytes of
+        it, within flow control (the first frame carries `before` and the start of the message together)."""
+        self.send(before + struct.pack(">BI", 0, declared) + bytes(sent))
+
+    def send(self, pending):
         while pending:
             window = min(self.conn.local_flow_control_window(self.stream), self.conn.max_outbound_frame_size)
             if window <= 0:
@@ -62,6 +72,9 @@ class PartialCall:
                          for k, v in headers}
                 if "grpc-status" in found:
                     self.status = (int(found["grpc-status"]), found.get("grpc-message", ""))
+            elif isinstance(event, h2.events.DataReceived):
+                self.received += event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.StreamReset) and self.status is None:
                 self.status = (None, f"reset {event.error_code}")
             elif isinstance(event, h2.events.ConnectionTerminated):
@@ -74,6 +87,15 @@ class PartialCall:
         while self.status is None and not self.closed and time.monotonic() < deadline:
             self.receive(max(0.01, deadline - time.monotonic()))
         return self.status
+
+    def messages(self):
+        """The messages received so far (each without its prefix)."""
+        out, data = [], self.received
+        while len(data) >= 5:
+            _, length = struct.unpack(">BI", data[:5])
+            out.append(data[5:5 + length])
+            data = data[5 + length:]
+        return out
 
     def close(self):
         self.sock.close()

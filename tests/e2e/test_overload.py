@@ -275,6 +275,21 @@ def test_a_grpc_message_still_arriving_holds_what_has_arrived(budgeted):
             finally:
                 second.close()
         assert first.status is None, first.status
+        # Whole messages read together with a refused one are still answered, then the stream ends with the
+        # refusal: a stream that packs a request and the start of a message past the budget into one frame.
+        from grpc_wire import STREAM_INFER, framed
+        from tritonclient.grpc import service_pb2
+        request = service_pb2.ModelInferRequest(model_name="strings", id="whole")
+        request.inputs.add(name="TEXT", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(b"abc")
+        stream = PartialCall(budgeted.grpc_addr, STREAM_INFER)
+        try:
+            stream.send_part_of_message(70 * MB, 1000, before=framed(request.SerializeToString()))
+            status = stream.wait_status()
+            assert status is not None and status[0] == 8, status
+            answers = [service_pb2.ModelStreamInferResponse.FromString(m) for m in stream.messages()]
+            assert [a.infer_response.id for a in answers] == ["whole"], answers
+        finally:
+            stream.close()
     finally:
         first.close()
     time.sleep(0.3)

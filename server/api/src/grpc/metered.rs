@@ -138,13 +138,19 @@ struct MeteredBody {
     held: Option<Reservation>,
     /// Bytes charged to `held`.
     charged: usize,
+    /// What inflated messages still waiting in `ready` hold, given back once tonic has taken them.
+    handed: Vec<Reservation>,
     /// A compressed message's bytes, gathered until it is whole.
     gathered: Vec<u8>,
     /// Set once the message now arriving has waited for its rest.
     stall: Option<Stall>,
-    /// Data ready for tonic, in order.
-    ready: VecDeque<Bytes>,
-    /// Set once an error was returned: the body then ends.
+    /// Data ready for tonic, in order: `next` first (a read passed on whole needs no queue), then `queued`.
+    next: Option<Bytes>,
+    queued: VecDeque<Bytes>,
+    /// An error to return once what was ready before it has been passed on (whole messages read in the same read
+    /// as a refused one are still answered).
+    error: Option<Status>,
+    /// Set once the error was returned: the body then ends.
     failed: bool,
 }
 
@@ -165,9 +171,12 @@ impl MeteredBody {
             framing: Framing::Prefix { bytes: [0; PREFIX], have: 0 },
             held: None,
             charged: 0,
+            handed: Vec::new(),
             gathered: Vec::new(),
             stall: None,
-            ready: VecDeque::new(),
+            next: None,
+            queued: VecDeque::new(),
+            error: None,
             failed: false,
         }
     }
@@ -176,6 +185,9 @@ impl MeteredBody {
     /// uncompressed message is queued whole), prefixes split across reads are queued once whole, and compressed
     /// messages are queued once inflated. Then charges what the message still arriving holds.
     fn take(&mut self, data: Bytes) -> Result<(), Status> {
+        if let Some(stall) = &mut self.stall {
+            stall.arrived += data.len();
+        }
         // data[pass..pos] passes through as it is and has not been queued yet.
         let mut pass = 0;
         let mut pos = 0;
@@ -191,7 +203,7 @@ impl MeteredBody {
                     pos += n;
                     if *have < PREFIX {
                         // The prefix ends in a later read: its first bytes wait for it.
-                        self.queue(&data, pass, start);
+                        self.queue_slice(&data, pass, start);
                         pass = pos;
                         continue;
                     }
@@ -202,11 +214,11 @@ impl MeteredBody {
                         prefix[0] > 1 || len > self.limits.max_message_bytes || (compressed && self.encoding.is_none());
                     if compressed && !refused {
                         // Inflated here: this prefix is replaced by the inflated message's own.
-                        self.queue(&data, pass, start);
+                        self.queue_slice(&data, pass, start);
                         pass = pos;
                     } else if !whole_here {
                         // Its first bytes waited in an earlier read: queued now as one piece.
-                        self.ready.push_back(Bytes::copy_from_slice(&prefix));
+                        self.queue(Bytes::copy_from_slice(&prefix));
                         pass = pos;
                     }
                     self.framing =
@@ -219,9 +231,6 @@ impl MeteredBody {
                     let n = (*left).min(data.len() - pos);
                     *left -= n;
                     let compressed = *compressed;
-                    if let Some(stall) = &mut self.stall {
-                        stall.arrived += n;
-                    }
                     if compressed {
                         self.gather(&data[pos..pos + n])?;
                         pass = pos + n;
@@ -233,16 +242,43 @@ impl MeteredBody {
                 }
             }
         }
-        self.queue(&data, pass, pos);
+        self.queue_slice(&data, pass, pos);
         if let Framing::Message { len, left, .. } = self.framing {
             self.charge_to(len - left, len)?;
         }
         Ok(())
     }
 
-    fn queue(&mut self, data: &Bytes, from: usize, to: usize) {
+    fn queue(&mut self, data: Bytes) {
+        if self.next.is_none() && self.queued.is_empty() {
+            self.next = Some(data);
+        } else {
+            self.queued.push_back(data);
+        }
+    }
+
+    fn queue_slice(&mut self, data: &Bytes, from: usize, to: usize) {
         if from < to {
-            self.ready.push_back(if from == 0 && to == data.len() { data.clone() } else { data.slice(from..to) });
+            self.queue(if from == 0 && to == data.len() { data.clone() } else { data.slice(from..to) });
+        }
+    }
+
+    /// The next data ready for tonic. Once none is left, what inflated messages held is given back: tonic has
+    /// them, and the decode gate charges each as it decodes it.
+    fn pop(&mut self) -> Option<Bytes> {
+        let data = self.next.take().or_else(|| self.queued.pop_front());
+        if data.is_some() && self.queued.is_empty() && !self.handed.is_empty() {
+            self.handed.clear();
+        }
+        data
+    }
+
+    /// Whether a message (or its prefix) is part-way in.
+    fn mid_message(&self) -> bool {
+        match self.framing {
+            Framing::Prefix { have, .. } => have > 0,
+            Framing::Message { .. } => true,
+            Framing::Refused => false,
         }
     }
 
@@ -274,12 +310,17 @@ impl MeteredBody {
         Ok(())
     }
 
-    /// A message is whole: a compressed one is inflated and queued; what it held is given back (the decode gate
-    /// charges it next), and the next prefix is read.
+    /// A message is whole: a compressed one is inflated and queued, and holds its charge until tonic has taken
+    /// it; an uncompressed one gives its charge back (the decode gate charges it next). Then the next prefix is
+    /// read.
     fn message_done(&mut self, compressed: bool) -> Result<(), Status> {
         if compressed {
-            let inflated = self.inflate()?;
-            self.ready.push_back(inflated);
+            for chunk in self.inflate()? {
+                self.queue(chunk);
+            }
+            if let Some(held) = self.held.take() {
+                self.handed.push(held);
+            }
         }
         self.held = None;
         self.charged = 0;
@@ -288,9 +329,10 @@ impl MeteredBody {
         Ok(())
     }
 
-    /// Inflates the gathered message into an uncompressed gRPC message (prefix included), charging it as it
-    /// grows, refused past the message limit in tonic's words.
-    fn inflate(&mut self) -> Result<Bytes, Status> {
+    /// Inflates the gathered message into an uncompressed gRPC message (prefix first), in chunks of
+    /// `INFLATE_STEP`, each charged as it is made (so what is charged is what is held, with no buffer doubling
+    /// past it), refused past the message limit in tonic's words.
+    fn inflate(&mut self) -> Result<Vec<Bytes>, Status> {
         let compressed = std::mem::take(&mut self.gathered);
         let limit = self.limits.max_message_bytes;
         let mut reader: Box<dyn Read> = match self.encoding {
@@ -298,41 +340,56 @@ impl MeteredBody {
             // A gzip stream may hold several members, as Go's gzip reader (grpc-go's) also reads.
             _ => Box::new(flate2::read::MultiGzDecoder::new(compressed.as_slice())),
         };
-        let mut out = vec![0; PREFIX];
-        let mut filled = PREFIX;
+        let mut chunks = vec![Bytes::new()];
+        let mut inflated = 0usize;
         loop {
-            if out.len() - filled < INFLATE_STEP {
-                let want = filled + INFLATE_STEP;
-                out.try_reserve(want - out.len()).map_err(|e| cannot_hold(want, &e))?;
-                out.resize(out.capacity().max(want), 0);
-                let held = compressed.len() + out.capacity();
-                self.charge_to(held, held)?;
+            let mut chunk = Vec::new();
+            chunk.try_reserve_exact(INFLATE_STEP).map_err(|e| cannot_hold(inflated + INFLATE_STEP, &e))?;
+            chunk.resize(INFLATE_STEP, 0);
+            let held = compressed.len() + inflated + INFLATE_STEP;
+            self.charge_to(held, held).map_err(|status| past_the_budget(status, inflated))?;
+            let mut filled = 0;
+            while filled < INFLATE_STEP {
+                match reader.read(&mut chunk[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(Status::internal(format!("Error decompressing: {e}, while sending request")));
+                    }
+                }
             }
-            let n = match reader.read(&mut out[filled..]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Status::internal(format!("Error decompressing: {e}, while sending request"))),
-            };
-            if n == 0 {
-                break;
-            }
-            filled += n;
-            if filled - PREFIX > limit {
+            inflated += filled;
+            if inflated > limit {
                 return Err(Status::resource_exhausted(format!(
                     "Error decompressing: size limit, of {limit} bytes, exceeded while decompressing message"
                 )));
             }
+            if filled == 0 {
+                break;
+            }
+            chunk.truncate(filled);
+            chunks.push(Bytes::from(chunk));
+            if filled < INFLATE_STEP {
+                break;
+            }
         }
-        out.truncate(filled);
-        let len = u32::try_from(filled - PREFIX).map_err(|_| Status::resource_exhausted("message too large"))?;
-        out[1..PREFIX].copy_from_slice(&len.to_be_bytes());
-        Ok(Bytes::from(out))
+        let len =
+            u32::try_from(inflated).map_err(|_| Status::resource_exhausted("the inflated message is too large"))?;
+        let mut prefix = [0; PREFIX];
+        prefix[1..].copy_from_slice(&len.to_be_bytes());
+        chunks[0] = Bytes::copy_from_slice(&prefix);
+        Ok(chunks)
     }
 
     /// Called when the body has nothing new: a message waiting for its rest must deliver `MIN_PROGRESS` bytes (or
     /// its rest) in each read-timeout window, or its call ends.
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Result<(), Status> {
-        let Framing::Message { left, .. } = self.framing else { return Ok(()) };
+        let left = match self.framing {
+            Framing::Message { left, .. } => left,
+            Framing::Prefix { have, .. } if have > 0 => PREFIX - have,
+            _ => return Ok(()),
+        };
         let timeout = self.limits.read_timeout;
         let stall = self.stall.get_or_insert_with(|| Stall {
             timer: Box::pin(tokio::time::sleep(timeout)),
@@ -354,18 +411,31 @@ impl MeteredBody {
         Ok(())
     }
 
-    fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
-        self.failed = true;
+    /// Ends the body with `status` once what is ready has been passed on; what the message being read held is
+    /// given back now.
+    fn fail(&mut self, status: Status) {
+        self.error = Some(status);
         self.held = None;
         self.stall = None;
         self.gathered = Vec::new();
-        self.ready.clear();
-        Poll::Ready(Some(Err(Box::new(status))))
+        self.framing = Framing::Refused;
     }
 }
 
 fn cannot_hold(bytes: usize, e: &std::collections::TryReserveError) -> Status {
     to_status(ferroserve_engine::InferError::Overloaded(format!("cannot hold a request message of {bytes} bytes: {e}")))
+}
+
+/// A refused charge while inflating: past the whole budget, the advice is about the compression, not the tensors.
+fn past_the_budget(status: Status, inflated: usize) -> Status {
+    if status.code() == tonic::Code::InvalidArgument {
+        Status::invalid_argument(format!(
+            "the compressed request message inflates past the server's whole memory budget (--max-inflight-bytes) \
+             after {inflated} bytes"
+        ))
+    } else {
+        status
+    }
 }
 
 impl http_body::Body for MeteredBody {
@@ -375,8 +445,13 @@ impl http_body::Body for MeteredBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         loop {
-            if let Some(data) = this.ready.pop_front() {
+            if let Some(data) = this.pop() {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if let Some(status) = this.error.take() {
+                this.failed = true;
+                this.handed.clear();
+                return Poll::Ready(Some(Err(Box::new(status))));
             }
             if this.failed {
                 return Poll::Ready(None);
@@ -385,16 +460,22 @@ impl http_body::Body for MeteredBody {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         if let Err(status) = this.take(data) {
-                            return this.fail(status);
+                            this.fail(status);
                         }
+                    }
+                    Err(frame) if this.mid_message() => {
+                        drop(frame);
+                        this.fail(unexpected_end());
                     }
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) if this.mid_message() => this.fail(unexpected_end()),
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => {
                     if let Err(status) = this.poll_stall(cx) {
-                        return this.fail(status);
+                        this.fail(status);
+                        continue;
                     }
                     return Poll::Pending;
                 }
@@ -403,8 +484,17 @@ impl http_body::Body for MeteredBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ready.is_empty() && (self.failed || self.inner.is_end_stream())
+        self.next.is_none()
+            && self.queued.is_empty()
+            && self.error.is_none()
+            && (self.failed || self.inner.is_end_stream())
     }
+}
+
+/// A body that ends part-way into a message, in tonic's words (the bytes held back here never reach tonic to be
+/// found missing).
+fn unexpected_end() -> Status {
+    Status::internal("Unexpected EOF decoding stream.")
 }
 
 #[cfg(test)]
@@ -495,6 +585,83 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Compressed and uncompressed messages mixed reach tonic as the uncompressed messages, however the reads
+        /// split them, holding nothing once they are whole and taken.
+        #[test]
+        fn compressed_messages_reach_tonic_inflated_however_reads_split_them(
+            messages in proptest::collection::vec((0usize..3000, any::<bool>()), 1..4),
+            cuts in proptest::collection::vec(0usize..4000, 0..8),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let _guard = runtime.enter();
+            let budget = MemoryBudget::new(1 << 20);
+            let (tx, mut body) = fed(&budget, Some(Encoding::Gzip));
+            let mut wire = Vec::new();
+            let mut want = Vec::new();
+            for (i, &(n, compressed)) in messages.iter().enumerate() {
+                let payload: Vec<u8> = (0..n).map(|j| (i * 7 + j % 13) as u8).collect();
+                wire.extend(if compressed { message(1, &gzip(&payload)) } else { message(0, &payload) });
+                want.extend(message(0, &payload));
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (wire.len() + 1)).collect();
+            cuts.extend([0, wire.len()]);
+            cuts.sort_unstable();
+            let mut out = Vec::new();
+            for pair in cuts.windows(2) {
+                tx.send(Bytes::copy_from_slice(&wire[pair[0]..pair[1]])).unwrap();
+                out.extend(drain(&mut body).unwrap());
+            }
+            drop(tx);
+            out.extend(drain(&mut body).unwrap());
+            prop_assert_eq!(out, want);
+            prop_assert_eq!(budget.used(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn whole_messages_read_with_a_refused_one_are_passed_on_before_its_error() {
+        let budget = MemoryBudget::new(1000);
+        let other = budget.reserve(600).unwrap();
+        let (tx, mut body) = fed(&budget, None);
+        let mut wire = message(0, b"served");
+        wire.extend(&message(0, &[0; 500])[..100]);
+        tx.send(Bytes::from(wire)).unwrap();
+        // The read passes on as it is (the whole message for tonic to decode, then the start of the next).
+        assert!(poll(&mut body).unwrap().unwrap().unwrap().starts_with(&message(0, b"served")));
+        assert_eq!(poll(&mut body).unwrap().unwrap_err().code(), Code::ResourceExhausted);
+        assert_eq!(poll(&mut body).unwrap().unwrap(), None);
+        drop(other);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ends_part_way_into_a_message_is_an_error() {
+        let budget = MemoryBudget::new(1 << 20);
+        for (encoding, wire) in [
+            (None, message(0, b"whole")[..3].to_vec()),
+            (Some(Encoding::Gzip), message(1, &gzip(b"cut short"))[..12].to_vec()),
+            (None, message(0, b"cut short")[..8].to_vec()),
+        ] {
+            let (tx, mut body) = fed(&budget, encoding);
+            let mut first = message(0, b"whole");
+            first.extend(&wire);
+            tx.send(Bytes::from(first)).unwrap();
+            drop(tx);
+            let mut out = Vec::new();
+            let status = loop {
+                match poll(&mut body).unwrap() {
+                    Ok(Some(data)) => out.extend_from_slice(&data),
+                    Ok(None) => panic!("{encoding:?}: ended without an error"),
+                    Err(status) => break status,
+                }
+            };
+            assert!(out.starts_with(&message(0, b"whole")), "the whole message first");
+            assert_eq!((status.code(), status.message()), (Code::Internal, "Unexpected EOF decoding stream."));
+            assert_eq!(budget.used(), 0);
+        }
+    }
+
     #[tokio::test]
     async fn a_message_still_arriving_holds_what_has_arrived() {
         let budget = MemoryBudget::new(1 << 20);
@@ -565,6 +732,13 @@ mod tests {
         assert!(status.message().contains("--read-timeout-secs"), "{}", status.message());
         assert_eq!(budget.used(), 0);
 
+        // A prefix part-way in has the same bound.
+        let (tx, mut body) = fed(&budget, None);
+        tx.send(Bytes::copy_from_slice(&wire[..3])).unwrap();
+        drain(&mut body).unwrap();
+        tokio::time::advance(31 * SECOND).await;
+        assert_eq!(drain(&mut body).unwrap_err().code(), Code::DeadlineExceeded);
+
         // One that delivers its rest in time is served.
         let (tx, mut body) = fed(&budget, None);
         tx.send(Bytes::copy_from_slice(&wire[..50])).unwrap();
@@ -632,6 +806,17 @@ mod tests {
         tx.send(Bytes::from(message(1, &gzip(&vec![0; 900 << 10])))).unwrap();
         let status = drain(&mut body).unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "it inflates past the whole budget: {}", status.message());
+        assert!(status.message().contains("compressed request message inflates past"), "{}", status.message());
+        assert_eq!(budget.used(), 0);
+
+        // What is charged while inflating is what is held: a message that inflates to 1000 KiB fits a budget of
+        // 1100 KiB (a buffer grown by doubling would have been charged 2 MiB).
+        let budget = MemoryBudget::new(1100 << 10);
+        let (tx, mut body) = fed(&budget, Some(Encoding::Gzip));
+        let payload: Vec<u8> = (0..1000 << 10).map(|i: u32| (i % 7) as u8).collect();
+        tx.send(Bytes::from(message(1, &gzip(&payload)))).unwrap();
+        drop(tx);
+        assert!(drain(&mut body).unwrap() == message(0, &payload));
         assert_eq!(budget.used(), 0);
     }
 
