@@ -184,3 +184,115 @@ def test_http_model_file_and_archive(cache):
             web.stop()
     finally:
         shutil.rmtree(served)
+
+
+class _Answering:
+    """A store that answers every request with one status (and counts them), or holds each connection open
+    without a word (`status=None`)."""
+
+    def __init__(self, status):
+        import http.server
+        import socket
+        import threading
+        self.requests = 0
+        self.held = []
+        if status is None:
+            self.sock = socket.socket()
+            self.sock.bind(("127.0.0.1", 0))
+            self.sock.listen(64)
+            self.port = self.sock.getsockname()[1]
+
+            def hold():
+                while True:
+                    try:
+                        conn, _ = self.sock.accept()
+                    except OSError:
+                        return
+                    self.requests += 1
+                    self.held.append(conn)
+            threading.Thread(target=hold, daemon=True).start()
+            self.server = None
+            return
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests += 1
+                body = b"<Error><Code>AccessDenied</Code></Error>" if status == 403 else b"<Error><Code>InternalError</Code></Error>"
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def env(self):
+        return {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ALLOW_HTTP": "true",
+                "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}", "AWS_REGION": "us-east-1",
+                "ORT_DYLIB_PATH": onnxruntime_lib()}
+
+    def stop(self):
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+        else:
+            self.sock.close()
+            for conn in self.held:
+                conn.close()
+
+
+def _start_against(store, cache, *args):
+    return subprocess.run([binary(), "--host", "127.0.0.1", "--http_port", "0", "--grpc_port", "0", "--cache-dir",
+                           cache, "--model-repository", f"s3://{BUCKET}/repo", *args],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, **store.env()))
+
+
+def test_storage_retries_are_counted_once_and_a_403_is_not_retried(cache):
+    """`--storage-retries N` makes N + 1 requests to a failing store (object_store retried inside our own loop:
+    (N + 1)^2), and a 403 on a listing is a definite answer, not retried and not called unreachable."""
+    failing = _Answering(500)
+    try:
+        out = _start_against(failing, cache, "--storage-retries", "2")
+        assert out.returncode != 0
+        assert failing.requests == 3, (failing.requests, out.stderr[-2000:])
+    finally:
+        failing.stop()
+    forbidden = _Answering(403)
+    try:
+        out = _start_against(forbidden, cache, "--storage-retries", "2")
+        assert out.returncode != 0
+        assert forbidden.requests == 1, (forbidden.requests, out.stderr[-2000:])
+        assert "unreachable" not in out.stderr and "permission denied" in out.stderr.lower(), out.stderr[-2000:]
+    finally:
+        forbidden.stop()
+
+
+def test_the_repository_index_answers_while_the_store_hangs(cache):
+    """A store that takes connections and never answers: the server stays live (poll mode), and the repository
+    index answers from the server's own state within seconds instead of waiting on the store."""
+    import json
+    import urllib.request
+    hung = _Answering(None)
+    s = Server("--cache-dir", cache, "--model-control-mode", "poll", "--repository-poll-secs", "1",
+               repository=f"s3://{BUCKET}/repo", env=hung.env(), wait_ready=False)
+    try:
+        time.sleep(1)
+        assert hung.requests >= 1
+        started = time.monotonic()
+        req = urllib.request.Request(s.http_url + "/v2/repository/index", data=b"{}", method="POST")
+        with urllib.request.urlopen(req, timeout=20) as r:
+            assert r.status == 200 and json.loads(r.read()) == []
+        assert time.monotonic() - started < 5
+        client = httpclient.InferenceServerClient(s.http_addr)
+        assert client.is_server_live() and not client.is_server_ready()
+        client.close()
+    finally:
+        assert s.stop() == 0
+        hung.stop()

@@ -55,7 +55,8 @@ pub struct Config {
     #[arg(long = "download-part-bytes", env = "FERROSERVE_DOWNLOAD_PART_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub download_part_bytes: u64,
 
-    /// Retries of a failed storage request (with exponential backoff) before a load fails.
+    /// Retries of a failed storage request (with exponential backoff) before a load fails: N + 1 requests in all.
+    /// A client error from the store (such as 403) is final and not retried.
     #[arg(long = "storage-retries", env = "FERROSERVE_STORAGE_RETRIES", default_value_t = 5)]
     pub storage_retries: u32,
 

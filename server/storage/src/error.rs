@@ -128,13 +128,67 @@ impl StorageError {
                 StorageError::PermissionDenied { location, path, source }
             }
             object_store::Error::Precondition { .. } => StorageError::Changed { location, path },
+            source if matches!(client_error_status(&source), Some(401 | 403)) => {
+                StorageError::PermissionDenied { location, path, source }
+            }
             source => StorageError::Store { location, source },
         }
     }
 }
 
-/// Whether an `object_store` error is worth retrying. `Generic` carries HTTP transport failures and 5xx
-/// responses that outlived object_store's own retries; everything else is a definite answer.
+/// Whether an `object_store` error is worth retrying. `Generic` carries HTTP transport failures and every
+/// response object_store has no variant for, so it is transient unless the store answered with a client error
+/// (a 403 on a list request is `Generic` too, and retrying it only delayed "permission denied" by seconds and
+/// called it "unreachable"); everything else is a definite answer.
 pub(crate) fn store_error_is_transient(error: &object_store::Error) -> bool {
-    matches!(error, object_store::Error::Generic { .. } | object_store::Error::JoinError { .. })
+    match error {
+        object_store::Error::Generic { .. } => client_error_status(error).is_none(),
+        object_store::Error::JoinError { .. } => true,
+        _ => false,
+    }
+}
+
+/// The status of a 4xx answer named in an error's chain, except 408 and 429 (which ask for a retry).
+/// object_store keeps its request error's status behind a private type, and writes it in its message as
+/// "status code: 403 Forbidden".
+fn client_error_status(error: &object_store::Error) -> Option<u16> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if let Some(at) = text.find("status code: ") {
+            let digits = text[at + 13..].get(..3)?;
+            let status: u16 = digits.parse().ok()?;
+            return ((400..500).contains(&status) && status != 408 && status != 429).then_some(status);
+        }
+        next = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(message: &str) -> object_store::Error {
+        object_store::Error::Generic { store: "S3", source: message.to_string().into() }
+    }
+
+    #[test]
+    fn a_client_error_from_the_store_is_final_and_a_403_is_permission_denied() {
+        let forbidden =
+            generic("Error performing list request: Server returned non-2xx status code: 403 Forbidden: AccessDenied");
+        assert!(!store_error_is_transient(&forbidden));
+        let error = StorageError::from_store("s3://b/repo", "repo/", forbidden);
+        assert!(matches!(error, StorageError::PermissionDenied { .. }), "{error:?}");
+        assert!(!store_error_is_transient(&generic("Server returned non-2xx status code: 400 Bad Request: x")));
+        for transient in [
+            "Server returned non-2xx status code: 500 Internal Server Error: x",
+            "Server returned non-2xx status code: 503 Service Unavailable: SlowDown",
+            "Server returned non-2xx status code: 429 Too Many Requests: x",
+            "Server returned non-2xx status code: 408 Request Timeout: x",
+            "HTTP error: error sending request: connection refused",
+        ] {
+            assert!(store_error_is_transient(&generic(transient)), "{transient}");
+        }
+    }
 }

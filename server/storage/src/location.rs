@@ -169,16 +169,18 @@ pub(crate) fn percent_decode(segment: &str) -> String {
         .map_or_else(|| segment.to_string(), |(_, v)| v.into_owned())
 }
 
-/// object_store's own retries and timeouts: backoff as ours (100 ms doubling to 5 s), a generous overall
-/// limit per request (every GET is at most one part), and a read timeout that catches stalled connections.
-pub(crate) fn retry_config(max_retries: u32) -> RetryConfig {
+/// object_store retries nothing itself: every store call is wrapped in our own retry loop
+/// ([`crate::retry::RetryPolicy`], `--storage-retries`), which retries the body as well as the request. With
+/// object_store retrying inside it too, `--storage-retries 5` made 36 requests to a failing store, and a hung
+/// one held a load for about 18 minutes (object_store's own 180 s retry limit, six times over).
+pub(crate) fn retry_config() -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig {
             init_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             base: 2.0,
         },
-        max_retries: max_retries as usize,
+        max_retries: 0,
         retry_timeout: Duration::from_secs(180),
     }
 }
@@ -191,10 +193,9 @@ fn client_options() -> ClientOptions {
 }
 
 /// The S3 builder for `bucket`: `AWS_*` variables as `AmazonS3Builder::from_env` reads them, plus KServe's.
-pub(crate) fn s3_builder(bucket: &str, env: &Env, max_retries: u32) -> AmazonS3Builder {
+pub(crate) fn s3_builder(bucket: &str, env: &Env) -> AmazonS3Builder {
     // Client options first: `AWS_ALLOW_HTTP`, `AWS_PROXY_URL` and the like then override them.
-    let mut builder =
-        AmazonS3Builder::new().with_client_options(client_options()).with_retry(retry_config(max_retries));
+    let mut builder = AmazonS3Builder::new().with_client_options(client_options()).with_retry(retry_config());
     for (key, value) in &env.0 {
         if key.starts_with("AWS_")
             && let Ok(config_key) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
@@ -241,7 +242,6 @@ pub(crate) fn build_store(
     location: &Location,
     label: &str,
     env: &Env,
-    max_retries: u32,
     redactor: &Arc<Redactor>,
 ) -> Result<Arc<dyn ObjectStore>, StorageError> {
     let map = |source| StorageError::Store { location: label.to_string(), source: redactor.store_error(source) };
@@ -249,16 +249,16 @@ pub(crate) fn build_store(
         Location::Local(_) => {
             return Err(StorageError::InvalidLocation { location: label.into(), reason: "local path".into() });
         }
-        Location::S3 { bucket, .. } => Arc::new(s3_builder(bucket, env, max_retries).build().map_err(map)?),
-        Location::Gcs { bucket, .. } => Arc::new(gcs_builder(bucket, env, max_retries).build().map_err(map)?),
+        Location::S3 { bucket, .. } => Arc::new(s3_builder(bucket, env).build().map_err(map)?),
+        Location::Gcs { bucket, .. } => Arc::new(gcs_builder(bucket, env).build().map_err(map)?),
         Location::Azure { account, container, sas, .. } => {
-            Arc::new(azure_builder(account.as_deref(), container, sas, env, max_retries).build().map_err(map)?)
+            Arc::new(azure_builder(account.as_deref(), container, sas, env).build().map_err(map)?)
         }
         Location::Http { base, .. } => {
             let builder = HttpBuilder::new()
                 .with_url(base.as_str())
                 .with_client_options(client_options().with_allow_http(base.scheme() == "http"))
-                .with_retry(retry_config(max_retries));
+                .with_retry(retry_config());
             Arc::new(builder.build().map_err(map)?)
         }
     };
@@ -267,7 +267,7 @@ pub(crate) fn build_store(
 
 /// The GCS builder for `bucket`: what `GoogleCloudStorageBuilder::from_env` reads (`GOOGLE_*`, `SERVICE_ACCOUNT`),
 /// taken from `env`.
-pub(crate) fn gcs_builder(bucket: &str, env: &Env, max_retries: u32) -> GoogleCloudStorageBuilder {
+pub(crate) fn gcs_builder(bucket: &str, env: &Env) -> GoogleCloudStorageBuilder {
     let mut builder = GoogleCloudStorageBuilder::new();
     if let Some(path) = env.get("SERVICE_ACCOUNT") {
         builder = builder.with_service_account_path(path);
@@ -279,7 +279,7 @@ pub(crate) fn gcs_builder(bucket: &str, env: &Env, max_retries: u32) -> GoogleCl
             builder = builder.with_config(config_key, value);
         }
     }
-    builder.with_bucket_name(bucket).with_client_options(client_options()).with_retry(retry_config(max_retries))
+    builder.with_bucket_name(bucket).with_client_options(client_options()).with_retry(retry_config())
 }
 
 /// The Azure builder: what `MicrosoftAzureBuilder::from_env` reads (`AZURE_*`, `IDENTITY_ENDPOINT`), taken from
@@ -289,7 +289,6 @@ pub(crate) fn azure_builder(
     container: &str,
     sas: &[(String, String)],
     env: &Env,
-    max_retries: u32,
 ) -> MicrosoftAzureBuilder {
     let mut builder = MicrosoftAzureBuilder::new();
     for (key, value) in &env.0 {
@@ -308,7 +307,7 @@ pub(crate) fn azure_builder(
     if !sas.is_empty() {
         builder = builder.with_sas_authorization(sas.to_vec());
     }
-    builder.with_container_name(container).with_client_options(client_options()).with_retry(retry_config(max_retries))
+    builder.with_container_name(container).with_client_options(client_options()).with_retry(retry_config())
 }
 
 /// A stable 64-bit FNV-1a hash as 16 hex characters: the cache directory name for a location. (Not std's

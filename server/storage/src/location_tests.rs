@@ -7,7 +7,7 @@ fn env(pairs: &[(&str, &str)]) -> Env {
 }
 
 fn s3(pairs: &[(&str, &str)], key: AmazonS3ConfigKey) -> Option<String> {
-    s3_builder("models", &env(pairs), 3).get_config_value(&key)
+    s3_builder("models", &env(pairs)).get_config_value(&key)
 }
 
 fn none() -> Arc<Redactor> {
@@ -115,30 +115,25 @@ fn s3_kserve_vars() {
 
 #[test]
 fn azure_url_sets_account_container_and_sas() {
-    let builder = azure_builder(Some("acct"), "c", &[("sig".into(), "x".into())], &env(&[]), 3);
+    let builder = azure_builder(Some("acct"), "c", &[("sig".into(), "x".into())], &env(&[]));
     assert_eq!(builder.get_config_value(&AzureConfigKey::AccountName).as_deref(), Some("acct"));
     assert_eq!(builder.get_config_value(&AzureConfigKey::ContainerName).as_deref(), Some("c"));
-    let store = build_store(
-        &parse("https://acct.blob.core.windows.net/c/p?sig=SECRET").unwrap(),
-        "label",
-        &env(&[]),
-        3,
-        &none(),
-    );
+    let store =
+        build_store(&parse("https://acct.blob.core.windows.net/c/p?sig=SECRET").unwrap(), "label", &env(&[]), &none());
     assert!(store.is_ok(), "{:?}", store.err());
 }
 
 #[test]
 fn gcs_and_azure_read_the_given_env_not_the_process() {
     let vars = env(&[("GOOGLE_BUCKET", "ignored"), ("SERVICE_ACCOUNT", "/sa.json"), ("GOOGLE_PROXY_URL", "http://p")]);
-    let gcs = gcs_builder("models", &vars, 3);
+    let gcs = gcs_builder("models", &vars);
     assert_eq!(gcs.get_config_value(&GoogleConfigKey::Bucket).as_deref(), Some("models"), "the URL's bucket wins");
     assert_eq!(gcs.get_config_value(&GoogleConfigKey::ServiceAccount).as_deref(), Some("/sa.json"));
     let vars = env(&[("AZURE_STORAGE_ACCOUNT_NAME", "fromenv"), ("IDENTITY_ENDPOINT", "http://msi")]);
-    let azure = azure_builder(None, "c", &[], &vars, 3);
+    let azure = azure_builder(None, "c", &[], &vars);
     assert_eq!(azure.get_config_value(&AzureConfigKey::AccountName).as_deref(), Some("fromenv"));
     assert_eq!(azure.get_config_value(&AzureConfigKey::MsiEndpoint).as_deref(), Some("http://msi"));
-    let url_wins = azure_builder(Some("acct"), "c", &[], &vars, 3);
+    let url_wins = azure_builder(Some("acct"), "c", &[], &vars);
     assert_eq!(url_wins.get_config_value(&AzureConfigKey::AccountName).as_deref(), Some("acct"));
 }
 
@@ -146,7 +141,7 @@ fn gcs_and_azure_read_the_given_env_not_the_process() {
 fn builds_stores_without_io() {
     for location in ["s3://b/p", "gs://b/p", "http://host/m.onnx"] {
         let env = env(&[("AWS_ACCESS_KEY_ID", "AKIA"), ("AWS_SECRET_ACCESS_KEY", "shh")]);
-        let store = build_store(&parse(location).unwrap(), location, &env, 3, &none());
+        let store = build_store(&parse(location).unwrap(), location, &env, &none());
         assert!(store.is_ok(), "{location}: {:?}", store.err());
     }
 }

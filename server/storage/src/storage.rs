@@ -123,11 +123,11 @@ impl Storage {
         let (source, backend) = match parsed {
             Location::Local(path) => (Source::Local(path), None),
             Location::S3 { ref prefix, .. } | Location::Gcs { ref prefix, .. } | Location::Azure { ref prefix, .. } => {
-                let store = location::build_store(&parsed, &label, env, options.max_retries, &redactor)?;
+                let store = location::build_store(&parsed, &label, env, &redactor)?;
                 (Source::Ready, Some(Backend::Tree { store, prefix: prefix.clone(), local_root: None }))
             }
             Location::Http { ref name, archive, .. } => {
-                let store = location::build_store(&parsed, &label, env, options.max_retries, &redactor)?;
+                let store = location::build_store(&parsed, &label, env, &redactor)?;
                 match archive {
                     None => (Source::Ready, Some(Backend::Single { store, name: name.clone() })),
                     Some(kind) => (Source::Archive { store, name: name.clone(), kind }, None),

@@ -89,6 +89,9 @@ impl std::fmt::Debug for ModelManager {
     }
 }
 
+/// How long the repository index waits to list the repository for models never loaded.
+pub const INDEX_LISTING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl ModelManager {
     /// A manager over `repository` that loads models with `loaders`. Nothing is loaded until
     /// [`ModelManager::start`].
@@ -174,7 +177,9 @@ impl ModelManager {
 
     /// The repository index: one row per version (or per model that has none), optionally ready ones only.
     /// As in Triton, models in the repository that were never loaded are listed too, without a state
-    /// (explicit mode: what can be loaded); a repository that cannot be listed just leaves them out.
+    /// (explicit mode: what can be loaded); a repository that cannot be listed within [`INDEX_LISTING_TIMEOUT`]
+    /// just leaves them out, so the index answers from the server's own state while a store is down or hangs
+    /// (it used to wait for the store's retries, and never answered while a store hung).
     pub async fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
         let mut rows: Vec<IndexEntry> = self
             .entries()
@@ -182,7 +187,26 @@ impl ModelManager {
             .flat_map(|entry| entry.index_rows())
             .filter(|row| !ready_only || row.state == IndexState::Ready)
             .collect();
-        if !ready_only && let Ok(names) = self.repository.model_names().await {
+        let listing = async {
+            if ready_only {
+                return None;
+            }
+            match tokio::time::timeout(INDEX_LISTING_TIMEOUT, self.repository.model_names()).await {
+                Ok(Ok(names)) => Some(names),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the repository index lists loaded models only: the repository cannot be listed");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        seconds = INDEX_LISTING_TIMEOUT.as_secs(),
+                        "the repository index lists loaded models only: listing the repository took too long"
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(names) = listing.await {
             let known = self.models.read();
             for name in names.into_iter().filter(|n| !known.contains_key(n)) {
                 rows.push(IndexEntry {
