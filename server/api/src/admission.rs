@@ -200,7 +200,10 @@ pub fn mark_compressed(mut request: Request) -> Request {
     use axum::http::HeaderValue;
     use axum::http::header::CONTENT_ENCODING;
     let Some(value) = request.headers().get(CONTENT_ENCODING) else { return request };
-    let coding = value.as_bytes().trim_ascii();
+    let raw = value.as_bytes();
+    let coding = raw.trim_ascii();
+    // Several codings (lines or a list) are left as they are: rewriting one would drop the others.
+    let single = request.headers().get_all(CONTENT_ENCODING).iter().count() == 1;
     let canonical = if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
         Some("gzip")
     } else if coding.eq_ignore_ascii_case(b"deflate") {
@@ -211,7 +214,8 @@ pub fn mark_compressed(mut request: Request) -> Request {
         None
     };
     if let Some(name) = canonical
-        && coding != name.as_bytes()
+        && single
+        && raw != name.as_bytes()
     {
         request.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static(name));
     }

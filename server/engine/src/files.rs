@@ -66,6 +66,11 @@ impl Files {
         Files { storage }
     }
 
+    /// Whether listing may be dropped part-way without cost (see `Storage::lists_without_side_effects`).
+    pub fn lists_without_side_effects(&self) -> bool {
+        self.storage.lists_without_side_effects()
+    }
+
     /// Where it is, for messages (never with credentials).
     pub fn describe(&self) -> String {
         self.storage.describe().to_string()

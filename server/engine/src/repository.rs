@@ -179,6 +179,12 @@ impl Repository {
         self.roots.iter().map(Root::describe).collect::<Vec<_>>().join(", ")
     }
 
+    /// Whether [`Repository::model_names`] may be dropped part-way without cost: no root is an archive still to
+    /// be downloaded.
+    pub fn lists_without_side_effects(&self) -> bool {
+        self.roots.iter().all(|root| root.single_model.is_some() || root.files.lists_without_side_effects())
+    }
+
     /// Lists the model names the repository holds, sorted. Fails when any root cannot be listed: a
     /// repository read only in part would unload the models of the unreadable root.
     pub async fn model_names(&self) -> Result<Vec<String>, RepositoryError> {

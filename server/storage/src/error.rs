@@ -137,9 +137,9 @@ impl StorageError {
 }
 
 /// Whether an `object_store` error is worth retrying. `Generic` carries HTTP transport failures and every
-/// response object_store has no variant for, so it is transient unless the store answered with a client error
-/// (a 403 on a list request is `Generic` too, and retrying it only delayed "permission denied" by seconds and
-/// called it "unreachable"); everything else is a definite answer.
+/// response object_store has no variant for, so it is transient unless the store answered with a final client
+/// error (a 403 on a list request is `Generic` too, and retrying it only delayed "permission denied" by seconds
+/// and called it "unreachable"); everything else is a definite answer.
 pub(crate) fn store_error_is_transient(error: &object_store::Error) -> bool {
     match error {
         object_store::Error::Generic { .. } => client_error_status(error).is_none(),
@@ -148,17 +148,23 @@ pub(crate) fn store_error_is_transient(error: &object_store::Error) -> bool {
     }
 }
 
-/// The status of a 4xx answer named in an error's chain, except 408 and 429 (which ask for a retry).
-/// object_store keeps its request error's status behind a private type, and writes it in its message as
-/// "status code: 403 Forbidden".
+/// The status of a final client error named in an error's chain: 401, 403, 404, 405, 410, 416, and 400 unless
+/// its body names a code that asks for another try (AWS retries `RequestTimeout`, `ExpiredToken` and the
+/// web-identity credential path's `IDPCommunicationError`). object_store keeps its request error's status behind a
+/// private type, and writes it in its message as "status code: 403 Forbidden: <body>".
 fn client_error_status(error: &object_store::Error) -> Option<u16> {
+    const RETRIED_400: [&str; 4] = ["RequestTimeout", "ExpiredToken", "IDPCommunicationError", "TokenRefreshRequired"];
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = next {
         let text = e.to_string();
         if let Some(at) = text.find("status code: ") {
-            let digits = text[at + 13..].get(..3)?;
-            let status: u16 = digits.parse().ok()?;
-            return ((400..500).contains(&status) && status != 408 && status != 429).then_some(status);
+            let status: u16 = text[at + 13..].get(..3)?.parse().ok()?;
+            let final_status = match status {
+                400 => !RETRIED_400.iter().any(|code| text.contains(code)),
+                401 | 403 | 404 | 405 | 410 | 416 => true,
+                _ => false,
+            };
+            return final_status.then_some(status);
         }
         next = e.source();
     }
@@ -186,6 +192,9 @@ mod tests {
             "Server returned non-2xx status code: 503 Service Unavailable: SlowDown",
             "Server returned non-2xx status code: 429 Too Many Requests: x",
             "Server returned non-2xx status code: 408 Request Timeout: x",
+            "Server returned non-2xx status code: 400 Bad Request: <Code>RequestTimeout</Code>",
+            "Server returned non-2xx status code: 400 Bad Request: <Code>IDPCommunicationError</Code>",
+            "Server returned non-2xx status code: 409 Conflict: x",
             "HTTP error: error sending request: connection refused",
         ] {
             assert!(store_error_is_transient(&generic(transient)), "{transient}");

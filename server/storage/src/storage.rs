@@ -162,6 +162,12 @@ impl Storage {
         matches!(self.inner.source, Source::Local(_))
     }
 
+    /// Whether listing has no side effect: an archive is downloaded and unpacked by its first listing, which a
+    /// caller that gives up waiting would cut short (and the next would start again from nothing).
+    pub fn lists_without_side_effects(&self) -> bool {
+        !matches!(self.inner.source, Source::Archive { .. }) || self.inner.backend.initialized()
+    }
+
     fn policy(&self) -> RetryPolicy {
         RetryPolicy { max_retries: self.inner.options.max_retries }
     }

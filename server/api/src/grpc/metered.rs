@@ -223,6 +223,8 @@ impl MeteredBody {
                     }
                     self.framing =
                         if refused { Framing::Refused } else { Framing::Message { compressed, len, left: len } };
+                    // The message gets a window of its own (one opened for the prefix expected only its few bytes).
+                    self.stall = None;
                     if !refused && len == 0 {
                         self.message_done(compressed)?;
                     }
@@ -487,7 +489,7 @@ impl http_body::Body for MeteredBody {
         self.next.is_none()
             && self.queued.is_empty()
             && self.error.is_none()
-            && (self.failed || self.inner.is_end_stream())
+            && (self.failed || (self.inner.is_end_stream() && !self.mid_message()))
     }
 }
 
@@ -737,6 +739,19 @@ mod tests {
         tx.send(Bytes::copy_from_slice(&wire[..3])).unwrap();
         drain(&mut body).unwrap();
         tokio::time::advance(31 * SECOND).await;
+        assert_eq!(drain(&mut body).unwrap_err().code(), Code::DeadlineExceeded);
+
+        // Once the prefix is in, the message has a window of its own: the prefix's (which expected only its last
+        // bytes) does not let it by with a byte.
+        let (tx, mut body) = fed(&budget, None);
+        tx.send(Bytes::copy_from_slice(&wire[..3])).unwrap();
+        drain(&mut body).unwrap();
+        tokio::time::advance(20 * SECOND).await;
+        tx.send(Bytes::copy_from_slice(&wire[3..6])).unwrap();
+        drain(&mut body).unwrap();
+        tokio::time::advance(29 * SECOND).await;
+        assert!(poll(&mut body).is_none());
+        tokio::time::advance(2 * SECOND).await;
         assert_eq!(drain(&mut body).unwrap_err().code(), Code::DeadlineExceeded);
 
         // One that delivers its rest in time is served.

@@ -188,7 +188,9 @@ impl ModelManager {
             .filter(|row| !ready_only || row.state == IndexState::Ready)
             .collect();
         let listing = async {
-            if ready_only {
+            // An archive not yet unpacked is left to the load that unpacks it: a listing cut off by the timeout
+            // would throw its download away.
+            if ready_only || !self.repository.lists_without_side_effects() {
                 return None;
             }
             match tokio::time::timeout(INDEX_LISTING_TIMEOUT, self.repository.model_names()).await {
