@@ -13,7 +13,7 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::http::HttpBuilder;
-use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::StorageError;
@@ -174,15 +174,8 @@ pub(crate) fn percent_decode(segment: &str) -> String {
 /// object_store retrying inside it too, `--storage-retries 5` made 36 requests to a failing store, and a hung
 /// one held a load for about 18 minutes (object_store's own 180 s retry limit, six times over).
 pub(crate) fn retry_config() -> RetryConfig {
-    RetryConfig {
-        backoff: BackoffConfig {
-            init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
-            base: 2.0,
-        },
-        max_retries: 0,
-        retry_timeout: Duration::from_secs(180),
-    }
+    // With no retries, object_store's backoff and retry time limit never apply.
+    RetryConfig { max_retries: 0, ..RetryConfig::default() }
 }
 
 fn client_options() -> ClientOptions {
