@@ -296,3 +296,45 @@ def test_the_repository_index_answers_while_the_store_hangs(cache):
     finally:
         assert s.stop() == 0
         hung.stop()
+
+
+def test_sigterm_does_not_wait_for_a_load_stuck_on_a_hung_store(cache):
+    """An admin load waiting on a store that never answers (each attempt may take the 60 s read timeout) is given up
+    when the server is told to stop: its caller gets 503 "load cancelled", and the process exits at once instead of
+    after the whole drain timeout (it used to wait the 30 s out, then exit with the request in flight)."""
+    import threading
+    import urllib.error
+    import urllib.request
+    hung = _Answering(None)
+    s = Server("--cache-dir", cache, "--model-control-mode", "explicit", repository=f"s3://{BUCKET}/repo",
+               env=hung.env(), wait_ready=False)
+    answer = {}
+
+    def load():
+        req = urllib.request.Request(s.http_url + "/v2/repository/models/mlp/load", data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                answer["status"] = r.status
+        except urllib.error.HTTPError as e:
+            answer["status"], answer["body"] = e.code, e.read().decode()
+        except Exception as e:  # noqa: BLE001 - recorded for the assertion below
+            answer["error"] = repr(e)
+
+    try:
+        loader = threading.Thread(target=load)
+        loader.start()
+        deadline = time.monotonic() + 10
+        while hung.requests < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert loader.is_alive(), answer
+        started = time.monotonic()
+        s.proc.send_signal(15)
+        assert s.proc.wait(timeout=20) == 0
+        took = time.monotonic() - started
+        loader.join(10)
+        assert took < 10, took
+        assert answer.get("status") == 503 and "load cancelled" in answer.get("body", ""), answer
+    finally:
+        s.stop()
+        hung.stop()

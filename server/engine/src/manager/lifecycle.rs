@@ -66,6 +66,12 @@ impl Failure {
     fn in_files(reason: String, print: u64) -> Self {
         Failure { reason, print: Some(print), transient: false }
     }
+
+    /// A load given up because the server began to shut down while it waited on the repository: 503 /
+    /// UNAVAILABLE to its caller, and a serving model keeps serving until the drain ends.
+    fn cancelled() -> Self {
+        Failure { reason: "load cancelled: the server is shutting down".into(), print: None, transient: true }
+    }
 }
 
 /// Why the repository could not be read at start-up; the server must not report ready.
@@ -213,7 +219,11 @@ impl ModelManager {
     ) -> Result<(), InferError> {
         let current = self.models.read().get(name).cloned();
         let serving = current.as_ref().is_some_and(|c| c.phase == ModelPhase::Loaded && c.latest_ready().is_some());
-        let source = match self.repository.read_model(name, config.as_ref().map(|(c, t)| (c, t.as_str()))).await {
+        let read = self.repository.read_model(name, config.as_ref().map(|(c, t)| (c, t.as_str())));
+        let Some(read) = self.unless_stopping(read).await else {
+            return Err(self.fail(name, current, Failure::cancelled()));
+        };
+        let source = match read {
             Ok(source) => source,
             Err(RepositoryError::UnknownModel(_))
                 if current.as_ref().is_none_or(|c| c.phase == ModelPhase::Unloaded) =>
@@ -271,7 +281,10 @@ impl ModelManager {
                 None => to_build.push(version),
             }
         }
-        let dirs = match self.repository.fetch(&source, &to_build).await {
+        let Some(fetched) = self.unless_stopping(self.repository.fetch(&source, &to_build)).await else {
+            return Err(self.fail(name, current, Failure::cancelled()));
+        };
+        let dirs = match fetched {
             Ok(dirs) => dirs,
             Err(e) => {
                 let (reason, transient) = (e.to_string(), e.is_transient());
@@ -332,6 +345,18 @@ impl ModelManager {
         } else {
             tracing::error!(model = name, %reason, "model failed to load");
             Err(InferError::InvalidInput(format!("failed to load '{name}': {reason}")))
+        }
+    }
+
+    /// Runs a step of a load that waits on the repository, unless a shutdown begins first (`None`). Only such
+    /// steps give up: they leave nothing half-done (downloads land under their final names only when complete),
+    /// while building instances is bounded and swapping the entry in takes no time.
+    async fn unless_stopping<T>(&self, step: impl std::future::Future<Output = T>) -> Option<T> {
+        let mut stopping = self.stopping.subscribe();
+        tokio::select! {
+            biased;
+            Ok(_) = stopping.wait_for(|stopping| *stopping) => None,
+            value = step => Some(value),
         }
     }
 

@@ -75,6 +75,9 @@ pub struct ModelManager {
     /// Set once the start-up loads are done.
     started: AtomicBool,
     shutting_down: AtomicBool,
+    /// Turns true with `shutting_down`: a load waiting on its repository (a hung store can take minutes) gives
+    /// up then, so that an admin load request does not hold the drain.
+    stopping: watch::Sender<bool>,
     /// Why the repository could not be read (start-up or a poll); the server is not ready while set.
     repository_failure: Mutex<Option<String>>,
     /// The readiness every health endpoint reports, republished after every change.
@@ -110,6 +113,7 @@ impl ModelManager {
             lifecycles: Mutex::new(HashMap::new()),
             started: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            stopping: watch::channel(false).0,
             repository_failure: Mutex::new(None),
             readiness: watch::channel(false).0,
             traffic_overrides: Mutex::new(HashMap::new()),
@@ -154,9 +158,11 @@ impl ModelManager {
         self.repository_failure.lock().clone()
     }
 
-    /// Marks the server as draining: readiness turns false, requests already accepted still run.
+    /// Marks the server as draining: readiness turns false, requests already accepted still run, and a load
+    /// still reading its repository gives up (see `ModelManager::unless_stopping`).
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.stopping.send_replace(true);
         self.publish();
     }
 
