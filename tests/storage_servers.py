@@ -98,10 +98,12 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 class CuttingProxy:
     """Forwards TCP to `upstream_port`; the first `cuts` responses larger than `min_bytes` are cut after
-    `keep` bytes (the connection is dropped mid-body), as a flaky network would."""
+    `keep` bytes (the connection is dropped mid-body), as a flaky network would. With `corrupt`, those responses
+    instead arrive whole, with the byte at `keep` flipped: the right length, the wrong bytes."""
 
-    def __init__(self, upstream_port, cuts=2, keep=64 * 1024, min_bytes=200 * 1024):
+    def __init__(self, upstream_port, cuts=2, keep=64 * 1024, min_bytes=200 * 1024, corrupt=False):
         self.upstream_port, self.cuts, self.keep, self.min_bytes = upstream_port, cuts, keep, min_bytes
+        self.corrupt = corrupt
         self.cut = 0
         self.lock = threading.Lock()
         self.sock = socket.socket()
@@ -142,8 +144,12 @@ class CuttingProxy:
                                 self.cut += 1
                                 cutting = True
                 if cutting and relayed + len(data) > self.keep:
-                    dst.sendall(data[: max(0, self.keep - relayed)])
-                    break
+                    at = max(0, self.keep - relayed)
+                    if not self.corrupt:
+                        dst.sendall(data[:at])
+                        break
+                    data = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:]
+                    cutting = False
                 dst.sendall(data)
                 relayed += len(data)
         except OSError:

@@ -166,6 +166,48 @@ def test_connection_dropped_mid_download_never_loads_a_corrupt_model(moto, cache
         assert s.stop() == 0
 
 
+def test_bytes_corrupted_on_the_way_are_downloaded_again_and_never_loaded(moto, cache):
+    """A body of the right length with a flipped byte (a faulty proxy) does not match the digest the store states
+    (S3's checksum or its MD5 ETag), so it is downloaded again; a store that corrupts every attempt fails the load
+    with the reason, and nothing corrupt stays in the cache."""
+    moto.upload_dir(os.path.join(REPOSITORY, "mlp_large"), "repo/mlp_large")
+    size = os.path.getsize(os.path.join(REPOSITORY, "mlp_large", "1", "model.onnx"))
+    proxy = CuttingProxy(moto.port, cuts=2, keep=size // 3, min_bytes=size // 2, corrupt=True)
+    env = dict(moto.env(), AWS_ENDPOINT_URL=proxy.endpoint)
+    s = Server("--cache-dir", cache, repository=f"s3://{BUCKET}/repo", env=env)
+    try:
+        assert proxy.cut == 2, "the proxy really corrupted downloads"
+        check_mlp_large(s.http_addr)
+        assert "corrupt download, downloading it again" in s.logs()
+    finally:
+        proxy.stop()
+        assert s.stop() == 0
+
+    shutil.rmtree(cache)
+    os.makedirs(cache)
+    always = CuttingProxy(moto.port, cuts=1000, keep=size // 3, min_bytes=size // 2, corrupt=True)
+    env = dict(moto.env(), AWS_ENDPOINT_URL=always.endpoint)
+    s = Server("--cache-dir", cache, "--storage-retries", "1", repository=f"s3://{BUCKET}/repo", env=env,
+               wait_ready=False)
+    try:
+        client = httpclient.InferenceServerClient(s.http_addr)
+        deadline = time.monotonic() + 30
+        reason = ""
+        while time.monotonic() < deadline and "do not match" not in reason:
+            rows = client.get_model_repository_index()
+            reason = " ".join(r.get("reason", "") for r in rows)
+            time.sleep(0.2)
+        assert "do not match" in reason and "2 attempts" in reason, rows
+        assert not client.is_model_ready("mlp_large")
+        client.close()
+        assert always.cut == 2, always.cut
+        cached = [f for _, _, files in os.walk(cache) for f in files if "model.onnx" in f]
+        assert cached == [], cached
+    finally:
+        always.stop()
+        assert s.stop() == 0
+
+
 def test_http_model_file_and_archive(cache):
     served = tempfile.mkdtemp(prefix="ferroserve-http-")
     try:

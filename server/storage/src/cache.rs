@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
+use crate::digest::{self, ObjectDigest};
 use crate::location::cache_key;
 use crate::retry::{AttemptError, RetryPolicy, classify};
 use crate::storage::join;
@@ -92,21 +93,41 @@ impl Downloader<'_> {
         Downloader { store, label, options, permits: Arc::new(Semaphore::new(options.download_concurrency.max(1))) }
     }
 
-    /// Downloads `job` to a temporary file beside `job.dest`, then renames it into place.
+    /// Downloads `job` to a temporary file beside `job.dest`, checks it against the digest the store states (see
+    /// [`crate::digest`]), then renames it into place. A download whose bytes do not match is done again, whole, as
+    /// often as `--storage-retries` allows: the bad bytes may be in any part.
     pub(crate) async fn download(&self, job: &Job) -> Result<(), StorageError> {
         let parent = job.dest.parent().unwrap_or(FsPath::new("."));
         tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
         let file_name = job.dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let temp = parent.join(format!(".{file_name}.part-{:016x}", fastrand::u64(..)));
-        let result = self.download_to(job, &temp).await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let temp = parent.join(format!(".{file_name}.part-{:016x}", fastrand::u64(..)));
+            let result = match self.download_to(job, &temp).await {
+                Ok(Some(stated)) => digest::verify(&temp, &stated).await.map_err(|reason| StorageError::Integrity {
+                    location: self.label.to_string(),
+                    path: job.rel.clone(),
+                    reason: format!("{reason}, {attempts} attempt{}", if attempts == 1 { "" } else { "s" }),
+                }),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return tokio::fs::rename(&temp, &job.dest).await.map_err(io(&job.dest)),
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&temp).await;
+                    if !matches!(e, StorageError::Integrity { .. }) || attempts > self.options.max_retries {
+                        return Err(e);
+                    }
+                    tracing::warn!(location = self.label, path = job.rel, attempts, error = %e, "corrupt download, downloading it again");
+                }
+            }
         }
-        result?;
-        tokio::fs::rename(&temp, &job.dest).await.map_err(io(&job.dest))
     }
 
-    async fn download_to(&self, job: &Job, temp: &FsPath) -> Result<(), StorageError> {
+    /// Downloads `job` into `temp`; returns the whole-object digest the store's answers stated, if any.
+    async fn download_to(&self, job: &Job, temp: &FsPath) -> Result<Option<ObjectDigest>, StorageError> {
         let file = tokio::fs::File::create(temp).await.map_err(io(temp))?;
         file.set_len(job.size).await.map_err(io(temp))?;
         drop(file);
@@ -115,8 +136,10 @@ impl Downloader<'_> {
         let ranges: Vec<(u64, u64)> =
             (0..job.size.div_ceil(part_size)).map(|i| (i * part_size, ((i + 1) * part_size).min(job.size))).collect();
         let whole = ranges.len() <= 1;
+        let stated = std::sync::Mutex::new(None);
+        let part = Part { job, temp, whole, progress: &progress, stated: &stated };
         stream::iter(ranges)
-            .map(|(start, end)| self.download_part(job, temp, start, end, whole, &progress))
+            .map(|(start, end)| self.download_part(&part, start, end))
             .buffer_unordered(self.options.download_concurrency.max(1))
             .try_collect::<()>()
             .await?;
@@ -131,46 +154,29 @@ impl Downloader<'_> {
             });
         }
         progress.finish();
-        Ok(())
+        Ok(stated.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Downloads bytes `start..end` into `temp` at offset `start`, retrying the whole range on transient errors.
-    async fn download_part(
-        &self,
-        job: &Job,
-        temp: &FsPath,
-        start: u64,
-        end: u64,
-        whole: bool,
-        progress: &Progress<'_>,
-    ) -> Result<(), StorageError> {
+    async fn download_part(&self, part: &Part<'_>, start: u64, end: u64) -> Result<(), StorageError> {
         if start == end {
             return Ok(());
         }
         let policy = RetryPolicy { max_retries: self.options.max_retries };
         policy
-            .run(self.label, &job.rel, || async {
+            .run(self.label, &part.job.rel, || async {
                 let mut added = 0u64;
-                let result = self.attempt_part(job, temp, start, end, whole, progress, &mut added).await;
+                let result = self.attempt_part(part, start, end, &mut added).await;
                 if result.is_err() {
-                    progress.sub(added);
+                    part.progress.sub(added);
                 }
                 result
             })
             .await
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn attempt_part(
-        &self,
-        job: &Job,
-        temp: &FsPath,
-        start: u64,
-        end: u64,
-        whole: bool,
-        progress: &Progress<'_>,
-        added: &mut u64,
-    ) -> Result<(), AttemptError> {
+    async fn attempt_part(&self, part: &Part<'_>, start: u64, end: u64, added: &mut u64) -> Result<(), AttemptError> {
+        let Part { job, temp, whole, progress, stated } = *part;
         let fatal_io = |source| AttemptError::Fatal(StorageError::Io { path: temp.to_path_buf(), source });
         let _permit = self.permits.acquire().await.map_err(|e| AttemptError::Transient(Box::new(e)))?;
         let options = GetOptions {
@@ -180,6 +186,10 @@ impl Downloader<'_> {
             ..GetOptions::default()
         };
         let get = self.store.get_opts(&job.object, options).await.map_err(|e| classify(self.label, &job.rel, e))?;
+        if let Some(digest) = get.extensions.get::<ObjectDigest>() {
+            // Every answer is of the same object (If-Match); the first digest stated is kept.
+            stated.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert_with(|| digest.clone());
+        }
         let mut file = tokio::fs::OpenOptions::new().write(true).open(temp).await.map_err(fatal_io)?;
         file.seek(SeekFrom::Start(start)).await.map_err(fatal_io)?;
         let mut body = get.into_stream();
@@ -207,6 +217,18 @@ impl Downloader<'_> {
         }
         Ok(())
     }
+}
+
+/// What every part of one download shares.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    job: &'a Job,
+    temp: &'a FsPath,
+    /// One GET for the whole object (no range).
+    whole: bool,
+    progress: &'a Progress<'a>,
+    /// The whole-object digest the first answer to state one stated.
+    stated: &'a std::sync::Mutex<Option<ObjectDigest>>,
 }
 
 /// Throttled progress lines for one large object.

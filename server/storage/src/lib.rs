@@ -26,6 +26,7 @@
 
 mod archive;
 mod cache;
+mod digest;
 mod error;
 mod location;
 mod redact;

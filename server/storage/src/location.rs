@@ -16,6 +16,7 @@ use object_store::http::HttpBuilder;
 use object_store::{ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
 
+use crate::digest::DigestConnector;
 use crate::error::StorageError;
 use crate::redact::{RedactingStore, Redactor};
 
@@ -188,7 +189,14 @@ fn client_options() -> ClientOptions {
 /// The S3 builder for `bucket`: `AWS_*` variables as `AmazonS3Builder::from_env` reads them, plus KServe's.
 pub(crate) fn s3_builder(bucket: &str, env: &Env) -> AmazonS3Builder {
     // Client options first: `AWS_ALLOW_HTTP`, `AWS_PROXY_URL` and the like then override them.
-    let mut builder = AmazonS3Builder::new().with_client_options(client_options()).with_retry(retry_config());
+    // `x-amz-checksum-mode: ENABLED` asks S3 for the object's checksum (see `crate::digest`). A default header,
+    // so that it is signed as S3 requires of every `x-amz-*` header.
+    let mut checksum_mode = http::HeaderMap::new();
+    checksum_mode.insert("x-amz-checksum-mode", http::HeaderValue::from_static("ENABLED"));
+    let mut builder = AmazonS3Builder::new()
+        .with_client_options(client_options().with_default_headers(checksum_mode))
+        .with_retry(retry_config())
+        .with_http_connector(DigestConnector { s3: true });
     for (key, value) in &env.0 {
         if key.starts_with("AWS_")
             && let Ok(config_key) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
@@ -251,7 +259,8 @@ pub(crate) fn build_store(
             let builder = HttpBuilder::new()
                 .with_url(base.as_str())
                 .with_client_options(client_options().with_allow_http(base.scheme() == "http"))
-                .with_retry(retry_config());
+                .with_retry(retry_config())
+                .with_http_connector(DigestConnector::default());
             Arc::new(builder.build().map_err(map)?)
         }
     };
@@ -272,7 +281,11 @@ pub(crate) fn gcs_builder(bucket: &str, env: &Env) -> GoogleCloudStorageBuilder 
             builder = builder.with_config(config_key, value);
         }
     }
-    builder.with_bucket_name(bucket).with_client_options(client_options()).with_retry(retry_config())
+    builder
+        .with_bucket_name(bucket)
+        .with_client_options(client_options())
+        .with_retry(retry_config())
+        .with_http_connector(DigestConnector::default())
 }
 
 /// The Azure builder: what `MicrosoftAzureBuilder::from_env` reads (`AZURE_*`, `IDENTITY_ENDPOINT`), taken from
@@ -300,7 +313,11 @@ pub(crate) fn azure_builder(
     if !sas.is_empty() {
         builder = builder.with_sas_authorization(sas.to_vec());
     }
-    builder.with_container_name(container).with_client_options(client_options()).with_retry(retry_config())
+    builder
+        .with_container_name(container)
+        .with_client_options(client_options())
+        .with_retry(retry_config())
+        .with_http_connector(DigestConnector::default())
 }
 
 /// A stable 64-bit FNV-1a hash as 16 hex characters: the cache directory name for a location. (Not std's

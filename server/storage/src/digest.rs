@@ -1,0 +1,311 @@
+//! What a downloaded object's bytes should hash to, as its store states it, and the check that they do.
+//!
+//! A body can arrive at its full length with wrong bytes (a faulty proxy or middlebox, a path without TLS), and
+//! the model would then load corrupt, or fail with an error about its format. Stores state an object's digest in
+//! response headers that object_store does not read: [`DigestConnector`] wraps object_store's HTTP client and
+//! puts what each response states into its extensions, which reach `GetResult::extensions`. Trusted, in order:
+//! - S3's `x-amz-checksum-crc64nvme`, `-crc32c` and `-crc32` (asked for with `x-amz-checksum-mode: ENABLED`),
+//!   only on a whole-object answer and only of a full-object kind: a multipart upload's composite checksum is not
+//!   a digest of the bytes;
+//! - GCS's `x-goog-hash` (`crc32c=`, `md5=`), unless the object is stored with a content encoding (the bytes
+//!   served may then be decoded ones);
+//! - Azure's `x-ms-blob-content-md5`, and `Content-MD5` on a whole-object answer (Azure, and plain HTTP servers
+//!   that send it);
+//! - on S3 only, an ETag of 32 hex digits (a single-part upload) of an object not encrypted with KMS or a
+//!   customer key: such an ETag is the MD5 of the bytes.
+//!
+//! An object whose answers state none of these is not checked. The check reads the assembled file back once
+//! (MD5 at about 0.5 GB/s; the CRCs much faster), so resumed and multi-part downloads are covered as a whole.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use http::{HeaderMap, StatusCode};
+use md5::Digest as _;
+use object_store::ClientOptions;
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
+};
+
+/// A digest algorithm a store states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Algorithm {
+    /// CRC-64/NVME (S3's default for new uploads).
+    Crc64Nvme,
+    /// CRC-32C (Castagnoli).
+    Crc32c,
+    /// CRC-32 (ISO-HDLC, zlib's).
+    Crc32,
+    /// MD5.
+    Md5,
+}
+
+impl Algorithm {
+    fn name(self) -> &'static str {
+        match self {
+            Algorithm::Crc64Nvme => "CRC-64/NVME",
+            Algorithm::Crc32c => "CRC-32C",
+            Algorithm::Crc32 => "CRC-32",
+            Algorithm::Md5 => "MD5",
+        }
+    }
+}
+
+/// The digest a store states for a whole object, and the header it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ObjectDigest {
+    pub(crate) algorithm: Algorithm,
+    pub(crate) value: Vec<u8>,
+    pub(crate) header: &'static str,
+}
+
+impl ObjectDigest {
+    fn new(algorithm: Algorithm, value: Vec<u8>, header: &'static str) -> Option<Self> {
+        let len = match algorithm {
+            Algorithm::Crc64Nvme => 8,
+            Algorithm::Crc32c | Algorithm::Crc32 => 4,
+            Algorithm::Md5 => 16,
+        };
+        (value.len() == len).then_some(ObjectDigest { algorithm, value, header })
+    }
+
+    fn base64(algorithm: Algorithm, text: &str, header: &'static str) -> Option<Self> {
+        let value = base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?;
+        ObjectDigest::new(algorithm, value, header)
+    }
+}
+
+/// The whole-object digest an answer states, if any (see the module docs for which are trusted). `s3`: the answer
+/// is from S3, whose ETags may be MD5s.
+pub(crate) fn stated_digest(status: StatusCode, headers: &HeaderMap, s3: bool) -> Option<ObjectDigest> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let whole = status == StatusCode::OK && !headers.contains_key(http::header::CONTENT_RANGE);
+    if whole {
+        let full_object = text("x-amz-checksum-type").is_none_or(|t| t.eq_ignore_ascii_case("FULL_OBJECT"));
+        for (header, algorithm) in [
+            ("x-amz-checksum-crc64nvme", Algorithm::Crc64Nvme),
+            ("x-amz-checksum-crc32c", Algorithm::Crc32c),
+            ("x-amz-checksum-crc32", Algorithm::Crc32),
+        ] {
+            // A composite checksum is written `value-N`.
+            if let Some(value) = text(header).filter(|v| full_object && !v.contains('-'))
+                && let Some(digest) = ObjectDigest::base64(algorithm, value, header)
+            {
+                return Some(digest);
+            }
+        }
+    }
+    if text("x-goog-stored-content-encoding").is_none_or(|e| e.eq_ignore_ascii_case("identity")) {
+        let hashes = headers.get_all("x-goog-hash").iter().filter_map(|v| v.to_str().ok());
+        let pairs: Vec<(&str, &str)> =
+            hashes.flat_map(|v| v.split(',')).filter_map(|pair| pair.trim().split_once('=')).collect();
+        for (key, algorithm) in [("crc32c", Algorithm::Crc32c), ("md5", Algorithm::Md5)] {
+            // Base64 ends in `=`: only the first `=` separates the name.
+            if let Some((_, value)) = pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(key))
+                && let Some(digest) = ObjectDigest::base64(algorithm, value, "x-goog-hash")
+            {
+                return Some(digest);
+            }
+        }
+    }
+    if let Some(digest) =
+        text("x-ms-blob-content-md5").and_then(|v| ObjectDigest::base64(Algorithm::Md5, v, "x-ms-blob-content-md5"))
+    {
+        return Some(digest);
+    }
+    if whole
+        && let Some(digest) = text("content-md5").and_then(|v| ObjectDigest::base64(Algorithm::Md5, v, "Content-MD5"))
+    {
+        return Some(digest);
+    }
+    if s3 {
+        let encrypted = text("x-amz-server-side-encryption").is_some_and(|e| e.to_ascii_lowercase().contains("kms"))
+            || headers.contains_key("x-amz-server-side-encryption-customer-algorithm");
+        let etag = text("etag").map(|e| e.trim_start_matches("W/").trim_matches('"'));
+        if let Some(etag) = etag.filter(|e| !encrypted && e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit())) {
+            let value = (0..16).filter_map(|i| u8::from_str_radix(&etag[2 * i..2 * i + 2], 16).ok()).collect();
+            return ObjectDigest::new(Algorithm::Md5, value, "ETag");
+        }
+    }
+    None
+}
+
+/// Wraps object_store's own HTTP client and records in each answer's extensions the digest it states.
+#[derive(Debug, Default)]
+pub(crate) struct DigestConnector {
+    /// The store is S3 (or S3-compatible): its ETags may be MD5s.
+    pub(crate) s3: bool,
+}
+
+impl HttpConnector for DigestConnector {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let inner = ReqwestConnector::default().connect(options)?;
+        Ok(HttpClient::new(DigestService { inner, s3: self.s3 }))
+    }
+}
+
+#[derive(Debug)]
+struct DigestService {
+    inner: HttpClient,
+    s3: bool,
+}
+
+#[async_trait]
+impl HttpService for DigestService {
+    async fn call(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let mut response = self.inner.execute(request).await?;
+        if let Some(digest) = stated_digest(response.status(), response.headers(), self.s3) {
+            response.extensions_mut().insert(digest);
+        }
+        Ok(response)
+    }
+}
+
+/// Hashes `path` with `expected`'s algorithm; `Err` says how they differ (or why the file could not be read).
+pub(crate) async fn verify(path: &Path, expected: &ObjectDigest) -> Result<(), String> {
+    let (path, expected) = (path.to_path_buf(), expected.clone());
+    tokio::task::spawn_blocking(move || verify_blocking(&path, &expected))
+        .await
+        .map_err(|e| format!("the digest check stopped: {e}"))?
+}
+
+fn verify_blocking(path: &PathBuf, expected: &ObjectDigest) -> Result<(), String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read it back: {e}"))?;
+    let mut hasher = Hasher::new(expected.algorithm);
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| format!("cannot read it back: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    let got = hasher.finish();
+    if got == expected.value {
+        return Ok(());
+    }
+    let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+    Err(format!(
+        "its bytes do not match the {} the store states in {} ({}, downloaded {})",
+        expected.algorithm.name(),
+        expected.header,
+        b64(&expected.value),
+        b64(&got)
+    ))
+}
+
+enum Hasher {
+    Crc(Box<crc_fast::Digest>, usize),
+    Md5(Box<md5::Md5>),
+}
+
+impl Hasher {
+    fn new(algorithm: Algorithm) -> Self {
+        use crc_fast::CrcAlgorithm;
+        match algorithm {
+            Algorithm::Crc64Nvme => Hasher::Crc(Box::new(crc_fast::Digest::new(CrcAlgorithm::Crc64Nvme)), 8),
+            Algorithm::Crc32c => Hasher::Crc(Box::new(crc_fast::Digest::new(CrcAlgorithm::Crc32Iscsi)), 4),
+            Algorithm::Crc32 => Hasher::Crc(Box::new(crc_fast::Digest::new(CrcAlgorithm::Crc32IsoHdlc)), 4),
+            Algorithm::Md5 => Hasher::Md5(Box::default()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Crc(digest, _) => digest.update(data),
+            Hasher::Md5(md5) => md5.update(data),
+        }
+    }
+
+    /// The digest as stores write it: big-endian bytes.
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Hasher::Crc(digest, width) => digest.finalize().to_be_bytes()[8 - width..].to_vec(),
+            Hasher::Md5(md5) => md5.finalize().to_vec(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    fn digest_of(algorithm: Algorithm, data: &[u8]) -> Vec<u8> {
+        let mut h = Hasher::new(algorithm);
+        h.update(data);
+        h.finish()
+    }
+
+    #[test]
+    fn digests_match_the_values_stores_publish() {
+        // "hello world": the values AWS, GCS and `md5sum` print.
+        let data = b"hello world";
+        let b64 = |v: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(v);
+        assert_eq!(b64(digest_of(Algorithm::Crc32, data)), "DUoRhQ==");
+        assert_eq!(b64(digest_of(Algorithm::Crc32c, data)), "yZRlqg==");
+        assert_eq!(b64(digest_of(Algorithm::Md5, data)), "XrY7u+Ae7tCTyyK7j1rNww==");
+        // The catalogued check values (the CRC of "123456789").
+        assert_eq!(digest_of(Algorithm::Crc64Nvme, b"123456789"), 0xAE8B_1486_0A79_9888u64.to_be_bytes());
+        assert_eq!(digest_of(Algorithm::Crc32c, b"123456789"), 0xE306_9283u32.to_be_bytes());
+    }
+
+    #[test]
+    fn trusts_whole_object_checksums_and_md5_etags_only() {
+        let ok = StatusCode::OK;
+        let partial = StatusCode::PARTIAL_CONTENT;
+        let crc = headers(&[("x-amz-checksum-crc32", "DUoRhQ=="), ("etag", "\"5eb63bbbe01eeed093cb22bb8f5acdc3\"")]);
+        assert_eq!(stated_digest(ok, &crc, true).unwrap().header, "x-amz-checksum-crc32");
+        // A ranged answer's checksum is not the object's; its ETag still is.
+        assert_eq!(stated_digest(partial, &crc, true).unwrap().header, "ETag");
+        let composite = headers(&[("x-amz-checksum-crc32", "DUoRhQ==-3"), ("etag", "\"abc-3\"")]);
+        assert_eq!(stated_digest(ok, &composite, true), None);
+        let typed = headers(&[("x-amz-checksum-crc32", "DUoRhQ=="), ("x-amz-checksum-type", "COMPOSITE")]);
+        assert_eq!(stated_digest(ok, &typed, true), None);
+        let kms =
+            headers(&[("etag", "\"5eb63bbbe01eeed093cb22bb8f5acdc3\""), ("x-amz-server-side-encryption", "aws:kms")]);
+        assert_eq!(stated_digest(ok, &kms, true), None, "a KMS object's ETag is not its MD5");
+        let sse_s3 =
+            headers(&[("etag", "\"5eb63bbbe01eeed093cb22bb8f5acdc3\""), ("x-amz-server-side-encryption", "AES256")]);
+        assert_eq!(stated_digest(ok, &sse_s3, true).unwrap().value, digest_of(Algorithm::Md5, b"hello world"));
+        let etag = headers(&[("etag", "\"5eb63bbbe01eeed093cb22bb8f5acdc3\"")]);
+        assert_eq!(stated_digest(ok, &etag, false), None, "only S3's ETags are MD5s");
+        let goog = headers(&[("x-goog-hash", "crc32c=yZRlqg=="), ("x-goog-hash", "md5=XrY7u+Ae7tCTyyK7j1rNww==")]);
+        assert_eq!(stated_digest(partial, &goog, false).unwrap().algorithm, Algorithm::Crc32c);
+        let gzipped =
+            headers(&[("x-goog-hash", "md5=XrY7u+Ae7tCTyyK7j1rNww=="), ("x-goog-stored-content-encoding", "gzip")]);
+        assert_eq!(stated_digest(ok, &gzipped, false), None);
+        let content_md5 = headers(&[("content-md5", "XrY7u+Ae7tCTyyK7j1rNww==")]);
+        assert_eq!(stated_digest(ok, &content_md5, false).unwrap().algorithm, Algorithm::Md5);
+        assert_eq!(stated_digest(partial, &content_md5, false), None, "a range's Content-MD5 is the range's");
+        let garbage = headers(&[("x-amz-checksum-crc32", "not base64!"), ("content-md5", "AAAA")]);
+        assert_eq!(stated_digest(ok, &garbage, false), None);
+    }
+
+    #[tokio::test]
+    async fn verify_names_both_digests_on_a_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello world").unwrap();
+        let good = ObjectDigest::new(Algorithm::Md5, digest_of(Algorithm::Md5, b"hello world"), "ETag").unwrap();
+        assert_eq!(verify(&path, &good).await, Ok(()));
+        std::fs::write(&path, b"hello wOrld").unwrap();
+        let error = verify(&path, &good).await.unwrap_err();
+        assert!(
+            error.contains("MD5") && error.contains("ETag") && error.contains("XrY7u+Ae7tCTyyK7j1rNww=="),
+            "{error}"
+        );
+        let crc =
+            ObjectDigest::new(Algorithm::Crc64Nvme, digest_of(Algorithm::Crc64Nvme, b"hello wOrld"), "x").unwrap();
+        assert_eq!(verify(&path, &crc).await, Ok(()));
+    }
+}
