@@ -99,7 +99,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 class CuttingProxy:
     """Forwards TCP to `upstream_port`; the first `cuts` responses larger than `min_bytes` are cut after
     `keep` bytes (the connection is dropped mid-body), as a flaky network would. With `corrupt`, those responses
-    instead arrive whole, with the byte at `keep` flipped: the right length, the wrong bytes."""
+    instead arrive whole with one byte flipped: the right length, the wrong bytes. The byte is the one at `keep`, or
+    with `corrupt="moving"` one further along for each response (corruption on the way is not the same twice)."""
 
     def __init__(self, upstream_port, cuts=2, keep=64 * 1024, min_bytes=200 * 1024, corrupt=False):
         self.upstream_port, self.cuts, self.keep, self.min_bytes = upstream_port, cuts, keep, min_bytes
@@ -145,6 +146,8 @@ class CuttingProxy:
                                 cutting = True
                 if cutting and relayed + len(data) > self.keep:
                     at = max(0, self.keep - relayed)
+                    if self.corrupt == "moving":
+                        at = min(at + self.cut, len(data) - 1)
                     if not self.corrupt:
                         dst.sendall(data[:at])
                         break

@@ -100,29 +100,61 @@ impl Downloader<'_> {
         let parent = job.dest.parent().unwrap_or(FsPath::new("."));
         tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
         let file_name = job.dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let corrupt = |reason: String| StorageError::Integrity {
+            location: self.label.to_string(),
+            path: job.rel.clone(),
+            reason,
+        };
         let mut attempts = 0u32;
+        // The digest of the last download that did not match.
+        let mut last_mismatch: Option<Vec<u8>> = None;
         loop {
             attempts += 1;
             let temp = parent.join(format!(".{file_name}.part-{:016x}", fastrand::u64(..)));
-            let result = match self.download_to(job, &temp).await {
-                Ok(Some(stated)) => digest::verify(&temp, &stated).await.map_err(|reason| StorageError::Integrity {
-                    location: self.label.to_string(),
-                    path: job.rel.clone(),
-                    reason: format!("{reason}, {attempts} attempt{}", if attempts == 1 { "" } else { "s" }),
-                }),
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => return tokio::fs::rename(&temp, &job.dest).await.map_err(io(&job.dest)),
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&temp).await;
-                    if !matches!(e, StorageError::Integrity { .. }) || attempts > self.options.max_retries {
-                        return Err(e);
-                    }
-                    tracing::warn!(location = self.label, path = job.rel, attempts, error = %e, "corrupt download, downloading it again");
+            let checked = match self.download_to(job, &temp).await {
+                Ok(Some(stated)) => {
+                    digest::verify(&temp, &stated).await.map_err(|e| e.map(|m| (stated, m)).map_err(corrupt))
                 }
+                Ok(None) => Ok(()),
+                Err(e) => Err(Err(e)),
+            };
+            let failure = match checked {
+                Ok(()) => None,
+                Err(Err(e)) => Some(e),
+                Err(Ok((stated, mismatch))) => {
+                    if !stated.is_computed_by_store() && last_mismatch.as_ref() == Some(&mismatch.got) {
+                        // The same bytes twice: the uploader's or the convention's digest is what is wrong.
+                        let header = stated.header;
+                        tracing::warn!(
+                            location = self.label,
+                            path = job.rel,
+                            header,
+                            "two downloads hashed the same, unlike the digest the store states; taking the bytes"
+                        );
+                        None
+                    } else if attempts > self.options.max_retries {
+                        let s = if attempts == 1 { "" } else { "s" };
+                        Some(corrupt(format!("{}, {attempts} attempt{s}", mismatch.reason)))
+                    } else {
+                        let reason = &mismatch.reason;
+                        tracing::warn!(
+                            location = self.label,
+                            path = job.rel,
+                            attempts,
+                            reason,
+                            "corrupt download, downloading it again"
+                        );
+                        last_mismatch = Some(mismatch.got);
+                        let _ = tokio::fs::remove_file(&temp).await;
+                        continue;
+                    }
+                }
+            };
+            if let Some(e) = failure {
+                let _ = tokio::fs::remove_file(&temp).await;
+                return Err(e);
             }
+            return tokio::fs::rename(&temp, &job.dest).await.map_err(io(&job.dest));
         }
     }
 

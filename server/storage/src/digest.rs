@@ -4,15 +4,22 @@
 //! the model would then load corrupt, or fail with an error about its format. Stores state an object's digest in
 //! response headers that object_store does not read: [`DigestConnector`] wraps object_store's HTTP client and
 //! puts what each response states into its extensions, which reach `GetResult::extensions`. Trusted, in order:
-//! - S3's `x-amz-checksum-crc64nvme`, `-crc32c` and `-crc32` (asked for with `x-amz-checksum-mode: ENABLED`),
-//!   only on a whole-object answer and only of a full-object kind: a multipart upload's composite checksum is not
-//!   a digest of the bytes;
+//! - S3's `x-amz-checksum-crc64nvme`, `-crc32c` and `-crc32`, where an S3-compatible server sends them unasked,
+//!   only on a whole-object answer and only of a full-object kind: a multipart upload's composite checksum is
+//!   not a digest of the bytes. (Asking S3 for them takes an `x-amz-checksum-mode` header, which object_store
+//!   would leave unsigned on listings, and S3 refuses any unsigned `x-amz-*` header.)
 //! - GCS's `x-goog-hash` (`crc32c=`, `md5=`), unless the object is stored with a content encoding (the bytes
 //!   served may then be decoded ones);
 //! - Azure's `x-ms-blob-content-md5`, and `Content-MD5` on a whole-object answer (Azure, and plain HTTP servers
 //!   that send it);
-//! - on S3 only, an ETag of 32 hex digits (a single-part upload) of an object not encrypted with KMS or a
-//!   customer key: such an ETag is the MD5 of the bytes.
+//! - on S3 only, a strong ETag of 32 hex digits (a single-part upload) of an object stored unencrypted or with
+//!   S3's own keys (`AES256`), outside directory buckets and GCS's S3 interoperability: such an ETag is the MD5
+//!   of the bytes.
+//!
+//! The last three are written by whoever uploaded the object, or follow a convention a store may not keep, so
+//! they can be wrong about bytes that are right: when two whole downloads hash the same and both differ from
+//! such a digest, the bytes are taken, with a warning (corruption on the way does not repeat itself). The CRCs
+//! and `x-goog-hash` are computed by the store: a mismatch with them always fails.
 //!
 //! An object whose answers state none of these is not checked. The check reads the assembled file back once
 //! (MD5 at about 0.5 GB/s; the CRCs much faster), so resumed and multi-part downloads are covered as a whole.
@@ -58,6 +65,13 @@ pub(crate) struct ObjectDigest {
     pub(crate) algorithm: Algorithm,
     pub(crate) value: Vec<u8>,
     pub(crate) header: &'static str,
+}
+
+impl ObjectDigest {
+    /// Whether the store computed the digest from the bytes it holds (see the module docs).
+    pub(crate) fn is_computed_by_store(&self) -> bool {
+        self.header.starts_with("x-amz-checksum-") || self.header == "x-goog-hash"
+    }
 }
 
 impl ObjectDigest {
@@ -120,10 +134,16 @@ pub(crate) fn stated_digest(status: StatusCode, headers: &HeaderMap, s3: bool) -
         return Some(digest);
     }
     if s3 {
-        let encrypted = text("x-amz-server-side-encryption").is_some_and(|e| e.to_ascii_lowercase().contains("kms"))
-            || headers.contains_key("x-amz-server-side-encryption-customer-algorithm");
-        let etag = text("etag").map(|e| e.trim_start_matches("W/").trim_matches('"'));
-        if let Some(etag) = etag.filter(|e| !encrypted && e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit())) {
+        // Only S3's own keys keep the ETag an MD5; KMS, DSSE, customer keys and anything newer do not.
+        let own_keys = text("x-amz-server-side-encryption").is_none_or(|e| e.eq_ignore_ascii_case("AES256"))
+            && !headers.contains_key("x-amz-server-side-encryption-customer-algorithm");
+        // Directory buckets' ETags are not MD5s; GCS's S3 interoperability answers with its own headers too.
+        let other_kind =
+            headers.contains_key("x-amz-express-bucket") || headers.keys().any(|k| k.as_str().starts_with("x-goog-"));
+        let etag = text("etag").filter(|e| !e.starts_with("W/")).map(|e| e.trim_matches('"'));
+        if let Some(etag) =
+            etag.filter(|e| own_keys && !other_kind && e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
             let value = (0..16).filter_map(|i| u8::from_str_radix(&etag[2 * i..2 * i + 2], 16).ok()).collect();
             return ObjectDigest::new(Algorithm::Md5, value, "ETag");
         }
@@ -162,21 +182,32 @@ impl HttpService for DigestService {
     }
 }
 
-/// Hashes `path` with `expected`'s algorithm; `Err` says how they differ (or why the file could not be read).
-pub(crate) async fn verify(path: &Path, expected: &ObjectDigest) -> Result<(), String> {
+/// Downloaded bytes that do not match the digest their store states.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Mismatch {
+    /// The digest of the bytes that arrived.
+    pub(crate) got: Vec<u8>,
+    /// How they differ, for the error.
+    pub(crate) reason: String,
+}
+
+/// Hashes `path` with `expected`'s algorithm: `Err(Ok(_))` when the bytes do not match, `Err(Err(_))` when the file
+/// could not be read back (saying why).
+pub(crate) async fn verify(path: &Path, expected: &ObjectDigest) -> Result<(), Result<Mismatch, String>> {
     let (path, expected) = (path.to_path_buf(), expected.clone());
     tokio::task::spawn_blocking(move || verify_blocking(&path, &expected))
         .await
-        .map_err(|e| format!("the digest check stopped: {e}"))?
+        .map_err(|e| Err(format!("the digest check stopped: {e}")))?
 }
 
-fn verify_blocking(path: &PathBuf, expected: &ObjectDigest) -> Result<(), String> {
+fn verify_blocking(path: &PathBuf, expected: &ObjectDigest) -> Result<(), Result<Mismatch, String>> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read it back: {e}"))?;
+    let unreadable = |e: std::io::Error| Err(format!("cannot read it back: {e}"));
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
     let mut hasher = Hasher::new(expected.algorithm);
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buffer).map_err(|e| format!("cannot read it back: {e}"))?;
+        let n = file.read(&mut buffer).map_err(unreadable)?;
         if n == 0 {
             break;
         }
@@ -187,13 +218,14 @@ fn verify_blocking(path: &PathBuf, expected: &ObjectDigest) -> Result<(), String
         return Ok(());
     }
     let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
-    Err(format!(
+    let reason = format!(
         "its bytes do not match the {} the store states in {} ({}, downloaded {})",
         expected.algorithm.name(),
         expected.header,
         b64(&expected.value),
         b64(&got)
-    ))
+    );
+    Err(Ok(Mismatch { got, reason }))
 }
 
 enum Hasher {
@@ -271,9 +303,19 @@ mod tests {
         assert_eq!(stated_digest(ok, &composite, true), None);
         let typed = headers(&[("x-amz-checksum-crc32", "DUoRhQ=="), ("x-amz-checksum-type", "COMPOSITE")]);
         assert_eq!(stated_digest(ok, &typed, true), None);
-        let kms =
-            headers(&[("etag", "\"5eb63bbbe01eeed093cb22bb8f5acdc3\""), ("x-amz-server-side-encryption", "aws:kms")]);
-        assert_eq!(stated_digest(ok, &kms, true), None, "a KMS object's ETag is not its MD5");
+        let md5_etag = "\"5eb63bbbe01eeed093cb22bb8f5acdc3\"";
+        for sse in ["aws:kms", "aws:kms:dsse", "aws:fsx"] {
+            let encrypted = headers(&[("etag", md5_etag), ("x-amz-server-side-encryption", sse)]);
+            assert_eq!(stated_digest(ok, &encrypted, true), None, "a {sse} object's ETag is not its MD5");
+        }
+        let customer = headers(&[("etag", md5_etag), ("x-amz-server-side-encryption-customer-algorithm", "AES256")]);
+        assert_eq!(stated_digest(ok, &customer, true), None);
+        let weak = headers(&[("etag", "W/\"5eb63bbbe01eeed093cb22bb8f5acdc3\"")]);
+        assert_eq!(stated_digest(ok, &weak, true), None);
+        let interop = headers(&[("etag", md5_etag), ("x-goog-stored-content-encoding", "gzip")]);
+        assert_eq!(stated_digest(ok, &interop, true), None, "GCS's S3 interoperability");
+        assert!(!stated_digest(ok, &headers(&[("etag", md5_etag)]), true).unwrap().is_computed_by_store());
+        assert!(stated_digest(ok, &crc, true).unwrap().is_computed_by_store());
         let sse_s3 =
             headers(&[("etag", "\"5eb63bbbe01eeed093cb22bb8f5acdc3\""), ("x-amz-server-side-encryption", "AES256")]);
         assert_eq!(stated_digest(ok, &sse_s3, true).unwrap().value, digest_of(Algorithm::Md5, b"hello world"));
@@ -299,7 +341,9 @@ mod tests {
         let good = ObjectDigest::new(Algorithm::Md5, digest_of(Algorithm::Md5, b"hello world"), "ETag").unwrap();
         assert_eq!(verify(&path, &good).await, Ok(()));
         std::fs::write(&path, b"hello wOrld").unwrap();
-        let error = verify(&path, &good).await.unwrap_err();
+        let mismatch = verify(&path, &good).await.unwrap_err().unwrap();
+        assert_eq!(mismatch.got, digest_of(Algorithm::Md5, b"hello wOrld"));
+        let error = mismatch.reason;
         assert!(
             error.contains("MD5") && error.contains("ETag") && error.contains("XrY7u+Ae7tCTyyK7j1rNww=="),
             "{error}"

@@ -189,12 +189,8 @@ fn client_options() -> ClientOptions {
 /// The S3 builder for `bucket`: `AWS_*` variables as `AmazonS3Builder::from_env` reads them, plus KServe's.
 pub(crate) fn s3_builder(bucket: &str, env: &Env) -> AmazonS3Builder {
     // Client options first: `AWS_ALLOW_HTTP`, `AWS_PROXY_URL` and the like then override them.
-    // `x-amz-checksum-mode: ENABLED` asks S3 for the object's checksum (see `crate::digest`). A default header,
-    // so that it is signed as S3 requires of every `x-amz-*` header.
-    let mut checksum_mode = http::HeaderMap::new();
-    checksum_mode.insert("x-amz-checksum-mode", http::HeaderValue::from_static("ENABLED"));
     let mut builder = AmazonS3Builder::new()
-        .with_client_options(client_options().with_default_headers(checksum_mode))
+        .with_client_options(client_options())
         .with_retry(retry_config())
         .with_http_connector(DigestConnector { s3: true });
     for (key, value) in &env.0 {

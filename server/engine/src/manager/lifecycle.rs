@@ -198,8 +198,9 @@ impl ModelManager {
         config: Option<(ModelConfig, String)>,
     ) -> Result<(), InferError> {
         let lock = self.lifecycle_lock(name);
-        let _turn = lock.lock().await;
-        if self.is_shutting_down() {
+        // A load queued behind another one does not hold the drain either.
+        let turn = self.unless_stopping(lock.lock()).await;
+        if turn.is_none() || self.is_shutting_down() {
             return Err(InferError::NotReady("the server is shutting down".into()));
         }
         let started = Instant::now();
