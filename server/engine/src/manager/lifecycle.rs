@@ -248,7 +248,16 @@ impl ModelManager {
         }
         let selected = select_versions(&source);
         if selected.is_empty() {
-            let reason = format!("no version directory matches the version policy in {}", source.location);
+            // Triton's words first; then what is there (an empty `1/`, or a model file outside any version
+            // directory, lists no version at all).
+            let found: Vec<u64> = source.versions.iter().map(|v| v.version).collect();
+            let what = if found.is_empty() {
+                format!("{} has no numbered version directory holding a file (such as `1/model.onnx`)", source.location)
+            } else {
+                format!("{} has versions {found:?}, and none is in the policy's list", source.location)
+            };
+            let reason =
+                format!("at least one version must be available under the version policy of model '{name}': {what}");
             return Err(self.fail(name, current, Failure::in_files(reason, source.fingerprint)));
         }
         let loader = match pick_loader(&self.loaders, &source) {

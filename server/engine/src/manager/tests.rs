@@ -482,6 +482,22 @@ async fn load_failures_start_with_triton_wording() {
         }
         other => panic!("{other:?}"),
     }
+    // A model directory whose version directory is empty, or whose policy names a version that is not there.
+    std::fs::create_dir_all(f.root.join("empty/1")).unwrap();
+    write(&f.root.join("empty/config.pbtxt"), "backend: \"onnxruntime\"");
+    write(&f.root.join("pinned/1/model.add"), "1");
+    write(&f.root.join("pinned/config.pbtxt"), "version_policy: { specific: { versions: [3] } }");
+    for (model, detail) in [("empty", "no numbered version directory"), ("pinned", "has versions [1]")] {
+        match f.manager.request_load(model, None).await {
+            Err(InferError::InvalidInput(m)) => assert!(
+                m.starts_with(&format!(
+                    "failed to load '{model}': at least one version must be available under the version policy"
+                )) && m.contains(detail),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
