@@ -129,7 +129,7 @@ class CuttingProxy:
         self._pump(upstream, client, True)
 
     def _pump(self, src, dst, responses):
-        relayed, cutting = 0, False
+        relayed, cutting, target = 0, False, self.keep
         try:
             while True:
                 data = src.recv(65536)
@@ -144,10 +144,9 @@ class CuttingProxy:
                             if length >= self.min_bytes and self.cut < self.cuts:
                                 self.cut += 1
                                 cutting = True
-                if cutting and relayed + len(data) > self.keep:
-                    at = max(0, self.keep - relayed)
-                    if self.corrupt == "moving":
-                        at = min(at + self.cut, len(data) - 1)
+                                target = self.keep + (self.cut if self.corrupt == "moving" else 0)
+                if cutting and relayed + len(data) > target:
+                    at = target - relayed
                     if not self.corrupt:
                         dst.sendall(data[:at])
                         break

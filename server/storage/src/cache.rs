@@ -100,61 +100,51 @@ impl Downloader<'_> {
         let parent = job.dest.parent().unwrap_or(FsPath::new("."));
         tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
         let file_name = job.dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let corrupt = |reason: String| StorageError::Integrity {
-            location: self.label.to_string(),
-            path: job.rel.clone(),
-            reason,
-        };
+        let (location, path) = (self.label.to_string(), job.rel.clone());
+        let unreadable = |reason| StorageError::Integrity { location: location.clone(), path: path.clone(), reason };
         let mut attempts = 0u32;
         // The digest of the last download that did not match.
         let mut last_mismatch: Option<Vec<u8>> = None;
         loop {
             attempts += 1;
-            let temp = parent.join(format!(".{file_name}.part-{:016x}", fastrand::u64(..)));
-            let checked = match self.download_to(job, &temp).await {
-                Ok(Some(stated)) => {
-                    digest::verify(&temp, &stated).await.map_err(|e| e.map(|m| (stated, m)).map_err(corrupt))
-                }
-                Ok(None) => Ok(()),
-                Err(e) => Err(Err(e)),
+            // Removed when dropped, unless renamed into place: a download given up or cut off (another file
+            // failed, the server is stopping) leaves nothing behind.
+            let temp =
+                TempFile { path: parent.join(format!(".{file_name}.part-{:016x}", fastrand::u64(..))), renamed: false };
+            let (stated, mismatch) = match self.download_to(job, &temp.path).await? {
+                None => return temp.rename_to(&job.dest).await,
+                Some(stated) => match digest::verify(&temp.path, &stated).await {
+                    Ok(()) => return temp.rename_to(&job.dest).await,
+                    Err(Err(reason)) => return Err(unreadable(reason)),
+                    Err(Ok(mismatch)) => (stated, mismatch),
+                },
             };
-            let failure = match checked {
-                Ok(()) => None,
-                Err(Err(e)) => Some(e),
-                Err(Ok((stated, mismatch))) => {
-                    if !stated.is_computed_by_store() && last_mismatch.as_ref() == Some(&mismatch.got) {
-                        // The same bytes twice: the uploader's or the convention's digest is what is wrong.
-                        let header = stated.header;
-                        tracing::warn!(
-                            location = self.label,
-                            path = job.rel,
-                            header,
-                            "two downloads hashed the same, unlike the digest the store states; taking the bytes"
-                        );
-                        None
-                    } else if attempts > self.options.max_retries {
-                        let s = if attempts == 1 { "" } else { "s" };
-                        Some(corrupt(format!("{}, {attempts} attempt{s}", mismatch.reason)))
-                    } else {
-                        let reason = &mismatch.reason;
-                        tracing::warn!(
-                            location = self.label,
-                            path = job.rel,
-                            attempts,
-                            reason,
-                            "corrupt download, downloading it again"
-                        );
-                        last_mismatch = Some(mismatch.got);
-                        let _ = tokio::fs::remove_file(&temp).await;
-                        continue;
-                    }
-                }
-            };
-            if let Some(e) = failure {
-                let _ = tokio::fs::remove_file(&temp).await;
-                return Err(e);
+            if !stated.computed_by_store && last_mismatch.as_ref() == Some(&mismatch.got) {
+                // The same bytes twice: the uploader's or the convention's digest is what is wrong.
+                let header = stated.header;
+                tracing::warn!(
+                    location = self.label,
+                    path = job.rel,
+                    header,
+                    "two downloads hashed the same, unlike the digest the store states; taking the bytes"
+                );
+                return temp.rename_to(&job.dest).await;
             }
-            return tokio::fs::rename(&temp, &job.dest).await.map_err(io(&job.dest));
+            // A digest the store did not compute gets a second download even with no retries, to tell.
+            if attempts > self.options.max_retries.max(u32::from(!stated.computed_by_store)) {
+                let s = if attempts == 1 { "" } else { "s" };
+                let reason = format!("{}, {attempts} attempt{s}", mismatch.reason);
+                return Err(StorageError::Corrupted { location, path, reason });
+            }
+            let reason = &mismatch.reason;
+            tracing::warn!(
+                location = self.label,
+                path = job.rel,
+                attempts,
+                reason,
+                "corrupt download, downloading it again"
+            );
+            last_mismatch = Some(mismatch.got);
         }
     }
 
@@ -248,6 +238,29 @@ impl Downloader<'_> {
             ));
         }
         Ok(())
+    }
+}
+
+/// A temporary download, removed when dropped unless it was renamed into place.
+struct TempFile {
+    path: PathBuf,
+    renamed: bool,
+}
+
+impl TempFile {
+    async fn rename_to(mut self, dest: &FsPath) -> Result<(), StorageError> {
+        tokio::fs::rename(&self.path, dest).await.map_err(io(dest))?;
+        self.renamed = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.renamed {
+            // Blocking, but a single unlink, where a download was given up.
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

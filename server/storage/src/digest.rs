@@ -14,12 +14,13 @@
 //!   that send it);
 //! - on S3 only, a strong ETag of 32 hex digits (a single-part upload) of an object stored unencrypted or with
 //!   S3's own keys (`AES256`), outside directory buckets and GCS's S3 interoperability: such an ETag is the MD5
-//!   of the bytes.
+//!   of the bytes. AWS computes it; an S3-compatible server (a custom endpoint) keeps it by convention.
 //!
-//! The last three are written by whoever uploaded the object, or follow a convention a store may not keep, so
-//! they can be wrong about bytes that are right: when two whole downloads hash the same and both differ from
-//! such a digest, the bytes are taken, with a warning (corruption on the way does not repeat itself). The CRCs
-//! and `x-goog-hash` are computed by the store: a mismatch with them always fails.
+//! The CRCs, `x-goog-hash` and AWS's own ETags are computed by the store: a mismatch with them always fails. The
+//! others are written by whoever uploaded the object, or follow a convention a store may not keep, so they can be
+//! wrong about bytes that are right: when two whole downloads hash the same and both differ from such a digest,
+//! the bytes are taken, with a warning (corruption on the way does not repeat itself). A second download is made
+//! for that even with `--storage-retries 0`.
 //!
 //! An object whose answers state none of these is not checked. The check reads the assembled file back once
 //! (MD5 at about 0.5 GB/s; the CRCs much faster), so resumed and multi-part downloads are covered as a whole.
@@ -65,13 +66,8 @@ pub(crate) struct ObjectDigest {
     pub(crate) algorithm: Algorithm,
     pub(crate) value: Vec<u8>,
     pub(crate) header: &'static str,
-}
-
-impl ObjectDigest {
-    /// Whether the store computed the digest from the bytes it holds (see the module docs).
-    pub(crate) fn is_computed_by_store(&self) -> bool {
-        self.header.starts_with("x-amz-checksum-") || self.header == "x-goog-hash"
-    }
+    /// The store computed it from the bytes it holds (see the module docs): a mismatch always fails.
+    pub(crate) computed_by_store: bool,
 }
 
 impl ObjectDigest {
@@ -81,7 +77,8 @@ impl ObjectDigest {
             Algorithm::Crc32c | Algorithm::Crc32 => 4,
             Algorithm::Md5 => 16,
         };
-        (value.len() == len).then_some(ObjectDigest { algorithm, value, header })
+        let computed_by_store = header.starts_with("x-amz-checksum-") || header == "x-goog-hash";
+        (value.len() == len).then_some(ObjectDigest { algorithm, value, header, computed_by_store })
     }
 
     fn base64(algorithm: Algorithm, text: &str, header: &'static str) -> Option<Self> {
@@ -90,9 +87,20 @@ impl ObjectDigest {
     }
 }
 
-/// The whole-object digest an answer states, if any (see the module docs for which are trusted). `s3`: the answer
-/// is from S3, whose ETags may be MD5s.
-pub(crate) fn stated_digest(status: StatusCode, headers: &HeaderMap, s3: bool) -> Option<ObjectDigest> {
+/// What an S3 ETag is taken for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Etags {
+    /// Not a digest (not S3, or a directory bucket, whose ETags are random).
+    #[default]
+    Ignored,
+    /// The MD5 of a single-part object by convention (an S3-compatible server: MinIO, Ceph, R2, ...).
+    Convention,
+    /// The MD5 AWS S3 computes of a single-part object stored unencrypted or with its own keys.
+    ComputedByStore,
+}
+
+/// The whole-object digest an answer states, if any (see the module docs for which are trusted).
+pub(crate) fn stated_digest(status: StatusCode, headers: &HeaderMap, etags: Etags) -> Option<ObjectDigest> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let whole = status == StatusCode::OK && !headers.contains_key(http::header::CONTENT_RANGE);
     if whole {
@@ -133,19 +141,21 @@ pub(crate) fn stated_digest(status: StatusCode, headers: &HeaderMap, s3: bool) -
     {
         return Some(digest);
     }
-    if s3 {
+    if etags != Etags::Ignored {
         // Only S3's own keys keep the ETag an MD5; KMS, DSSE, customer keys and anything newer do not.
         let own_keys = text("x-amz-server-side-encryption").is_none_or(|e| e.eq_ignore_ascii_case("AES256"))
             && !headers.contains_key("x-amz-server-side-encryption-customer-algorithm");
-        // Directory buckets' ETags are not MD5s; GCS's S3 interoperability answers with its own headers too.
-        let other_kind =
-            headers.contains_key("x-amz-express-bucket") || headers.keys().any(|k| k.as_str().starts_with("x-goog-"));
+        // Directory buckets' ETags are not MD5s (their buckets are also told apart by name, see `location.rs`);
+        // GCS's S3 interoperability answers with its own headers too.
+        let other_kind = text("x-amz-storage-class").is_some_and(|c| c.eq_ignore_ascii_case("EXPRESS_ONEZONE"))
+            || headers.keys().any(|k| k.as_str().starts_with("x-goog-"));
         let etag = text("etag").filter(|e| !e.starts_with("W/")).map(|e| e.trim_matches('"'));
         if let Some(etag) =
             etag.filter(|e| own_keys && !other_kind && e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
         {
             let value = (0..16).filter_map(|i| u8::from_str_radix(&etag[2 * i..2 * i + 2], 16).ok()).collect();
-            return ObjectDigest::new(Algorithm::Md5, value, "ETag");
+            let digest = ObjectDigest::new(Algorithm::Md5, value, "ETag");
+            return digest.map(|d| ObjectDigest { computed_by_store: etags == Etags::ComputedByStore, ..d });
         }
     }
     None
@@ -154,28 +164,28 @@ pub(crate) fn stated_digest(status: StatusCode, headers: &HeaderMap, s3: bool) -
 /// Wraps object_store's own HTTP client and records in each answer's extensions the digest it states.
 #[derive(Debug, Default)]
 pub(crate) struct DigestConnector {
-    /// The store is S3 (or S3-compatible): its ETags may be MD5s.
-    pub(crate) s3: bool,
+    /// What the store's ETags are.
+    pub(crate) etags: Etags,
 }
 
 impl HttpConnector for DigestConnector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
         let inner = ReqwestConnector::default().connect(options)?;
-        Ok(HttpClient::new(DigestService { inner, s3: self.s3 }))
+        Ok(HttpClient::new(DigestService { inner, etags: self.etags }))
     }
 }
 
 #[derive(Debug)]
 struct DigestService {
     inner: HttpClient,
-    s3: bool,
+    etags: Etags,
 }
 
 #[async_trait]
 impl HttpService for DigestService {
     async fn call(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
         let mut response = self.inner.execute(request).await?;
-        if let Some(digest) = stated_digest(response.status(), response.headers(), self.s3) {
+        if let Some(digest) = stated_digest(response.status(), response.headers(), self.etags) {
             response.extensions_mut().insert(digest);
         }
         Ok(response)
@@ -296,41 +306,47 @@ mod tests {
         let ok = StatusCode::OK;
         let partial = StatusCode::PARTIAL_CONTENT;
         let crc = headers(&[("x-amz-checksum-crc32", "DUoRhQ=="), ("etag", "\"5eb63bbbe01eeed093cb22bb8f5acdc3\"")]);
-        assert_eq!(stated_digest(ok, &crc, true).unwrap().header, "x-amz-checksum-crc32");
+        assert_eq!(stated_digest(ok, &crc, Etags::Convention).unwrap().header, "x-amz-checksum-crc32");
         // A ranged answer's checksum is not the object's; its ETag still is.
-        assert_eq!(stated_digest(partial, &crc, true).unwrap().header, "ETag");
+        assert_eq!(stated_digest(partial, &crc, Etags::Convention).unwrap().header, "ETag");
         let composite = headers(&[("x-amz-checksum-crc32", "DUoRhQ==-3"), ("etag", "\"abc-3\"")]);
-        assert_eq!(stated_digest(ok, &composite, true), None);
+        assert_eq!(stated_digest(ok, &composite, Etags::Convention), None);
         let typed = headers(&[("x-amz-checksum-crc32", "DUoRhQ=="), ("x-amz-checksum-type", "COMPOSITE")]);
-        assert_eq!(stated_digest(ok, &typed, true), None);
+        assert_eq!(stated_digest(ok, &typed, Etags::Convention), None);
         let md5_etag = "\"5eb63bbbe01eeed093cb22bb8f5acdc3\"";
         for sse in ["aws:kms", "aws:kms:dsse", "aws:fsx"] {
             let encrypted = headers(&[("etag", md5_etag), ("x-amz-server-side-encryption", sse)]);
-            assert_eq!(stated_digest(ok, &encrypted, true), None, "a {sse} object's ETag is not its MD5");
+            assert_eq!(stated_digest(ok, &encrypted, Etags::Convention), None, "a {sse} object's ETag is not its MD5");
         }
         let customer = headers(&[("etag", md5_etag), ("x-amz-server-side-encryption-customer-algorithm", "AES256")]);
-        assert_eq!(stated_digest(ok, &customer, true), None);
+        assert_eq!(stated_digest(ok, &customer, Etags::Convention), None);
         let weak = headers(&[("etag", "W/\"5eb63bbbe01eeed093cb22bb8f5acdc3\"")]);
-        assert_eq!(stated_digest(ok, &weak, true), None);
+        assert_eq!(stated_digest(ok, &weak, Etags::Convention), None);
         let interop = headers(&[("etag", md5_etag), ("x-goog-stored-content-encoding", "gzip")]);
-        assert_eq!(stated_digest(ok, &interop, true), None, "GCS's S3 interoperability");
-        assert!(!stated_digest(ok, &headers(&[("etag", md5_etag)]), true).unwrap().is_computed_by_store());
-        assert!(stated_digest(ok, &crc, true).unwrap().is_computed_by_store());
+        assert_eq!(stated_digest(ok, &interop, Etags::Convention), None, "GCS's S3 interoperability");
+        assert!(!stated_digest(ok, &headers(&[("etag", md5_etag)]), Etags::Convention).unwrap().computed_by_store);
+        assert!(stated_digest(ok, &headers(&[("etag", md5_etag)]), Etags::ComputedByStore).unwrap().computed_by_store);
+        assert!(stated_digest(ok, &crc, Etags::Convention).unwrap().computed_by_store);
+        let express = headers(&[("etag", md5_etag), ("x-amz-storage-class", "EXPRESS_ONEZONE")]);
+        assert_eq!(stated_digest(ok, &express, Etags::ComputedByStore), None, "a directory bucket's ETag is random");
         let sse_s3 =
             headers(&[("etag", "\"5eb63bbbe01eeed093cb22bb8f5acdc3\""), ("x-amz-server-side-encryption", "AES256")]);
-        assert_eq!(stated_digest(ok, &sse_s3, true).unwrap().value, digest_of(Algorithm::Md5, b"hello world"));
+        assert_eq!(
+            stated_digest(ok, &sse_s3, Etags::Convention).unwrap().value,
+            digest_of(Algorithm::Md5, b"hello world")
+        );
         let etag = headers(&[("etag", "\"5eb63bbbe01eeed093cb22bb8f5acdc3\"")]);
-        assert_eq!(stated_digest(ok, &etag, false), None, "only S3's ETags are MD5s");
+        assert_eq!(stated_digest(ok, &etag, Etags::Ignored), None, "only S3's ETags are MD5s");
         let goog = headers(&[("x-goog-hash", "crc32c=yZRlqg=="), ("x-goog-hash", "md5=XrY7u+Ae7tCTyyK7j1rNww==")]);
-        assert_eq!(stated_digest(partial, &goog, false).unwrap().algorithm, Algorithm::Crc32c);
+        assert_eq!(stated_digest(partial, &goog, Etags::Ignored).unwrap().algorithm, Algorithm::Crc32c);
         let gzipped =
             headers(&[("x-goog-hash", "md5=XrY7u+Ae7tCTyyK7j1rNww=="), ("x-goog-stored-content-encoding", "gzip")]);
-        assert_eq!(stated_digest(ok, &gzipped, false), None);
+        assert_eq!(stated_digest(ok, &gzipped, Etags::Ignored), None);
         let content_md5 = headers(&[("content-md5", "XrY7u+Ae7tCTyyK7j1rNww==")]);
-        assert_eq!(stated_digest(ok, &content_md5, false).unwrap().algorithm, Algorithm::Md5);
-        assert_eq!(stated_digest(partial, &content_md5, false), None, "a range's Content-MD5 is the range's");
+        assert_eq!(stated_digest(ok, &content_md5, Etags::Ignored).unwrap().algorithm, Algorithm::Md5);
+        assert_eq!(stated_digest(partial, &content_md5, Etags::Ignored), None, "a range's Content-MD5 is the range's");
         let garbage = headers(&[("x-amz-checksum-crc32", "not base64!"), ("content-md5", "AAAA")]);
-        assert_eq!(stated_digest(ok, &garbage, false), None);
+        assert_eq!(stated_digest(ok, &garbage, Etags::Ignored), None);
     }
 
     #[tokio::test]

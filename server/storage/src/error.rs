@@ -79,6 +79,17 @@ pub enum StorageError {
         /// What did not match, e.g. "size 10 bytes, listing says 12".
         reason: String,
     },
+    /// A download's bytes did not match the digest its store states, in every attempt (see `crate::digest`):
+    /// something on the way corrupts them, so a later attempt may succeed.
+    #[error("{location}: `{path}` arrived corrupt: {reason}")]
+    Corrupted {
+        /// The storage location, redacted.
+        location: String,
+        /// The file, relative to the storage root.
+        path: String,
+        /// Which digest did not match, and how often.
+        reason: String,
+    },
     /// Reading or writing the local filesystem (cache or local repository) failed.
     #[error("cannot access {path}: {source}")]
     Io {
@@ -112,7 +123,7 @@ impl StorageError {
     /// mid-download), as opposed to a mistake in the location, credentials or content.
     pub fn is_transient(&self) -> bool {
         match self {
-            StorageError::Unreachable { .. } | StorageError::Changed { .. } => true,
+            StorageError::Unreachable { .. } | StorageError::Changed { .. } | StorageError::Corrupted { .. } => true,
             StorageError::Store { source, .. } => store_error_is_transient(source),
             _ => false,
         }

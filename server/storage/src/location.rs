@@ -16,7 +16,7 @@ use object_store::http::HttpBuilder;
 use object_store::{ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
 
-use crate::digest::DigestConnector;
+use crate::digest::{DigestConnector, Etags};
 use crate::error::StorageError;
 use crate::redact::{RedactingStore, Redactor};
 
@@ -189,10 +189,7 @@ fn client_options() -> ClientOptions {
 /// The S3 builder for `bucket`: `AWS_*` variables as `AmazonS3Builder::from_env` reads them, plus KServe's.
 pub(crate) fn s3_builder(bucket: &str, env: &Env) -> AmazonS3Builder {
     // Client options first: `AWS_ALLOW_HTTP`, `AWS_PROXY_URL` and the like then override them.
-    let mut builder = AmazonS3Builder::new()
-        .with_client_options(client_options())
-        .with_retry(retry_config())
-        .with_http_connector(DigestConnector { s3: true });
+    let mut builder = AmazonS3Builder::new().with_client_options(client_options()).with_retry(retry_config());
     for (key, value) in &env.0 {
         if key.starts_with("AWS_")
             && let Ok(config_key) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
@@ -215,13 +212,27 @@ pub(crate) fn s3_builder(bucket: &str, env: &Env) -> AmazonS3Builder {
             format!("{scheme}://{host}")
         });
     }
-    if let Some(endpoint) = endpoint {
+    if let Some(endpoint) = &endpoint {
         // Custom endpoints (MinIO, moto, Ceph) rarely have per-bucket DNS: path-style requests.
         builder = builder.with_endpoint(endpoint.trim_end_matches('/')).with_virtual_hosted_style_request(false);
         if endpoint.to_ascii_lowercase().starts_with("http://") {
             builder = builder.with_allow_http(true);
         }
     }
+    // Whose ETags (see `crate::digest`): AWS computes a single-part object's MD5; an S3-compatible server keeps
+    // the convention; a directory bucket's are random.
+    let aws = endpoint.as_deref().is_none_or(|e| {
+        Url::parse(e)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+            .is_some_and(|h| h.ends_with(".amazonaws.com"))
+    });
+    let etags = match () {
+        () if bucket.ends_with("--x-s3") => Etags::Ignored,
+        () if aws => Etags::ComputedByStore,
+        () => Etags::Convention,
+    };
+    builder = builder.with_http_connector(DigestConnector { etags });
     let verify = env.get("S3_VERIFY_SSL").map(str::to_ascii_lowercase);
     if matches!(verify.as_deref(), Some("0" | "false" | "no" | "off")) {
         builder = builder.with_config(AmazonS3ConfigKey::Client(ClientConfigKey::AllowInvalidCertificates), "true");
