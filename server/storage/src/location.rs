@@ -219,20 +219,7 @@ pub(crate) fn s3_builder(bucket: &str, env: &Env) -> AmazonS3Builder {
             builder = builder.with_allow_http(true);
         }
     }
-    // Whose ETags (see `crate::digest`): AWS computes a single-part object's MD5; an S3-compatible server keeps
-    // the convention; a directory bucket's are random.
-    let aws = endpoint.as_deref().is_none_or(|e| {
-        Url::parse(e)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
-            .is_some_and(|h| h.ends_with(".amazonaws.com"))
-    });
-    let etags = match () {
-        () if bucket.ends_with("--x-s3") => Etags::Ignored,
-        () if aws => Etags::ComputedByStore,
-        () => Etags::Convention,
-    };
-    builder = builder.with_http_connector(DigestConnector { etags });
+    builder = builder.with_http_connector(DigestConnector { etags: s3_etags(bucket, endpoint.as_deref()) });
     let verify = env.get("S3_VERIFY_SSL").map(str::to_ascii_lowercase);
     if matches!(verify.as_deref(), Some("0" | "false" | "no" | "off")) {
         builder = builder.with_config(AmazonS3ConfigKey::Client(ClientConfigKey::AllowInvalidCertificates), "true");
@@ -241,6 +228,22 @@ pub(crate) fn s3_builder(bucket: &str, env: &Env) -> AmazonS3Builder {
         builder = builder.with_skip_signature(true);
     }
     builder
+}
+
+/// Whose ETags a bucket's are (see `crate::digest`): AWS computes a single-part object's MD5; an S3-compatible
+/// server at a custom endpoint keeps the convention; a directory bucket's (named `...--x-s3`) are random.
+pub(crate) fn s3_etags(bucket: &str, endpoint: Option<&str>) -> Etags {
+    let aws = endpoint.is_none_or(|e| {
+        let host = Url::parse(e).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+        host.is_some_and(|h| h.ends_with(".amazonaws.com"))
+    });
+    if bucket.ends_with("--x-s3") {
+        Etags::Ignored
+    } else if aws {
+        Etags::ComputedByStore
+    } else {
+        Etags::Convention
+    }
 }
 
 /// Builds the store for a remote location (not `Local`, whose store needs the directory to exist). When the

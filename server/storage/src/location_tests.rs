@@ -152,3 +152,13 @@ fn cache_key_is_stable_fnv1a() {
     assert_eq!(cache_key("a"), "af63dc4c8601ec8c");
     assert_eq!(cache_key("s3://b/p").len(), 16);
 }
+
+#[test]
+fn only_aws_computes_the_etags_it_sends() {
+    use crate::digest::Etags;
+    assert_eq!(s3_etags("models", None), Etags::ComputedByStore);
+    assert_eq!(s3_etags("models", Some("https://s3.eu-west-1.amazonaws.com")), Etags::ComputedByStore);
+    assert_eq!(s3_etags("models", Some("http://minio:9000")), Etags::Convention);
+    assert_eq!(s3_etags("models", Some("https://acct.r2.cloudflarestorage.com")), Etags::Convention);
+    assert_eq!(s3_etags("models--use1-az4--x-s3", None), Etags::Ignored, "a directory bucket's ETags are random");
+}
