@@ -21,6 +21,7 @@ build_release
 pa=.tools/perf_analyzer
 [ -x "$pa/bin/perf_analyzer" ] || { echo "perf_analyzer is not installed: run scripts/setup-peers" >&2; exit 1; }
 repo=$(mktemp -d)
+trap 'kill ${server:-} 2>/dev/null || true; rm -rf "$repo"' EXIT
 cp -r models/repository/mlp "$repo/"
 cp -r models/triton_examples/identity_fp32_4mib "$repo/"
 if [ "${SWEEP:-0}" = 1 ]; then
@@ -38,7 +39,6 @@ EOF
   printf 'name: "sum_fp32"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\ninput [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]\noutput [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]\n' > "$repo/sum_fp32/config.pbtxt"
 fi
 start_server "$repo"
-trap 'kill $server 2>/dev/null || true; rm -rf "$repo"' EXIT
 
 # The server's CPU time (10 ms ticks) and the model's inference count so far.
 ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
@@ -76,7 +76,7 @@ compare() {
   s=$(printf '%s\n' "${shared[@]}" | median)
   pc=$(printf '%s\n' "${plain_cpu[@]}" | median)
   sc=$(printf '%s\n' "${shared_cpu[@]}" | median)
-  printf '%-28s %-5s c=%s  in the request %10.1f/s (%6.1f us CPU)  shared memory %10.1f/s (%6.1f us CPU)  x%.2f\n' \
+  printf '%-30s %-5s c=%s  in the request %10.1f/s (%6.1f us CPU)  shared memory %10.1f/s (%6.1f us CPU)  x%.2f\n' \
     "$label" "$protocol" "$C" "$p" "$pc" "$s" "$sc" "$(echo "$s / $p" | bc -l)"
 }
 

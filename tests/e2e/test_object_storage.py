@@ -387,6 +387,7 @@ def test_sigterm_does_not_wait_for_a_load_stuck_on_a_hung_store(cache):
         deadline = time.monotonic() + 10
         while hung.requests < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert hung.requests >= 2, hung.requests
         time.sleep(0.5)
         assert loader.is_alive(), answer
         started = time.monotonic()

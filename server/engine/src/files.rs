@@ -46,6 +46,13 @@ impl FilesError {
             FilesError::Storage(e) => e.is_transient(),
         }
     }
+
+    /// Whether a download arrived corrupt in every attempt (see `StorageError::is_corrupted`).
+    pub fn is_corrupted(&self) -> bool {
+        match self {
+            FilesError::Storage(e) => e.is_corrupted(),
+        }
+    }
 }
 
 /// The storage under one repository root.

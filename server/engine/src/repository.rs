@@ -131,6 +131,12 @@ impl RepositoryError {
     pub fn is_transient(&self) -> bool {
         matches!(self, RepositoryError::Files(e) if e.is_transient())
     }
+
+    /// Whether a download arrived corrupt in every attempt: 503 to a caller, but polling does not download the
+    /// same files again until they change (each load downloads them `--storage-retries` + 1 times).
+    pub fn is_corrupted(&self) -> bool {
+        matches!(self, RepositoryError::Files(e) if e.is_corrupted())
+    }
 }
 
 /// One root of the repository.

@@ -101,7 +101,6 @@ impl Downloader<'_> {
         tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
         let file_name = job.dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let (location, path) = (self.label.to_string(), job.rel.clone());
-        let unreadable = |reason| StorageError::Integrity { location: location.clone(), path: path.clone(), reason };
         let mut attempts = 0u32;
         // The digest of the last download that did not match.
         let mut last_mismatch: Option<Vec<u8>> = None;
@@ -115,7 +114,7 @@ impl Downloader<'_> {
                 None => return temp.rename_to(&job.dest).await,
                 Some(stated) => match digest::verify(&temp.path, &stated).await {
                     Ok(()) => return temp.rename_to(&job.dest).await,
-                    Err(Err(reason)) => return Err(unreadable(reason)),
+                    Err(Err(source)) => return Err(StorageError::Io { path: temp.path.clone(), source }),
                     Err(Ok(mismatch)) => (stated, mismatch),
                 },
             };

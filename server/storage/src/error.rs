@@ -129,6 +129,12 @@ impl StorageError {
         }
     }
 
+    /// Whether a download arrived corrupt in every attempt: a later attempt may succeed, but only a changed object
+    /// or a mended network makes it likely, so polling retries it only once the object changes.
+    pub fn is_corrupted(&self) -> bool {
+        matches!(self, StorageError::Corrupted { .. })
+    }
+
     /// Maps an `object_store` error for `path` (relative to the storage root) on `location`.
     pub(crate) fn from_store(location: &str, path: &str, source: object_store::Error) -> Self {
         let location = location.to_string();

@@ -13,6 +13,11 @@ use tokio::net::TcpListener;
 
 /// Serves `body` at every path with an ETag; counts GETs (HEADs not counted).
 async fn serve(body: Vec<u8>, etag: &'static str) -> (String, Arc<AtomicUsize>) {
+    serve_with(body, etag, "").await
+}
+
+/// [`serve`], adding `extra` (header lines, each ending in CRLF) to every answer.
+async fn serve_with(body: Vec<u8>, etag: &'static str, extra: &'static str) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let gets = Arc::new(AtomicUsize::new(0));
@@ -54,6 +59,7 @@ async fn serve(body: Vec<u8>, etag: &'static str) -> (String, Arc<AtomicUsize>) 
                      last-modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nconnection: close\r\n",
                     slice.len()
                 );
+                response.push_str(extra);
                 if let Some((a, _)) = range {
                     response.push_str(&format!("content-range: bytes {a}-{}/{}\r\n", a + slice.len() - 1, body.len()));
                 }
@@ -292,4 +298,37 @@ async fn not_found_and_forbidden_never_show_url_secrets() {
     let error = storage.list_files("").await.unwrap_err();
     assert!(matches!(error, ferroserve_storage::StorageError::PermissionDenied { .. }), "{error:?}");
     assert_no_secrets(&error);
+}
+
+/// What the download check does with the digest an answer states (see `digest.rs`): a right one passes with one
+/// GET; a stored MD5 (the uploader's word) that two downloads both disagree with is taken, even with no retries;
+/// a digest the store computed that the bytes never match fails as `Corrupted`, transient, leaving nothing behind.
+#[tokio::test]
+async fn downloads_are_checked_against_the_digest_stated() {
+    let data = b"hello world".to_vec();
+    let cases: [(&'static str, u32, Result<usize, ()>); 3] = [
+        ("content-md5: XrY7u+Ae7tCTyyK7j1rNww==\r\n", 0, Ok(1)),
+        ("content-md5: AAAAAAAAAAAAAAAAAAAAAA==\r\n", 0, Ok(2)),
+        ("x-goog-hash: crc32c=AAAAAA==\r\n", 1, Err(())),
+    ];
+    for (extra, max_retries, expected) in cases {
+        let (base, gets) = serve_with(data.clone(), "\"v1\"", extra).await;
+        let cache = tempfile::tempdir().unwrap();
+        let url = format!("{base}/m/model.onnx");
+        let storage = Storage::open(&url, StorageOptions { max_retries, ..options(cache.path()) }).unwrap();
+        let files = storage.list_files("").await.unwrap();
+        match (storage.fetch(&files).await, expected) {
+            (Ok(root), Ok(count)) => {
+                assert_eq!(std::fs::read(root.join("model.onnx")).unwrap(), data, "{extra}");
+                assert_eq!(gets.load(Ordering::SeqCst), count, "{extra}");
+            }
+            (Err(error), Err(())) => {
+                assert!(error.is_corrupted() && error.is_transient(), "{extra}: {error}");
+                assert!(error.to_string().contains("CRC-32C") && error.to_string().contains("2 attempts"), "{error}");
+                assert_eq!(gets.load(Ordering::SeqCst), 2, "{extra}");
+                assert_eq!(common_leftovers(cache.path()), Vec::<String>::new(), "no temporary file is left");
+            }
+            (result, _) => panic!("{extra}: {result:?}"),
+        }
+    }
 }

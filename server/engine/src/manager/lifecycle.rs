@@ -70,9 +70,12 @@ impl Failure {
     /// A load given up because the server began to shut down while it waited on the repository: 503 /
     /// UNAVAILABLE to its caller, and a serving model keeps serving until the drain ends.
     fn cancelled() -> Self {
-        Failure { reason: "load cancelled: the server is shutting down".into(), print: None, transient: true }
+        Failure { reason: CANCELLED.into(), print: None, transient: true }
     }
 }
+
+/// Why a load gave up when the server began to shut down.
+const CANCELLED: &str = "load cancelled: the server is shutting down";
 
 /// Why the repository could not be read at start-up; the server must not report ready.
 #[derive(Debug, thiserror::Error)]
@@ -201,7 +204,7 @@ impl ModelManager {
         // A load queued behind another one does not hold the drain either.
         let turn = self.unless_stopping(lock.lock()).await;
         if turn.is_none() || self.is_shutting_down() {
-            return Err(InferError::NotReady("the server is shutting down".into()));
+            return Err(InferError::NotReady(format!("failed to load '{name}': {CANCELLED}")));
         }
         let started = Instant::now();
         let result = self.load_locked(name, config).await;
@@ -239,7 +242,10 @@ impl ModelManager {
                 // A fault in the files is retried by polling only once they change; an unreachable store on
                 // every poll.
                 let transient = e.is_transient();
-                let print = if transient { None } else { self.repository.fingerprint(name).await.ok() };
+                let print = match transient {
+                    true => None,
+                    false => self.unless_stopping(self.repository.fingerprint(name)).await.and_then(Result::ok),
+                };
                 return Err(self.fail(name, current, Failure { reason: e.to_string(), print, transient }));
             }
         };
@@ -298,7 +304,8 @@ impl ModelManager {
             Ok(dirs) => dirs,
             Err(e) => {
                 let (reason, transient) = (e.to_string(), e.is_transient());
-                return Err(self.fail(name, current, Failure { reason, print: None, transient }));
+                let print = e.is_corrupted().then_some(source.fingerprint);
+                return Err(self.fail(name, current, Failure { reason, print, transient }));
             }
         };
         let built = {
@@ -374,7 +381,11 @@ impl ModelManager {
     /// model becomes `Failed`. Returns the error for the caller.
     fn fail(&self, name: &str, current: Option<Arc<ModelEntry>>, failure: Failure) -> InferError {
         let Failure { reason, print, transient } = failure;
-        tracing::error!(model = name, %reason, "model failed to load");
+        if reason == CANCELLED {
+            tracing::info!(model = name, "load given up: the server is shutting down");
+        } else {
+            tracing::error!(model = name, %reason, "model failed to load");
+        }
         let entry = match current {
             Some(c) if c.phase == ModelPhase::Loaded && c.latest_ready().is_some() => ModelEntry {
                 last_failure: Some(reason.clone()),
