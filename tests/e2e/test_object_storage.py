@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from fixtures import mlp_numpy
 from server import REFERENCE, REPOSITORY, Server, binary, onnxruntime_lib
@@ -168,9 +169,10 @@ def test_connection_dropped_mid_download_never_loads_a_corrupt_model(moto, cache
 
 def test_bytes_corrupted_on_the_way_are_downloaded_again_and_never_loaded(moto, cache):
     """A body of the right length with a flipped byte (a faulty proxy) does not match the digest the store states
-    (here the MD5 ETag of a single-part S3 object), so it is downloaded again; a store that corrupts every attempt
-    differently fails the load with the reason, and nothing corrupt stays in the cache. Two downloads that hash the
-    same are taken with a warning (an ETag, unlike a checksum the store computes, may not be an MD5)."""
+    (the CRC-32 boto3 uploads with and S3 returns when asked), so it is downloaded again; a proxy that corrupts every
+    attempt, differently or the same way each time, fails the load with the reason (503), and nothing corrupt stays
+    in the cache. (Two downloads that hash the same are taken only against an uploader's MD5 or an S3-compatible
+    server's ETag: see server/storage/tests/http.rs.)"""
     moto.upload_dir(os.path.join(REPOSITORY, "mlp_large"), "repo/mlp_large")
     size = os.path.getsize(os.path.join(REPOSITORY, "mlp_large", "1", "model.onnx"))
     proxy = CuttingProxy(moto.port, cuts=2, keep=size // 3, min_bytes=size // 2, corrupt="moving")
@@ -218,10 +220,19 @@ def test_bytes_corrupted_on_the_way_are_downloaded_again_and_never_loaded(moto, 
 
     same = CuttingProxy(moto.port, cuts=1000, keep=size // 3, min_bytes=size // 2, corrupt=True)
     env = dict(moto.env(), AWS_ENDPOINT_URL=same.endpoint)
-    s = Server("--cache-dir", cache, "--storage-retries", "3", repository=f"s3://{BUCKET}/repo", env=env)
+    s = Server("--cache-dir", cache, "--model-control-mode", "explicit", "--storage-retries", "1",
+               repository=f"s3://{BUCKET}/repo", env=env)
     try:
-        assert same.cut == 2, "taken at the second identical download"
-        assert "two downloads hashed the same" in s.logs()
+        client = httpclient.InferenceServerClient(s.http_addr)
+        try:
+            client.load_model("mlp_large")
+            raise AssertionError("a load of bytes the store's CRC never matches must fail")
+        except InferenceServerException as e:
+            assert e.status() == "503" or "503" in str(e.status()), e
+            assert "x-amz-checksum-crc32" in str(e) and "2 attempts" in str(e), e
+        client.close()
+        assert same.cut == 2, same.cut
+        assert "two downloads hashed the same" not in s.logs()
     finally:
         same.stop()
         assert s.stop() == 0

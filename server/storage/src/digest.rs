@@ -4,10 +4,9 @@
 //! the model would then load corrupt, or fail with an error about its format. Stores state an object's digest in
 //! response headers that object_store does not read: [`DigestConnector`] wraps object_store's HTTP client and
 //! puts what each response states into its extensions, which reach `GetResult::extensions`. Trusted, in order:
-//! - S3's `x-amz-checksum-crc64nvme`, `-crc32c` and `-crc32`, where an S3-compatible server sends them unasked,
+//! - S3's `x-amz-checksum-crc64nvme`, `-crc32c` and `-crc32` (asked for on GETs, see `crate::checksum_gets`),
 //!   only on a whole-object answer and only of a full-object kind: a multipart upload's composite checksum is
-//!   not a digest of the bytes. (Asking S3 for them takes an `x-amz-checksum-mode` header, which object_store
-//!   would leave unsigned on listings, and S3 refuses any unsigned `x-amz-*` header.)
+//!   not a digest of the bytes.
 //! - GCS's `x-goog-hash` (`crc32c=`, `md5=`), unless the object is stored with a content encoding (the bytes
 //!   served may then be decoded ones);
 //! - Azure's `x-ms-blob-content-md5`, and `Content-MD5` on a whole-object answer (Azure, and plain HTTP servers

@@ -26,6 +26,7 @@
 
 mod archive;
 mod cache;
+mod checksum_gets;
 mod digest;
 mod error;
 mod location;

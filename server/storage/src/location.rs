@@ -16,6 +16,7 @@ use object_store::http::HttpBuilder;
 use object_store::{ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
 
+use crate::checksum_gets::{CHECKSUM_MODE, ChecksumGets};
 use crate::digest::{DigestConnector, Etags};
 use crate::error::StorageError;
 use crate::redact::{RedactingStore, Redactor};
@@ -188,8 +189,13 @@ fn client_options() -> ClientOptions {
 
 /// The S3 builder for `bucket`: `AWS_*` variables as `AmazonS3Builder::from_env` reads them, plus KServe's.
 pub(crate) fn s3_builder(bucket: &str, env: &Env) -> AmazonS3Builder {
-    // Client options first: `AWS_ALLOW_HTTP`, `AWS_PROXY_URL` and the like then override them.
-    let mut builder = AmazonS3Builder::new().with_client_options(client_options()).with_retry(retry_config());
+    s3_builder_with(bucket, env, client_options())
+}
+
+/// [`s3_builder`] from `options` (client options come first: `AWS_ALLOW_HTTP`, `AWS_PROXY_URL` and the like then
+/// override them).
+fn s3_builder_with(bucket: &str, env: &Env, options: ClientOptions) -> AmazonS3Builder {
+    let mut builder = AmazonS3Builder::new().with_client_options(options).with_retry(retry_config());
     for (key, value) in &env.0 {
         if key.starts_with("AWS_")
             && let Ok(config_key) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
@@ -260,7 +266,23 @@ pub(crate) fn build_store(
         Location::Local(_) => {
             return Err(StorageError::InvalidLocation { location: label.into(), reason: "local path".into() });
         }
-        Location::S3 { bucket, .. } => Arc::new(s3_builder(bucket, env).build().map_err(map)?),
+        Location::S3 { bucket, .. } => {
+            let rest = s3_builder(bucket, env).build().map_err(map)?;
+            if bucket.ends_with("--x-s3") {
+                // A directory bucket's session request would carry the header unsigned; its objects have CRCs
+                // only when uploaded with one, and its ETags are no digest.
+                Arc::new(rest)
+            } else {
+                let (name, value) = CHECKSUM_MODE;
+                let mut checksum_mode = http::HeaderMap::new();
+                checksum_mode.insert(name, http::HeaderValue::from_static(value));
+                let gets = s3_builder_with(bucket, env, client_options().with_default_headers(checksum_mode))
+                    .with_credentials(rest.credentials().clone())
+                    .build()
+                    .map_err(map)?;
+                Arc::new(ChecksumGets { rest: Arc::new(rest), gets: Arc::new(gets) })
+            }
+        }
         Location::Gcs { bucket, .. } => Arc::new(gcs_builder(bucket, env).build().map_err(map)?),
         Location::Azure { account, container, sas, .. } => {
             Arc::new(azure_builder(account.as_deref(), container, sas, env).build().map_err(map)?)

@@ -273,3 +273,72 @@ async fn s3_anonymous_credentials() {
     assert!(matches!(error, StorageError::PermissionDenied { .. }), "{error}");
     assert!(common::walk(cache.path()).iter().all(|p| !p.contains("private")), "{:?}", common::walk(cache.path()));
 }
+
+/// Forwards TCP connections to `upstream`, keeping the head of every request that passes (a request fits in the
+/// first read here: these have no body).
+fn recording_proxy(upstream: u16) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
+                let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut server_read, mut client_write) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_read, &mut client_write);
+                    let _ = client_write.shutdown(std::net::Shutdown::Both);
+                });
+                let mut buf = [0u8; 65536];
+                loop {
+                    let n = match client_read.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    if text.starts_with("GET ") || text.starts_with("HEAD ") {
+                        seen.lock().unwrap().push(text.to_ascii_lowercase());
+                    }
+                    if server_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = server_write.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), heads)
+}
+
+/// Object GETs ask S3 for the object's checksum (`x-amz-checksum-mode: ENABLED`), and sign that header as S3
+/// requires of every `x-amz-*` header; listings, which object_store would not sign it on, never carry it.
+#[tokio::test]
+async fn s3_object_gets_ask_for_checksums_signed_and_listings_do_not() {
+    let moto = Moto::start();
+    moto.create_bucket("models");
+    let store = moto.store("models");
+    for (path, data) in common::LAYOUT {
+        put(&store, format!("repo/{path}"), data).await;
+    }
+    let (endpoint, heads) = recording_proxy(moto.port);
+    let mut env = moto.env();
+    env.insert("AWS_ENDPOINT_URL".into(), endpoint);
+    let cache = tempfile::tempdir().unwrap();
+    let storage = Storage::open_with_env("s3://models/repo", options(cache.path()), &env).unwrap();
+    let files = storage.list_files("m").await.unwrap();
+    storage.fetch(&files).await.unwrap();
+    let heads = heads.lock().unwrap().clone();
+    let (lists, gets): (Vec<&String>, Vec<&String>) = heads.iter().partition(|h| h.contains("list-type=2"));
+    assert!(!lists.is_empty() && gets.len() == files.len(), "{heads:#?}");
+    for list in lists {
+        assert!(!list.contains("x-amz-checksum-mode"), "{list}");
+    }
+    for get in gets {
+        assert!(get.contains("\r\nx-amz-checksum-mode: enabled\r\n"), "{get}");
+        let signed = get.split("signedheaders=").nth(1).and_then(|s| s.split(',').next()).unwrap_or_default();
+        assert!(signed.split(';').any(|h| h == "x-amz-checksum-mode"), "{get}");
+    }
+}
