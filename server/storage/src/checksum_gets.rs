@@ -4,10 +4,15 @@
 //! an unsigned `x-amz-*` header. So an S3 location gets two clients: one with the header, for GETs only, and one
 //! without, for everything else. They share one credential provider, so credentials are fetched once, and never
 //! with the header.
+//!
+//! Some S3-compatible servers refuse the header instead of ignoring it (Cloudflare R2 has answered 501
+//! "Header 'x-amz-checksum-mode' ... not implemented", Backblaze B2 "Unsupported header"). The first such refusal
+//! sends that GET, and every later one, through the client without it.
 
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,8 +29,29 @@ pub(crate) const CHECKSUM_MODE: (&str, &str) = ("x-amz-checksum-mode", "ENABLED"
 /// Sends GETs (and HEADs, which object_store makes as GETs) to `gets`, everything else to `rest`.
 #[derive(Debug)]
 pub(crate) struct ChecksumGets {
-    pub(crate) rest: Arc<dyn ObjectStore>,
-    pub(crate) gets: Arc<dyn ObjectStore>,
+    rest: Arc<dyn ObjectStore>,
+    gets: Arc<dyn ObjectStore>,
+    /// The server refused the header once: every GET goes to `rest`.
+    refused: AtomicBool,
+}
+
+impl ChecksumGets {
+    pub(crate) fn new(rest: Arc<dyn ObjectStore>, gets: Arc<dyn ObjectStore>) -> Self {
+        ChecksumGets { rest, gets, refused: AtomicBool::new(false) }
+    }
+}
+
+/// Whether `error` is a server refusing the checksum-mode header (a GET of an object is never "not implemented"
+/// otherwise).
+fn refuses_checksum_mode(error: &object_store::Error) -> bool {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    let text = text.to_ascii_lowercase();
+    text.contains("x-amz-checksum-mode") || text.contains("notimplemented") || text.contains("not implemented")
 }
 
 impl fmt::Display for ChecksumGets {
@@ -54,11 +80,21 @@ impl ObjectStore for ChecksumGets {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
-        self.gets.get_opts(location, options).await
+        if !self.refused.load(Ordering::Relaxed) {
+            match self.gets.get_opts(location, options.clone()).await {
+                Err(e) if refuses_checksum_mode(&e) => {
+                    self.refused.store(true, Ordering::Relaxed);
+                    tracing::warn!(store = %self.rest, error = %e, "the store refuses x-amz-checksum-mode; downloads go on without S3 checksums");
+                }
+                answer => return answer,
+            }
+        }
+        self.rest.get_opts(location, options).await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
-        self.gets.get_ranges(location, ranges).await
+        // Only ever used for small reads: the whole-object downloads go through `get_opts`.
+        self.rest.get_ranges(location, ranges).await
     }
 
     fn delete_stream(

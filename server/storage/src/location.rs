@@ -236,6 +236,11 @@ fn s3_builder_with(bucket: &str, env: &Env, options: ClientOptions) -> AmazonS3B
     builder
 }
 
+/// An S3 Express One Zone directory bucket (`name--zone--x-s3`, or `--xa-s3` in a Local Zone).
+fn is_directory_bucket(bucket: &str) -> bool {
+    bucket.ends_with("--x-s3") || bucket.ends_with("--xa-s3")
+}
+
 /// Whose ETags a bucket's are (see `crate::digest`): AWS computes a single-part object's MD5; an S3-compatible
 /// server at a custom endpoint keeps the convention; a directory bucket's (named `...--x-s3`) are random.
 pub(crate) fn s3_etags(bucket: &str, endpoint: Option<&str>) -> Etags {
@@ -243,7 +248,7 @@ pub(crate) fn s3_etags(bucket: &str, endpoint: Option<&str>) -> Etags {
         let host = Url::parse(e).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase));
         host.is_some_and(|h| h.ends_with(".amazonaws.com"))
     });
-    if bucket.ends_with("--x-s3") {
+    if is_directory_bucket(bucket) {
         Etags::Ignored
     } else if aws {
         Etags::ComputedByStore
@@ -267,10 +272,12 @@ pub(crate) fn build_store(
             return Err(StorageError::InvalidLocation { location: label.into(), reason: "local path".into() });
         }
         Location::S3 { bucket, .. } => {
-            let rest = s3_builder(bucket, env).build().map_err(map)?;
-            if bucket.ends_with("--x-s3") {
-                // A directory bucket's session request would carry the header unsigned; its objects have CRCs
-                // only when uploaded with one, and its ETags are no digest.
+            let builder = s3_builder(bucket, env);
+            let express = is_directory_bucket(bucket)
+                || builder.get_config_value(&AmazonS3ConfigKey::S3Express).is_some_and(|v| v == "true");
+            let rest = builder.build().map_err(map)?;
+            if express {
+                // A directory bucket's own session request would carry the header unsigned.
                 Arc::new(rest)
             } else {
                 let (name, value) = CHECKSUM_MODE;
@@ -280,7 +287,7 @@ pub(crate) fn build_store(
                     .with_credentials(rest.credentials().clone())
                     .build()
                     .map_err(map)?;
-                Arc::new(ChecksumGets { rest: Arc::new(rest), gets: Arc::new(gets) })
+                Arc::new(ChecksumGets::new(Arc::new(rest), Arc::new(gets)))
             }
         }
         Location::Gcs { bucket, .. } => Arc::new(gcs_builder(bucket, env).build().map_err(map)?),

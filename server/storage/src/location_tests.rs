@@ -161,4 +161,5 @@ fn only_aws_computes_the_etags_it_sends() {
     assert_eq!(s3_etags("models", Some("http://minio:9000")), Etags::Convention);
     assert_eq!(s3_etags("models", Some("https://acct.r2.cloudflarestorage.com")), Etags::Convention);
     assert_eq!(s3_etags("models--use1-az4--x-s3", None), Etags::Ignored, "a directory bucket's ETags are random");
+    assert_eq!(s3_etags("models--usw2-lax1-az1--xa-s3", None), Etags::Ignored, "and a Local Zone one's");
 }

@@ -274,9 +274,11 @@ async fn s3_anonymous_credentials() {
     assert!(common::walk(cache.path()).iter().all(|p| !p.contains("private")), "{:?}", common::walk(cache.path()));
 }
 
-/// Forwards TCP connections to `upstream`, keeping the head of every request that passes (a request fits in the
-/// first read here: these have no body).
-fn recording_proxy(upstream: u16) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+/// Forwards TCP connections to `upstream`, keeping the head of every GET or HEAD that passes. Each head arrives in
+/// one read here: hyper sends a connection's next request only after the last answer, and these heads are about
+/// 1 KiB. With `refuse_checksum_mode`, a request asking for checksums is answered as Cloudflare R2 has answered it
+/// (501), not forwarded.
+fn recording_proxy(upstream: u16, refuse_checksum_mode: bool) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -298,9 +300,20 @@ fn recording_proxy(upstream: u16) -> (String, Arc<std::sync::Mutex<Vec<String>>>
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
-                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                    if text.starts_with("GET ") || text.starts_with("HEAD ") {
-                        seen.lock().unwrap().push(text.to_ascii_lowercase());
+                    let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                    if text.starts_with("get ") || text.starts_with("head ") {
+                        seen.lock().unwrap().push(text.clone());
+                    }
+                    if refuse_checksum_mode && text.contains("\r\nx-amz-checksum-mode:") {
+                        let body = "<Error><Code>NotImplemented</Code><Message>Header 'x-amz-checksum-mode' with value \
+                                    'ENABLED' not implemented</Message></Error>";
+                        let answer = format!(
+                            "HTTP/1.1 501 Not Implemented\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\
+                             connection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = (&client_read).write_all(answer.as_bytes());
+                        break;
                     }
                     if server_write.write_all(&buf[..n]).is_err() {
                         break;
@@ -323,7 +336,7 @@ async fn s3_object_gets_ask_for_checksums_signed_and_listings_do_not() {
     for (path, data) in common::LAYOUT {
         put(&store, format!("repo/{path}"), data).await;
     }
-    let (endpoint, heads) = recording_proxy(moto.port);
+    let (endpoint, heads) = recording_proxy(moto.port, false);
     let mut env = moto.env();
     env.insert("AWS_ENDPOINT_URL".into(), endpoint);
     let cache = tempfile::tempdir().unwrap();
@@ -341,4 +354,27 @@ async fn s3_object_gets_ask_for_checksums_signed_and_listings_do_not() {
         let signed = get.split("signedheaders=").nth(1).and_then(|s| s.split(',').next()).unwrap_or_default();
         assert!(signed.split(';').any(|h| h == "x-amz-checksum-mode"), "{get}");
     }
+}
+
+/// A server that refuses the checksum-mode header (Cloudflare R2 has answered 501, Backblaze B2 400) costs one
+/// refused GET: it and every later GET go without the header, and the files arrive.
+#[tokio::test]
+async fn s3_servers_refusing_checksum_mode_still_serve_downloads() {
+    let moto = Moto::start();
+    moto.create_bucket("models");
+    let store = moto.store("models");
+    for (path, data) in common::LAYOUT {
+        put(&store, format!("repo/{path}"), data).await;
+    }
+    let (endpoint, heads) = recording_proxy(moto.port, true);
+    let mut env = moto.env();
+    env.insert("AWS_ENDPOINT_URL".into(), endpoint);
+    let cache = tempfile::tempdir().unwrap();
+    let storage = Storage::open_with_env("s3://models/repo", options(cache.path()), &env).unwrap();
+    let files = storage.list_files("m").await.unwrap();
+    let root = storage.fetch(&files).await.unwrap();
+    assert_eq!(common::walk(&root.join("m")), ["1/model.onnx", "1/sub/extra.bin", "2/model.onnx", "config.pbtxt"]);
+    let heads = heads.lock().unwrap().clone();
+    let asked = heads.iter().filter(|h| h.contains("x-amz-checksum-mode")).count();
+    assert!((1..=4).contains(&asked), "refused once per GET in flight at most, then never asked: {heads:#?}");
 }
