@@ -326,21 +326,29 @@ fn recording_proxy(upstream: u16, refuse_checksum_mode: bool) -> (String, Arc<st
     (format!("http://127.0.0.1:{port}"), heads)
 }
 
-/// Object GETs ask S3 for the object's checksum (`x-amz-checksum-mode: ENABLED`), and sign that header as S3
-/// requires of every `x-amz-*` header; listings, which object_store would not sign it on, never carry it.
-#[tokio::test]
-async fn s3_object_gets_ask_for_checksums_signed_and_listings_do_not() {
+/// moto holding `common::LAYOUT` under `models/repo`, and a storage opened on it through [`recording_proxy`].
+async fn layout_behind_proxy(
+    refuse_checksum_mode: bool,
+) -> (Moto, tempfile::TempDir, Storage, Arc<std::sync::Mutex<Vec<String>>>) {
     let moto = Moto::start();
     moto.create_bucket("models");
     let store = moto.store("models");
     for (path, data) in common::LAYOUT {
         put(&store, format!("repo/{path}"), data).await;
     }
-    let (endpoint, heads) = recording_proxy(moto.port, false);
+    let (endpoint, heads) = recording_proxy(moto.port, refuse_checksum_mode);
     let mut env = moto.env();
     env.insert("AWS_ENDPOINT_URL".into(), endpoint);
     let cache = tempfile::tempdir().unwrap();
     let storage = Storage::open_with_env("s3://models/repo", options(cache.path()), &env).unwrap();
+    (moto, cache, storage, heads)
+}
+
+/// Object GETs ask S3 for the object's checksum (`x-amz-checksum-mode: ENABLED`), and sign that header as S3
+/// requires of every `x-amz-*` header; listings, which object_store would not sign it on, never carry it.
+#[tokio::test]
+async fn s3_object_gets_ask_for_checksums_signed_and_listings_do_not() {
+    let (_moto, _cache, storage, heads) = layout_behind_proxy(false).await;
     let files = storage.list_files("m").await.unwrap();
     storage.fetch(&files).await.unwrap();
     let heads = heads.lock().unwrap().clone();
@@ -360,17 +368,7 @@ async fn s3_object_gets_ask_for_checksums_signed_and_listings_do_not() {
 /// refused GET: it and every later GET go without the header, and the files arrive.
 #[tokio::test]
 async fn s3_servers_refusing_checksum_mode_still_serve_downloads() {
-    let moto = Moto::start();
-    moto.create_bucket("models");
-    let store = moto.store("models");
-    for (path, data) in common::LAYOUT {
-        put(&store, format!("repo/{path}"), data).await;
-    }
-    let (endpoint, heads) = recording_proxy(moto.port, true);
-    let mut env = moto.env();
-    env.insert("AWS_ENDPOINT_URL".into(), endpoint);
-    let cache = tempfile::tempdir().unwrap();
-    let storage = Storage::open_with_env("s3://models/repo", options(cache.path()), &env).unwrap();
+    let (_moto, _cache, storage, heads) = layout_behind_proxy(true).await;
     let files = storage.list_files("m").await.unwrap();
     let root = storage.fetch(&files).await.unwrap();
     assert_eq!(common::walk(&root.join("m")), ["1/model.onnx", "1/sub/extra.bin", "2/model.onnx", "config.pbtxt"]);
