@@ -242,9 +242,10 @@ impl ModelManager {
                 // A fault in the files is retried by polling only once they change; an unreachable store on
                 // every poll.
                 let transient = e.is_transient();
-                let print = match transient {
-                    true => None,
-                    false => self.unless_stopping(self.repository.fingerprint(name)).await.and_then(Result::ok),
+                let print = if transient {
+                    None
+                } else {
+                    self.unless_stopping(self.repository.fingerprint(name)).await.and_then(Result::ok)
                 };
                 return Err(self.fail(name, current, Failure { reason: e.to_string(), print, transient }));
             }
