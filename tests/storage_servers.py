@@ -1,6 +1,7 @@
 """Real storage servers on 127.0.0.1 for the object-storage tests: an S3-compatible server (moto_server from
 PyPI), a static HTTP server, and a TCP proxy that cuts large responses short to inject download faults."""
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,28 +21,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, timeout=30.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
 class Moto:
-    """moto_server on a port; its request log tells which objects were downloaded."""
+    """moto_server on a port; its request log tells which objects were downloaded.
+
+    Without a port, moto binds port 0 and the port is read from its "Running on" line: a port picked here and
+    then bound by moto could be taken in between by a parallel test's listener (or by polling connects that
+    connect a socket to itself), and the tests then talk to the wrong server."""
 
     def __init__(self, port=None):
-        self.port = port or free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)
         exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
-        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)],
+        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port or 0)],
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        wait_port(self.port)
+        self.port = self._listening_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
         import boto3
 
         self.s3 = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=KEY_ID,
@@ -62,6 +55,20 @@ class Moto:
         listed = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
         for obj in listed:
             self.s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
+
+    def _listening_port(self, timeout=30.0):
+        """The port from moto's (werkzeug's) "Running on http://127.0.0.1:PORT" line, printed once it listens."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with open(self.log.name, errors="replace") as f:
+                match = re.search(r"Running on http://127\.0\.0\.1:(\d+)", f.read())
+            if match:
+                return int(match.group(1))
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited ({self.proc.returncode}): {open(self.log.name).read()}")
+            time.sleep(0.05)
+        self.proc.kill()
+        raise RuntimeError(f"moto_server not listening after {timeout}s: {open(self.log.name).read()}")
 
     def gets(self, suffix):
         """How many GETs of keys ending in `suffix` the server has answered so far."""

@@ -64,28 +64,35 @@ fn moto_server() -> PathBuf {
 }
 
 impl Moto {
+    /// Starts moto on port 0 and reads the port it bound from its "Running on http://127.0.0.1:PORT" line, which
+    /// werkzeug prints once it listens. A port picked here and bound by moto later could be taken in between by
+    /// another test's listener (the recording proxies bind while these tests run in parallel), and polling
+    /// connects to a port nobody listens on can connect a socket to itself: either way a test would talk to the
+    /// wrong server.
     fn start() -> Moto {
         let exe = moto_server();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("moto.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(&exe)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        let mut moto = Moto { child, port, log, _dir: dir };
+        let mut moto = Moto { child, port: 0, log, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        moto.port = loop {
+            if let Some(port) = listening_port(&moto.log_text()) {
+                break port;
+            }
             if let Some(status) = moto.child.try_wait().unwrap() {
                 panic!("moto_server exited ({status}) before listening: {}", moto.log_text());
             }
-            assert!(Instant::now() < deadline, "moto_server not listening on {port} after 30 s: {}", moto.log_text());
+            assert!(Instant::now() < deadline, "moto_server not listening after 30 s: {}", moto.log_text());
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
         moto
     }
 
@@ -160,6 +167,13 @@ impl Moto {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// The port in werkzeug's "Running on http://127.0.0.1:PORT" line.
+fn listening_port(log: &str) -> Option<u16> {
+    let (_, rest) = log.split_once("Running on http://127.0.0.1:")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|&port| port != 0)
 }
 
 fn options(cache: &FsPath) -> StorageOptions {
