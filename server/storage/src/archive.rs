@@ -7,9 +7,10 @@
 //! destination (absolute paths, `..`: "zip-slip") and links are rejected, not skipped.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -44,24 +45,37 @@ pub(crate) async fn materialise(
     let staging = root.join(format!(".unpack-{version}-{nonce}"));
     let job = Job { object, rel: name.to_string(), size: meta.size, etag: meta.e_tag, dest: archive_path.clone() };
     Downloader::new(store, label, options).download(&job).await?;
-    let (from, to, owned_label) = (archive_path.clone(), staging.clone(), label.to_string());
-    let unpacked = tokio::task::spawn_blocking(move || unpack(kind, &from, &to, &owned_label))
-        .await
-        .map_err(|e| archive_error(label, "unpacking task failed", Some(Box::new(e))));
-    let _ = tokio::fs::remove_file(&archive_path).await;
-    if let Err(error) = unpacked.and_then(|r| r) {
-        let _ = tokio::fs::remove_dir_all(&staging).await;
-        return Err(error);
-    }
-    if let Err(source) = tokio::fs::rename(&staging, &dir).await {
-        let _ = tokio::fs::remove_dir_all(&staging).await;
-        // Another process unpacked the same version first: use theirs.
-        if !tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir()) {
-            return Err(StorageError::Io { path: dir, source });
+    let (owned_label, into) = (label.to_string(), dir.clone());
+    // The blocking task unpacks, moves the tree into place and cleans up by itself, since it outlives this future
+    // when the load is cancelled (the server stopping): it then stops at its next read of the archive, so no
+    // `.archive-*` or `.unpack-*` is left behind.
+    let cancelled = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let flag = cancelled.0.clone();
+    tokio::task::spawn_blocking(move || {
+        let placed = unpack(kind, &archive_path, &staging, &owned_label, &flag).and_then(|()| place(&staging, &into));
+        let _ = std::fs::remove_file(&archive_path);
+        if placed.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
         }
-    }
+        placed
+    })
+    .await
+    .map_err(|e| archive_error(label, "unpacking task failed", Some(Box::new(e))))??;
     tracing::info!(location = label, bytes = meta.size, dir = %dir.display(), "unpacked archive");
     Ok(dir)
+}
+
+/// Renames the unpacked `staging` tree to `dir`. Another process that unpacked the same version first wins: its
+/// tree is used and ours dropped.
+fn place(staging: &FsPath, dir: &FsPath) -> Result<(), StorageError> {
+    match std::fs::rename(staging, dir) {
+        Ok(()) => Ok(()),
+        Err(_) if dir.is_dir() => {
+            let _ = std::fs::remove_dir_all(staging);
+            Ok(())
+        }
+        Err(source) => Err(StorageError::Io { path: dir.to_path_buf(), source }),
+    }
 }
 
 fn archive_error(label: &str, reason: impl Into<String>, source: Option<crate::BoxError>) -> StorageError {
@@ -78,10 +92,47 @@ fn check_entry(label: &str, path: &FsPath) -> Result<(), StorageError> {
     }
 }
 
-/// Unpacks `archive` into `dest` (created).
-pub(crate) fn unpack(kind: ArchiveKind, archive: &FsPath, dest: &FsPath, label: &str) -> Result<(), StorageError> {
+/// Set when the future awaiting an unpack is dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The archive file, failing every read once `cancelled` is set.
+struct Cancellable<'a> {
+    file: File,
+    cancelled: &'a AtomicBool,
+}
+
+impl Read for Cancellable<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the load was cancelled"));
+        }
+        self.file.read(buf)
+    }
+}
+
+impl Seek for Cancellable<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.file.seek(pos)
+    }
+}
+
+/// Unpacks `archive` into `dest` (created), stopping with an error at the first read after `cancelled` is set.
+pub(crate) fn unpack(
+    kind: ArchiveKind,
+    archive: &FsPath,
+    dest: &FsPath,
+    label: &str,
+    cancelled: &AtomicBool,
+) -> Result<(), StorageError> {
     std::fs::create_dir_all(dest).map_err(|source| StorageError::Io { path: dest.to_path_buf(), source })?;
     let file = File::open(archive).map_err(|source| StorageError::Io { path: archive.to_path_buf(), source })?;
+    let file = Cancellable { file, cancelled };
     match kind {
         ArchiveKind::TarGz => unpack_tar(flate2::read::GzDecoder::new(file), dest, label),
         ArchiveKind::Tar => unpack_tar(file, dest, label),
@@ -119,7 +170,7 @@ fn unpack_tar<R: Read>(reader: R, dest: &FsPath, label: &str) -> Result<(), Stor
     Ok(())
 }
 
-fn unpack_zip(file: File, dest: &FsPath, label: &str) -> Result<(), StorageError> {
+fn unpack_zip<R: Read + Seek>(file: R, dest: &FsPath, label: &str) -> Result<(), StorageError> {
     let bad = |e: zip::result::ZipError| archive_error(label, "invalid zip data", Some(Box::new(e)));
     let mut archive = zip::ZipArchive::new(file).map_err(bad)?;
     for index in 0..archive.len() {

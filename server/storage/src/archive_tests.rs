@@ -44,6 +44,9 @@ fn check_tree(dest: &FsPath) {
     }
 }
 
+/// Not cancelled.
+static GOING: AtomicBool = AtomicBool::new(false);
+
 fn write(dir: &FsPath, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
@@ -60,7 +63,7 @@ fn unpacks_tar_gz_tar_and_zip() {
     ];
     for (i, (kind, archive)) in cases.iter().enumerate() {
         let dest = tmp.path().join(format!("out{i}"));
-        unpack(*kind, archive, &dest, "http://host/a").unwrap();
+        unpack(*kind, archive, &dest, "http://host/a", &GOING).unwrap();
         check_tree(&dest);
     }
 }
@@ -75,25 +78,55 @@ fn rejects_zip_slip() {
     ];
     for (kind, archive) in cases {
         let dest = tmp.path().join("out").join("inner");
-        let error = unpack(kind, &archive, &dest, "http://host/evil").expect_err("must reject");
+        let error = unpack(kind, &archive, &dest, "http://host/evil", &GOING).expect_err("must reject");
         assert!(matches!(error, StorageError::Archive { .. }), "{error}");
         assert!(error.to_string().contains("escapes the destination"), "{error}");
         assert!(!tmp.path().join("out").join("evil.txt").exists());
     }
     let absolute: &[(&str, &[u8])] = &[("/etc/evil", b"x")];
     let archive = write(tmp.path(), "abs.zip", &zip_bytes(absolute));
-    assert!(unpack(ArchiveKind::Zip, &archive, &tmp.path().join("abs"), "l").is_err());
+    assert!(unpack(ArchiveKind::Zip, &archive, &tmp.path().join("abs"), "l", &GOING).is_err());
 }
 
 #[test]
 fn rejects_corrupt_archives() {
     let tmp = tempfile::tempdir().unwrap();
     let archive = write(tmp.path(), "bad.tgz", b"definitely not gzip");
-    let error = unpack(ArchiveKind::TarGz, &archive, &tmp.path().join("o"), "l").unwrap_err();
+    let error = unpack(ArchiveKind::TarGz, &archive, &tmp.path().join("o"), "l", &GOING).unwrap_err();
     assert!(matches!(error, StorageError::Archive { .. }), "{error}");
     let archive = write(tmp.path(), "bad.zip", b"PK nope");
     assert!(matches!(
-        unpack(ArchiveKind::Zip, &archive, &tmp.path().join("z"), "l"),
+        unpack(ArchiveKind::Zip, &archive, &tmp.path().join("z"), "l", &GOING),
         Err(StorageError::Archive { .. })
     ));
+}
+
+#[test]
+fn a_cancelled_unpack_stops_at_its_next_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cancelled = AtomicBool::new(true);
+    for (kind, name, bytes) in [
+        (ArchiveKind::TarGz, "a.tgz", gzip(&tar_bytes(TREE))),
+        (ArchiveKind::Tar, "a.tar", tar_bytes(TREE)),
+        (ArchiveKind::Zip, "a.zip", zip_bytes(TREE)),
+    ] {
+        let archive = write(tmp.path(), name, &bytes);
+        let dest = tmp.path().join(format!("{name}.out"));
+        let error = unpack(kind, &archive, &dest, "l", &cancelled).unwrap_err();
+        assert!(matches!(error, StorageError::Archive { .. }), "{error}");
+        assert!(TREE.iter().all(|(path, _)| !dest.join(path).exists()), "{name}: nothing unpacked");
+    }
+}
+
+#[test]
+fn placing_a_tree_keeps_one_unpacked_first_by_another_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (staging, dir) = (tmp.path().join(".unpack-v-1"), tmp.path().join("v"));
+    std::fs::create_dir_all(staging.join("m")).unwrap();
+    std::fs::create_dir_all(dir.join("m")).unwrap();
+    std::fs::write(dir.join("m/theirs"), b"first").unwrap();
+    std::fs::write(staging.join("m/ours"), b"second").unwrap();
+    place(&staging, &dir).unwrap();
+    assert!(!staging.exists(), "our staging tree is removed");
+    assert!(dir.join("m/theirs").exists() && !dir.join("m/ours").exists());
 }

@@ -144,6 +144,8 @@ impl Downloader<'_> {
                 "corrupt download, downloading it again"
             );
             last_mismatch = Some(mismatch.got);
+            // As after a transient error: a store or proxy that is corrupting answers may be overloaded.
+            tokio::time::sleep(RetryPolicy { max_retries: self.options.max_retries }.delay(attempts - 1)).await;
         }
     }
 
