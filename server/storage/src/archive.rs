@@ -27,10 +27,10 @@ pub(crate) async fn materialise(
     name: &str,
     kind: ArchiveKind,
     label: &str,
+    policy: &RetryPolicy,
     options: &StorageOptions,
 ) -> Result<PathBuf, StorageError> {
     let object = Path::from(name);
-    let policy = RetryPolicy { max_retries: options.max_retries };
     let meta =
         policy.run(label, name, || async { store.head(&object).await.map_err(|e| classify(label, name, e)) }).await?;
     let version = cache_key(&format!("{:?}|{}|{}", meta.e_tag, meta.last_modified.timestamp_millis(), meta.size));
@@ -44,7 +44,7 @@ pub(crate) async fn materialise(
     let archive_path = root.join(format!(".archive-{version}-{nonce}"));
     let staging = root.join(format!(".unpack-{version}-{nonce}"));
     let job = Job { object, rel: name.to_string(), size: meta.size, etag: meta.e_tag, dest: archive_path.clone() };
-    Downloader::new(store, label, options).download(&job).await?;
+    Downloader::new(store, label, policy, options).download(&job).await?;
     let (owned_label, into) = (label.to_string(), dir.clone());
     // The blocking task unpacks, moves the tree into place and cleans up by itself, since it outlives this future
     // when the load is cancelled (the server stopping): it then stops at its next read of the archive, so no

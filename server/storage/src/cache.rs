@@ -81,6 +81,7 @@ pub(crate) struct Downloader<'a> {
     pub(crate) store: &'a Arc<dyn ObjectStore>,
     pub(crate) label: &'a str,
     pub(crate) options: &'a StorageOptions,
+    pub(crate) policy: RetryPolicy,
     pub(crate) permits: Arc<Semaphore>,
 }
 
@@ -88,9 +89,11 @@ impl Downloader<'_> {
     pub(crate) fn new<'a>(
         store: &'a Arc<dyn ObjectStore>,
         label: &'a str,
+        policy: &RetryPolicy,
         options: &'a StorageOptions,
     ) -> Downloader<'a> {
-        Downloader { store, label, options, permits: Arc::new(Semaphore::new(options.download_concurrency.max(1))) }
+        let permits = Arc::new(Semaphore::new(options.download_concurrency.max(1)));
+        Downloader { store, label, options, policy: policy.clone(), permits }
     }
 
     /// Downloads `job` to a temporary file beside `job.dest`, checks it against the digest the store states (see
@@ -145,7 +148,7 @@ impl Downloader<'_> {
             );
             last_mismatch = Some(mismatch.got);
             // As after a transient error: a store or proxy that is corrupting answers may be overloaded.
-            tokio::time::sleep(RetryPolicy { max_retries: self.options.max_retries }.delay(attempts - 1)).await;
+            tokio::time::sleep(self.policy.delay(attempts - 1)).await;
         }
     }
 
@@ -185,8 +188,7 @@ impl Downloader<'_> {
         if start == end {
             return Ok(());
         }
-        let policy = RetryPolicy { max_retries: self.options.max_retries };
-        policy
+        self.policy
             .run(self.label, &part.job.rel, || async {
                 let mut added = 0u64;
                 let result = self.attempt_part(part, start, end, &mut added).await;
@@ -351,6 +353,7 @@ pub(crate) async fn fetch(
     store: &Arc<dyn ObjectStore>,
     prefix: &str,
     label: &str,
+    policy: &RetryPolicy,
     options: &StorageOptions,
     files: &[ObjectInfo],
 ) -> Result<PathBuf, StorageError> {
@@ -366,7 +369,7 @@ pub(crate) async fn fetch(
             wanted.push(info);
         }
     }
-    let downloader = Downloader::new(store, label, options);
+    let downloader = Downloader::new(store, label, policy, options);
     let download_bytes: u64 = wanted.iter().map(|i| i.size).sum();
     // Owned items: a closure over `&ObjectInfo` makes the future too general for `tokio::spawn` callers.
     let (downloader, root_dir) = (&downloader, &root);

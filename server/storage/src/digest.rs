@@ -36,6 +36,8 @@ use object_store::client::{
     HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
 };
 
+use crate::retry::Pushback;
+
 /// A digest algorithm a store states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Algorithm {
@@ -162,16 +164,19 @@ pub(crate) fn stated_digest(status: StatusCode, headers: &HeaderMap, etags: Etag
 }
 
 /// Wraps object_store's own HTTP client and records in each answer's extensions the digest it states.
+/// It also notes the store's `Retry-After` in [`Pushback`], which object_store's errors do not carry.
 #[derive(Debug, Default)]
 pub(crate) struct DigestConnector {
     /// What the store's ETags are.
     pub(crate) etags: Etags,
+    /// Where the store's `Retry-After` goes.
+    pub(crate) pushback: Pushback,
 }
 
 impl HttpConnector for DigestConnector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
         let inner = ReqwestConnector::default().connect(options)?;
-        Ok(HttpClient::new(DigestService { inner, etags: self.etags }))
+        Ok(HttpClient::new(DigestService { inner, etags: self.etags, pushback: self.pushback.clone() }))
     }
 }
 
@@ -179,12 +184,14 @@ impl HttpConnector for DigestConnector {
 struct DigestService {
     inner: HttpClient,
     etags: Etags,
+    pushback: Pushback,
 }
 
 #[async_trait]
 impl HttpService for DigestService {
     async fn call(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
         let mut response = self.inner.execute(request).await?;
+        self.pushback.note(response.status(), response.headers());
         if let Some(digest) = stated_digest(response.status(), response.headers(), self.etags) {
             response.extensions_mut().insert(digest);
         }

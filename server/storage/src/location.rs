@@ -20,6 +20,7 @@ use crate::checksum_gets::{CHECKSUM_MODE, ChecksumGets};
 use crate::digest::{DigestConnector, Etags};
 use crate::error::StorageError;
 use crate::redact::{RedactingStore, Redactor};
+use crate::retry::Pushback;
 
 const ACCEPTED: &str = "expected a local path, file:///abs/path, s3://bucket[/prefix], gs://bucket[/prefix], \
                         az://container[/prefix], https://<account>.blob.core.windows.net/<container>[/prefix], \
@@ -188,13 +189,14 @@ fn client_options() -> ClientOptions {
 }
 
 /// The S3 builder for `bucket`: `AWS_*` variables as `AmazonS3Builder::from_env` reads them, plus KServe's.
+#[cfg(test)]
 pub(crate) fn s3_builder(bucket: &str, env: &Env) -> AmazonS3Builder {
-    s3_builder_with(bucket, env, client_options())
+    s3_builder_with(bucket, env, client_options(), &Pushback::default())
 }
 
 /// [`s3_builder`] from `options` (client options come first: `AWS_ALLOW_HTTP`, `AWS_PROXY_URL` and the like then
 /// override them).
-fn s3_builder_with(bucket: &str, env: &Env, options: ClientOptions) -> AmazonS3Builder {
+fn s3_builder_with(bucket: &str, env: &Env, options: ClientOptions, pushback: &Pushback) -> AmazonS3Builder {
     let mut builder = AmazonS3Builder::new().with_client_options(options).with_retry(retry_config());
     for (key, value) in &env.0 {
         if key.starts_with("AWS_")
@@ -225,7 +227,8 @@ fn s3_builder_with(bucket: &str, env: &Env, options: ClientOptions) -> AmazonS3B
             builder = builder.with_allow_http(true);
         }
     }
-    builder = builder.with_http_connector(DigestConnector { etags: s3_etags(bucket, endpoint.as_deref()) });
+    let etags = s3_etags(bucket, endpoint.as_deref());
+    builder = builder.with_http_connector(DigestConnector { etags, pushback: pushback.clone() });
     let verify = env.get("S3_VERIFY_SSL").map(str::to_ascii_lowercase);
     if matches!(verify.as_deref(), Some("0" | "false" | "no" | "off")) {
         builder = builder.with_config(AmazonS3ConfigKey::Client(ClientConfigKey::AllowInvalidCertificates), "true");
@@ -259,20 +262,22 @@ pub(crate) fn s3_etags(bucket: &str, endpoint: Option<&str>) -> Etags {
 
 /// Builds the store for a remote location (not `Local`, whose store needs the directory to exist). When the
 /// location's URLs carry secrets (`redactor` not empty), the store is wrapped so that none of its errors can
-/// show them, and so are the builder's errors.
+/// show them, and so are the builder's errors. Every answer's `Retry-After` is noted in `pushback`.
 pub(crate) fn build_store(
     location: &Location,
     label: &str,
     env: &Env,
     redactor: &Arc<Redactor>,
+    pushback: &Pushback,
 ) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    let connector = || DigestConnector { pushback: pushback.clone(), ..DigestConnector::default() };
     let map = |source| StorageError::Store { location: label.to_string(), source: redactor.store_error(source) };
     let store: Arc<dyn ObjectStore> = match location {
         Location::Local(_) => {
             return Err(StorageError::InvalidLocation { location: label.into(), reason: "local path".into() });
         }
         Location::S3 { bucket, .. } => {
-            let builder = s3_builder(bucket, env);
+            let builder = s3_builder_with(bucket, env, client_options(), pushback);
             let express = is_directory_bucket(bucket)
                 || builder.get_config_value(&AmazonS3ConfigKey::S3Express).is_some_and(|v| v == "true");
             let rest = builder.build().map_err(map)?;
@@ -283,23 +288,26 @@ pub(crate) fn build_store(
                 let (name, value) = CHECKSUM_MODE;
                 let mut checksum_mode = http::HeaderMap::new();
                 checksum_mode.insert(name, http::HeaderValue::from_static(value));
-                let gets = s3_builder_with(bucket, env, client_options().with_default_headers(checksum_mode))
+                let gets = s3_builder_with(bucket, env, client_options().with_default_headers(checksum_mode), pushback)
                     .with_credentials(rest.credentials().clone())
                     .build()
                     .map_err(map)?;
                 Arc::new(ChecksumGets::new(Arc::new(rest), Arc::new(gets)))
             }
         }
-        Location::Gcs { bucket, .. } => Arc::new(gcs_builder(bucket, env).build().map_err(map)?),
+        Location::Gcs { bucket, .. } => {
+            Arc::new(gcs_builder(bucket, env).with_http_connector(connector()).build().map_err(map)?)
+        }
         Location::Azure { account, container, sas, .. } => {
-            Arc::new(azure_builder(account.as_deref(), container, sas, env).build().map_err(map)?)
+            let builder = azure_builder(account.as_deref(), container, sas, env).with_http_connector(connector());
+            Arc::new(builder.build().map_err(map)?)
         }
         Location::Http { base, .. } => {
             let builder = HttpBuilder::new()
                 .with_url(base.as_str())
                 .with_client_options(client_options().with_allow_http(base.scheme() == "http"))
                 .with_retry(retry_config())
-                .with_http_connector(DigestConnector::default());
+                .with_http_connector(connector());
             Arc::new(builder.build().map_err(map)?)
         }
     };

@@ -118,8 +118,13 @@ fn azure_url_sets_account_container_and_sas() {
     let builder = azure_builder(Some("acct"), "c", &[("sig".into(), "x".into())], &env(&[]));
     assert_eq!(builder.get_config_value(&AzureConfigKey::AccountName).as_deref(), Some("acct"));
     assert_eq!(builder.get_config_value(&AzureConfigKey::ContainerName).as_deref(), Some("c"));
-    let store =
-        build_store(&parse("https://acct.blob.core.windows.net/c/p?sig=SECRET").unwrap(), "label", &env(&[]), &none());
+    let store = build_store(
+        &parse("https://acct.blob.core.windows.net/c/p?sig=SECRET").unwrap(),
+        "label",
+        &env(&[]),
+        &none(),
+        &Pushback::default(),
+    );
     assert!(store.is_ok(), "{:?}", store.err());
 }
 
@@ -141,7 +146,7 @@ fn gcs_and_azure_read_the_given_env_not_the_process() {
 fn builds_stores_without_io() {
     for location in ["s3://b/p", "gs://b/p", "http://host/m.onnx"] {
         let env = env(&[("AWS_ACCESS_KEY_ID", "AKIA"), ("AWS_SECRET_ACCESS_KEY", "shh")]);
-        let store = build_store(&parse(location).unwrap(), location, &env, &none());
+        let store = build_store(&parse(location).unwrap(), location, &env, &none(), &Pushback::default());
         assert!(store.is_ok(), "{location}: {:?}", store.err());
     }
 }

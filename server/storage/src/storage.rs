@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 
 use crate::location::{self, ArchiveKind, Env, Location};
 use crate::redact::Redactor;
-use crate::retry::{RetryPolicy, classify};
+use crate::retry::{Pushback, RetryPolicy, classify};
 use crate::{ObjectInfo, StorageError, StorageOptions, archive, cache};
 
 /// A model repository location: list it, read small files, and make files local.
@@ -30,6 +30,8 @@ struct Inner {
     options: StorageOptions,
     source: Source,
     backend: OnceCell<Backend>,
+    /// The store's `Retry-After`, noted by its HTTP client.
+    pushback: Pushback,
 }
 
 /// How to build the backend on first use (the ones that need I/O to exist).
@@ -120,21 +122,23 @@ impl Storage {
         let label = location::redact(location);
         let parsed = location::parse(location)?;
         let redactor = Arc::new(Redactor::for_location(location, env));
+        let pushback = Pushback::default();
         let (source, backend) = match parsed {
             Location::Local(path) => (Source::Local(path), None),
             Location::S3 { ref prefix, .. } | Location::Gcs { ref prefix, .. } | Location::Azure { ref prefix, .. } => {
-                let store = location::build_store(&parsed, &label, env, &redactor)?;
+                let store = location::build_store(&parsed, &label, env, &redactor, &pushback)?;
                 (Source::Ready, Some(Backend::Tree { store, prefix: prefix.clone(), local_root: None }))
             }
             Location::Http { ref name, archive, .. } => {
-                let store = location::build_store(&parsed, &label, env, &redactor)?;
+                let store = location::build_store(&parsed, &label, env, &redactor, &pushback)?;
                 match archive {
                     None => (Source::Ready, Some(Backend::Single { store, name: name.clone() })),
                     Some(kind) => (Source::Archive { store, name: name.clone(), kind }, None),
                 }
             }
         };
-        Ok(Storage { inner: Arc::new(Inner { label, options, source, backend: OnceCell::new_with(backend) }) })
+        let backend = OnceCell::new_with(backend);
+        Ok(Storage { inner: Arc::new(Inner { label, options, source, backend, pushback }) })
     }
 
     /// Wraps any store (tests use `object_store::memory::InMemory`); prefix "" = the store root.
@@ -148,6 +152,7 @@ impl Storage {
                 options,
                 source: Source::Ready,
                 backend: OnceCell::new_with(Some(backend)),
+                pushback: Pushback::default(),
             }),
         }
     }
@@ -169,7 +174,7 @@ impl Storage {
     }
 
     fn policy(&self) -> RetryPolicy {
-        RetryPolicy { max_retries: self.inner.options.max_retries }
+        RetryPolicy { max_retries: self.inner.options.max_retries, pushback: self.inner.pushback.clone() }
     }
 
     async fn backend(&self) -> Result<&Backend, StorageError> {
@@ -181,7 +186,8 @@ impl Storage {
                     Source::Ready => unreachable_backend(label),
                     Source::Local(dir) => local_tree(label, dir).await,
                     Source::Archive { store, name, kind } => {
-                        let dir = archive::materialise(store, name, *kind, label, &self.inner.options).await?;
+                        let dir = archive::materialise(store, name, *kind, label, &self.policy(), &self.inner.options)
+                            .await?;
                         local_tree(label, &dir).await
                     }
                 }
@@ -291,9 +297,11 @@ impl Storage {
                 Ok(root.clone())
             }
             Backend::Tree { store, prefix, local_root: None } => {
-                cache::fetch(store, prefix, label, &self.inner.options, files).await
+                cache::fetch(store, prefix, label, &self.policy(), &self.inner.options, files).await
             }
-            Backend::Single { store, .. } => cache::fetch(store, "", label, &self.inner.options, files).await,
+            Backend::Single { store, .. } => {
+                cache::fetch(store, "", label, &self.policy(), &self.inner.options, files).await
+            }
         }
     }
 }

@@ -332,3 +332,60 @@ async fn downloads_are_checked_against_the_digest_stated() {
         }
     }
 }
+
+/// Answers every request `503` with `Retry-After: 2` until 2 s after the first one, then serves `body`; returns
+/// the times of the requests, from the first.
+async fn serve_shedding_load(body: &'static [u8]) -> (String, Arc<std::sync::Mutex<Vec<std::time::Duration>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let times = seen.clone();
+    tokio::spawn(async move {
+        let first = std::sync::OnceLock::new();
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let start = *first.get_or_init(std::time::Instant::now);
+            let at = start.elapsed();
+            seen.lock().unwrap().push(at);
+            let len = body.len();
+            let response = if at < std::time::Duration::from_secs(2) {
+                "HTTP/1.1 503 Service Unavailable\r\nretry-after: 2\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    .to_string()
+            } else {
+                // A HEAD gets the GET's headers and no body.
+                let body = if buf.starts_with(b"HEAD") { "" } else { std::str::from_utf8(body).unwrap() };
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\netag: \"s1\"\r\n\
+                     last-modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nconnection: close\r\n\r\n{body}",
+                    len
+                )
+            };
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    (format!("http://{addr}"), times)
+}
+
+#[tokio::test]
+async fn a_store_shedding_load_is_retried_after_the_time_it_asks_for() {
+    let (base, times) = serve_shedding_load(b"model").await;
+    let cache = tempfile::tempdir().unwrap();
+    // One retry: the backoff alone (about 0.1 s) would spend it while the store still sheds load.
+    let storage = Storage::open(&format!("{base}/m/model.onnx"), options(cache.path())).unwrap();
+    let files = storage.list_files("").await.unwrap();
+    let root = storage.fetch(&files).await.unwrap();
+    assert_eq!(std::fs::read(root.join("model.onnx")).unwrap(), b"model");
+    let times = times.lock().unwrap().clone();
+    assert_eq!(times.len(), 3, "a refused HEAD, the HEAD 2 s later, the GET: {times:?}");
+    assert!(times[1] >= std::time::Duration::from_secs(2), "{times:?}");
+}
