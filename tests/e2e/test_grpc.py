@@ -156,6 +156,41 @@ def test_stream_infer(client):
         client.stop_stream()
 
 
+def test_stream_answers_in_request_order_each_marked_final(client):
+    """A stream answers in the order its requests came, errors included (tritonclient hands a stream error to its
+    callback without the request id, so position is how a client matches them), and every answer carries
+    `triton_final_response: true`, as Triton's do for a model that is not decoupled."""
+    results = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        rng = np.random.default_rng(3)
+        slow = grpcclient.InferInput("INPUT0", [64, 128], "FP32")
+        slow.set_data_from_numpy(rng.standard_normal((64, 128)).astype(np.float32))
+        good = grpcclient.InferInput("IN", [1], "INT32")
+        good.set_data_from_numpy(np.array([41], dtype=np.int32))
+        wrong_type = grpcclient.InferInput("IN", [1], "FP32")
+        wrong_type.set_data_from_numpy(np.array([0], dtype=np.float32))
+        sent = []
+        for round_ in range(3):
+            client.async_stream_infer("mlp_large", [slow], request_id=f"slow{round_}")
+            client.async_stream_infer("add_version", [wrong_type], request_id=f"bad{round_}", model_version="1")
+            client.async_stream_infer("add_version", [good], request_id=f"good{round_}", model_version="1")
+            client.async_stream_infer("no_such_model", [good], request_id=f"unknown{round_}")
+            sent += [f"slow{round_}", None, f"good{round_}", None]
+        got = []
+        for _ in sent:
+            result, error = results.get(timeout=30)
+            if error is not None:
+                got.append(None)
+                continue
+            response = result.get_response()
+            assert response.parameters["triton_final_response"].bool_param is True, response.parameters
+            got.append(response.id)
+        assert got == sent
+    finally:
+        client.stop_stream()
+
+
 def test_grpc_health(server):
     channel = grpc.insecure_channel(server.grpc_addr)
     check = channel.unary_unary("/grpc.health.v1.Health/Check",

@@ -1,6 +1,7 @@
 //! `inference.GRPCInferenceService` over the engine.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use ferroserve_engine::InferError;
 use ferroserve_engine::stats::StatsSnapshot;
@@ -202,20 +203,36 @@ impl GrpcInferenceService for InferenceService {
         let stream_span = tracing::Span::current();
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                // Requests on one stream run concurrently; responses carry the request id to match them up.
-                // On shutdown the stream stops taking requests, answers those in flight, then ends, so that a
-                // client holding a stream open does not hold up the drain.
-                let mut running = tokio::task::JoinSet::new();
+                // Requests on one stream run concurrently, and their answers go out in the order the requests
+                // came, as Triton sends them for a model that is not decoupled: tritonclient hands a stream error
+                // to its callback without the request id, so clients match answers to requests by position.
+                // On shutdown the stream stops taking requests, answers those in flight, then ends with
+                // UNAVAILABLE, so that a client holding a stream open does not hold up the drain and learns that
+                // requests it sent after that were not taken.
+                let mut pending = futures::stream::FuturesOrdered::new();
                 let mut ended_by: Option<Status> = None;
                 loop {
-                    // Finished requests are reaped as they end (not kept until the stream ends), and at most
-                    // MAX_IN_FLIGHT_PER_STREAM run at once: past that the stream is not read, so HTTP/2 flow
-                    // control holds the client back, and a client that never reads its answers parks at most
-                    // that many.
+                    // At most MAX_IN_FLIGHT_PER_STREAM requests are running or waiting for their turn to be
+                    // answered: past that the stream is not read, so HTTP/2 flow control holds the client back,
+                    // and a client that never reads its answers parks at most that many.
                     let message = tokio::select! {
-                        _ = stopping.wait_for(|s| *s) => break,
-                        Some(_) = running.join_next(), if !running.is_empty() => continue,
-                        m = incoming.next(), if running.len() < MAX_IN_FLIGHT_PER_STREAM => m,
+                        biased;
+                        Some(answer) = pending.next(), if !pending.is_empty() => Err(Some(answer)),
+                        _ = stopping.wait_for(|s| *s) => Err(None),
+                        m = incoming.next(), if pending.len() < MAX_IN_FLIGHT_PER_STREAM => Ok(m),
+                    };
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(Some(answer)) => {
+                            if tx.send(Ok(answer)).await.is_err() {
+                                break; // the client has gone
+                            }
+                            continue;
+                        }
+                        Err(None) => {
+                            ended_by = Some(Status::unavailable(SHUTTING_DOWN));
+                            break;
+                        }
                     };
                     let request = match message {
                         Some(Ok(r)) => r,
@@ -229,52 +246,26 @@ impl GrpcInferenceService for InferenceService {
                         }
                         None => break,
                     };
-                    let manager = manager.clone();
-                    let budget = budget.clone();
-                    let shm = shm.clone();
-                    let tx = tx.clone();
+                    let id = request.id.clone();
                     let keys =
                         manager.route_keys(&request.model_name, |h| metadata.get(h).and_then(|v| v.to_str().ok()));
+                    let context = (manager.clone(), budget.clone(), shm.clone(), request_timeout);
                     // Each stream request runs in the stream's span (its request id, and its trace when sampled).
-                    let span = tracing::Span::current();
-                    running.spawn(tracing::Instrument::instrument(
-                        async move {
-                            let observed = Observed::start(&request);
-                            let id = request.id.clone();
-                            // Charged before decoding (a refused request is not decoded) and held until its
-                            // answer has been handed to the stream.
-                            let charge = budget.reserve(admission::grpc_cost(observed.bytes_in, &request));
-                            let decoded = charge.and_then(|c| decode_charged(request, &shm, &manager, c));
-                            let (_charge, (served, reply)) = match decoded {
-                                Err(e) => (None, (None, Err(e))),
-                                Ok((charge, (r, shm_outputs))) => {
-                                    let routed = manager.infer_routed(r, keys);
-                                    match admission::within_request_timeout(request_timeout, routed).await {
-                                        Ok((served, answer)) => (
-                                            Some(charge),
-                                            (served, answer.and_then(|r| codec::encode_response(r, &shm_outputs))),
-                                        ),
-                                        Err(timeout) => (Some(charge), (None, Err(timeout))),
-                                    }
-                                }
-                            };
-                            observed.finish(&manager, served, reply.as_ref().err(), 0);
-                            let message = match reply {
-                                Ok(r) => pb::ModelStreamInferResponse {
-                                    error_message: String::new(),
-                                    infer_response: Some(r),
-                                },
-                                Err(e) => pb::ModelStreamInferResponse {
-                                    error_message: e.client_message(),
-                                    infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
-                                },
-                            };
-                            let _ = tx.send(Ok(message)).await;
-                        },
-                        span,
+                    let task = tokio::spawn(tracing::Instrument::instrument(
+                        answer_stream_request(request, keys, context),
+                        tracing::Span::current(),
                     ));
+                    pending.push_back(async move {
+                        task.await.unwrap_or_else(|_| {
+                            stream_answer(id, Err(InferError::Internal("the request's task failed".into())))
+                        })
+                    });
                 }
-                while running.join_next().await.is_some() {}
+                while let Some(answer) = pending.next().await {
+                    if tx.send(Ok(answer)).await.is_err() {
+                        return;
+                    }
+                }
                 if let Some(status) = ended_by {
                     let _ = tx.send(Err(status)).await;
                 }
@@ -413,6 +404,55 @@ impl GrpcInferenceService for InferenceService {
         crate::admin::check_grpc(&self.state, &request)?;
         Ok(Response::new(pb::CudaSharedMemoryUnregisterResponse {}))
     }
+}
+
+/// How a stream ends when the server starts shutting down (Triton's words).
+const SHUTTING_DOWN: &str = "GRPC server is shutting down and has stopped accepting new requests.";
+
+/// What one `ModelStreamInfer` request needs beyond itself: the manager, the memory budget, the shared-memory
+/// regions and `--request-timeout-secs`.
+type StreamContext = (
+    Arc<ferroserve_engine::ModelManager>,
+    Arc<admission::MemoryBudget>,
+    Arc<crate::shm::SharedMemory>,
+    Option<std::time::Duration>,
+);
+
+/// Runs one request of a stream to its answer.
+async fn answer_stream_request(
+    request: pb::ModelInferRequest,
+    keys: ferroserve_engine::manager::traffic::RouteKeys,
+    (manager, budget, shm, request_timeout): StreamContext,
+) -> pb::ModelStreamInferResponse {
+    let observed = Observed::start(&request);
+    let id = request.id.clone();
+    // Charged before decoding (a refused request is not decoded) and held until its answer is encoded.
+    let charge = budget.reserve(admission::grpc_cost(observed.bytes_in, &request));
+    let decoded = charge.and_then(|c| decode_charged(request, &shm, &manager, c));
+    let (served, reply) = match decoded {
+        Err(e) => (None, Err(e)),
+        Ok((_charge, (r, shm_outputs))) => {
+            let routed = manager.infer_routed(r, keys);
+            match admission::within_request_timeout(request_timeout, routed).await {
+                Ok((served, answer)) => (served, answer.and_then(|r| codec::encode_response(r, &shm_outputs))),
+                Err(timeout) => (None, Err(timeout)),
+            }
+        }
+    };
+    observed.finish(&manager, served, reply.as_ref().err(), 0);
+    stream_answer(id, reply)
+}
+
+/// A stream's answer to request `id`. Every answer is the request's last (a model here is never decoupled), and
+/// says so in `triton_final_response`, as Triton's do: clients written for decoupled models wait for it.
+fn stream_answer(id: String, reply: Result<pb::ModelInferResponse, InferError>) -> pb::ModelStreamInferResponse {
+    let (error_message, mut response) = match reply {
+        Ok(r) => (String::new(), r),
+        Err(e) => (e.client_message(), pb::ModelInferResponse { id, ..Default::default() }),
+    };
+    let last = pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(true)) };
+    response.parameters.insert("triton_final_response".into(), last);
+    pb::ModelStreamInferResponse { error_message, infer_response: Some(response) }
 }
 
 /// Decodes an inference message charged `charge`, growing the charge by what the request will hold beside it
