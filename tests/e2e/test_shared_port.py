@@ -93,6 +93,31 @@ def test_grpc_health_on_the_http_port(server):
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+def test_http1_requests_claiming_grpc_are_rest_requests(server, reference):
+    """gRPC needs HTTP/2: an HTTP/1.1 request with `content-type: application/grpc` is served as REST, as on
+    Triton's HTTP port, not answered `200` with an empty body and a `grpc-status` header no REST client reads."""
+    import http.client
+
+    x = np.random.default_rng(9).standard_normal((3, 16)).astype(np.float32)
+    want = mlp_numpy(reference["mlp"], x)
+    body = json.dumps({"inputs": [{"name": "INPUT0", "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.flatten().tolist()}]})
+    host, port = server.http_addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("POST", "/v2/models/mlp/infer", body=body, headers={"Content-Type": "application/grpc"})
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        assert response.status == 200 and response.getheader("grpc-status") is None
+        got = np.array(answer["outputs"][0]["data"], dtype=np.float32).reshape(want.shape)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        conn.request("POST", "/v2/models/nope/infer", body=body, headers={"Content-Type": "application/grpc+proto"})
+        response = conn.getresponse()
+        assert response.status == 404 and "error" in json.loads(response.read())
+    finally:
+        conn.close()
+
+
 def curl(*args):
     """curl (built with nghttp2) speaking HTTP/2 with prior knowledge, as Knative's queue-proxy does to `h2c`."""
     assert shutil.which("curl"), "curl is needed for the HTTP/2 prior-knowledge tests"

@@ -20,14 +20,18 @@ use futures::future::Either;
 use http::Request;
 use tower::Service;
 
-/// Whether `request` is a gRPC call: `application/grpc` exactly or followed by `+` or `;`.
+/// Whether `request` is a gRPC call: over HTTP/2 (gRPC has no other transport), with a `content-type` of
+/// `application/grpc` exactly or followed by `+` or `;`. An HTTP/1.1 request claiming gRPC is a REST request, as on
+/// Triton's HTTP port: gRPC's service would answer it `200` with an empty body and the status in a header that
+/// no REST client reads.
 pub fn is_grpc<B>(request: &Request<B>) -> bool {
-    request.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v.len() >= 16
-            && v[..16].eq_ignore_ascii_case(b"application/grpc")
-            && matches!(v.get(16), None | Some(b'+') | Some(b';'))
-    })
+    request.version() == http::Version::HTTP_2
+        && request.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| {
+            let v = v.as_bytes();
+            v.len() >= 16
+                && v[..16].eq_ignore_ascii_case(b"application/grpc")
+                && matches!(v.get(16), None | Some(b'+') | Some(b';'))
+        })
 }
 
 /// The HTTP port's service: gRPC calls to `grpc`, the rest to `rest`.
@@ -71,7 +75,7 @@ mod tests {
     use super::*;
 
     fn with_type(content_type: &str) -> Request<()> {
-        Request::builder().header("content-type", content_type).body(()).unwrap()
+        Request::builder().version(http::Version::HTTP_2).header("content-type", content_type).body(()).unwrap()
     }
 
     #[test]
@@ -83,5 +87,7 @@ mod tests {
             assert!(!is_grpc(&with_type(rest)), "{rest}");
         }
         assert!(!is_grpc(&Request::new(())));
+        let http1 = Request::builder().version(http::Version::HTTP_11).header("content-type", "application/grpc");
+        assert!(!is_grpc(&http1.body(()).unwrap()), "gRPC needs HTTP/2");
     }
 }
