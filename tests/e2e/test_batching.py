@@ -26,6 +26,8 @@ CONFIGS = {
                   'default_queue_policy { max_queue_size: 2 } }\n',
     "timeouts": 'max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 300000 '
                 'default_queue_policy { default_timeout_microseconds: 20000 } }\n',
+    "overridable": 'max_batch_size: 64\ndynamic_batching { max_queue_delay_microseconds: 300000 '
+                   'default_queue_policy { default_timeout_microseconds: 10000000 allow_timeout_override: true } }\n',
 }
 
 
@@ -168,11 +170,16 @@ def test_queue_timeout(batching_server):
     with pytest.raises(InferenceServerException) as err:
         client.infer("timeouts", [i])
     assert err.value.status() == "504"
-    # A request's own `timeout` parameter (microseconds) overrides the default.
+    # As in Triton's queue policy, a request's own `timeout` parameter (microseconds) shortens the default where
+    # the policy allows overrides, never lengthens it, and is ignored elsewhere.
     with pytest.raises(InferenceServerException) as err:
-        client.infer("mlp", [i], timeout=1000)
+        client.infer("overridable", [i], timeout=1000)
     assert err.value.status() == "504"
-    assert client.infer("mlp", [i], timeout=5_000_000).as_numpy("OUTPUT0").shape == (1, 4)
+    assert client.infer("overridable", [i], timeout=5_000_000).as_numpy("OUTPUT0").shape == (1, 4)
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("timeouts", [i], timeout=900_000_000)
+    assert err.value.status() == "504"
+    assert client.infer("mlp", [i], timeout=1000).as_numpy("OUTPUT0").shape == (1, 4)
     g = grpcclient.InferenceServerClient(batching_server.grpc_addr)
     gi = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
     gi.set_data_from_numpy(np.zeros((1, 16), dtype=np.float32))

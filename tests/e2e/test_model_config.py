@@ -67,7 +67,7 @@ WIDE_NOT_ACTED_ON = [
     "input.format", "input.optional", "input.allow_ragged_batch",
     "instance_group.name", "instance_group.host_policy",
     "dynamic_batching.preserve_ordering", "dynamic_batching.default_queue_policy.timeout_action",
-    "dynamic_batching.default_queue_policy.allow_timeout_override", "dynamic_batching.priority_queue_policy",
+    "dynamic_batching.priority_queue_policy",
     "optimization.graph.level", "optimization.execution_accelerators.cpu_execution_accelerator",
     "optimization.input_pinned_memory.enable", "model_warmup", "response_cache.enable",
     "cc_model_filenames", "metric_tags", "batch_input",

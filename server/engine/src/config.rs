@@ -97,6 +97,8 @@ pub struct DynamicBatching {
     pub max_queue_size: u32,
     /// Queue timeout (0 = none).
     pub default_timeout_microseconds: u64,
+    /// Whether a request's `timeout` parameter may shorten the queue timeout.
+    pub allow_timeout_override: bool,
     /// Priority levels (0 = one level).
     pub priority_levels: u32,
     /// Level of requests that name none (0 = the lowest level).
@@ -247,6 +249,16 @@ fn number<T: std::str::FromStr>(node: &Node, field: &str) -> Result<Option<T>, C
     }
 }
 
+/// A protobuf text-format bool.
+fn boolean(node: &Node, field: &str) -> Result<Option<bool>, ConfigError> {
+    match node.get(field).map(|n| n.scalar()) {
+        None => Ok(None),
+        Some(Some("true" | "True" | "t" | "1")) => Ok(Some(true)),
+        Some(Some("false" | "False" | "f" | "0")) => Ok(Some(false)),
+        Some(_) => Err(ConfigError(format!("`{field}` must be true or false"))),
+    }
+}
+
 fn numbers<T: std::str::FromStr>(node: &Node, field: &str) -> Result<Vec<T>, ConfigError> {
     node.all(field)
         .map(|n| {
@@ -312,6 +324,10 @@ fn dynamic_batching(node: &Node) -> Result<DynamicBatching, ConfigError> {
         default_timeout_microseconds: match policy {
             Some(p) => number(p, "default_timeout_microseconds")?.unwrap_or(0),
             None => 0,
+        },
+        allow_timeout_override: match policy {
+            Some(p) => boolean(p, "allow_timeout_override")?.unwrap_or(false),
+            None => false,
         },
         priority_levels: number(node, "priority_levels")?.unwrap_or(0),
         default_priority_level: number(node, "default_priority_level")?.unwrap_or(0),

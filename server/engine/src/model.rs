@@ -28,6 +28,61 @@ pub struct Scheduling {
     pub default_priority_level: u32,
     /// Queue timeout of requests without a `timeout` parameter.
     pub default_timeout: Option<Duration>,
+    /// Whether a request's `timeout` parameter may shorten `default_timeout` (Triton's
+    /// `allow_timeout_override`).
+    pub allow_timeout_override: bool,
+}
+
+impl Scheduling {
+    /// The queue deadline: the model's default queue timeout, or the request's `timeout` parameter (microseconds)
+    /// where the queue policy allows an override and it is shorter, as Triton's queue policy has it. A request
+    /// can never lengthen or lift the timeout its model's owner set; `0` asks for no override. (With no default
+    /// timeout Triton ignores the parameter even when overrides are allowed; here any non-zero timeout is shorter
+    /// than none, as the model config documentation reads.)
+    fn deadline(&self, parameters: &Parameters, now: Instant) -> Result<Option<Instant>, InferError> {
+        let default = self.default_timeout;
+        let requested = match parameters.get("timeout") {
+            None => None,
+            Some(p) => match p.as_u64() {
+                Some(0) => None,
+                Some(us) => Some(Duration::from_micros(us)),
+                None => {
+                    return Err(InferError::invalid(
+                        "parameter `timeout` must be a non-negative integer (microseconds)",
+                    ));
+                }
+            },
+        };
+        let timeout = match requested {
+            Some(t) if self.allow_timeout_override && default.is_none_or(|d| t < d) => Some(t),
+            _ => default,
+        };
+        Ok(timeout.map(|t| now + t))
+    }
+
+    /// The batcher queue index (0 = most urgent) from the `priority` parameter (1 = highest, 0 = default).
+    fn priority_index(&self, parameters: &Parameters) -> Result<usize, InferError> {
+        let levels = self.priority_levels;
+        let requested = match parameters.get("priority") {
+            None => 0,
+            Some(p) => {
+                p.as_u64().ok_or_else(|| InferError::invalid("parameter `priority` must be a non-negative integer"))?
+            }
+        };
+        if levels == 0 {
+            return Ok(0);
+        }
+        // Past the last level, the default level, as Triton does.
+        let level = if requested == 0 || requested > u64::from(levels) {
+            match self.default_priority_level {
+                0 => levels,
+                d => d.min(levels),
+            }
+        } else {
+            requested as u32
+        };
+        Ok(level as usize - 1)
+    }
 }
 
 /// One servable version of a model.
@@ -127,8 +182,8 @@ impl ModelVersion {
         let start = Instant::now();
         let _in_flight = InFlight::enter(&self.stats.metrics.in_flight);
         let id = request.id.clone();
-        let deadline = self.deadline(&request.parameters, start)?;
-        let priority = self.priority_index(&request.parameters)?;
+        let deadline = self.scheduling.deadline(&request.parameters, start)?;
+        let priority = self.scheduling.priority_index(&request.parameters)?;
         let batched = self.max_batch_size > 0;
         let mut request = request;
         // Checked before the model runs: a bad class count or a BYTES output costs no inference.
@@ -236,52 +291,6 @@ impl ModelVersion {
             })
             .collect()
     }
-
-    /// The queue deadline from the `timeout` parameter (microseconds) or the model's default.
-    fn deadline(&self, parameters: &Parameters, now: Instant) -> Result<Option<Instant>, InferError> {
-        let timeout = match parameters.get("timeout") {
-            None => self.scheduling.default_timeout,
-            Some(p) => match p.as_u64() {
-                Some(0) => None,
-                Some(us) => Some(Duration::from_micros(us)),
-                None => {
-                    return Err(InferError::invalid(
-                        "parameter `timeout` must be a non-negative integer (microseconds)",
-                    ));
-                }
-            },
-        };
-        Ok(timeout.map(|t| now + t))
-    }
-
-    /// The batcher queue index (0 = most urgent) from the `priority` parameter (1 = highest, 0 = default).
-    fn priority_index(&self, parameters: &Parameters) -> Result<usize, InferError> {
-        let levels = self.scheduling.priority_levels;
-        let requested = match parameters.get("priority") {
-            None => 0,
-            Some(p) => {
-                p.as_u64().ok_or_else(|| InferError::invalid("parameter `priority` must be a non-negative integer"))?
-            }
-        };
-        if levels == 0 {
-            return Ok(0);
-        }
-        if requested > u64::from(levels) {
-            return Err(InferError::invalid(format!(
-                "parameter `priority` is {requested}; model `{}` has priority levels 1 to {levels}",
-                self.name
-            )));
-        }
-        let level = if requested == 0 {
-            match self.scheduling.default_priority_level {
-                0 => levels,
-                d => d.min(levels),
-            }
-        } else {
-            requested as u32
-        };
-        Ok(level as usize - 1)
-    }
 }
 
 /// The non-batch dims of every input: requests batch together only when these match.
@@ -295,4 +304,47 @@ fn batch_key(inputs: &[Tensor], batching: bool) -> Vec<usize> {
         key.push(usize::MAX); // separator: [2],[3] differs from [2,3]
     }
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::Parameter;
+
+    fn with(name: &str, value: i64) -> Parameters {
+        [(name.to_string(), Parameter::Int(value))].into_iter().collect()
+    }
+
+    #[test]
+    fn a_request_timeout_only_shortens_the_queue_timeout_and_only_where_allowed() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let at = |s: &Scheduling, p: &Parameters| s.deadline(p, now).unwrap().map(|d| d - now);
+        let strict = Scheduling { default_timeout: Some(ms(50)), ..Scheduling::default() };
+        assert_eq!(at(&strict, &Parameters::new()), Some(ms(50)));
+        assert_eq!(at(&strict, &with("timeout", 1_000)), Some(ms(50)), "no override allowed");
+        let open = Scheduling { allow_timeout_override: true, ..strict.clone() };
+        assert_eq!(at(&open, &with("timeout", 1_000)), Some(ms(1)), "shorter");
+        assert_eq!(at(&open, &with("timeout", 900_000)), Some(ms(50)), "never longer");
+        assert_eq!(at(&open, &with("timeout", 0)), Some(ms(50)), "0 is no override, not no timeout");
+        let unbounded = Scheduling { allow_timeout_override: true, ..Scheduling::default() };
+        assert_eq!(at(&unbounded, &with("timeout", 2_000)), Some(ms(2)), "any timeout is shorter than none");
+        assert_eq!(at(&Scheduling::default(), &with("timeout", 2_000)), None, "no dynamic batching: ignored");
+        for bad in [with("timeout", -1), [("timeout".to_string(), Parameter::Double(1.5))].into_iter().collect()] {
+            assert!(matches!(strict.deadline(&bad, now), Err(InferError::InvalidInput(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn priorities_past_the_levels_take_the_default_level() {
+        let scheduling = Scheduling { priority_levels: 3, default_priority_level: 2, ..Scheduling::default() };
+        let index = |p: &Parameters| scheduling.priority_index(p).unwrap();
+        assert_eq!(index(&Parameters::new()), 1);
+        assert_eq!(index(&with("priority", 1)), 0);
+        assert_eq!(index(&with("priority", 3)), 2);
+        assert_eq!(index(&with("priority", 4)), 1, "Triton: past the last level is the default level");
+        assert_eq!(index(&with("priority", 0)), 1);
+        assert!(scheduling.priority_index(&with("priority", -2)).is_err());
+        assert_eq!(Scheduling::default().priority_index(&with("priority", 9)).unwrap(), 0, "one level");
+    }
 }

@@ -44,6 +44,7 @@ pub(crate) fn batch_policy(config: &ModelConfig, options: &EngineOptions) -> Res
             .map(|b| b.default_timeout_microseconds)
             .filter(|&us| us > 0)
             .map(std::time::Duration::from_micros),
+        allow_timeout_override: batching.is_some_and(|b| b.allow_timeout_override),
     };
     Ok((policy, scheduling))
 }
@@ -354,6 +355,7 @@ mod tests {
                 max_queue_delay_microseconds: 100,
                 max_queue_size: 7,
                 default_timeout_microseconds: 500,
+                allow_timeout_override: false,
                 priority_levels: 3,
                 default_priority_level: 2,
             }),

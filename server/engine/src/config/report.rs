@@ -35,6 +35,7 @@ const ACTED_ON: &[&str] = &[
     "dynamic_batching.default_priority_level",
     "dynamic_batching.default_queue_policy.max_queue_size",
     "dynamic_batching.default_queue_policy.default_timeout_microseconds",
+    "dynamic_batching.default_queue_policy.allow_timeout_override",
     "default_model_filename",
     // Handed to the runtime of a GPU instance (ONNX: `tensorrt`).
     "optimization.execution_accelerators.gpu_execution_accelerator",
@@ -349,7 +350,6 @@ mod tests {
                 "instance_group.host_policy",
                 "dynamic_batching.preserve_ordering",
                 "dynamic_batching.default_queue_policy.timeout_action",
-                "dynamic_batching.default_queue_policy.allow_timeout_override",
                 "dynamic_batching.priority_queue_policy",
                 "optimization.graph.level",
                 "optimization.input_pinned_memory.enable",
