@@ -249,6 +249,11 @@ def test_repository_index(server):
     assert status == 200
     index = json.loads(data)
     assert {"name": "mlp", "version": "1", "state": "READY", "reason": ""} in index
+    status, _, data = raw(server, "POST", "/v2/repository/index", b'{"ready": true}')
+    assert status == 200 and all(row["state"] == "READY" for row in json.loads(data))
+    for bad in (b'{"ready": "x"}', b"[1]", b'"ready"', b"{"):
+        status, _, data = raw(server, "POST", "/v2/repository/index", bad)
+        assert status == 400 and "error" in json.loads(data), (bad, data)
 
 
 def test_v1_protocol(server, reference):

@@ -295,7 +295,14 @@ pub(crate) async fn repository_index(State(state): State<AppState>, body: Bytes)
     } else {
         let v: Value = serde_json::from_slice(&body)
             .map_err(|e| InferError::invalid(format!("malformed repository index JSON: {e}")))?;
-        v.get("ready").and_then(Value::as_bool).unwrap_or(false)
+        let Value::Object(fields) = v else {
+            return Err(InferError::invalid("the repository index request must be a JSON object").into());
+        };
+        match fields.get("ready") {
+            None => false,
+            Some(Value::Bool(ready)) => *ready,
+            Some(_) => return Err(InferError::invalid("repository index field `ready` must be a boolean").into()),
+        }
     };
     let models: Vec<Value> = state
         .manager
