@@ -69,9 +69,9 @@ impl InferError {
     }
 
     /// The `Timeout` of a request still queued at its deadline (said by the batcher, an instance, or the
-    /// caller's own timer, whichever notices first).
+    /// caller's own timer, whichever notices first). It starts with Triton's words, which scripts match on.
     pub fn queue_timeout() -> Self {
-        InferError::Timeout("the request timed out in the queue before it could run".into())
+        InferError::Timeout("Request timeout expired: the request timed out in the queue before it could run".into())
     }
 
     /// The same error (same status) with its message rewritten by `f`, to put it in a call's context.

@@ -175,7 +175,7 @@ impl Batcher {
         entry.payload.ticket = ticket;
         if queue.state.push(entry).is_err() {
             return Err(InferError::Overloaded(format!(
-                "model `{}` has {} requests queued, the limit; retry later",
+                "Exceeds maximum queue size: model `{}` has {} requests queued, the limit; retry later",
                 self.shared.label,
                 queue.state.policy().max_queue_size
             )));
