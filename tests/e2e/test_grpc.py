@@ -9,6 +9,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from conftest import mlp_numpy
+from server import Server
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +217,35 @@ def test_compressed_requests(client, reference, algorithm):
     inp.set_data_from_numpy(ref["INPUT0"])
     result = client.infer("mlp", [inp], compression_algorithm=algorithm)
     np.testing.assert_allclose(result.as_numpy("OUTPUT0"), ref["OUTPUT0"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_reply_over_the_message_limit_fails_its_request_only():
+    """A reply past `--max-message-bytes` is RESOURCE_EXHAUSTED for its request, saying why, as grpc-core servers
+    answer an oversized message; on a stream the next request is still answered (tonic alone would end the call
+    with OUT_OF_RANGE, and the stream with every request in flight on it)."""
+    s = Server("--max-message-bytes", "1000000")
+    client = grpcclient.InferenceServerClient(s.grpc_addr)
+
+    def text(n):
+        inp = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[b"a" * n]], dtype=np.object_))
+        return [inp]
+
+    try:
+        assert len(client.infer("strings", text(100_000)).as_numpy("ECHO")[0][0]) == 100_000
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("strings", text(600_000))
+        assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "--max-message-bytes" in err.value.message()
+        results = queue.Queue()
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        client.async_stream_infer("strings", text(600_000), request_id="big")
+        client.async_stream_infer("strings", text(10), request_id="small")
+        result, error = results.get(timeout=30)
+        assert result is None and "--max-message-bytes" in str(error), error
+        result, error = results.get(timeout=30)
+        assert error is None and result.get_response().id == "small"
+        client.stop_stream()
+    finally:
+        client.close()
+        assert s.stop() == 0

@@ -115,6 +115,7 @@ pub async fn run(
     let state = AppState::new(state::Shared {
         manager: manager.clone(),
         max_json_bytes: config.max_json_bytes,
+        max_message_bytes: config.max_message_bytes,
         stopping: stop_rx.clone(),
         admin: Arc::new(config.admin_policy()),
         budget,

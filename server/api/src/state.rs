@@ -50,6 +50,9 @@ pub struct Shared {
     pub manager: Arc<ModelManager>,
     /// Largest JSON part of an HTTP request: JSON tensor data expands in memory, binary data does not.
     pub max_json_bytes: usize,
+    /// Largest gRPC message either way (`--max-message-bytes`): a reply past it is refused as that request's
+    /// error, before tonic would end the call (or the whole stream) with OUT_OF_RANGE.
+    pub max_message_bytes: usize,
     /// Turns true when the server stops accepting work; long-lived streams end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// Memory held by requests in flight, across both protocols (`--max-inflight-bytes`).

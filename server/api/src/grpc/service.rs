@@ -174,7 +174,7 @@ impl GrpcInferenceService for InferenceService {
                             ferroserve_engine::trace_span!("encode")
                                 .in_scope(|| codec::encode_response(r, &shm_outputs))
                         });
-                        (served, encoded)
+                        (served, encoded.and_then(|r| within_message_limit(r, self.state.max_message_bytes)))
                     }
                     Err(timeout) => (None, Err(timeout)),
                 }
@@ -198,6 +198,7 @@ impl GrpcInferenceService for InferenceService {
         let budget = self.state.budget.clone();
         let shm = self.state.shm.clone();
         let request_timeout = self.state.request_timeout;
+        let max_message_bytes = self.state.max_message_bytes;
         let mut stopping = self.state.stopping.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ModelStreamInferResponse, Status>>(64);
         let stream_span = tracing::Span::current();
@@ -249,7 +250,7 @@ impl GrpcInferenceService for InferenceService {
                     let id = request.id.clone();
                     let keys =
                         manager.route_keys(&request.model_name, |h| metadata.get(h).and_then(|v| v.to_str().ok()));
-                    let context = (manager.clone(), budget.clone(), shm.clone(), request_timeout);
+                    let context = (manager.clone(), budget.clone(), shm.clone(), request_timeout, max_message_bytes);
                     // Each stream request runs in the stream's span (its request id, and its trace when sampled).
                     let task = tokio::spawn(tracing::Instrument::instrument(
                         answer_stream_request(request, keys, context),
@@ -410,19 +411,34 @@ impl GrpcInferenceService for InferenceService {
 const SHUTTING_DOWN: &str = "GRPC server is shutting down and has stopped accepting new requests.";
 
 /// What one `ModelStreamInfer` request needs beyond itself: the manager, the memory budget, the shared-memory
-/// regions and `--request-timeout-secs`.
+/// regions, `--request-timeout-secs` and `--max-message-bytes`.
 type StreamContext = (
     Arc<ferroserve_engine::ModelManager>,
     Arc<admission::MemoryBudget>,
     Arc<crate::shm::SharedMemory>,
     Option<std::time::Duration>,
+    usize,
 );
+
+/// `reply`, unless it encodes past `limit` bytes: then RESOURCE_EXHAUSTED for this request alone, as grpc-core
+/// servers answer an oversized message, rather than tonic's OUT_OF_RANGE for the call or, on a stream, the end of
+/// the stream and every request in flight on it.
+fn within_message_limit(reply: pb::ModelInferResponse, limit: usize) -> Result<pb::ModelInferResponse, InferError> {
+    let size = prost::Message::encoded_len(&reply);
+    if size > limit {
+        return Err(InferError::Overloaded(format!(
+            "the response is {size} bytes, over the server's gRPC message limit of {limit} bytes \
+             (--max-message-bytes); ask for fewer outputs, or put them in shared memory"
+        )));
+    }
+    Ok(reply)
+}
 
 /// Runs one request of a stream to its answer.
 async fn answer_stream_request(
     request: pb::ModelInferRequest,
     keys: ferroserve_engine::manager::traffic::RouteKeys,
-    (manager, budget, shm, request_timeout): StreamContext,
+    (manager, budget, shm, request_timeout, max_message_bytes): StreamContext,
 ) -> pb::ModelStreamInferResponse {
     let observed = Observed::start(&request);
     let id = request.id.clone();
@@ -434,7 +450,11 @@ async fn answer_stream_request(
         Ok((_charge, (r, shm_outputs))) => {
             let routed = manager.infer_routed(r, keys);
             match admission::within_request_timeout(request_timeout, routed).await {
-                Ok((served, answer)) => (served, answer.and_then(|r| codec::encode_response(r, &shm_outputs))),
+                Ok((served, answer)) => {
+                    let encoded = answer.and_then(|r| codec::encode_response(r, &shm_outputs));
+                    // Less the few bytes the stream's message wraps the reply in.
+                    (served, encoded.and_then(|r| within_message_limit(r, max_message_bytes.saturating_sub(32))))
+                }
                 Err(timeout) => (None, Err(timeout)),
             }
         }

@@ -141,6 +141,7 @@ mod tests {
             AppState::new(crate::state::Shared {
                 manager,
                 max_json_bytes: 1024,
+                max_message_bytes: 4096,
                 stopping,
                 admin: Default::default(),
                 budget: crate::admission::MemoryBudget::new(0),
