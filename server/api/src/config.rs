@@ -156,13 +156,14 @@ pub struct Config {
     #[arg(long = "tls-client-ca", env = "FERROSERVE_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Bearer token the admin endpoints (model load/unload, traffic changes, shared-memory register/unregister;
-    /// HTTP and gRPC) require as `Authorization: Bearer <token>`. Without it (and without --disable-admin-api)
+    /// Bearer token the admin endpoints (model load/unload, traffic changes, shared-memory register/unregister,
+    /// log settings changes; HTTP and gRPC) require as `Authorization: Bearer <token>`. Without it (and without --disable-admin-api)
     /// they are open to anyone.
     #[arg(long = "admin-token", env = "FERROSERVE_ADMIN_TOKEN", value_parser = parse_admin_token, hide_env_values = true)]
     pub admin_token: Option<AdminToken>,
 
-    /// Refuse every admin call (model load/unload, traffic changes, shared-memory register/unregister) with
+    /// Refuse every admin call (model load/unload, traffic changes, shared-memory register/unregister, log
+    /// settings changes) with
     /// 403 / PERMISSION_DENIED.
     #[arg(long = "disable-admin-api", env = "FERROSERVE_DISABLE_ADMIN_API", conflicts_with = "admin_token")]
     pub disable_admin_api: bool,

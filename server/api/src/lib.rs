@@ -17,6 +17,7 @@ pub mod http;
 pub mod http_serve;
 pub mod json_data;
 pub mod load_parameters;
+pub mod log_settings;
 pub mod metrics;
 pub mod raw;
 pub mod request_id;

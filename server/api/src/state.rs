@@ -20,6 +20,7 @@ pub const EXTENSIONS: &[&str] = &[
     "statistics",
     "parameters",
     "schedule_policy",
+    "logging",
     "system_shared_memory",
 ];
 

@@ -1,6 +1,7 @@
 //! Logs and distributed traces.
 //!
-//! Logs go to stderr (text or JSON, levels from `RUST_LOG`). Traces are exported over OTLP when an endpoint
+//! Logs go to stderr (text or JSON, levels from `RUST_LOG`, changed at run time through
+//! [`crate::log_settings`]). Traces are exported over OTLP when an endpoint
 //! is configured: every request the sampler picks gets a `request` span (a child of the caller's W3C
 //! `traceparent` when there is one) with `decode`, `queue`, `execute` and `encode` children. The sampling
 //! decision is made once per request, before any span exists, so an unsampled request costs what it costs with
@@ -23,6 +24,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{Config, LogFormat, OtlpProtocol};
+
+/// Why Triton's trace-settings calls (`/v2/trace/setting`, gRPC `TraceSetting`) are refused.
+pub const NO_TRACE_SETTINGS: &str = "Triton's trace settings are not supported: ferroserve exports traces over OTLP, \
+                                     set at start with --otlp-endpoint and --trace-sample-ratio";
 
 /// What the request layer needs to decide on sampling, set once at start-up when tracing is on.
 #[derive(Debug)]
@@ -64,12 +69,13 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     // The level filter is global (not per layer): disabled call sites, such as the HTTP/2 stack's many trace
     // events, are then switched off once and cost nothing per request.
     let Some(exporter) = exporter(config)? else {
+        let filter = crate::log_settings::install(filter, None)?;
         tracing_subscriber::registry().with(filter).with(logs).try_init()?;
         return Ok(Telemetry::default());
     };
     // With export on, the sampled requests' spans pass the global filter at any level; only the exporter's
     // layer keeps them (the logs show them only as the context of log lines).
-    let filter = filter.add_directive(format!("{}=trace", ferroserve_engine::trace::TARGET).parse()?);
+    let filter = crate::log_settings::install(filter, Some(format!("{}=trace", ferroserve_engine::trace::TARGET)))?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name()).build();
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
     let traces = tracing_opentelemetry::layer()

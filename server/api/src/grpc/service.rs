@@ -405,6 +405,51 @@ impl GrpcInferenceService for InferenceService {
         crate::admin::check_grpc(&self.state, &request)?;
         Ok(Response::new(pb::CudaSharedMemoryUnregisterResponse {}))
     }
+
+    async fn trace_setting(
+        &self,
+        _request: Request<pb::TraceSettingRequest>,
+    ) -> Result<Response<pb::TraceSettingResponse>, Status> {
+        Err(Status::unimplemented(crate::telemetry::NO_TRACE_SETTINGS))
+    }
+
+    async fn log_settings(
+        &self,
+        request: Request<pb::LogSettingsRequest>,
+    ) -> Result<Response<pb::LogSettingsResponse>, Status> {
+        use crate::log_settings::Setting;
+        use pb::log_settings_request::setting_value::ParameterChoice as In;
+        use pb::log_settings_response::setting_value::ParameterChoice as Out;
+        let levels = if request.get_ref().settings.is_empty() {
+            crate::log_settings::current()
+        } else {
+            crate::admin::check_grpc(&self.state, &request)?;
+            let settings = &request.get_ref().settings;
+            let mut updates = Vec::with_capacity(settings.len());
+            for (name, value) in settings {
+                let setting = match &value.parameter_choice {
+                    Some(In::BoolParam(b)) => Setting::Bool(*b),
+                    Some(In::Uint32Param(n)) => Setting::Uint(*n),
+                    Some(In::StringParam(t)) => Setting::Text(t.clone()),
+                    None => return Err(to_status(InferError::invalid(format!("log setting `{name}` has no value")))),
+                };
+                updates.push((name.as_str(), setting));
+            }
+            crate::log_settings::update(updates).map_err(to_status)?
+        };
+        let settings = crate::log_settings::settings(levels)
+            .into_iter()
+            .map(|(name, value)| {
+                let choice = match value {
+                    Setting::Bool(b) => Out::BoolParam(b),
+                    Setting::Uint(n) => Out::Uint32Param(n),
+                    Setting::Text(t) => Out::StringParam(t),
+                };
+                (name.to_string(), pb::log_settings_response::SettingValue { parameter_choice: Some(choice) })
+            })
+            .collect();
+        Ok(Response::new(pb::LogSettingsResponse { settings }))
+    }
 }
 
 /// How a stream ends when the server starts shutting down (Triton's words).

@@ -346,6 +346,60 @@ pub(crate) async fn repository_unload(
     Ok(Json(json!({})))
 }
 
+/// The log settings as Triton's JSON object.
+fn log_settings_json(levels: crate::log_settings::LogLevels) -> Json<Value> {
+    use crate::log_settings::Setting;
+    let fields = crate::log_settings::settings(levels).into_iter().map(|(name, value)| {
+        let value = match value {
+            Setting::Bool(b) => Value::Bool(b),
+            Setting::Uint(n) => Value::from(n),
+            Setting::Text(t) => Value::String(t),
+        };
+        (name.to_string(), value)
+    });
+    Json(Value::Object(fields.collect()))
+}
+
+/// `/v2/trace/setting` and a model's: 501 with the reason (traces go over OTLP, set at start).
+pub(crate) async fn no_trace_settings() -> ApiError {
+    ApiError::from(InferError::Unsupported(crate::telemetry::NO_TRACE_SETTINGS.into()))
+}
+
+/// `GET /v2/logging`: the log settings (Triton's logging extension, see `crate::log_settings`).
+pub(crate) async fn log_settings_get() -> Json<Value> {
+    log_settings_json(crate::log_settings::current())
+}
+
+/// `POST /v2/logging`: changes the settings the body names; answers with all of them.
+pub(crate) async fn log_settings_post(_: AdminAccess, body: Bytes) -> ApiResult<Json<Value>> {
+    use crate::log_settings::Setting;
+    let v: Value =
+        serde_json::from_slice(&body).map_err(|e| InferError::invalid(format!("malformed log settings JSON: {e}")))?;
+    let Value::Object(fields) = v else {
+        return Err(InferError::invalid("the log settings must be a JSON object").into());
+    };
+    let mut updates = Vec::with_capacity(fields.len());
+    for (name, value) in &fields {
+        let setting = match value {
+            Value::Bool(b) => Setting::Bool(*b),
+            Value::String(t) => Setting::Text(t.clone()),
+            Value::Number(n) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => Setting::Uint(n),
+                None => {
+                    return Err(InferError::invalid(format!("log setting `{name}`: {n} is not a valid value")).into());
+                }
+            },
+            _ => {
+                return Err(
+                    InferError::invalid(format!("log setting `{name}` must be a boolean, number or string")).into()
+                );
+            }
+        };
+        updates.push((name.as_str(), setting));
+    }
+    Ok(log_settings_json(crate::log_settings::update(updates)?))
+}
+
 /// `GET /v2/models/{m}/traffic`: the model's traffic policy in force (see `crate::traffic`).
 pub(crate) async fn traffic_get(State(state): State<AppState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
     Ok(Json(crate::traffic::get(&state, &model)?))
