@@ -1,8 +1,9 @@
 //! Triton's logging extension: `GET`/`POST /v2/logging` and the gRPC `LogSettings` call read and change what the
 //! server logs while it runs (tritonclient's `get_log_settings` / `update_log_settings`).
 //!
-//! The settings and their names are Triton's: `log_info`, `log_warnings`, `log_errors`, `log_verbose_level`,
-//! `log_file`, `log_format`. ferroserve filters logs by level, so the switches must nest (info needs warnings,
+//! The settings and their names are Triton's: `log_info`, `log_warning`, `log_error`, `log_verbose_level`,
+//! `log_file`, `log_format` (the plurals `log_warnings` and `log_errors` of Triton's documented example are taken
+//! too). A null value changes nothing, as in Triton. ferroserve filters logs by level, so the switches must nest (info needs warnings,
 //! warnings need errors, a verbose level needs info); a combination that does not is refused rather than
 //! approximated. `log_verbose_level` 1 adds ferroserve's own debug logs, 2 and up everything's. Logs go to
 //! stderr only (`log_file` is `""`), with ISO 8601 timestamps in either `--log-format` (`log_format` is
@@ -22,9 +23,9 @@ const FORMAT: &str = "ISO8601";
 pub struct LogLevels {
     /// `log_info`.
     pub info: bool,
-    /// `log_warnings`.
+    /// `log_warning`.
     pub warnings: bool,
-    /// `log_errors`.
+    /// `log_error`.
     pub errors: bool,
     /// `log_verbose_level`: 0 none, 1 ferroserve's debug logs, 2 and up every crate's.
     pub verbose: u32,
@@ -56,8 +57,8 @@ impl LogLevels {
             (!self.info || self.warnings) && (!self.warnings || self.errors) && (self.verbose == 0 || self.info);
         if !nested {
             return Err(InferError::invalid(
-                "ferroserve filters logs by level: log_info needs log_warnings and log_errors, log_warnings needs \
-                 log_errors, and a log_verbose_level above 0 needs log_info",
+                "ferroserve filters logs by level: log_info needs log_warning and log_error, log_warning needs \
+                 log_error, and a log_verbose_level above 0 needs log_info",
             ));
         }
         Ok(match (self.verbose, self.info, self.warnings, self.errors) {
@@ -87,8 +88,8 @@ pub fn settings(levels: LogLevels) -> Vec<(&'static str, Setting)> {
     vec![
         ("log_file", Setting::Text(String::new())),
         ("log_info", Setting::Bool(levels.info)),
-        ("log_warnings", Setting::Bool(levels.warnings)),
-        ("log_errors", Setting::Bool(levels.errors)),
+        ("log_warning", Setting::Bool(levels.warnings)),
+        ("log_error", Setting::Bool(levels.errors)),
         ("log_verbose_level", Setting::Uint(levels.verbose)),
         ("log_format", Setting::Text(FORMAT.into())),
     ]
@@ -103,8 +104,8 @@ pub fn changed<'a>(
     for (name, value) in updates {
         match (name, value) {
             ("log_info", Setting::Bool(b)) => levels.info = b,
-            ("log_warnings", Setting::Bool(b)) => levels.warnings = b,
-            ("log_errors", Setting::Bool(b)) => levels.errors = b,
+            ("log_warning" | "log_warnings", Setting::Bool(b)) => levels.warnings = b,
+            ("log_error" | "log_errors", Setting::Bool(b)) => levels.errors = b,
             ("log_verbose_level", Setting::Uint(v)) => levels.verbose = v,
             ("log_file", Setting::Text(f)) if f.is_empty() => {}
             ("log_file", Setting::Text(_)) => {
@@ -117,7 +118,7 @@ pub fn changed<'a>(
                      JSON (--log-format)"
                 )));
             }
-            ("log_info" | "log_warnings" | "log_errors", _) => {
+            ("log_info" | "log_warning" | "log_warnings" | "log_error" | "log_errors", _) => {
                 return Err(InferError::invalid(format!("log setting `{name}` must be a boolean")));
             }
             ("log_verbose_level", _) => {
@@ -202,17 +203,19 @@ mod tests {
     fn changes_apply_by_name_and_must_nest() {
         let start = LogLevels::default();
         let quiet = changed(start, [("log_info", Setting::Bool(false))]).unwrap();
+        let plural = [("log_info", Setting::Bool(false)), ("log_warnings", Setting::Bool(false))];
+        assert_eq!(changed(start, plural).unwrap().directives().unwrap(), "error", "Triton's documented plurals");
         assert_eq!((quiet.info, quiet.warnings, quiet.directives().unwrap().as_str()), (false, true, "warn"));
         let verbose = changed(start, [("log_verbose_level", Setting::Uint(1))]).unwrap();
         assert_eq!(verbose.directives().unwrap(), "info,ort=warn,ferroserve=debug");
         assert_eq!(changed(start, [("log_verbose_level", Setting::Uint(7))]).unwrap().directives().unwrap(), "debug");
         let off =
-            [("log_info", false), ("log_warnings", false), ("log_errors", false)].map(|(n, b)| (n, Setting::Bool(b)));
+            [("log_info", false), ("log_warning", false), ("log_error", false)].map(|(n, b)| (n, Setting::Bool(b)));
         assert_eq!(changed(start, off).unwrap().directives().unwrap(), "off");
         let unchanged = [("log_file", Setting::Text(String::new())), ("log_format", Setting::Text("ISO8601".into()))];
         assert_eq!(changed(start, unchanged).unwrap(), start);
         for bad in [
-            vec![("log_warnings", Setting::Bool(false))],
+            vec![("log_warning", Setting::Bool(false))],
             vec![("log_info", Setting::Bool(false)), ("log_verbose_level", Setting::Uint(1))],
             vec![("log_info", Setting::Uint(1))],
             vec![("log_verbose_level", Setting::Bool(true))],
@@ -228,6 +231,6 @@ mod tests {
     #[test]
     fn settings_use_tritons_names() {
         let names: Vec<&str> = settings(LogLevels::default()).into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["log_file", "log_info", "log_warnings", "log_errors", "log_verbose_level", "log_format"]);
+        assert_eq!(names, ["log_file", "log_info", "log_warning", "log_error", "log_verbose_level", "log_format"]);
     }
 }

@@ -224,7 +224,7 @@ impl GrpcInferenceService for InferenceService {
                     };
                     let message = match message {
                         Ok(message) => message,
-                        Err(Some(answer)) => {
+                        Err(Some((answer, _charge))) => {
                             if tx.send(Ok(answer)).await.is_err() {
                                 break; // the client has gone
                             }
@@ -247,7 +247,11 @@ impl GrpcInferenceService for InferenceService {
                         }
                         None => break,
                     };
-                    let id = request.id.clone();
+                    let head = AnswerHead {
+                        id: request.id.clone(),
+                        model: request.model_name.clone(),
+                        version: request.model_version.clone(),
+                    };
                     let keys =
                         manager.route_keys(&request.model_name, |h| metadata.get(h).and_then(|v| v.to_str().ok()));
                     let context = (manager.clone(), budget.clone(), shm.clone(), request_timeout, max_message_bytes);
@@ -258,11 +262,12 @@ impl GrpcInferenceService for InferenceService {
                     ));
                     pending.push_back(async move {
                         task.await.unwrap_or_else(|_| {
-                            stream_answer(id, Err(InferError::Internal("the request's task failed".into())))
+                            let failed = InferError::Internal("the request's task failed".into());
+                            (stream_answer(&head, Err(failed)), None)
                         })
                     });
                 }
-                while let Some(answer) = pending.next().await {
+                while let Some((answer, _charge)) = pending.next().await {
                     if tx.send(Ok(answer)).await.is_err() {
                         return;
                     }
@@ -431,7 +436,7 @@ impl GrpcInferenceService for InferenceService {
                     Some(In::BoolParam(b)) => Setting::Bool(*b),
                     Some(In::Uint32Param(n)) => Setting::Uint(*n),
                     Some(In::StringParam(t)) => Setting::Text(t.clone()),
-                    None => return Err(to_status(InferError::invalid(format!("log setting `{name}` has no value")))),
+                    None => continue, // tritonclient's `None`: changes nothing
                 };
                 updates.push((name.as_str(), setting));
             }
@@ -465,55 +470,76 @@ type StreamContext = (
     usize,
 );
 
-/// `reply`, unless it encodes past `limit` bytes: then RESOURCE_EXHAUSTED for this request alone, as grpc-core
-/// servers answer an oversized message, rather than tonic's OUT_OF_RANGE for the call or, on a stream, the end of
-/// the stream and every request in flight on it.
+/// `reply`, unless it encodes past `limit` bytes: then [`reply_too_large`].
 fn within_message_limit(reply: pb::ModelInferResponse, limit: usize) -> Result<pb::ModelInferResponse, InferError> {
     let size = prost::Message::encoded_len(&reply);
-    if size > limit {
-        return Err(InferError::Overloaded(format!(
-            "the response is {size} bytes, over the server's gRPC message limit of {limit} bytes \
-             (--max-message-bytes); ask for fewer outputs, or put them in shared memory"
-        )));
-    }
-    Ok(reply)
+    if size > limit { Err(reply_too_large(size, limit)) } else { Ok(reply) }
 }
+
+/// A reply of `size` bytes past the message limit: RESOURCE_EXHAUSTED for its request alone, as grpc-core servers
+/// answer an oversized message, rather than tonic's OUT_OF_RANGE for the call or, on a stream, the end of the
+/// stream and every request in flight on it.
+fn reply_too_large(size: usize, limit: usize) -> InferError {
+    InferError::Overloaded(format!(
+        "the response is {size} bytes, over the server's gRPC message limit of {limit} bytes (--max-message-bytes); \
+         ask for fewer outputs, or put them in shared memory"
+    ))
+}
+
+/// What a stream answer names of its request: its id, model and version (Triton sets all three on an error).
+struct AnswerHead {
+    id: String,
+    model: String,
+    version: String,
+}
+
+/// A stream's answer, with the memory charge of its request: held until the answer is handed to the stream, since
+/// an answer may wait there behind a slower one that came first.
+type StreamAnswer = (pb::ModelStreamInferResponse, Option<admission::Reservation>);
 
 /// Runs one request of a stream to its answer.
 async fn answer_stream_request(
     request: pb::ModelInferRequest,
     keys: ferroserve_engine::manager::traffic::RouteKeys,
     (manager, budget, shm, request_timeout, max_message_bytes): StreamContext,
-) -> pb::ModelStreamInferResponse {
+) -> StreamAnswer {
     let observed = Observed::start(&request);
-    let id = request.id.clone();
-    // Charged before decoding (a refused request is not decoded) and held until its answer is encoded.
+    let head = AnswerHead { id: request.id.clone(), model: observed.model.clone(), version: observed.version.clone() };
+    // Charged before decoding (a refused request is not decoded).
     let charge = budget.reserve(admission::grpc_cost(observed.bytes_in, &request));
     let decoded = charge.and_then(|c| decode_charged(request, &shm, &manager, c));
-    let (served, reply) = match decoded {
-        Err(e) => (None, Err(e)),
-        Ok((_charge, (r, shm_outputs))) => {
+    let (served, reply, charge) = match decoded {
+        Err(e) => (None, Err(e), None),
+        Ok((charge, (r, shm_outputs))) => {
             let routed = manager.infer_routed(r, keys);
             match admission::within_request_timeout(request_timeout, routed).await {
                 Ok((served, answer)) => {
-                    let encoded = answer.and_then(|r| codec::encode_response(r, &shm_outputs));
-                    // Less the few bytes the stream's message wraps the reply in.
-                    (served, encoded.and_then(|r| within_message_limit(r, max_message_bytes.saturating_sub(32))))
+                    (served, answer.and_then(|r| codec::encode_response(r, &shm_outputs)), Some(charge))
                 }
-                Err(timeout) => (None, Err(timeout)),
+                Err(timeout) => (None, Err(timeout), Some(charge)),
             }
         }
     };
-    observed.finish(&manager, served, reply.as_ref().err(), 0);
-    stream_answer(id, reply)
+    // The whole stream message must fit, or tonic would end the stream.
+    let message = reply.and_then(|r| {
+        let message = stream_answer(&head, Ok(r));
+        let size = prost::Message::encoded_len(&message);
+        if size > max_message_bytes { Err(reply_too_large(size, max_message_bytes)) } else { Ok(message) }
+    });
+    observed.finish(&manager, served, message.as_ref().err(), 0);
+    (message.unwrap_or_else(|e| stream_answer(&head, Err(e))), charge)
 }
 
-/// A stream's answer to request `id`. Every answer is the request's last (a model here is never decoupled), and
-/// says so in `triton_final_response`, as Triton's do: clients written for decoupled models wait for it.
-fn stream_answer(id: String, reply: Result<pb::ModelInferResponse, InferError>) -> pb::ModelStreamInferResponse {
+/// A stream's answer to the request `head` names. Every answer is the request's last (a model here is never
+/// decoupled), and says so in `triton_final_response`, as Triton's do: clients written for decoupled models wait
+/// for it.
+fn stream_answer(head: &AnswerHead, reply: Result<pb::ModelInferResponse, InferError>) -> pb::ModelStreamInferResponse {
     let (error_message, mut response) = match reply {
         Ok(r) => (String::new(), r),
-        Err(e) => (e.client_message(), pb::ModelInferResponse { id, ..Default::default() }),
+        Err(e) => {
+            let (id, model_name, model_version) = (head.id.clone(), head.model.clone(), head.version.clone());
+            (e.client_message(), pb::ModelInferResponse { id, model_name, model_version, ..Default::default() })
+        }
     };
     let last = pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(true)) };
     response.parameters.insert("triton_final_response".into(), last);

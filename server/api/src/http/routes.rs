@@ -381,6 +381,7 @@ pub(crate) async fn log_settings_post(_: AdminAccess, body: Bytes) -> ApiResult<
     let mut updates = Vec::with_capacity(fields.len());
     for (name, value) in &fields {
         let setting = match value {
+            Value::Null => continue, // as Triton: changes nothing
             Value::Bool(b) => Setting::Bool(*b),
             Value::String(t) => Setting::Text(t.clone()),
             Value::Number(n) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
