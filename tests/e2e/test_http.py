@@ -358,3 +358,40 @@ def test_infer_answers_carry_content_length_not_chunked(server):
     status, headers, data = raw(server, "POST", "/v2/models/mlp/infer", body.encode())
     assert status == 200
     assert headers.get("content-length") == str(len(data)) and "transfer-encoding" not in headers, headers
+
+
+def test_raw_binary_request(server, reference):
+    """Triton's raw binary request: with `Inference-Header-Content-Length: 0` the body is the one input's bytes;
+    datatype and shape come from the model (a batch of 1), every output comes back binary; models it cannot
+    describe are refused in Triton's words."""
+    x = np.random.default_rng(11).standard_normal((1, 16)).astype(np.float32)
+    status, headers, data = raw(server, "POST", "/v2/models/mlp/infer", x.tobytes(),
+                                {"Inference-Header-Content-Length": "0"})
+    assert status == 200, data
+    n = int(headers["inference-header-content-length"])
+    header = json.loads(data[:n])
+    (out,) = header["outputs"]
+    assert out["name"] == "OUTPUT0" and out["shape"] == [1, 4]
+    got = np.frombuffer(data[n:n + out["parameters"]["binary_data_size"]], dtype=np.float32).reshape(1, 4)
+    np.testing.assert_allclose(got, mlp_numpy(reference["mlp"], x), rtol=1e-5, atol=1e-5)
+    # BYTES: the body is the one element.
+    status, headers, data = raw(server, "POST", "/v2/models/strings/infer", "héllo".encode(),
+                                {"Inference-Header-Content-Length": "0"})
+    assert status == 200, data
+    n = int(headers["inference-header-content-length"])
+    outputs = json.loads(data[:n])["outputs"]
+    assert [o["name"] for o in outputs] == ["UPPER", "ECHO"]
+    tail, elements = data[n:], []
+    for _ in outputs:
+        size = struct.unpack("<I", tail[:4])[0]
+        elements.append(tail[4:4 + size].decode())
+        tail = tail[4 + size:]
+    assert elements == ["HÉLLO", "héllo"]
+    # A body that is not the input's size, and a model with two inputs.
+    status, _, data = raw(server, "POST", "/v2/models/mlp/infer", x.tobytes()[:60],
+                          {"Inference-Header-Content-Length": "0"})
+    assert status == 400 and "error" in json.loads(data)
+    status, _, data = raw(server, "POST", "/v2/models/mixed/infer", b"\0" * 64,
+                          {"Inference-Header-Content-Length": "0"})
+    assert status == 400
+    assert "Raw request must only have 1 input (found 1) to be deduced but got" in json.loads(data)["error"]

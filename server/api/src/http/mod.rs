@@ -3,6 +3,7 @@
 pub mod codec;
 pub mod error;
 mod limits;
+mod raw_input;
 mod routes;
 pub mod streamed;
 mod v1;

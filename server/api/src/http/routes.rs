@@ -207,7 +207,12 @@ async fn decode_route_encode(
     };
     let decoding = ferroserve_engine::trace_span!("decode").entered();
     let body_length = body.len();
-    let (json, binary) = codec::split_body(header_length, body)?;
+    let (json, binary) = if header_length.is_some_and(|v| v.trim() == "0") {
+        // Triton's raw binary request: the body is the one input's data (see `raw_input`).
+        super::raw_input::as_request(&*state.manager.version(model, version)?, body)?
+    } else {
+        codec::split_body(header_length, body)?
+    };
     let json_length = json.len();
     if json.len() > state.max_json_bytes {
         return Err(InferError::invalid(format!(
