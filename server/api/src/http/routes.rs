@@ -208,7 +208,9 @@ async fn decode_route_encode(
     let decoding = ferroserve_engine::trace_span!("decode").entered();
     let body_length = body.len();
     let (json, binary) = if header_length.is_some_and(|v| v.trim() == "0") {
-        // Triton's raw binary request: the body is the one input's data (see `raw_input`).
+        // Triton's raw binary request: the body is the one input's data (see `raw_input`). Rewriting a BYTES
+        // body copies it, so the body is charged twice while that happens.
+        let _copy = state.budget.reserve_beside(body.len(), body.len())?;
         super::raw_input::as_request(&*state.manager.version(model, version)?, body)?
     } else {
         codec::split_body(header_length, body)?
