@@ -395,3 +395,15 @@ def test_raw_binary_request(server, reference):
                           {"Inference-Header-Content-Length": "0"})
     assert status == 400
     assert "Raw request must only have 1 input (found 1) to be deduced but got" in json.loads(data)["error"]
+
+
+def test_parameters_reserved_by_triton_are_refused(server):
+    """Request parameters named `triton_...` are Triton's own: refused with Triton's words (400), except the one
+    Triton lets clients send."""
+    body = json.dumps({"parameters": {"triton_x": 1},
+                       "inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.0] * 16}]})
+    status, _, data = raw(server, "POST", "/v2/models/mlp/infer", body.encode())
+    assert status == 400 and "reserved for Triton usage" in json.loads(data)["error"]
+    allowed = body.replace("triton_x", "triton_enable_empty_final_response")
+    status, _, data = raw(server, "POST", "/v2/models/mlp/infer", allowed.encode())
+    assert status == 200, data

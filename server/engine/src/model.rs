@@ -85,6 +85,22 @@ impl Scheduling {
     }
 }
 
+/// The request parameters starting with `triton_` that a client may send (Triton's `TRITON_RESERVED_REQUEST_PARAMS`).
+const ALLOWED_TRITON_PARAMETERS: &[&str] = &["triton_enable_empty_final_response"];
+
+/// Refuses request parameters that Triton reserves for itself (named `triton_...`), as Triton does: a client that
+/// sets one expects a behaviour this server would silently not have.
+fn check_reserved(parameters: &Parameters) -> Result<(), InferError> {
+    match parameters.keys().find(|k| k.starts_with("triton_") && !ALLOWED_TRITON_PARAMETERS.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(key) => Err(InferError::invalid(format!(
+            "parameter keys starting with 'triton_' are reserved for Triton usage. Only the following keys starting \
+             with 'triton_' are allowed: {} (got `{key}`)",
+            ALLOWED_TRITON_PARAMETERS.join(" ")
+        ))),
+    }
+}
+
 /// One servable version of a model.
 #[derive(Debug)]
 pub struct ModelVersion {
@@ -182,6 +198,7 @@ impl ModelVersion {
         let start = Instant::now();
         let _in_flight = InFlight::enter(&self.stats.metrics.in_flight);
         let id = request.id.clone();
+        check_reserved(&request.parameters)?;
         let deadline = self.scheduling.deadline(&request.parameters, start)?;
         let priority = self.scheduling.priority_index(&request.parameters)?;
         let batched = self.max_batch_size > 0;
@@ -333,6 +350,14 @@ mod tests {
         for bad in [with("timeout", -1), [("timeout".to_string(), Parameter::Double(1.5))].into_iter().collect()] {
             assert!(matches!(strict.deadline(&bad, now), Err(InferError::InvalidInput(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn parameters_reserved_by_triton_are_refused() {
+        assert!(check_reserved(&with("priority", 1)).is_ok());
+        assert!(check_reserved(&with("triton_enable_empty_final_response", 1)).is_ok());
+        let error = check_reserved(&with("triton_x", 1)).unwrap_err().to_string();
+        assert!(error.contains("reserved for Triton usage") && error.contains("triton_x"), "{error}");
     }
 
     #[test]
