@@ -200,7 +200,8 @@ impl GrpcInferenceService for InferenceService {
         let request_timeout = self.state.request_timeout;
         let max_message_bytes = self.state.max_message_bytes;
         let mut stopping = self.state.stopping.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ModelStreamInferResponse, Status>>(64);
+        // Answers travel with their memory charge, released when tonic takes the answer to write it.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<StreamAnswer, Status>>(64);
         let stream_span = tracing::Span::current();
         tokio::spawn(tracing::Instrument::instrument(
             async move {
@@ -224,7 +225,7 @@ impl GrpcInferenceService for InferenceService {
                     };
                     let message = match message {
                         Ok(message) => message,
-                        Err(Some((answer, _charge))) => {
+                        Err(Some(answer)) => {
                             if tx.send(Ok(answer)).await.is_err() {
                                 break; // the client has gone
                             }
@@ -267,7 +268,7 @@ impl GrpcInferenceService for InferenceService {
                         })
                     });
                 }
-                while let Some((answer, _charge)) = pending.next().await {
+                while let Some(answer) = pending.next().await {
                     if tx.send(Ok(answer)).await.is_err() {
                         return;
                     }
@@ -278,7 +279,7 @@ impl GrpcInferenceService for InferenceService {
             },
             stream_span,
         ));
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| item.map(|(answer, _charge)| answer));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -493,8 +494,8 @@ struct AnswerHead {
     version: String,
 }
 
-/// A stream's answer, with the memory charge of its request: held until the answer is handed to the stream, since
-/// an answer may wait there behind a slower one that came first.
+/// A stream's answer, with the memory charge of its request: held until tonic takes the answer to write it, since
+/// an answer may wait behind a slower one that came first, and then in the stream's channel.
 type StreamAnswer = (pb::ModelStreamInferResponse, Option<admission::Reservation>);
 
 /// Runs one request of a stream to its answer.

@@ -12,6 +12,11 @@ use ferroserve_engine::{InferError, ModelVersion};
 use ferroserve_runtime::DataType;
 use serde_json::json;
 
+/// Whether a raw request to `version` copies its body (a BYTES input gets the element's length prefixed).
+pub(crate) fn copies_body(version: &ModelVersion) -> bool {
+    matches!(version.signature.inputs.as_slice(), [spec] if spec.datatype == DataType::Bytes)
+}
+
 /// The JSON header and binary part equivalent to a raw request of `body` to `version`.
 pub(crate) fn as_request(version: &ModelVersion, body: Bytes) -> Result<(Bytes, Bytes), InferError> {
     let inputs = &version.signature.inputs;
@@ -26,7 +31,8 @@ pub(crate) fn as_request(version: &ModelVersion, body: Bytes) -> Result<(Bytes, 
     let item_dims = if batching { spec.dims.get(1..).unwrap_or_default() } else { &spec.dims[..] };
     let mut shape: Vec<i64> = if batching { vec![1] } else { Vec::new() };
     let binary = if spec.datatype == DataType::Bytes {
-        if item_dims != [1] && !(item_dims.is_empty() && batching) {
+        // One element, as Triton requires: no variable dim, and the dims multiply to 1.
+        if item_dims.iter().any(|&d| d != 1) {
             return Err(InferError::invalid(format!(
                 "For BYTE datatype raw input '{}', the model must have input shape [1]",
                 spec.name

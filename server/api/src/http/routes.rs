@@ -210,8 +210,13 @@ async fn decode_route_encode(
     let (json, binary) = if header_length.is_some_and(|v| v.trim() == "0") {
         // Triton's raw binary request: the body is the one input's data (see `raw_input`). Rewriting a BYTES
         // body copies it, so the body is charged twice while that happens.
-        let _copy = state.budget.reserve_beside(body.len(), body.len())?;
-        super::raw_input::as_request(&*state.manager.version(model, version)?, body)?
+        let target = state.manager.version(model, version)?;
+        let _copy = if super::raw_input::copies_body(&target) {
+            Some(state.budget.reserve_beside(body.len(), body.len())?)
+        } else {
+            None
+        };
+        super::raw_input::as_request(&target, body)?
     } else {
         codec::split_body(header_length, body)?
     };
