@@ -11,6 +11,21 @@ use ferroserve_storage::{Storage, StorageOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// A request's head, read up to its blank line; `None` if the client closes first. One request per connection is
+/// enough for these tests (they answer `Connection: close`).
+async fn read_head(socket: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = socket.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(buf)
+}
+
 /// Serves `body` at every path with an ETag; counts GETs (HEADs not counted).
 async fn serve(body: Vec<u8>, etag: &'static str) -> (String, Arc<AtomicUsize>) {
     serve_with(body, etag, "").await
@@ -27,19 +42,7 @@ async fn serve_with(body: Vec<u8>, etag: &'static str, extra: &'static str) -> (
             let Ok((mut socket, _)) = listener.accept().await else { return };
             let (body, counter) = (body.clone(), counter.clone());
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    // One request per connection is enough for these tests (we answer Connection: close).
-                    let n = socket.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
+                let Some(buf) = read_head(&mut socket).await else { return };
                 let request = String::from_utf8_lossy(&buf).to_string();
                 let head = request.starts_with("HEAD");
                 let range = request.lines().find_map(|l| {
@@ -169,15 +172,7 @@ async fn serve_failing(failure: Failure) -> (String, Arc<std::sync::Mutex<Vec<St
             let Ok((mut socket, _)) = listener.accept().await else { return };
             let log = log.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = socket.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
+                let Some(buf) = read_head(&mut socket).await else { return };
                 let request = String::from_utf8_lossy(&buf).to_string();
                 log.lock().unwrap().push(request.clone());
                 let Failure::Status(code) = failure else {
@@ -344,15 +339,7 @@ async fn serve_shedding_load(body: &'static [u8]) -> (String, Arc<std::sync::Mut
         let first = std::sync::OnceLock::new();
         loop {
             let Ok((mut socket, _)) = listener.accept().await else { return };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = socket.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
+            let Some(buf) = read_head(&mut socket).await else { continue };
             let start = *first.get_or_init(std::time::Instant::now);
             let at = start.elapsed();
             seen.lock().unwrap().push(at);

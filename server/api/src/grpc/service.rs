@@ -174,14 +174,19 @@ impl GrpcInferenceService for InferenceService {
                             ferroserve_engine::trace_span!("encode")
                                 .in_scope(|| codec::encode_response(r, &shm_outputs))
                         });
-                        (served, encoded.and_then(|r| within_message_limit(r, self.state.max_message_bytes)))
+                        (served, encoded)
                     }
                     Err(timeout) => (None, Err(timeout)),
                 }
             }
             Err(e) => (None, Err(e)),
         };
+        // Sized once: for the message limit and the metrics.
         let bytes_out = result.as_ref().map_or(0, prost::Message::encoded_len);
+        let limit = self.state.max_message_bytes;
+        let result =
+            result.and_then(|r| if bytes_out > limit { Err(reply_too_large(bytes_out, limit)) } else { Ok(r) });
+        let bytes_out = if result.is_ok() { bytes_out } else { 0 };
         observed.finish(&self.state.manager, served, result.as_ref().err(), bytes_out);
         result.map(Response::new).map_err(to_status)
     }
@@ -217,21 +222,22 @@ impl GrpcInferenceService for InferenceService {
                     // At most MAX_IN_FLIGHT_PER_STREAM requests are running or waiting for their turn to be
                     // answered: past that the stream is not read, so HTTP/2 flow control holds the client back,
                     // and a client that never reads its answers parks at most that many.
-                    let message = tokio::select! {
+                    // The select only says what happened: the watch's borrow must not be held across an await.
+                    let event = tokio::select! {
                         biased;
-                        Some(answer) = pending.next(), if !pending.is_empty() => Err(Some(answer)),
-                        _ = stopping.wait_for(|s| *s) => Err(None),
-                        m = incoming.next(), if pending.len() < MAX_IN_FLIGHT_PER_STREAM => Ok(m),
+                        Some(answer) = pending.next(), if !pending.is_empty() => StreamEvent::Answered(answer),
+                        _ = stopping.wait_for(|s| *s) => StreamEvent::Stopping,
+                        m = incoming.next(), if pending.len() < MAX_IN_FLIGHT_PER_STREAM => StreamEvent::Received(m),
                     };
-                    let message = match message {
-                        Ok(message) => message,
-                        Err(Some(answer)) => {
+                    let message = match event {
+                        StreamEvent::Received(message) => message,
+                        StreamEvent::Answered(answer) => {
                             if tx.send(Ok(answer)).await.is_err() {
                                 break; // the client has gone
                             }
                             continue;
                         }
-                        Err(None) => {
+                        StreamEvent::Stopping => {
                             ended_by = Some(Status::unavailable(SHUTTING_DOWN));
                             break;
                         }
@@ -471,12 +477,6 @@ type StreamContext = (
     usize,
 );
 
-/// `reply`, unless it encodes past `limit` bytes: then [`reply_too_large`].
-fn within_message_limit(reply: pb::ModelInferResponse, limit: usize) -> Result<pb::ModelInferResponse, InferError> {
-    let size = prost::Message::encoded_len(&reply);
-    if size > limit { Err(reply_too_large(size, limit)) } else { Ok(reply) }
-}
-
 /// A reply of `size` bytes past the message limit: RESOURCE_EXHAUSTED for its request alone, as grpc-core servers
 /// answer an oversized message, rather than tonic's OUT_OF_RANGE for the call or, on a stream, the end of the
 /// stream and every request in flight on it.
@@ -485,6 +485,16 @@ fn reply_too_large(size: usize, limit: usize) -> InferError {
         "the response is {size} bytes, over the server's gRPC message limit of {limit} bytes (--max-message-bytes); \
          ask for fewer outputs, or put them in shared memory"
     ))
+}
+
+/// What woke a stream's loop.
+enum StreamEvent {
+    /// The oldest request's answer is ready.
+    Answered(StreamAnswer),
+    /// The server is shutting down.
+    Stopping,
+    /// The client sent a message, or ended the stream (`None`).
+    Received(Option<Result<pb::ModelInferRequest, Status>>),
 }
 
 /// What a stream answer names of its request: its id, model and version (Triton sets all three on an error).
