@@ -1,28 +1,34 @@
 """MiniLM (all-MiniLM-L6-v2), CPU, 128-token sequences: raw in-process rows/s per runtime beside ferroserve's
-served rows/s over HTTP and gRPC at c=32, in one run.
+served rows/s over HTTP and gRPC at c=32 and sentence-transformers' own `encode`, in one run.
 
     scripts/setup && export LIBTORCH=$(scripts/torch-lib) ORT_DYLIB_PATH=$(scripts/ort-lib) \\
         && cargo build --release -p ferroserve -p ferroserve-benches -p ferroserve-runtime-torch --bins \\
              --features ferroserve-benches/torch \\
-        && .venv/bin/python benches/minilm.py [--seconds 10] [--st-python PATH]
+        && .venv/bin/python benches/minilm.py [--seconds 10] [--rounds 1] [--st-python PATH]
 
 Serves the same weights three times: as ONNX (graph built from the safetensors by models/bert_to_onnx.py; ONNX
 Runtime), as TorchScript (traced through libtorch by bert-to-torchscript) and as safetensors (candle), all taking
 token ids, with dynamic batching up to 32; and a fourth time as the ONNX graph quantized to INT8
 (`bert_to_onnx.py --int8`, `minilm_onnx_int8`), a different model whose embeddings keep a cosine of about 0.99.
-Reports:
-  raw    - `encoder_throughput`: one instance in-process, batch 1 and 32 (the runtime's own ceiling);
+Measures, in each round:
+  raw    - `encoder_throughput`: one instance in-process at batch 1, 16 and 32 (the runtime's own ceiling);
   served - `ferroserve-bench` at concurrency 32 with batch-1 requests; the server batches them, and its
-           statistics give the batch size it formed, so served rows/s is compared with raw rows/s at batch 32;
-  st     - sentence-transformers' `encode` in-process (PyTorch), when --st-python names a Python that has it;
-           and `st-int8`, the same after torch's own dynamic INT8 quantization of its Linear layers, to compare
-           the INT8 graph with at equal precision.
+           statistics give the batch size it formed: served rows/s is compared with raw rows/s at the measured
+           batch size nearest to it;
+  st     - sentence-transformers' `encode` in-process (PyTorch, its default threads), when --st-python names a
+           Python that has it; and `st-int8`, the same after torch's own dynamic INT8 quantization of its Linear
+           layers, to compare the INT8 graph with at equal precision.
+This machine's speed drifts over minutes (other tenants of the host), so a single pass compares the weather as
+much as the runtimes: with --rounds N every contender is measured once per round, in an order rotated round by
+round, and the summary gives medians of rows/s and of the ratios taken within each round.
 """
 import argparse
+import collections
 import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,9 +80,11 @@ def raw(runtime, directory, batch, seconds):
 
 
 def served(model, addr, protocol, data, seconds):
+    # One window as long as a raw measurement: answers come a whole batch at a time (16 rows every 150-350 ms),
+    # so a window of a few seconds holds few batches, and one batch more or less moves its rate by up to 10 %.
     out = subprocess.run([os.path.join(RELEASE, "ferroserve-bench"), "-m", model, "-u", addr, "-i", protocol,
-                          "--input-data", data, "--concurrency", "32", "--window-secs", str(seconds / 3),
-                          "--no-progress"], capture_output=True, text=True)
+                          "--input-data", data, "--concurrency", "32", "--window-secs", str(seconds),
+                          "--stable-windows", "1", "--no-progress"], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stdout + out.stderr)
     return out.stdout
@@ -105,40 +113,103 @@ for label, model in (("st", m), ("st-int8", quantized)):
     return out.stdout.strip() or out.stderr.strip()[-500:]
 
 
+MODELS = (("onnx", "minilm_onnx"), ("onnx", "minilm_onnx_int8"), ("torch", "minilm_torch"), ("candle", "minilm_candle"))
+RAW_BATCHES = (1, 16, 32)
+PROTOCOLS = ("http-binary", "grpc")
+
+
+def start_server(repo):
+    proc = subprocess.Popen([os.path.join(RELEASE, "ferroserve"), "--host", "127.0.0.1", "--http_port", "0",
+                             "--grpc_port", "0", "--model-repository", repo], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, ORT_DYLIB_PATH=onnxruntime_lib(), RUST_LOG="warn"))
+    http, grpc = re.search(r"http=(\S+) grpc=(\S+)", proc.stdout.readline()).groups()
+    for _ in range(600):
+        try:
+            if urllib.request.urlopen(f"http://{http}/v2/health/ready").status == 200:
+                break
+        except Exception:
+            time.sleep(0.1)
+    return proc, {"http-binary": http, "grpc": grpc}
+
+
+def one_round(index, repo, addrs, data, args, results):
+    """Measures every contender once, in an order rotated by `index`; appends to `results[key]`."""
+    shift = index % len(MODELS)
+    for runtime, model in MODELS[shift:] + MODELS[:shift]:
+        d = os.path.join(repo, model, "1")
+        for batch in RAW_BATCHES:
+            rate = raw(runtime, d, batch, args.seconds)
+            results[("raw", model, batch)].append(rate)
+            print(f"round {index + 1}: raw {model} ({runtime}) batch {batch}: {rate:.1f} rows/s", flush=True)
+        for protocol in PROTOCOLS:
+            out = served(model, addrs[protocol], protocol, data, args.seconds)
+            rate = float(re.search(r"c=32\s+([\d.]+)", out).group(1))
+            stats = re.search(r"([\d.]+) items per execution", out)
+            results[("served", model, protocol)].append(rate)
+            if stats is None:  # a window too short for the server's statistics to move
+                print(f"round {index + 1}: served {model} over {protocol}: {rate:.1f} rows/s", flush=True)
+                continue
+            formed = float(stats.group(1))
+            nearest = min(RAW_BATCHES, key=lambda b: abs(b - formed))
+            results[("served/raw", model, protocol)].append(rate / results[("raw", model, nearest)][-1])
+            print(f"round {index + 1}: served {model} over {protocol}: {rate:.1f} rows/s, {formed:.1f} items per "
+                  f"execution (raw at batch {nearest}: {results[('raw', model, nearest)][-1]:.1f})", flush=True)
+    if args.st_python:
+        out = sentence_transformers(args.st_python, args.seconds)
+        for label, batch, rate in re.findall(r"(st(?:-int8)?) batch=(\d+): ([\d.]+) rows/s", out):
+            results[(label, int(batch))].append(float(rate))
+        print(f"round {index + 1}: " + out.replace("\n", f"\nround {index + 1}: "), flush=True)
+        for label in ("st", "st-int8"):
+            if not results[(label, 32)] or len(results[(label, 32)]) < index + 1:
+                continue
+            for model in ("minilm_onnx", "minilm_onnx_int8"):
+                for protocol in PROTOCOLS:
+                    results[(f"served/{label}", model, protocol)].append(
+                        results[("served", model, protocol)][-1] / results[(label, 32)][-1])
+
+
+def summary(results, rounds):
+    median = statistics.median
+    print(f"\n--- summary: medians over {rounds} round(s), 128-token rows")
+    for runtime, model in MODELS:
+        raws = ", ".join(f"batch {b} {median(results[('raw', model, b)]):.1f}" for b in RAW_BATCHES)
+        print(f"raw {model}: {raws} rows/s")
+    for runtime, model in MODELS:
+        for protocol in PROTOCOLS:
+            ratios = results[("served/raw", model, protocol)]
+            against_raw = f", {median(ratios):.2f}x raw at the batch formed" if ratios else ""
+            print(f"served {model} over {protocol}: {median(results[('served', model, protocol)]):.1f} rows/s{against_raw}")
+    for label in ("st", "st-int8"):
+        if results[(label, 32)]:
+            print(f"{label}: batch 1 {median(results[(label, 1)]):.1f}, batch 32 {median(results[(label, 32)]):.1f} rows/s")
+    for label in ("st", "st-int8"):
+        for model in ("minilm_onnx", "minilm_onnx_int8"):
+            for protocol in PROTOCOLS:
+                ratios = results[(f"served/{label}", model, protocol)]
+                if ratios:
+                    print(f"served {model} over {protocol} / {label} batch 32: {median(ratios):.2f}x "
+                          f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=float, default=10, help="length of one raw or served measurement")
+    parser.add_argument("--rounds", type=int, default=1, help="passes over every contender, the order rotated")
     parser.add_argument("--st-python", help="a Python with sentence-transformers (and torch) installed")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="ferroserve-minilm-")
+    results = collections.defaultdict(list)
     try:
         repo, data = prepare(work)
-        for runtime, model in (("onnx", "minilm_onnx"), ("onnx", "minilm_onnx_int8"), ("torch", "minilm_torch"),
-                               ("candle", "minilm_candle")):
-            d = os.path.join(repo, model, "1")
-            print(f"raw {model} ({runtime}): batch 1 {raw(runtime, d, 1, args.seconds):.1f} rows/s, "
-                  f"batch 32 {raw(runtime, d, 32, args.seconds):.1f} rows/s")
-        proc = subprocess.Popen([os.path.join(RELEASE, "ferroserve"), "--host", "127.0.0.1", "--http_port", "0",
-                                 "--grpc_port", "0", "--model-repository", repo], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True,
-                                env=dict(os.environ, ORT_DYLIB_PATH=onnxruntime_lib(), RUST_LOG="warn"))
+        proc, addrs = start_server(repo)
         try:
-            http, grpc = re.search(r"http=(\S+) grpc=(\S+)", proc.stdout.readline()).groups()
-            for _ in range(600):
-                try:
-                    if urllib.request.urlopen(f"http://{http}/v2/health/ready").status == 200:
-                        break
-                except Exception:
-                    time.sleep(0.1)
-            for model in ("minilm_onnx", "minilm_onnx_int8", "minilm_torch", "minilm_candle"):
-                for protocol, addr in (("http-binary", http), ("grpc", grpc)):
-                    print(f"--- served {model} over {protocol}, c=32, batch-1 requests")
-                    print(served(model, addr, protocol, data, args.seconds))
+            for index in range(args.rounds):
+                one_round(index, repo, addrs, data, args, results)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-        if args.st_python:
-            print(sentence_transformers(args.st_python, args.seconds))
+        summary(results, args.rounds)
     finally:
         shutil.rmtree(work)
 
