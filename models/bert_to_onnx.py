@@ -29,11 +29,18 @@ in the FP32 GEMMs.
 ops), for runtimes other than ONNX Runtime; the layout is otherwise the same.
 
 `--int8` writes the fused graph with its projections quantized to INT8 (ONNX Runtime's dynamic quantization:
-weights signed 8-bit per output channel, activations quantized per call), the CPU deployment sentence-transformers
-itself recommends for speed. It is a different model: on this project's sentences its embeddings keep a cosine of
-about 0.99 to the FP32 ones (tests/e2e/test_three_runtimes.py holds it to 0.98), and at batch 32 on an AVX-512
-VNNI CPU it runs about 2.3 times the FP32 graph (benches/minilm.py). Per output channel, because one scale per
-weight matrix loses more: about 0.97 there. Only the `Gemm` and `Attention` projections are quantized; the
+weights signed, per output channel, in 7 bits; activations quantized per call), the CPU deployment
+sentence-transformers itself recommends for speed. It is a different model, and it runs only in ONNX Runtime
+(`QAttention`, like the fused graph's `Attention`, is a `com.microsoft` op):
+  - on this project's sentences its embeddings keep a cosine of about 0.99 to the FP32 ones
+    (tests/e2e/test_three_runtimes.py holds it to 0.98, and to the FP32 similarity order);
+  - at batch 32 on an AVX-512 VNNI CPU it runs about 2.3 to 2.5 times the FP32 graph (benches/minilm.py);
+  - an activation's scale is taken over the whole batch, padding included, so under dynamic batching a
+    sentence's vector moves a little with what it was batched with (cosine about 0.99 between alone and
+    batched). Serve the FP32 graph where answers must not depend on the batch.
+Per output channel, because one scale per weight matrix loses more (cosine about 0.97). In 7 bits
+(`reduce_range`), because CPUs without VNNI add u8 x s8 products in pairs into 16 bits, which 8-bit weights can
+overflow; on this project's sentences it costs nothing measurable. Only the projections are quantized; the
 embedding table, layer norms, GELU and softmax stay FP32.
 """
 import argparse
@@ -50,9 +57,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from bert_reference import load_safetensors  # noqa: E402
 
 MS = "com.microsoft"
-# What `--int8` quantizes: every projection (the packed QKV inside Attention, the output and FFN Gemms, which the
-# quantizer first splits into MatMul + Add).
-QUANTIZED_OPS = ["Gemm", "MatMul", "Attention"]
+# What `--int8` quantizes: every projection: the packed QKV inside Attention, and the output and FFN Gemms, which
+# the dynamic quantizer turns into MatMul + Add before it chooses what to quantize.
+QUANTIZED_OPS = ["MatMul", "Attention"]
 
 
 class _Graph:
@@ -151,19 +158,24 @@ def convert(model_dir, out_path, *, standard_ops=False, int8=False):
 
 
 def _convert_int8(model_dir, out_path):
-    """The fused graph, then ONNX Runtime's dynamic quantization of its projections (needs the onnxruntime wheel)."""
+    """The fused graph, then ONNX Runtime's dynamic quantization of its projections (needs the onnxruntime wheel).
+    Both are written away from `out_path`, which is replaced whole at the end: a repository being polled never
+    sees a half-written model."""
+    import shutil
     import tempfile
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(out_path) or ".") as work:
-        fp32 = os.path.join(work, "fp32.onnx")
+    with tempfile.TemporaryDirectory() as work:
+        fp32, int8 = os.path.join(work, "fp32.onnx"), os.path.join(work, "int8.onnx")
         convert(model_dir, fp32)
         # The quantizer's shape inference knows no com.microsoft ops, so the type of what they produce is named.
-        quantize_dynamic(fp32, out_path, weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=QUANTIZED_OPS,
-                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                         op_types_to_quantize=QUANTIZED_OPS, extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
+        partial = out_path + ".partial"
+        shutil.copyfile(int8, partial)
+        os.replace(partial, out_path)
 
 
 def _fused_attention(g, w, config, ids_shape, flat, unflat):
@@ -218,4 +230,6 @@ if __name__ == "__main__":
     parser.add_argument("model_dir")
     parser.add_argument("out")
     args = parser.parse_args()
+    if args.int8 and args.standard_ops:
+        parser.error("--int8 quantizes the fused graph; it does not combine with --standard-ops")
     convert(args.model_dir, args.out, standard_ops=args.standard_ops, int8=args.int8)
