@@ -22,6 +22,8 @@
 #   loop then takes about 10 minutes (60 measurements), the closed loop about 9.
 # SATURATED: the saturated rates to take the open-loop rates from, as "mlp=15000 mlp_large=9000"; when set,
 #   the closed-loop part is skipped.
+# MODELS: the models to measure, of "mlp mlp_large" (default both); SHARES: the open-loop rates, in percent of the
+#   saturated rate (default "30 80"). With SATURATED they let one open-loop point be measured again alone.
 # SERVER_CPUS, BENCH_CPUS: CPU lists (taskset) for the server and the load generator, for instance 0-5 and 6-7,
 #   so that they do not take each other's cores (default: not pinned).
 set -euo pipefail
@@ -29,6 +31,14 @@ cd "$(dirname "$0")/.."
 SECS=${SECS:-2}
 ROUNDS=${ROUNDS:-1}
 OPEN_ROUNDS=${OPEN_ROUNDS:-5}
+MODELS=${MODELS:-mlp mlp_large}
+SHARES=${SHARES:-30 80}
+for m in $MODELS; do
+  [[ "$m" =~ ^(mlp|mlp_large)$ ]] || { echo "MODELS: '$m' is not mlp or mlp_large" >&2; exit 2; }
+done
+for share in $SHARES; do
+  [[ "$share" =~ ^[1-9][0-9]?$ ]] || { echo "SHARES: '$share' is not a percentage from 1 to 99" >&2; exit 2; }
+done
 declare -A saturated_rate
 skip_closed=""
 if [ -n "${SATURATED:-}" ]; then
@@ -39,7 +49,7 @@ if [ -n "${SATURATED:-}" ]; then
       { echo "SATURATED: '$pair' is not mlp=RATE or mlp_large=RATE" >&2; exit 2; }
     saturated_rate[$name]=$value
   done
-  for m in mlp mlp_large; do
+  for m in $MODELS; do
     [ -n "${saturated_rate[$m]:-}" ] || { echo "SATURATED needs a rate for $m" >&2; exit 2; }
   done
 fi
@@ -92,7 +102,9 @@ measure() {
 ratio() { if [ "$(echo "$1 == 0 || $2 == 0" | bc)" = 1 ]; then echo -; else echo "$1 / $2" | bc -l | xargs printf '%.2f'; fi; }
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 
-# Measures every variant of model $2 $1 times, alternating, with the load arguments that follow; sets the
+# Measures every variant of model $2 $1 times, alternating, the order rotated each round (the host's speed drifts
+# over minutes, and whichever variant runs first after a change of load warms the caches and the CPU's clock for
+# the others), with the load arguments that follow; sets the
 # medians in rate[], p50[], p99[], compute[], items[] and server_p99[] by variant, and in overloaded the
 # variants that had errors in any round.
 declare -A rate p50 p99 compute items server_p99 cpu
@@ -102,8 +114,10 @@ measure_variants() {
   shift 2
   overloaded=""
   declare -A rates p50s p99s computes itemss server_p99s cpus
-  for _ in $(seq "$rounds"); do
-    for variant in adaptive fixed off; do
+  local order=(adaptive fixed off) round
+  for round in $(seq 0 $((rounds - 1))); do
+    for k in 0 1 2; do
+      variant=${order[$(((round + k) % 3))]}
       read -r r p q c i s e u < <(measure -m "${m}_$variant" "$@")
       [ "${e:-0}" = 0 ] || [[ " $overloaded " == *" $variant "* ]] || overloaded+=" $variant"
       rates[$variant]+="$r " p50s[$variant]+="$p " p99s[$variant]+="$q " computes[$variant]+="$c " itemss[$variant]+="$i "
@@ -120,7 +134,7 @@ measure_variants() {
 }
 
 [ "$ROUNDS" = 1 ] || [ -n "$skip_closed" ] || echo "(closed loop: medians of $ROUNDS alternating measurements)"
-for m in mlp mlp_large; do
+for m in $MODELS; do
   [ -z "$skip_closed" ] || break
   echo "== $m: closed loop (HTTP binary, batch-1 requests)"
   printf '%-6s %-28s %-28s %-28s %s\n' "" adaptive fixed off "adaptive/off p50, adaptive/fixed & /off rate"
@@ -150,10 +164,10 @@ for m in mlp mlp_large; do
   done
 done
 
-for m in mlp mlp_large; do
+for m in $MODELS; do
   saturated=${saturated_rate[$m]}
   echo "== $m: open loop, Poisson arrivals (saturated rate $(printf '%.0f' "$saturated")/s): p99 ms, in the server / at the client, medians of $OPEN_ROUNDS alternating measurements"
-  for share in 30 80; do
+  for share in $SHARES; do
     r=$(echo "$saturated * $share / 100" | bc)
     measure_variants "$OPEN_ROUNDS" "$m" --request-rate "$r" --distribution poisson
     line=""
@@ -171,7 +185,7 @@ for m in mlp mlp_large; do
   done
 done
 
-for m in mlp mlp_large; do
+for m in $MODELS; do
   echo "== why $m batches ran (adaptive variant)"
   curl -sf "http://$http/v2/models/${m}_adaptive/stats" | .venv/bin/python -c \
     'import json,sys; s=json.load(sys.stdin)["model_stats"][0]; print("  ", s["batch_reasons"], "items/execution %.1f" % (s["inference_count"] / max(1, s["execution_count"])))'
