@@ -15,8 +15,9 @@
 # Beside c=32 and each open-loop point: the CPU's busy share the adaptive window saw during the run
 # (`ferroserve_cpu_busy_ratio`); on CPU it holds partial batches for the preferred size only from 0.85 on.
 # SECS: seconds per measurement window (default 2).
-# ROUNDS: measurements of each closed-loop point, the variants alternating; medians are printed (default 1).
-#   Single measurements at c=32 move by 10-20% from run to run on a shared 2-core machine.
+# ROUNDS: measurements of each closed-loop point, the variants alternating; medians are printed (default 1), and
+#   each ratio is the median of the ratios within a round. Single measurements at c=32 move by 10-20% from run
+#   to run on a shared 2-core machine, and the host's speed drifts by more over minutes.
 # OPEN_ROUNDS: the same for each open-loop point (default 5): a single p99 there, even the server's, moves by
 #   up to 2x from run to run on a 2-core machine, set by the few requests behind a scheduling stall. The open
 #   loop then takes about 10 minutes (60 measurements), the closed loop about 9.
@@ -99,21 +100,44 @@ measure() {
   echo "$out ${busy:--}"
 }
 
-ratio() { if [ "$(echo "$1 == 0 || $2 == 0" | bc)" = 1 ]; then echo -; else echo "$1 / $2" | bc -l | xargs printf '%.2f'; fi; }
+# The median, over the rounds, of the ratio of the first list to the elementwise smallest of the others (lists of
+# one value per round, space-separated, in round order): the variants of one round ran within seconds of each
+# other, while the host's speed moves by up to 2x over minutes (one run's c=32 rates went from 13 700/s to
+# 28 600/s and back), so ratios of medians taken across rounds mix those speeds. "-" when no round has both.
+ratio() {
+  local num=$1 i v best ok list
+  shift
+  local -a nums dens=() ratios=()
+  read -ra nums <<< "$num"
+  for i in "${!nums[@]}"; do
+    best=""
+    for list in "$@"; do
+      read -ra dens <<< "$list"
+      v=${dens[$i]:-0}
+      [[ "$v" =~ ^[0-9.]+$ ]] && [ "$(echo "$v > 0" | bc)" = 1 ] || continue
+      if [ -z "$best" ] || [ "$(echo "$v < $best" | bc)" = 1 ]; then best=$v; fi
+    done
+    ok=0
+    [[ "${nums[$i]}" =~ ^[0-9.]+$ ]] && ok=$(echo "${nums[$i]} > 0" | bc)
+    [ -z "$best" ] || [ "$ok" != 1 ] || ratios+=("$(echo "${nums[$i]} / $best" | bc -l)")
+  done
+  if [ ${#ratios[@]} = 0 ]; then echo -; else median "${ratios[@]}" | xargs printf '%.2f'; fi
+}
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 
 # Measures every variant of model $2 $1 times, alternating, the order rotated each round (the host's speed drifts
 # over minutes, and whichever variant runs first after a change of load warms the caches and the CPU's clock for
-# the others), with the load arguments that follow; sets the
-# medians in rate[], p50[], p99[], compute[], items[] and server_p99[] by variant, and in overloaded the
-# variants that had errors in any round.
-declare -A rate p50 p99 compute items server_p99 cpu
+# the others), with the load arguments that follow; sets the medians in rate[], p50[], p99[], compute[], items[]
+# and server_p99[] by variant, the values of each round (in round order, for `ratio`) in rates[], p50s[], p99s[]
+# and server_p99s[], and in overloaded the variants that had errors in any round.
+declare -A rate p50 p99 compute items server_p99 cpu rates p50s p99s server_p99s
 overloaded=""
 measure_variants() {
   local rounds=$1 m=$2 variant r p q c i s e u
   shift 2
   overloaded=""
-  declare -A rates p50s p99s computes itemss server_p99s cpus
+  declare -A computes itemss cpus
+  rates=() p50s=() p99s=() server_p99s=()
   local order=(adaptive fixed off) round
   for round in $(seq 0 $((rounds - 1))); do
     for k in 0 1 2; do
@@ -145,11 +169,11 @@ for m in $MODELS; do
       line+=$(printf '%-28s ' "$(printf '%9.0f/s p50 %6.3f ms' "${rate[$variant]}" "${p50[$variant]}")")
     done
     if [ "$c" = 32 ]; then
-      goal="rate x$(ratio "${rate[adaptive]}" "${rate[fixed]}") of fixed, x$(ratio "${rate[adaptive]}" "${rate[off]}") of off"
+      goal="rate x$(ratio "${rates[adaptive]}" "${rates[fixed]}") of fixed, x$(ratio "${rates[adaptive]}" "${rates[off]}") of off"
       saturated=$(printf "%s\n" "${rate[adaptive]}" "${rate[fixed]}" "${rate[off]}" | sort -g | head -1)
       saturated_rate[$m]=$saturated
     else
-      goal="p50 x$(ratio "${p50[adaptive]}" "${p50[off]}") of off"
+      goal="p50 x$(ratio "${p50s[adaptive]}" "${p50s[off]}") of off"
     fi
     printf 'c=%-4s %s%s\n' "$c" "$line" "$goal"
     if [ "$c" = 32 ]; then
@@ -174,10 +198,9 @@ for m in $MODELS; do
     for variant in adaptive fixed off; do
       line+=$(printf '%-8s %7.3f / %7.3f   ' "$variant" "${server_p99[$variant]}" "${p99[$variant]}")
     done
-    best_server=$(printf '%s\n' "${server_p99[fixed]}" "${server_p99[off]}" | sort -g | head -1)
-    best=$(printf '%s\n' "${p99[fixed]}" "${p99[off]}" | sort -g | head -1)
     printf '%3s%% (%6s/s)  %s adaptive / better of fixed,off: x%s in the server, x%s at the client; CPU busy %s\n' \
-      "$share" "$r" "$line" "$(ratio "${server_p99[adaptive]}" "$best_server")" "$(ratio "${p99[adaptive]}" "$best")" \
+      "$share" "$r" "$line" "$(ratio "${server_p99s[adaptive]}" "${server_p99s[fixed]}" "${server_p99s[off]}")" \
+      "$(ratio "${p99s[adaptive]}" "${p99s[fixed]}" "${p99s[off]}")" \
       "${cpu[adaptive]}"
     # An open loop the machine cannot keep up with (the generator shares its cores) queues without bound:
     # its p99 measures the backlog, not the batching.
