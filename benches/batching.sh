@@ -76,21 +76,8 @@ done
 . benches/server.sh
 build_release
 repo=$(mktemp -d)
-instance='instance_group [ { count: 1 kind: KIND_CPU } ]'
 for m in mlp mlp_large; do
-  max=$([ "$m" = mlp ] && echo 32 || echo 64)
-  for variant in adaptive fixed off; do
-    mkdir -p "$repo/${m}_$variant/1"
-    cp "models/repository/$m/1/model.onnx" "$repo/${m}_$variant/1/"
-    batching="dynamic_batching { preferred_batch_size: [8, 16, 32] max_queue_delay_microseconds: 2000 }"
-    case $variant in
-      adaptive) extra="$batching" ;;
-      fixed) extra="$batching
-parameters { key: \"batch_window\" value: { string_value: \"fixed\" } }" ;;
-      off) extra="" ;;
-    esac
-    printf 'max_batch_size: %s\n%s\n%s\n' "$max" "$instance" "$extra" > "$repo/${m}_$variant/config.pbtxt"
-  done
+  batching_variants "$repo" "$m"
 done
 start_server "$repo"
 trap 'kill $server 2>/dev/null || true; rm -rf "$repo"' EXIT
@@ -115,31 +102,6 @@ measure() {
   rm -f "$sample"
   echo "$out ${busy:--}"
 }
-
-# The median, over the rounds, of the ratio of the first list to the elementwise smallest of the others (lists of
-# one value per round, space-separated, in round order): the variants of one round ran within seconds of each
-# other, while the host's speed moves by up to 2x over minutes (one run's c=32 rates went from 13 700/s to
-# 28 600/s and back), so ratios of medians taken across rounds mix those speeds. "-" when no round has both.
-ratio() {
-  local num=$1 i v best ok list
-  shift
-  local -a nums dens=() ratios=()
-  read -ra nums <<< "$num"
-  for i in "${!nums[@]}"; do
-    best=""
-    for list in "$@"; do
-      read -ra dens <<< "$list"
-      v=${dens[$i]:-0}
-      [[ "$v" =~ ^[0-9.]+$ ]] && [ "$(echo "$v > 0" | bc)" = 1 ] || continue
-      if [ -z "$best" ] || [ "$(echo "$v < $best" | bc)" = 1 ]; then best=$v; fi
-    done
-    ok=0
-    [[ "${nums[$i]}" =~ ^[0-9.]+$ ]] && ok=$(echo "${nums[$i]} > 0" | bc)
-    [ -z "$best" ] || [ "$ok" != 1 ] || ratios+=("$(echo "${nums[$i]} / $best" | bc -l)")
-  done
-  if [ ${#ratios[@]} = 0 ]; then echo -; else median "${ratios[@]}" | xargs printf '%.2f'; fi
-}
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 
 # Measures every variant of model $2 $1 times, alternating, the order rotated each round (the host's speed drifts
 # over minutes, and whichever variant runs first after a change of load warms the caches and the CPU's clock for

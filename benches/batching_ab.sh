@@ -5,8 +5,8 @@
 # window, A's fixed window and A's batching off. Measurements of one round run seconds apart, so their ratios
 # hold while the host's speed drifts by up to 2x over minutes; an idle server costs the other nothing (its
 # instances sleep). Prints one line per measurement (offered and served rate, client p50/p99, server queue and
-# execution time per request, items per execution, server p99) and, per round, the ratio of each variant's
-# server p99 to the better of A's fixed window and batching off, then the medians of those ratios.
+# execution time per request, items per execution, server p99), then for each adaptive window the median over the
+# rounds of its server p99 over the better of A's fixed window and batching off in the same round (`ratio`).
 #   A_BIN, B_BIN: the two builds (default: both target/release/ferroserve, a control run).
 #   MODEL: mlp or mlp_large (default mlp_large). ROUNDS (default 5). SECS: seconds per window (default 2).
 #   LOAD: the load arguments for ferroserve-bench (default "--request-rate 6400 --distribution poisson";
@@ -27,19 +27,7 @@ A_BIN=${A_BIN:-target/release/ferroserve}
 B_BIN=${B_BIN:-target/release/ferroserve}
 for bin in "$A_BIN" "$B_BIN"; do [ -x "$bin" ] || { echo "$bin is not an executable" >&2; exit 2; }; done
 repo=$(mktemp -d)
-max=$([ "$MODEL" = mlp ] && echo 32 || echo 64)
-for variant in adaptive fixed off; do
-  mkdir -p "$repo/m_$variant/1"
-  cp "models/repository/$MODEL/1/model.onnx" "$repo/m_$variant/1/"
-  batching="dynamic_batching { preferred_batch_size: [8, 16, 32] max_queue_delay_microseconds: 2000 }"
-  case $variant in
-    adaptive) extra="$batching" ;;
-    fixed) extra="$batching
-parameters { key: \"batch_window\" value: { string_value: \"fixed\" } }" ;;
-    off) extra="" ;;
-  esac
-  printf 'max_batch_size: %s\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n%s\n' "$max" "$extra" > "$repo/m_$variant/config.pbtxt"
-done
+batching_variants "$repo" "$MODEL"
 servers=()
 trap 'kill "${servers[@]}" 2>/dev/null || true; rm -rf "$repo"' EXIT
 SERVER_BIN=$A_BIN start_server "$repo"
@@ -49,52 +37,38 @@ servers+=("$server") b_http=$http
 
 bench_pin=()
 [ -z "${BENCH_CPUS:-}" ] || bench_pin=(taskset -c "$BENCH_CPUS")
-# One measurement of model m_$2 on the server at $1: prints "served p50_ms p99_ms queue_us compute_us items
+# One measurement of model ${MODEL}_$2 on the server at $1: prints "served p50_ms p99_ms queue_us compute_us items
 # server_p99_ms errors" ("-" where the server reports nothing).
 measure() {
   # shellcheck disable=SC2086
   "${bench_pin[@]}" target/release/ferroserve-bench --no-progress --warmup-secs 1 --window-secs "$SECS" \
-    --max-windows 3 -u "$1" -i http-binary -m "m_$2" $LOAD 2>/dev/null | awk '
+    --max-windows 3 -u "$1" -i http-binary -m "${MODEL}_$2" $LOAD 2>/dev/null | awk '
       $1 ~ /^(c=|[0-9.]+\/s)/ {line = $2 " " $4 " " $7; errors = $8}
       $1 == "server:" {gsub(/[,;]/, ""); server = $3 " " $6 " " $10 " " ($18 == "p99" ? $19 / 1000 : "-")}
       END {print (line == "" ? "0 0 0" : line), (server == "" ? "- - - -" : server), (errors == "" ? 1 : errors)}' || true
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
-numeric() { [[ "$1" =~ ^[0-9.]+$ ]] && [ "$(echo "$1 > 0" | bc)" = 1 ]; }
 
 picks=(A:adaptive B:adaptive A:fixed A:off)
+url_of() { [ "${1%%:*}" = A ] && echo "$a_http" || echo "$b_http"; }
 # One pass of each, not counted: the first load on a freshly started server stalls on a 2-core host (client p99s
 # up to 1 s, server p99s of 60-110 ms, whatever the variant), longer than the generator's warm-up second.
 for pick in "${picks[@]}"; do
-  measure "$([ "${pick%%:*}" = A ] && echo "$a_http" || echo "$b_http")" "${pick#*:}" > /dev/null
+  measure "$(url_of "$pick")" "${pick#*:}" > /dev/null
 done
-declare -A p99_of ratios
+declare -A server_p99s
 echo "model $MODEL, load: $LOAD; A=$A_BIN B=$B_BIN"
 printf '%-6s %-11s %9s %8s %8s %9s %9s %6s %11s %s\n' round variant "served/s" "p50 ms" "p99 ms" "queue us" "exec us" items \
   "srv p99 ms" errors
 for round in $(seq 0 $((ROUNDS - 1))); do
   for k in 0 1 2 3; do
     pick=${picks[$(((round + k) % 4))]}
-    url=$([ "${pick%%:*}" = A ] && echo "$a_http" || echo "$b_http")
-    read -r served p50 p99 queue exec items server_p99 errors < <(measure "$url" "${pick#*:}")
+    read -r served p50 p99 queue exec items server_p99 errors < <(measure "$(url_of "$pick")" "${pick#*:}")
     printf '%-6s %-11s %9s %8s %8s %9s %9s %6s %11s %s\n' "$round" "$pick" "$served" "$p50" "$p99" "$queue" "$exec" \
       "$items" "$server_p99" "$errors"
-    p99_of[$pick]=$server_p99
-  done
-  best=""
-  for base in A:fixed A:off; do
-    v=${p99_of[$base]}
-    numeric "$v" || continue
-    if [ -z "$best" ] || [ "$(echo "$v < $best" | bc)" = 1 ]; then best=$v; fi
-  done
-  [ -n "$best" ] || continue
-  for pick in A:adaptive B:adaptive; do
-    numeric "${p99_of[$pick]}" || continue
-    ratios[$pick]+="$(echo "${p99_of[$pick]} / $best" | bc -l) "
+    server_p99s[$pick]+="$server_p99 "
   done
 done
 for pick in A:adaptive B:adaptive; do
-  # shellcheck disable=SC2086
-  [ -z "${ratios[$pick]:-}" ] || printf '%s server p99 / the better of A:fixed and A:off: median x%.2f over the rounds (%s)\n' \
-    "$pick" "$(median ${ratios[$pick]})" "$(for r in ${ratios[$pick]}; do printf '%.2f ' "$r"; done)"
+  printf '%s server p99 / the better of A:fixed and A:off, median of the rounds: x%s\n' "$pick" \
+    "$(ratio "${server_p99s[$pick]}" "${server_p99s[A:fixed]}" "${server_p99s[A:off]}")"
 done
