@@ -48,6 +48,12 @@ pub fn saturated() -> bool {
     STATE.load(Ordering::Relaxed) != ROOM
 }
 
+/// Whether a sample has found the CPU saturated (false until one has, and where it cannot be read): for what
+/// spends spare CPU on latency, and should stop only when there is none.
+pub fn measured_saturated() -> bool {
+    STATE.load(Ordering::Relaxed) == SATURATED
+}
+
 /// Starts the background sampler, once per process (later calls do nothing).
 pub fn start_sampling() {
     SAMPLER.get_or_init(|| {

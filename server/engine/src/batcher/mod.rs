@@ -72,6 +72,13 @@ pub type Batch = Vec<Entry<Pending>>;
 /// client's next request comes one round trip after its reply, so lingering for a little more than a typical
 /// round trip removes both at low concurrency; yielding between looks gives the CPU to any thread that has work,
 /// and a model nobody calls sleeps after this long.
+///
+/// Lingering spends CPU on latency, so it stops while the CPU is saturated ([`crate::cpu`]): under an open-loop
+/// (Poisson) load requests come at random, and an instance that lingers after every one-request batch spins for
+/// most of the gap between arrivals. On the MLP at 4 000 requests a second (one CPU instance, 2 cores shared with
+/// the load generator), the server spent 230 us of CPU per request lingering against 99 us with batches held by
+/// a fixed window (`benches/batching_ab.sh`, CPU per request), and near capacity that spinning is CPU the request
+/// handlers and the clients lose.
 const IDLE_LINGER: std::time::Duration = std::time::Duration::from_micros(250);
 
 /// Cheap handle to a model version's request queue.
@@ -173,18 +180,20 @@ impl Batcher {
         let ticket = Ticket(queue.next_ticket);
         queue.next_ticket += 1;
         entry.payload.ticket = ticket;
-        if queue.state.push(entry).is_err() {
+        let Ok(look) = queue.state.push(entry) else {
             return Err(InferError::Overloaded(format!(
                 "Exceeds maximum queue size: model `{}` has {} requests queued, the limit; retry later",
                 self.shared.label,
                 queue.state.policy().max_queue_size
             )));
-        }
+        };
         self.shared.depth.set(queue.state.len() as f64);
         if queue.linger == Linger::Looking {
             // The lingering instance sees it at its next look: no thread to wake.
             queue.linger = Linger::Claimed;
-        } else if queue.idle > 0 {
+        } else if queue.idle > 0 && look {
+            // An instance waiting on a partial batch wakes only when this request may end its wait; the others
+            // sleep because nothing is queued, and there is no hold then.
             self.shared.work.notify_one();
         }
         Ok(ticket)
@@ -246,7 +255,11 @@ impl Batcher {
                     // Under load (batches of several) arrivals gather while instances run, and lingering
                     // would only take CPU from the request handlers.
                     let young = now.duration_since(*idle_since.get_or_insert(now)) < IDLE_LINGER;
-                    if young && queue.linger == Linger::Nobody && queue.last_batch <= 1 {
+                    if young
+                        && queue.linger == Linger::Nobody
+                        && queue.last_batch <= 1
+                        && !crate::cpu::measured_saturated()
+                    {
                         lingering = true;
                         queue.linger = Linger::Looking;
                         parking_lot::MutexGuard::unlocked(&mut queue, std::thread::yield_now);
@@ -275,12 +288,13 @@ impl Batcher {
         }
     }
 
-    /// Tells the adaptive window that its instances run on CPU: partial batches are then held for the preferred
-    /// size only while the CPU is saturated (and the CPU sampler starts, once per process).
+    /// Tells the batcher that its instances run on CPU: the CPU sampler starts (once per process), instances stop
+    /// lingering on an empty queue while the CPU is saturated, and an adaptive window holds partial batches for
+    /// the preferred size only then.
     pub fn gate_on_cpu(&self) {
+        crate::cpu::start_sampling();
         let mut queue = self.shared.queue.lock();
         if queue.state.policy().window == state::Window::Adaptive && queue.state.policy().max_batch_size > 0 {
-            crate::cpu::start_sampling();
             queue.cpu_gated = true;
         }
     }

@@ -208,8 +208,27 @@ impl History {
     }
 }
 
+/// A partial batch that an instance waits on ([`Decision::WaitUntil`]), as far as arrivals can end the wait
+/// before its time: the batcher wakes the instance for an arrival only when one of them may have
+/// ([`BatchState::push`]), not for each (on the MLP, a wake-up per arrival cost as much CPU as the executions
+/// that holding saved).
+#[derive(Debug, Clone)]
+struct Hold {
+    /// The head's priority level and non-batch dims: only requests of that key join its batch; a request of a
+    /// higher priority heads a batch of its own.
+    priority: usize,
+    key: Vec<usize>,
+    /// When the head arrived (the adaptive window's settled peak is judged from it).
+    head_since: Instant,
+    /// Items of that key queued, and the count from which a preferred size (or `max_batch_size`) may have formed.
+    items: usize,
+    ready_at: usize,
+    /// When the instance looks again anyway.
+    until: Instant,
+}
+
 /// A queued request as the state sees it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Entry<T> {
     /// Items (size of batch dim 0; 1 for models that do not batch).
     pub items: usize,
@@ -237,7 +256,7 @@ pub enum Decision<T> {
 }
 
 /// The dynamic batcher's queue.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BatchState<T> {
     policy: BatchPolicy,
     queues: Vec<VecDeque<Entry<T>>>,
@@ -250,6 +269,8 @@ pub struct BatchState<T> {
     /// Whether the CPU the instances share with the request handlers is saturated ([`crate::cpu`]): only then
     /// does the sustained-load rule hold a partial batch.
     cpu_saturated: bool,
+    /// The wait decided last, until the next decision.
+    hold: Option<Hold>,
 }
 
 impl<T> BatchState<T> {
@@ -266,6 +287,7 @@ impl<T> BatchState<T> {
             history: History::default(),
             instances: 1,
             cpu_saturated: true,
+            hold: None,
         }
     }
 
@@ -284,12 +306,27 @@ impl<T> BatchState<T> {
         self.len == 0
     }
 
-    /// Queues a request, or hands it back when the queue is full.
-    pub fn push(&mut self, mut entry: Entry<T>) -> Result<(), Entry<T>> {
+    /// Queues a request, or hands it back when the queue is full. `Ok(true)` when an instance waiting on a
+    /// partial batch should look again now (the request may end its wait: it may complete a preferred size,
+    /// heads a higher priority, has an earlier deadline, or brings in the last request the adaptive window
+    /// expects), or when no instance waits on one; `Ok(false)` when the wait goes on as decided (the request
+    /// joins the queue, and the instance sees it when it looks at the time it chose).
+    pub fn push(&mut self, mut entry: Entry<T>) -> Result<bool, Entry<T>> {
         if self.len >= self.policy.max_queue_size {
             return Err(entry);
         }
         entry.priority = entry.priority.min(self.queues.len() - 1);
+        let mut look = match &mut self.hold {
+            None => true,
+            Some(hold) => {
+                if entry.key == hold.key {
+                    hold.items += entry.items;
+                }
+                entry.priority < hold.priority
+                    || hold.items >= hold.ready_at
+                    || entry.deadline.is_some_and(|d| d < hold.until)
+            }
+        };
         let queued = self.len > 0;
         self.history.advance(entry.enqueued, queued);
         if queued {
@@ -311,7 +348,10 @@ impl<T> BatchState<T> {
         }
         self.history.peak_in_flight = self.history.peak_in_flight.max(in_flight);
         self.history.recent_peak = self.history.recent_peak.max(in_flight);
-        Ok(())
+        if let Some(hold) = self.hold.as_ref().filter(|_| !look && self.policy.window == Window::Adaptive) {
+            look = self.everything_in_flight_is_here(hold.head_since);
+        }
+        Ok(look)
     }
 
     /// Records that `requests` taken earlier have finished executing, and how long an execution took, if one
@@ -387,6 +427,7 @@ impl<T> BatchState<T> {
 
     /// Decides the next batch at time `now`. `flush`: ignore the delay (draining on shutdown).
     pub fn next_batch(&mut self, now: Instant, flush: bool) -> Decision<T> {
+        self.hold = None;
         self.history.advance(now, self.len > 0);
         let Some(head) = self.queues.iter().find_map(|q| q.front()) else { return Decision::Idle };
         if self.policy.max_batch_size == 0 {
@@ -445,8 +486,22 @@ impl<T> BatchState<T> {
         };
         match take {
             Some((n, reason)) => Decision::Run(self.take(&picked[..n]), reason),
-            None => Decision::WaitUntil(self.earliest_deadline().map_or(wait_until, |d| d.min(wait_until))),
+            None => {
+                let until = self.earliest_deadline().map_or(wait_until, |d| d.min(wait_until));
+                let ready_at = self.policy.preferred_batch_sizes.iter().copied().find(|&p| p > total).unwrap_or(max);
+                let priority = picked.first().map_or(0, |&(qi, _)| qi);
+                self.hold = Some(Hold { priority, key, head_since, items: total, ready_at: ready_at.min(max), until });
+                Decision::WaitUntil(until)
+            }
         }
+    }
+
+    /// Whether every request recently seen in flight at once is queued or running, and that peak has held for a
+    /// while before the head arrived: clients that send again only after their answer (a closed loop) have
+    /// nothing else on its way, and the adaptive window runs what it has.
+    fn everything_in_flight_is_here(&self, head_since: Instant) -> bool {
+        let settled = self.history.peak_raised.is_none_or(|t| head_since.saturating_duration_since(t) >= PEAK_SETTLED);
+        settled && (self.len + self.running) as f64 + 0.5 >= self.history.peak_in_flight
     }
 
     /// Until when the adaptive window lets a partial batch of `queued` items wait: under sustained load, for the
@@ -456,10 +511,7 @@ impl<T> BatchState<T> {
     /// With neither (an idle model, or clients that wait for each answer), not at all: requests that arrive
     /// while a batch executes form the next batch anyway.
     fn adaptive_until(&self, now: Instant, head_since: Instant, due: Instant, queued: usize) -> Instant {
-        // Every request recently seen in flight at once is here already, and that peak has held for a while:
-        // clients that send again only after their answer (a closed loop) have nothing else on its way.
-        let settled = self.history.peak_raised.is_none_or(|t| head_since.saturating_duration_since(t) >= PEAK_SETTLED);
-        if settled && (self.len + self.running) as f64 + 0.5 >= self.history.peak_in_flight {
+        if self.everything_in_flight_is_here(head_since) {
             return head_since;
         }
         let (Some(gap), Some(execution)) = (self.history.gap(), self.history.execution_secs) else {
@@ -1310,6 +1362,111 @@ mod tests {
                 ran += b.len();
             }
             proptest::prop_assert_eq!(ran, gaps.len());
+        }
+    }
+
+    #[test]
+    fn an_arrival_that_cannot_end_a_hold_wakes_nobody() {
+        let t0 = Instant::now();
+        let mut s =
+            BatchState::new(BatchPolicy { preferred_batch_sizes: vec![4], priority_levels: 2, ..policy(8, 1000) });
+        assert!(s.push(entry(1, 1, t0)).unwrap(), "no instance waits yet: look");
+        assert!(matches!(s.next_batch(t0, false), Decision::WaitUntil(_)));
+        assert!(!s.push(entry(2, 2, t0)).unwrap(), "3 items of 4: the wait goes on");
+        assert!(!s.push(Entry { key: vec![32], ..entry(3, 1, t0) }).unwrap(), "another key joins another batch");
+        assert!(s.push(entry(4, 1, t0)).unwrap(), "4 items: the preferred size may have formed");
+        assert_eq!(ids(s.next_batch(t0, false)), vec![1, 2, 4]);
+        assert!(matches!(s.next_batch(t0, false), Decision::WaitUntil(_)));
+        assert!(!s.push(Entry { priority: 0, ..entry(5, 1, t0) }).unwrap(), "the level of the head (3): wait");
+        let urgent = Entry { priority: 0, deadline: Some(t0 + Duration::from_micros(10)), ..entry(6, 1, t0) };
+        assert!(s.push(urgent).unwrap(), "a deadline before the wait ends");
+        let mut s = BatchState::new(BatchPolicy { priority_levels: 2, ..policy(8, 1000) });
+        s.push(Entry { priority: 1, ..entry(1, 1, t0) }).unwrap();
+        assert!(matches!(s.next_batch(t0, false), Decision::WaitUntil(_)));
+        assert!(s.push(Entry { priority: 0, ..entry(2, 1, t0) }).unwrap(), "a higher priority heads a new batch");
+    }
+
+    proptest::proptest! {
+        /// An arrival for which `push` says nobody need look (the batcher wakes no waiting instance for it) never
+        /// makes a batch ready: a look at that moment runs a batch only if it would have without the arrival
+        /// (the wait's own time-bound reasons, which the instance meets when it looks at the time it chose). One
+        /// instance, executions of `exec_us`, arrivals of mixed keys, priorities and deadlines, either window.
+        #[test]
+        fn a_skipped_look_never_delays_a_batch(
+            arrivals in proptest::collection::vec(
+                (0u64..300, 0usize..2, 0usize..2, proptest::option::of(1u64..3_000)),
+                1..80,
+            ),
+            exec_us in 1u64..2_000,
+            delay_us in 1u64..3_000,
+            preferred in proptest::collection::vec(1usize..9, 0..3),
+            fixed in proptest::bool::ANY,
+        ) {
+            let window = if fixed { Window::Fixed } else { Window::Adaptive };
+            let t0 = Instant::now();
+            let mut s = BatchState::new(BatchPolicy {
+                preferred_batch_sizes: preferred,
+                priority_levels: 2,
+                window,
+                ..policy(8, delay_us)
+            });
+            let exec = Duration::from_micros(exec_us);
+            let mut t = t0;
+            let mut busy: Option<(Instant, usize)> = None;
+            let mut wake: Option<Instant> = None;
+            let look = |s: &mut BatchState<u32>,
+                        at: Instant,
+                        busy: &mut Option<(Instant, usize)>,
+                        wake: &mut Option<Instant>| {
+                s.remove_expired(at);
+                *wake = None;
+                match s.next_batch(at, false) {
+                    Decision::Run(b, reason) => {
+                        *busy = Some((at + exec, b.len()));
+                        Some((reason, b.len()))
+                    }
+                    Decision::WaitUntil(until) => {
+                        *wake = Some(until);
+                        None
+                    }
+                    Decision::Idle => None,
+                }
+            };
+            for (id, (gap, key, priority, deadline)) in arrivals.into_iter().enumerate() {
+                let at = t + Duration::from_micros(gap);
+                // What the instance does before this arrival: finish its batch, or look when its wait ends.
+                loop {
+                    if let Some((done, n)) = busy.filter(|(done, _)| *done <= at) {
+                        t = done;
+                        busy = None;
+                        s.finished(n, Some(exec));
+                        if n == 1 {
+                            s.single_request_executed(exec);
+                        }
+                        look(&mut s, t, &mut busy, &mut wake);
+                    } else if let Some(until) = wake.filter(|w| busy.is_none() && *w <= at) {
+                        t = until.max(t);
+                        look(&mut s, t, &mut busy, &mut wake);
+                    } else {
+                        break;
+                    }
+                }
+                t = at;
+                let deadline = deadline.map(|d| at + Duration::from_micros(d));
+                let arrival = Entry { items: 1, key: vec![key], enqueued: at, deadline, priority, payload: id as u32 };
+                let mut without = s.clone();
+                let needed = s.push(arrival).unwrap();
+                if busy.is_none() {
+                    let ran = look(&mut s, at, &mut busy, &mut wake);
+                    let ran_without = look(&mut without, at, &mut None, &mut None);
+                    proptest::prop_assert!(
+                        needed || ran.is_none() || ran_without.is_some(),
+                        "arrival {} was let pass, but a look ran {:?}",
+                        id,
+                        ran
+                    );
+                }
+            }
         }
     }
 }
