@@ -6,7 +6,8 @@
 //! during an execution forms the next batch by itself. Holding pays only through the CPU it gives back: fewer
 //! executions leave more of a CPU the instances share with the request handlers (and, on a small machine, with
 //! the clients) to those. So for models on CPU the adaptive window holds for the preferred size only while the
-//! CPU is saturated.
+//! CPU is saturated, and then whenever the executions are a noticeable part of the CPU's work, not only once
+//! they keep the instance itself nearly busy (see [`Pressure`]).
 //!
 //! "Saturated" is read as follows:
 //! - in a cgroup with a CPU quota (a Kubernetes pod with a CPU limit), the cgroup's CPU time against its quota,
@@ -15,13 +16,18 @@
 //! - otherwise the larger of this process's share of the CPUs it may run on and the whole machine's busy share
 //!   (`/proc/stat`: a load generator or another server on the same cores).
 //!
+//! CPU time an instance spends lingering on an empty queue for the next request (yielding to any thread with
+//! work, see the batcher) is left out of every share ([`record_lingering`]): it is spare CPU put to use, not
+//! demand, and counting it would make the linger itself read as saturation (on a 2-core machine a closed-loop
+//! client at concurrency 1 and a lingering server read 0.74-0.87 busy).
+//!
 //! It enters at [`SATURATED_SHARE`] and leaves only below [`ROOM_SHARE`]: holding lowers the CPU in use, and
 //! without the gap the state would flip back and forth around one threshold. Where `/proc/self/stat` cannot be
-//! read (not Linux), the CPU counts as saturated, which keeps the config's batching as written.
+//! read (not Linux), the CPU stays [`Pressure::Unknown`], as for instances on GPUs.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Share of the CPU in use from which it counts as saturated.
@@ -41,17 +47,49 @@ const ROOM: u8 = 1;
 const SATURATED: u8 = 2;
 
 static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
+/// CPU time instances spent lingering, in nanoseconds, since the process started.
+static LINGERED_NS: AtomicU64 = AtomicU64::new(0);
 static SAMPLER: OnceLock<()> = OnceLock::new();
 
-/// Whether the CPU is saturated now (true until a sample says otherwise, and where it cannot be read).
-pub fn saturated() -> bool {
-    STATE.load(Ordering::Relaxed) != ROOM
+/// What the adaptive batching window knows of the CPU its instances share with the request handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pressure {
+    /// Not watched (instances on GPUs, which share the device rather than the CPU), not sampled yet, or not
+    /// readable: the window holds only when the load would keep the instances themselves nearly busy.
+    #[default]
+    Unknown,
+    /// The CPU has room: holding would give back nothing anyone is waiting for.
+    Room,
+    /// The CPU is saturated: every execution saved is CPU the request handlers get back.
+    Saturated,
 }
 
-/// Whether a sample has found the CPU saturated (false until one has, and where it cannot be read): for what
-/// spends spare CPU on latency, and should stop only when there is none.
-pub fn measured_saturated() -> bool {
-    STATE.load(Ordering::Relaxed) == SATURATED
+/// The CPU's state now ([`Pressure::Unknown`] until the first sample, and where it cannot be read).
+pub fn pressure() -> Pressure {
+    match STATE.load(Ordering::Relaxed) {
+        ROOM => Pressure::Room,
+        SATURATED => Pressure::Saturated,
+        _ => Pressure::Unknown,
+    }
+}
+
+/// The calling thread's CPU time so far, in nanoseconds (`/proc/thread-self/schedstat`, kept open per thread:
+/// one read of about a microsecond), where it can be read.
+pub fn thread_cpu_ns() -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    thread_local! {
+        static SCHEDSTAT: Option<std::fs::File> = std::fs::File::open("/proc/thread-self/schedstat").ok();
+    }
+    SCHEDSTAT.with(|file| {
+        let mut buf = [0u8; 96];
+        let read = file.as_ref()?.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..read]).ok()?.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Records CPU time an instance spent lingering (left out of the busy share).
+pub fn record_lingering(nanos: u64) {
+    LINGERED_NS.fetch_add(nanos, Ordering::Relaxed);
 }
 
 /// Starts the background sampler, once per process (later calls do nothing).
@@ -69,7 +107,7 @@ fn sample_forever() {
     let cgroup = CgroupFiles::find();
     let gauge = metrics::gauge!(crate::metrics::CPU_BUSY);
     let Some(mut last) = read_sample(cgroup.as_ref()) else {
-        tracing::debug!("/proc/self/stat is not readable: the CPU counts as saturated");
+        tracing::debug!("/proc/self/stat is not readable: the CPU's pressure stays unknown");
         return;
     };
     let mut busy = Busy::default();
@@ -113,6 +151,8 @@ struct Sample {
     machine: Option<(u64, u64)>,
     /// The cgroup's CPU quota (CPUs, fractions included) and its CPU time so far (seconds), where it has a quota.
     cgroup: Option<(f64, f64)>,
+    /// CPU time instances spent lingering so far (seconds).
+    lingered: f64,
 }
 
 fn read_sample(cgroup: Option<&CgroupFiles>) -> Option<Sample> {
@@ -120,7 +160,8 @@ fn read_sample(cgroup: Option<&CgroupFiles>) -> Option<Sample> {
     let at = EPOCH.get_or_init(Instant::now).elapsed().as_secs_f64();
     let process_ticks = process_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
     let machine = std::fs::read_to_string("/proc/stat").ok().and_then(|text| machine_ticks(&text));
-    Some(Sample { at, process_ticks, machine, cgroup: cgroup.and_then(CgroupFiles::read) })
+    let lingered = LINGERED_NS.load(Ordering::Relaxed) as f64 / 1e9;
+    Some(Sample { at, process_ticks, machine, cgroup: cgroup.and_then(CgroupFiles::read), lingered })
 }
 
 /// The busy share between two samples: the cgroup's CPU time against its quota where both samples have one,
@@ -131,14 +172,16 @@ fn busy_share(before: &Sample, after: &Sample, cpus: f64) -> Option<f64> {
     if seconds <= 0.0 {
         return None;
     }
+    let lingered = (after.lingered - before.lingered).max(0.0);
     if let (Some((_, used0)), Some((quota, used1))) = (before.cgroup, after.cgroup) {
-        return Some(((used1 - used0).max(0.0) / (seconds * quota)).min(1.0));
+        return Some(((used1 - used0 - lingered).max(0.0) / (seconds * quota)).min(1.0));
     }
     let process = after.process_ticks.saturating_sub(before.process_ticks) as f64 / TICKS_PER_SECOND;
-    let process_share = process / (seconds * cpus.max(1.0));
+    let process_share = (process - lingered).max(0.0) / (seconds * cpus.max(1.0));
     let machine_share = match (before.machine, after.machine) {
         (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
-            busy1.saturating_sub(busy0) as f64 / (total1 - total0) as f64
+            let busy = busy1.saturating_sub(busy0) as f64 / TICKS_PER_SECOND;
+            (busy - lingered).max(0.0) / ((total1 - total0) as f64 / TICKS_PER_SECOND)
         }
         _ => 0.0,
     };
@@ -306,7 +349,7 @@ mod tests {
     }
 
     fn sample(at: f64, process_ticks: u64, machine: Option<(u64, u64)>) -> Sample {
-        Sample { at, process_ticks, machine, cgroup: None }
+        Sample { at, process_ticks, machine, cgroup: None, lingered: 0.0 }
     }
 
     #[test]
@@ -321,6 +364,35 @@ mod tests {
         let share = busy_share(&sample(0.0, 0, None), &sample(0.5, 120, None), 2.0);
         assert_eq!(share, Some(1.0));
         assert_eq!(busy_share(&sample(1.0, 0, None), &sample(1.0, 10, None), 2.0), None);
+    }
+
+    #[test]
+    fn lingering_is_left_out_of_every_share() {
+        // 1 s on 2 CPUs: the process used 1.2 s, 0.8 s of it lingering; the machine was busy 1.6 s of 2 (80 %):
+        // without the linger, the process used 20 % of the CPUs and the machine was busy 40 %.
+        let before = sample(0.0, 0, Some((0, 0)));
+        let after = Sample { lingered: 0.8, ..sample(1.0, 120, Some((160, 200))) };
+        let share = busy_share(&before, &after, 2.0).unwrap();
+        assert!((share - 0.4).abs() < 1e-9, "{share}");
+        // Under a 1-CPU quota, 0.9 s used of which 0.8 s lingering: 10 %.
+        let before = Sample { cgroup: Some((1.0, 5.0)), ..before };
+        let after = Sample { cgroup: Some((1.0, 5.9)), ..after };
+        let share = busy_share(&before, &after, 2.0).unwrap();
+        assert!((share - 0.1).abs() < 1e-9, "{share}");
+    }
+
+    #[test]
+    fn this_thread_reads_its_own_cpu_time() {
+        let before = thread_cpu_ns().expect("/proc/thread-self/schedstat is readable");
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(spin.elapsed());
+        }
+        let after = thread_cpu_ns().unwrap();
+        // At least a tenth of the 50 ms spun, even on a busy machine; a sleeping thread adds next to nothing.
+        assert!(after - before >= 5_000_000, "{}", after - before);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(thread_cpu_ns().unwrap() - after < 20_000_000);
     }
 
     #[test]

@@ -81,6 +81,13 @@ pub type Batch = Vec<Entry<Pending>>;
 /// handlers and the clients lose.
 const IDLE_LINGER: std::time::Duration = std::time::Duration::from_micros(250);
 
+/// Reports the CPU time this thread spent lingering since `from` (if it was lingering), and clears `from`.
+fn stop_lingering(from: &mut Option<u64>) {
+    if let (Some(from), Some(now)) = (from.take(), crate::cpu::thread_cpu_ns()) {
+        crate::cpu::record_lingering(now.saturating_sub(from));
+    }
+}
+
 /// Cheap handle to a model version's request queue.
 #[derive(Debug, Clone)]
 pub struct Batcher {
@@ -124,7 +131,7 @@ struct Queue {
     /// Requests in the batch taken last: lingering pays only when they come one at a time.
     last_batch: usize,
     /// Whether the adaptive window's sustained rule follows the CPU's saturation (instances on CPU), or holds
-    /// as if the CPU were always saturated (instances on GPUs, which share the device; see [`crate::cpu`]).
+    /// only on the instances' own load (instances on GPUs, which share the device; see [`crate::cpu`]).
     cpu_gated: bool,
     /// No more requests are taken; the instances drain what is queued and exit.
     closed: bool,
@@ -216,6 +223,8 @@ impl Batcher {
         let mut idle_since = None;
         // This instance is the queue's lingering one.
         let mut lingering = false;
+        // This thread's CPU time when it began lingering: the linger's CPU is left out of the CPU's busy share.
+        let mut lingered_from: Option<u64> = None;
         loop {
             self.catch_up(&mut queue);
             let now = Instant::now();
@@ -234,8 +243,8 @@ impl Batcher {
                 continue;
             }
             let closed = queue.closed;
-            let cpu_saturated = !queue.cpu_gated || crate::cpu::saturated();
-            queue.state.set_cpu_saturated(cpu_saturated);
+            let cpu = if queue.cpu_gated { crate::cpu::pressure() } else { crate::cpu::Pressure::Unknown };
+            queue.state.set_cpu(cpu);
             let decision = queue.state.next_batch(now, closed);
             self.shared.depth.set(queue.state.len() as f64);
             // Whatever it decides, a lingering instance stops lingering unless it goes on below.
@@ -245,6 +254,8 @@ impl Batcher {
             match decision {
                 Decision::Run(batch, reason) => {
                     queue.last_batch = batch.len();
+                    drop(queue);
+                    stop_lingering(&mut lingered_from);
                     return Some((batch, reason));
                 }
                 Decision::Idle if closed => return None,
@@ -258,18 +269,25 @@ impl Batcher {
                     if young
                         && queue.linger == Linger::Nobody
                         && queue.last_batch <= 1
-                        && !crate::cpu::measured_saturated()
+                        && crate::cpu::pressure() != crate::cpu::Pressure::Saturated
                     {
                         lingering = true;
                         queue.linger = Linger::Looking;
+                        if lingered_from.is_none() {
+                            lingered_from = crate::cpu::thread_cpu_ns();
+                        }
                         parking_lot::MutexGuard::unlocked(&mut queue, std::thread::yield_now);
                         continue;
                     }
+                    // Under the lock (a microsecond, once per idle spell): released, an arrival could slip by unseen.
+                    stop_lingering(&mut lingered_from);
                     queue.idle += 1;
                     self.shared.work.wait(&mut queue);
                     queue.idle -= 1;
                 }
                 Decision::WaitUntil(due) => {
+                    // Under the lock (a microsecond, once per idle spell): released, an arrival could slip by unseen.
+                    stop_lingering(&mut lingered_from);
                     queue.idle += 1;
                     let _ = self.shared.work.wait_until(&mut queue, due);
                     queue.idle -= 1;
@@ -290,7 +308,7 @@ impl Batcher {
 
     /// Tells the batcher that its instances run on CPU: the CPU sampler starts (once per process), instances stop
     /// lingering on an empty queue while the CPU is saturated, and an adaptive window holds partial batches for
-    /// the preferred size only then.
+    /// the preferred size only then, and from a lighter load.
     pub fn gate_on_cpu(&self) {
         crate::cpu::start_sampling();
         let mut queue = self.shared.queue.lock();
@@ -503,7 +521,7 @@ pub(crate) mod tests {
             [(state::Window::Adaptive, 8, true), (state::Window::Fixed, 8, false), (state::Window::Adaptive, 0, false)]
         {
             let b = Batcher::new("m:1".into(), BatchPolicy { window, ..policy(max_batch_size, Duration::ZERO) });
-            assert!(!b.shared.queue.lock().cpu_gated, "a new queue holds as if the CPU were saturated");
+            assert!(!b.shared.queue.lock().cpu_gated, "a new queue holds on the instances' own load");
             b.gate_on_cpu();
             assert_eq!(b.shared.queue.lock().cpu_gated, gated, "{window:?}, max_batch_size {max_batch_size}");
         }

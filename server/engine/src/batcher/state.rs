@@ -10,12 +10,15 @@
 //!   under the default [`Window::Adaptive`] one, `max_delay` is only an upper bound. A partial batch never
 //!   waits for a request that cannot come: when every request recently seen in flight at once is already
 //!   queued or running (closed-loop clients, which send again only after their answer), it runs at once.
-//!   Under sustained load, when the recent arrivals run one request at a time would keep the instances busy
-//!   85 % of the time or more, it waits for the next preferred size (or `max_batch_size`) as the config asks, if
-//!   that takes fewer requests than were recently in flight at once and can gather at the recent arrival rate
-//!   within `max_delay`: up to `max_delay` while the requests answered since the last few batches' peak in
-//!   flight could fill it (closed-loop clients come back in waves), otherwise only while arrivals go on.
-//!   Below that load it waits only when requests arrive much faster than a batch executes (the recent gap
+//!   While the CPU the instances share with the request handlers is saturated (see [`crate::cpu`]), a partial
+//!   batch waits for the next preferred size (or `max_batch_size`) as the config asks, if it can gather at the
+//!   recent arrival rate within `max_delay`: up to `max_delay` while the requests answered since the last few
+//!   batches' peak in flight could fill it (closed-loop clients come back in waves), otherwise only while
+//!   arrivals go on. Where the CPU's pressure is unknown (instances on GPUs) it does so only under sustained
+//!   load (the recent arrivals run one request at a time would keep the instances busy 85 % of the time or
+//!   more) and when the size takes fewer requests than were recently in flight at once; where the CPU has room,
+//!   never.
+//!   Otherwise it waits only when requests arrive much faster than a batch executes (the recent gap
 //!   between arrivals that found requests already queued is an eighth of a batch's execution time or less),
 //!   for at most one such gap after the last arrival and half an execution; otherwise it runs at once, and what
 //!   arrives while it executes forms the next batch. An idle model, or one whose clients wait for each answer
@@ -24,6 +27,8 @@
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use crate::cpu::Pressure;
 
 /// How a model's requests are batched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,9 +271,9 @@ pub struct BatchState<T> {
     history: History,
     /// Instances taking batches from this queue.
     instances: usize,
-    /// Whether the CPU the instances share with the request handlers is saturated ([`crate::cpu`]): only then
-    /// does the sustained-load rule hold a partial batch.
-    cpu_saturated: bool,
+    /// The CPU the instances share with the request handlers ([`crate::cpu`]): where it has room the
+    /// sustained-load rule never holds a partial batch; where it is saturated it holds from a lighter load.
+    cpu: Pressure,
     /// The wait decided last, until the next decision.
     hold: Option<Hold>,
 }
@@ -286,7 +291,7 @@ impl<T> BatchState<T> {
             running: 0,
             history: History::default(),
             instances: 1,
-            cpu_saturated: true,
+            cpu: Pressure::Unknown,
             hold: None,
         }
     }
@@ -382,9 +387,9 @@ impl<T> BatchState<T> {
         self.instances = instances.max(1);
     }
 
-    /// Tells the state whether the CPU is saturated now (true unless told; see [`crate::cpu`]).
-    pub fn set_cpu_saturated(&mut self, saturated: bool) {
-        self.cpu_saturated = saturated;
+    /// Tells the state what the CPU is doing now ([`Pressure::Unknown`] unless told; see [`crate::cpu`]).
+    pub fn set_cpu(&mut self, cpu: Pressure) {
+        self.cpu = cpu;
     }
 
     /// Takes out every request for which `remove` is true (callers gone away).
@@ -527,32 +532,36 @@ impl<T> BatchState<T> {
         (last + Duration::from_secs_f64(gap)).min(head_since + Duration::from_secs_f64(execution / 2.0)).min(due)
     }
 
-    /// The sustained-load rule for a partial batch of `queued` items: when the CPU is saturated (holding gives
-    /// nothing back otherwise: see [`crate::cpu`]), the recent arrivals would keep the
-    /// instances busy [`SUSTAINED_LOAD`] of the time or more if run one request at a time, the next preferred
-    /// batch size (or `max_batch_size`) takes fewer requests than were recently in flight at once, and it can
-    /// gather at the recent arrival rate before `due`, the batch waits for it, as the config asks. The wait lasts
-    /// until `due` while the requests answered since the peak in flight of the last few batches are enough to
-    /// fill it (they come back from closed-loop clients in waves, with pauses of many gaps between them; a peak
-    /// that no batch has come near for a few executions, as after the load drops, no longer counts), and
-    /// otherwise ends [`GAPS_WITHOUT_ARRIVALS`] expected gaps (`gap`, while requests wait) after the last
-    /// arrival. `None`: run now.
+    /// The sustained-load rule for a partial batch of `queued` items. While the CPU the instances share with the
+    /// request handlers is saturated ([`crate::cpu`]), every execution saved is CPU they get back, so the batch
+    /// waits for the next preferred batch size (or `max_batch_size`), as the config asks, whenever that size can
+    /// gather at the recent arrival rate before `due`. Where the CPU's pressure is unknown (instances on GPUs), it
+    /// waits only when the recent arrivals would keep the instances busy [`SUSTAINED_LOAD`] of the time or more if
+    /// run one request at a time, and the size takes fewer requests than were recently in flight at once (a few
+    /// closed-loop clients would only take turns waiting for each other; under a saturated CPU the rule that runs
+    /// a batch once every request in flight is here covers them, and an open loop's count in flight follows the
+    /// batching itself: run at once, it never reaches the size that holding would gather). Where the CPU has room,
+    /// never: holding gives nothing back. The wait lasts until `due` while the requests answered since the peak in
+    /// flight of the last few batches are enough to fill it (they come back from closed-loop clients in waves,
+    /// with pauses of many gaps between them; a peak that no batch has come near for a few executions, as after
+    /// the load drops, no longer counts), and otherwise ends [`GAPS_WITHOUT_ARRIVALS`] expected gaps (`gap`, while
+    /// requests wait) after the last arrival. `None`: run now.
     fn fuller_batch_until(&self, now: Instant, due: Instant, gap: f64, queued: usize) -> Option<Instant> {
-        if !self.cpu_saturated {
-            return None;
-        }
-        let single = self.history.single_request_secs?;
-        let mean_gap = self.history.mean_gap()?;
-        if single < SUSTAINED_LOAD * mean_gap * self.instances as f64 {
-            return None;
-        }
         let max = self.policy.max_batch_size;
         let target = self.policy.preferred_batch_sizes.iter().copied().find(|&p| p > queued).unwrap_or(max).min(max);
         let per_request = self.history.items_per_request.max(1.0);
-        // A size that takes as many requests as were recently in flight at once, or more, cannot form in time:
-        // a few closed-loop clients would only take turns waiting for each other.
-        if target as f64 / per_request + 0.5 > self.history.peak_in_flight {
-            return None;
+        let mean_gap = self.history.mean_gap()?;
+        match self.cpu {
+            Pressure::Room => return None,
+            Pressure::Saturated => {}
+            Pressure::Unknown => {
+                let single = self.history.single_request_secs?;
+                if single < SUSTAINED_LOAD * mean_gap * self.instances as f64
+                    || target as f64 / per_request + 0.5 > self.history.peak_in_flight
+                {
+                    return None;
+                }
+            }
         }
         let missing = target.saturating_sub(queued) as f64 / per_request;
         let gather = Duration::try_from_secs_f64(missing * mean_gap).ok()?;
@@ -881,19 +890,19 @@ mod tests {
 
     /// One instance serving `clients` closed-loop clients, each sending its next request `think` ± `spread` µs
     /// (varying) after its answer, on a model whose execution of `b` items takes `56 + 19·b` µs (the
-    /// compute-bound MLP's cost on this project's CI machine, per request handling included), with the CPU
-    /// saturated or not. Returns the items of every batch, in order, and the requests answered per second.
+    /// compute-bound MLP's cost on this project's CI machine, per request handling included), under the CPU
+    /// pressure `cpu`. Returns the items of every batch, in order, and the requests answered per second.
     fn closed_loop(
         policy: BatchPolicy,
         clients: usize,
         think: u64,
         spread: u64,
         batches: usize,
-        cpu_saturated: bool,
+        cpu: Pressure,
     ) -> (Vec<usize>, f64) {
         let t0 = Instant::now();
         let mut s = BatchState::new(policy);
-        s.set_cpu_saturated(cpu_saturated);
+        s.set_cpu(cpu);
         let mut seed = 0x2545_f491_u64;
         let mut jitter = move || {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
@@ -947,11 +956,12 @@ mod tests {
         // 75 us for one item, so one item at a time would keep the instance busy all the time. Running
         // whatever is queued whenever the instance is free gives batches of 3 or 4; the config asks for 8.
         let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
-        let (sizes, _) = closed_loop(policy.clone(), 32, 1_500, 300, 4_000, true);
+        let (sizes, _) = closed_loop(policy.clone(), 32, 1_500, 300, 4_000, Pressure::Saturated);
         let tail = &sizes[2_000..];
         assert!(mean(tail) >= 7.5, "mean batch {:.2}: {:?}", mean(tail), &tail[..50]);
         // The fixed window forms the same batches.
-        let (fixed, _) = closed_loop(BatchPolicy { window: Window::Fixed, ..policy }, 32, 1_500, 300, 4_000, true);
+        let (fixed, _) =
+            closed_loop(BatchPolicy { window: Window::Fixed, ..policy }, 32, 1_500, 300, 4_000, Pressure::Saturated);
         assert!((mean(tail) - mean(&fixed[2_000..])).abs() < 1.0, "{} against {}", mean(tail), mean(&fixed[2_000..]));
     }
 
@@ -962,8 +972,9 @@ mod tests {
         // waves. A partial batch must wait for the next wave (its requests are on their way back), not run
         // at the first pause as if arrivals had stopped.
         let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
-        let (sizes, _) = closed_loop(policy.clone(), 32, 1_000, 20, 4_000, true);
-        let (fixed, _) = closed_loop(BatchPolicy { window: Window::Fixed, ..policy }, 32, 1_000, 20, 4_000, true);
+        let (sizes, _) = closed_loop(policy.clone(), 32, 1_000, 20, 4_000, Pressure::Saturated);
+        let (fixed, _) =
+            closed_loop(BatchPolicy { window: Window::Fixed, ..policy }, 32, 1_000, 20, 4_000, Pressure::Saturated);
         let small = |sizes: &[usize]| sizes.iter().filter(|&&b| b < 8).count();
         let (tail, fixed_tail) = (&sizes[2_000..], &fixed[2_000..]);
         assert!(
@@ -981,12 +992,12 @@ mod tests {
     fn light_load_still_runs_at_once() {
         // 32 clients, 40 ms apart: 800 arrivals a second, 6 % of the instance's time one at a time.
         let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
-        let (sizes, _) = closed_loop(policy, 32, 40_000, 8_000, 2_000, true);
+        let (sizes, _) = closed_loop(policy, 32, 40_000, 8_000, 2_000, Pressure::Saturated);
         assert!(mean(&sizes[1_000..]) < 1.2, "mean batch {:.2}", mean(&sizes[1_000..]));
     }
 
     /// `instances` instances serving Poisson arrivals at `rate` a second (`requests` of them, one item each),
-    /// whose `n`-th execution, of `b` items, takes `cost(b, n)` µs, with the CPU saturated or not. Returns each
+    /// whose `n`-th execution, of `b` items, takes `cost(b, n)` µs, under the CPU pressure `cpu`. Returns each
     /// request's latency (arrival to answer) in µs, sorted.
     fn open_loop(
         policy: BatchPolicy,
@@ -994,13 +1005,13 @@ mod tests {
         rate: f64,
         requests: usize,
         cost: impl Fn(usize, usize) -> u64,
-        cpu_saturated: bool,
+        cpu: Pressure,
     ) -> Vec<u64> {
         let t0 = Instant::now();
         // Every arrival is queued: an overload shows as latency, not as a refused push.
         let mut s = BatchState::new(BatchPolicy { max_queue_size: usize::MAX, ..policy });
         s.set_instances(instances);
-        s.set_cpu_saturated(cpu_saturated);
+        s.set_cpu(cpu);
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         let mut at = t0;
         let arrivals: Vec<Instant> = (0..requests)
@@ -1093,14 +1104,16 @@ mod tests {
         // stalled by 1 ms (a preempted instance thread), the stalls make the p99 and the fixed window can come
         // out ahead, so that model is checked against "at once" only: the adaptive window must still not wait
         // where running at once would not.
+        // The instance is the only resource here, as an instance on a GPU is: the CPU's pressure is unknown.
         for ((model, cost), instances) in OPEN_LOOP_MODELS.into_iter().flat_map(|m| [(m, 1), (m, 2)]) {
             let against_both = model != "3 us, stalls";
             let saturated = 1e6 / cost(1, 0) as f64 * instances as f64;
             for share in [0.3, 0.8] {
                 let rate = saturated * share;
                 let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
-                let p99 =
-                    |policy: BatchPolicy| percentile(&open_loop(policy, instances, rate, 20_000, cost, true), 0.99);
+                let p99 = |policy: BatchPolicy| {
+                    percentile(&open_loop(policy, instances, rate, 20_000, cost, Pressure::Unknown), 0.99)
+                };
                 let adaptive = p99(policy.clone());
                 let fixed = p99(BatchPolicy { window: Window::Fixed, ..policy.clone() });
                 let off = p99(BatchPolicy { max_batch_size: 0, ..policy.clone() });
@@ -1124,11 +1137,12 @@ mod tests {
             for share in [0.3, 0.8, 0.85, 0.9, 0.95] {
                 let rate = saturated * share;
                 let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
-                let p99 = |policy: BatchPolicy, cpu: bool| {
+                let p99 = |policy: BatchPolicy, cpu: Pressure| {
                     percentile(&open_loop(policy, instances, rate, 20_000, cost, cpu), 0.99)
                 };
-                let adaptive = p99(policy.clone(), false);
-                let at_once = p99(BatchPolicy { window: Window::Fixed, max_delay: Duration::ZERO, ..policy }, false);
+                let adaptive = p99(policy.clone(), Pressure::Room);
+                let at_once =
+                    p99(BatchPolicy { window: Window::Fixed, max_delay: Duration::ZERO, ..policy }, Pressure::Room);
                 assert!(
                     adaptive * 10 <= at_once * 11,
                     "{model} x{instances} at {share}: p99 {adaptive} us against {at_once} us running at once"
@@ -1137,8 +1151,8 @@ mod tests {
         }
         let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
         let rate = 1e6 / 75.0 * 0.9;
-        let held = percentile(&open_loop(policy.clone(), 1, rate, 20_000, large, true), 0.99);
-        let not_held = percentile(&open_loop(policy, 1, rate, 20_000, large, false), 0.99);
+        let held = percentile(&open_loop(policy.clone(), 1, rate, 20_000, large, Pressure::Saturated), 0.99);
+        let not_held = percentile(&open_loop(policy, 1, rate, 20_000, large, Pressure::Room), 0.99);
         assert!(held > 2 * not_held, "saturated: p99 {held} us; with room: {not_held} us");
     }
 
@@ -1149,9 +1163,9 @@ mod tests {
         // instance is the only resource, holding is slower: about 16 800 against 19 400 requests a second).
         let policy = BatchPolicy { preferred_batch_sizes: vec![8, 16, 32], ..adaptive(32, 2_000) };
         let at_once = BatchPolicy { window: Window::Fixed, max_delay: Duration::ZERO, ..policy.clone() };
-        let (sizes, rate) = closed_loop(policy.clone(), 32, 1_500, 300, 4_000, false);
-        let (once_sizes, once_rate) = closed_loop(at_once, 32, 1_500, 300, 4_000, false);
-        let (held_sizes, held_rate) = closed_loop(policy, 32, 1_500, 300, 4_000, true);
+        let (sizes, rate) = closed_loop(policy.clone(), 32, 1_500, 300, 4_000, Pressure::Room);
+        let (once_sizes, once_rate) = closed_loop(at_once, 32, 1_500, 300, 4_000, Pressure::Room);
+        let (held_sizes, held_rate) = closed_loop(policy, 32, 1_500, 300, 4_000, Pressure::Saturated);
         let (tail, once_tail) = (&sizes[2_000..], &once_sizes[2_000..]);
         assert!((mean(tail) - mean(once_tail)).abs() < 0.25, "mean batch {} against {}", mean(tail), mean(once_tail));
         assert!(rate >= 0.98 * once_rate, "{rate:.0}/s against {once_rate:.0}/s running at once");
