@@ -6,8 +6,8 @@
 //! during an execution forms the next batch by itself. Holding pays only through the CPU it gives back: fewer
 //! executions leave more of a CPU the instances share with the request handlers (and, on a small machine, with
 //! the clients) to those. So for models on CPU the adaptive window holds for the preferred size only while the
-//! CPU is saturated, and then whenever the executions are a noticeable part of the CPU's work, not only once
-//! they keep the instance itself nearly busy (see [`Pressure`]).
+//! CPU is saturated, and then whenever the preferred size can gather within the window, whatever share of the
+//! instance's own time the executions take (see [`Pressure`]).
 //!
 //! "Saturated" is read as follows:
 //! - in a cgroup with a CPU quota (a Kubernetes pod with a CPU limit), the cgroup's CPU time against its quota,

@@ -73,12 +73,13 @@ pub type Batch = Vec<Entry<Pending>>;
 /// round trip removes both at low concurrency; yielding between looks gives the CPU to any thread that has work,
 /// and a model nobody calls sleeps after this long.
 ///
-/// Lingering spends CPU on latency, so it stops while the CPU is saturated ([`crate::cpu`]): under an open-loop
-/// (Poisson) load requests come at random, and an instance that lingers after every one-request batch spins for
-/// most of the gap between arrivals. On the MLP at 4 000 requests a second (one CPU instance, 2 cores shared with
-/// the load generator), the server spent 230 us of CPU per request lingering against 99 us with batches held by
-/// a fixed window (`benches/batching_ab.sh`, CPU per request), and near capacity that spinning is CPU the request
-/// handlers and the clients lose.
+/// Lingering spends spare CPU on latency, so it stops while the CPU is saturated ([`crate::cpu`], which leaves
+/// the linger's own CPU time out of its reading): under an open-loop (Poisson) load requests come at random, and
+/// an instance that lingers after every one-request batch spins for most of the gap between arrivals. On the MLP
+/// at 4 000 requests a second (one CPU instance, 2 cores shared with the load generator), the server spent 230 us
+/// of CPU per request with one-request batches and lingering, against 99 us with the fixed window's batches of 8
+/// and none (`benches/batching_ab.sh`, CPU per request); near capacity, that spinning is CPU the request handlers
+/// and the clients lose.
 const IDLE_LINGER: std::time::Duration = std::time::Duration::from_micros(250);
 
 /// Reports the CPU time this thread spent lingering since `from` (if it was lingering), and clears `from`.
@@ -308,7 +309,7 @@ impl Batcher {
 
     /// Tells the batcher that its instances run on CPU: the CPU sampler starts (once per process), instances stop
     /// lingering on an empty queue while the CPU is saturated, and an adaptive window holds partial batches for
-    /// the preferred size only then, and from a lighter load.
+    /// the preferred size only then (and then whatever the instances' own load).
     pub fn gate_on_cpu(&self) {
         crate::cpu::start_sampling();
         let mut queue = self.shared.queue.lock();
