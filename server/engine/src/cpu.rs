@@ -97,7 +97,7 @@ pub fn start_sampling() {
     SAMPLER.get_or_init(|| {
         let started = std::thread::Builder::new().name("cpu-sampler".into()).spawn(sample_forever);
         if let Err(e) = started {
-            tracing::warn!(error = %e, "CPU sampler not started; the adaptive window batches as the config asks");
+            tracing::warn!(error = %e, "CPU sampler not started; the adaptive window holds as for instances on GPUs, and instances linger");
         }
     });
 }

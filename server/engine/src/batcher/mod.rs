@@ -200,8 +200,9 @@ impl Batcher {
             // The lingering instance sees it at its next look: no thread to wake.
             queue.linger = Linger::Claimed;
         } else if queue.idle > 0 && look {
-            // An instance waiting on a partial batch wakes only when this request may end its wait; the others
-            // sleep because nothing is queued, and there is no hold then.
+            // An instance waiting on a partial batch wakes only when this request may end its wait. One that
+            // slept on the empty queue is not woken for a request that the waiting one will see either: the
+            // instance that takes a batch wakes the next sleeper if anything is left (`take`).
             self.shared.work.notify_one();
         }
         Ok(ticket)
@@ -255,6 +256,11 @@ impl Batcher {
             match decision {
                 Decision::Run(batch, reason) => {
                     queue.last_batch = batch.len();
+                    // Requests left behind may have come while this instance waited, waking nobody (`submit`):
+                    // another instance, if one sleeps, looks at them while this one executes.
+                    if !queue.state.is_empty() && queue.idle > 0 {
+                        self.shared.work.notify_one();
+                    }
                     drop(queue);
                     stop_lingering(&mut lingered_from);
                     return Some((batch, reason));
@@ -398,6 +404,62 @@ pub(crate) mod tests {
 
     fn values(batch: &Batch) -> Vec<f32> {
         batch.iter().map(|e| e.payload.inputs[0].to_f32_vec().unwrap()[0]).collect()
+    }
+
+    #[test]
+    fn a_request_left_behind_by_a_batch_goes_to_another_instance() {
+        // Two instances, a 20 ms window. The first request is held by one instance, the other sleeps; a request of
+        // another shape arrives and wakes nobody (it cannot end that wait). When the first batch runs, and
+        // executes for a long time, the sleeping instance must take the second request within its own window.
+        let batcher = Batcher::new("t:1".into(), policy(8, Duration::from_millis(20)));
+        let instances: Vec<_> = (0..2)
+            .map(|_| {
+                let batcher = batcher.clone();
+                std::thread::spawn(move || {
+                    while let Some((batch, _)) = batcher.take() {
+                        let slow = batch.iter().any(|e| e.key.is_empty());
+                        for entry in batch {
+                            let _ = entry.payload.reply.send(Ok(vec![]));
+                        }
+                        if slow {
+                            std::thread::sleep(Duration::from_secs(2));
+                        }
+                    }
+                })
+            })
+            .collect();
+        while batcher.shared.queue.lock().idle < 2 {
+            std::thread::yield_now();
+        }
+        let (first, first_rx) = job(1.0);
+        batcher.submit(first).unwrap();
+        // One instance holds the first request (it waits with a time), the other sleeps again.
+        while {
+            let queue = batcher.shared.queue.lock();
+            !queue.state.is_holding() || queue.idle < 2
+        } {
+            std::thread::yield_now();
+        }
+        let (mut second, mut second_rx) = job(2.0);
+        second.key = vec![3];
+        let sent = Instant::now();
+        batcher.submit(second).unwrap();
+        assert!(first_rx.blocking_recv().unwrap().is_ok());
+        let answered = loop {
+            match second_rx.try_recv() {
+                Ok(reply) => break reply,
+                Err(oneshot::error::TryRecvError::Empty) if sent.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("the second request was never answered ({e})"),
+            }
+        };
+        assert!(answered.is_ok());
+        assert!(sent.elapsed() < Duration::from_secs(1), "answered after {:?}, behind the slow batch", sent.elapsed());
+        batcher.close();
+        for instance in instances {
+            instance.join().unwrap();
+        }
     }
 
     #[test]

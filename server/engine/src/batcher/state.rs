@@ -126,7 +126,8 @@ const PEAK_SETTLED: Duration = Duration::from_millis(10);
 /// Weight of the newest execution time in its moving average.
 const EXECUTION_WEIGHT: f64 = 0.1;
 /// Share of the time the instances would be busy running the recent arrivals one request at a time (arrival
-/// rate × a one-request execution ÷ instances) from which the load counts as sustained: a partial batch then
+/// rate × a one-request execution ÷ instances) from which the load counts as sustained where the CPU's pressure
+/// is unknown (instances on GPUs; on CPU the window follows the CPU's saturation instead): a partial batch then
 /// waits for the next preferred size, as the config asks, when that size can form. Above it, every execution
 /// saved is time the instance and the CPU it shares with the request handlers get back (on the compute-bound
 /// MLP at concurrency 32, batches of 3 to 4 items cost 36-41 µs of execution per request, batches of 8 or more
@@ -219,9 +220,10 @@ impl History {
 /// that holding saved).
 #[derive(Debug, Clone)]
 struct Hold {
-    /// The head's priority level and non-batch dims: only requests of that key join its batch; a request of a
-    /// higher priority heads a batch of its own.
-    priority: usize,
+    /// The lowest priority level (largest number) among the batch's requests, and the head's non-batch dims:
+    /// only requests of that key join its batch. A request of a higher priority than that level is taken ahead
+    /// of some of them (or heads a batch of its own), so the sizes the batch passes through change.
+    deepest_level: usize,
     key: Vec<usize>,
     /// When the head arrived (the adaptive window's settled peak is judged from it).
     head_since: Instant,
@@ -311,6 +313,12 @@ impl<T> BatchState<T> {
         self.len == 0
     }
 
+    /// Whether the last decision was to wait on a partial batch (for tests of the wake-ups).
+    #[cfg(test)]
+    pub(crate) fn is_holding(&self) -> bool {
+        self.hold.is_some()
+    }
+
     /// Queues a request, or hands it back when the queue is full. `Ok(true)` when an instance waiting on a
     /// partial batch should look again now (the request may end its wait: it may complete a preferred size,
     /// heads a higher priority, has an earlier deadline, or brings in the last request the adaptive window
@@ -327,7 +335,7 @@ impl<T> BatchState<T> {
                 if entry.key == hold.key {
                     hold.items += entry.items;
                 }
-                entry.priority < hold.priority
+                entry.priority < hold.deepest_level
                     || hold.items >= hold.ready_at
                     || entry.deadline.is_some_and(|d| d < hold.until)
             }
@@ -407,6 +415,10 @@ impl<T> BatchState<T> {
             *queue = kept;
         }
         self.len -= removed.len();
+        if !removed.is_empty() {
+            // The wait was decided on what is gone: the next arrival looks again.
+            self.hold = None;
+        }
         removed
     }
 
@@ -423,6 +435,9 @@ impl<T> BatchState<T> {
             }
         }
         self.len -= expired.len();
+        if !expired.is_empty() {
+            self.hold = None;
+        }
         expired
     }
 
@@ -494,8 +509,9 @@ impl<T> BatchState<T> {
             None => {
                 let until = self.earliest_deadline().map_or(wait_until, |d| d.min(wait_until));
                 let ready_at = self.policy.preferred_batch_sizes.iter().copied().find(|&p| p > total).unwrap_or(max);
-                let priority = picked.first().map_or(0, |&(qi, _)| qi);
-                self.hold = Some(Hold { priority, key, head_since, items: total, ready_at: ready_at.min(max), until });
+                let deepest_level = picked.last().map_or(0, |&(qi, _)| qi);
+                let ready_at = ready_at.min(max);
+                self.hold = Some(Hold { deepest_level, key, head_since, items: total, ready_at, until });
                 Decision::WaitUntil(until)
             }
         }
@@ -1404,17 +1420,27 @@ mod tests {
         s.push(Entry { priority: 1, ..entry(1, 1, t0) }).unwrap();
         assert!(matches!(s.next_batch(t0, false), Decision::WaitUntil(_)));
         assert!(s.push(Entry { priority: 0, ..entry(2, 1, t0) }).unwrap(), "a higher priority heads a new batch");
+        // Preferred [2, 8]: the head (level 0, 1 item) and a 3-item request of level 1 pass through 1 and 4; a
+        // 1-item request of level 0 goes between them, and 1 + 1 makes the preferred 2, below the 8 waited for.
+        let mut s =
+            BatchState::new(BatchPolicy { preferred_batch_sizes: vec![2, 8], priority_levels: 2, ..policy(8, 1000) });
+        s.push(entry(1, 1, t0)).unwrap();
+        s.push(Entry { priority: 1, ..entry(2, 3, t0) }).unwrap();
+        assert!(matches!(s.next_batch(t0, false), Decision::WaitUntil(_)));
+        assert!(s.push(entry(3, 1, t0)).unwrap(), "taken ahead of a request of a lower priority");
+        assert_eq!(ids(s.next_batch(t0, false)), vec![1, 3]);
     }
 
     proptest::proptest! {
         /// An arrival for which `push` says nobody need look (the batcher wakes no waiting instance for it) never
         /// makes a batch ready: a look at that moment runs a batch only if it would have without the arrival
         /// (the wait's own time-bound reasons, which the instance meets when it looks at the time it chose). One
-        /// instance, executions of `exec_us`, arrivals of mixed keys, priorities and deadlines, either window.
+        /// instance, executions of `exec_us`, arrivals of mixed keys, priorities, deadlines (and, under the fixed
+        /// window, item counts), either window.
         #[test]
         fn a_skipped_look_never_delays_a_batch(
             arrivals in proptest::collection::vec(
-                (0u64..300, 0usize..2, 0usize..2, proptest::option::of(1u64..3_000)),
+                (0u64..300, 0usize..2, 0usize..2, proptest::option::of(1u64..3_000), 1usize..4),
                 1..80,
             ),
             exec_us in 1u64..2_000,
@@ -1452,7 +1478,7 @@ mod tests {
                     Decision::Idle => None,
                 }
             };
-            for (id, (gap, key, priority, deadline)) in arrivals.into_iter().enumerate() {
+            for (id, (gap, key, priority, deadline, items)) in arrivals.into_iter().enumerate() {
                 let at = t + Duration::from_micros(gap);
                 // What the instance does before this arrival: finish its batch, or look when its wait ends.
                 loop {
@@ -1473,7 +1499,11 @@ mod tests {
                 }
                 t = at;
                 let deadline = deadline.map(|d| at + Duration::from_micros(d));
-                let arrival = Entry { items: 1, key: vec![key], enqueued: at, deadline, priority, payload: id as u32 };
+                // Requests of several items only under the fixed window: under the adaptive one, a request whose
+                // items move the average per request can change what the window expects to gather, and the
+                // instance sees that when it looks at the time it chose (within the window), not at the arrival.
+                let items = if fixed { items } else { 1 };
+                let arrival = Entry { items, key: vec![key], enqueued: at, deadline, priority, payload: id as u32 };
                 let mut without = s.clone();
                 let needed = s.push(arrival).unwrap();
                 if busy.is_none() {
