@@ -508,13 +508,19 @@ impl<T> BatchState<T> {
             Some((n, reason)) => Decision::Run(self.take(&picked[..n]), reason),
             None => {
                 let until = self.earliest_deadline().map_or(wait_until, |d| d.min(wait_until));
-                let ready_at = self.policy.preferred_batch_sizes.iter().copied().find(|&p| p > total).unwrap_or(max);
+                let ready_at = self.next_size_above(total);
                 let deepest_level = picked.last().map_or(0, |&(qi, _)| qi);
-                let ready_at = ready_at.min(max);
                 self.hold = Some(Hold { deepest_level, key, head_since, items: total, ready_at, until });
                 Decision::WaitUntil(until)
             }
         }
+    }
+
+    /// The smallest preferred batch size above `items`, or `max_batch_size`: the size a partial batch of `items`
+    /// items waits for.
+    fn next_size_above(&self, items: usize) -> usize {
+        let max = self.policy.max_batch_size;
+        self.policy.preferred_batch_sizes.iter().copied().find(|&p| p > items).unwrap_or(max).min(max)
     }
 
     /// Whether every request recently seen in flight at once is queued or running, and that peak has held for a
@@ -563,8 +569,7 @@ impl<T> BatchState<T> {
     /// the load drops, no longer counts), and otherwise ends [`GAPS_WITHOUT_ARRIVALS`] expected gaps (`gap`, while
     /// requests wait) after the last arrival. `None`: run now.
     fn fuller_batch_until(&self, now: Instant, due: Instant, gap: f64, queued: usize) -> Option<Instant> {
-        let max = self.policy.max_batch_size;
-        let target = self.policy.preferred_batch_sizes.iter().copied().find(|&p| p > queued).unwrap_or(max).min(max);
+        let target = self.next_size_above(queued);
         let per_request = self.history.items_per_request.max(1.0);
         let mean_gap = self.history.mean_gap()?;
         match self.cpu {
